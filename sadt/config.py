@@ -1,0 +1,84 @@
+"""Load a YAML file of overrides into a (nested) frozen dataclass, strictly.
+
+Defaults live in the dataclasses; a YAML file sets only what differs. An unknown key or a value
+of the wrong type is an error naming the file and the dotted key, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the file and key."""
+
+
+def load_config(path: str | Path, cls: type[T]) -> T:
+    """Read `path` (YAML mapping of overrides) into `cls`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    return from_dict(raw, cls, source=str(path))
+
+
+def from_dict(raw: Any, cls: type[T], *, source: str = "config", prefix: str = "") -> T:
+    """Build dataclass `cls` from a mapping, checking keys and types recursively."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: `{prefix or '<top>'}` must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key `{prefix}{unknown[0]}`; allowed keys are {sorted(fields)}")
+    values = {name: _convert(value, hints[name], source, f"{prefix}{name}") for name, value in raw.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
+def to_dict(config: Any) -> dict:
+    """The resolved config as plain data (for logs, HDF5 attributes and checkpoints)."""
+    return dataclasses.asdict(config)
+
+
+def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(value, hint, source=source, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(value, option, source, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: `{key}` must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return origin(_convert(v, item, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{source}: `{key}` must be {hint.__name__}, got {value!r}")
+    return value

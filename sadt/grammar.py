@@ -1,0 +1,93 @@
+"""The allowed action set A(s) of a digit forecast, vectorised over a batch of states.
+
+A forecast is `horizon` values, each 1..max_digits digits without leading zeros, each closed by
+the separator. So every terminal parses to exactly `horizon` values, and one value has exactly
+one spelling (the string -> value map is injective, so a distribution over strings is one over
+forecasts). END is allowed at a value boundary once `min_values` values are written; with the
+default `min_values = horizon` the forecast simply ends at its last separator.
+
+State per row: digits of the value being written, its integer so far, values completed, done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sadt.codec import END, N_ACTIONS, SEP
+
+
+@dataclass
+class GrammarState:
+    n_digits: torch.Tensor  # (B,) digits of the current value
+    value: torch.Tensor  # (B,) integer written so far in the current value
+    n_values: torch.Tensor  # (B,) completed values
+    done: torch.Tensor  # (B,) bool
+
+    def index(self, rows: torch.Tensor) -> GrammarState:
+        return GrammarState(self.n_digits[rows], self.value[rows], self.n_values[rows], self.done[rows])
+
+
+@dataclass(frozen=True)
+class DigitGrammar:
+    horizon: int  # values per forecast
+    max_digits: int = 4
+    min_values: int | None = None  # END allowed from here on; None means `horizon` (never before the end)
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1:
+            raise ValueError(f"grammar `horizon` must be >= 1 value, got {self.horizon}")
+        if self.max_digits < 1:
+            raise ValueError(f"grammar `max_digits` must be >= 1, got {self.max_digits}")
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest forecast in tokens: every value at max_digits plus its separator."""
+        return self.horizon * (self.max_digits + 1)
+
+    def initial(self, batch: int, device: torch.device | str = "cpu") -> GrammarState:
+        zeros = torch.zeros(batch, dtype=torch.long, device=device)
+        return GrammarState(zeros, zeros.clone(), zeros.clone(), torch.zeros(batch, dtype=torch.bool, device=device))
+
+    def mask(self, state: GrammarState) -> torch.Tensor:
+        """Allowed actions, (B, A) bool. Finished rows allow nothing."""
+        live = ~state.done
+        at_start = state.n_digits == 0
+        more_digits = at_start | ((state.n_digits < self.max_digits) & (state.value > 0))  # no leading zeros
+        min_values = self.horizon if self.min_values is None else self.min_values
+        mask = torch.zeros(state.done.shape[0], N_ACTIONS, dtype=torch.bool, device=state.done.device)
+        mask[:, :SEP] = (live & more_digits)[:, None]
+        mask[:, SEP] = live & ~at_start
+        mask[:, END] = live & at_start & (state.n_values >= min_values)
+        return mask
+
+    def advance(self, state: GrammarState, actions: torch.Tensor) -> GrammarState:
+        """State after each row takes `actions` (B,); rows already done stay done."""
+        is_digit = actions < SEP
+        is_sep = actions == SEP
+        n_values = state.n_values + is_sep.long()
+        n_digits = torch.where(is_digit, state.n_digits + 1, torch.where(is_sep, 0, state.n_digits))
+        value = torch.where(is_digit, state.value * 10 + actions.clamp(max=9), torch.where(is_sep, 0, state.value))
+        done = state.done | (actions == END) | (n_values >= self.horizon)
+        keep = state.done  # a finished row ignores whatever padding it is fed
+        return GrammarState(
+            torch.where(keep, state.n_digits, n_digits),
+            torch.where(keep, state.value, value),
+            torch.where(keep, state.n_values, n_values),
+            done,
+        )
+
+    def replay(self, prefixes: list[list[int]], device: torch.device | str = "cpu") -> GrammarState:
+        """States after each prefix of action indices (ragged list of B sequences)."""
+        state = self.initial(len(prefixes), device)
+        longest = max((len(p) for p in prefixes), default=0)
+        for t in range(longest):
+            actions = torch.tensor([p[t] if t < len(p) else END for p in prefixes], device=device)
+            ended = torch.tensor([t >= len(p) for p in prefixes], device=device)
+            stepped = self.advance(state, actions)
+            state = GrammarState(*(torch.where(ended, old, new) for old, new in zip(
+                (state.n_digits, state.value, state.n_values, state.done),
+                (stepped.n_digits, stepped.value, stepped.n_values, stepped.done),
+            )))
+        return state

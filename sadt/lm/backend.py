@@ -1,0 +1,185 @@
+"""Torch LM backend: prompt KV cache once, many prefixes per forward, logits over the actions only.
+
+The contract (DESIGN §4), shared with the MLX backend:
+
+- `prefill(prompt_ids)` runs the prompt once and keeps its KV cache (`PromptCache`).
+- `extend(prompt, prefixes, action_ids)` scores B continuations of the prompt in one forward,
+  reusing the prompt's cache; it returns, for each prefix, the logits of the next token over the
+  action vocabulary (B, A) and the last hidden state (B, H) that a flow head reads.
+- `step(batch, next_ids)` appends one token to every row (one forward) for rollouts.
+- `stats` counts forward calls and real token positions processed (padding is not counted).
+
+Only the action tokens' rows of the output embedding are multiplied, so a decode step costs the
+transformer plus a (H, A) product instead of the full (H, vocab) head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class LMStats:
+    forward_calls: int = 0  # LM forward passes
+    tokens: int = 0  # real token positions processed, prompt prefill included
+
+    def reset(self) -> None:
+        self.forward_calls = 0
+        self.tokens = 0
+
+
+@dataclass
+class PromptCache:
+    """The prompt's KV cache at batch 1, plus its next-token output."""
+
+    ids: torch.Tensor  # (P,)
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (1, heads, P, head_dim)
+    hidden: torch.Tensor  # (H,) last position's final hidden state
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass
+class DecodeBatch:
+    """B rows continuing one prompt: their KV cache, padding mask and next-token outputs."""
+
+    cache: DynamicCache
+    attention_mask: torch.Tensor  # (B, P + T) 1 for real positions, 0 for padding
+    next_position: torch.Tensor  # (B,) position id of each row's next token
+    action_ids: torch.Tensor  # (A,) vocabulary ids of the actions
+    logits: torch.Tensor  # (B, A) next-token logits over the actions
+    hidden: torch.Tensor  # (B, H) final hidden state at each row's last real position
+    rows: torch.Tensor = field(default=None)  # (B,) original row index of each live row
+
+    @property
+    def size(self) -> int:
+        return int(self.logits.shape[0])
+
+
+class TorchLM:
+    """A frozen Hugging Face causal LM behind the search's backend contract.
+
+    Args:
+        model: any `transformers` causal LM whose logits are `lm_head(final_hidden)` (no soft-capping).
+        device: where to run; the model is moved there.
+    """
+
+    def __init__(self, model, device: str | torch.device = "cpu") -> None:
+        if getattr(model.config, "final_logit_softcapping", None):
+            raise ValueError("TorchLM does not support models with final_logit_softcapping")
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.device = torch.device(device)
+        self.decoder = model.base_model
+        self.head = model.get_output_embeddings()
+        self.stats = LMStats()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> TorchLM:
+        from transformers import AutoModelForCausalLM
+
+        return cls(AutoModelForCausalLM.from_pretrained(path, dtype=dtype), device=device)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def _action_logits(self, hidden: torch.Tensor, action_ids: torch.Tensor) -> torch.Tensor:
+        weight = self.head.weight[action_ids]  # (A, H)
+        logits = hidden @ weight.T  # (B, A)
+        if self.head.bias is not None:
+            logits = logits + self.head.bias[action_ids]
+        return logits
+
+    def _forward(self, ids, cache, attention_mask, positions) -> torch.Tensor:
+        out = self.decoder(
+            input_ids=ids, past_key_values=cache, attention_mask=attention_mask, position_ids=positions, use_cache=True
+        )
+        self.stats.forward_calls += 1
+        return out.last_hidden_state  # (B, T, H)
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: Sequence[int]) -> PromptCache:
+        """Run the prompt once; its cache is shared by every later `extend`."""
+        if len(prompt_ids) == 0:
+            raise ValueError("prefill needs a non-empty prompt")
+        ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=self.device)
+        cache = DynamicCache()
+        hidden = self._forward(ids[None], cache, None, None)
+        self.stats.tokens += ids.numel()
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return PromptCache(ids=ids, kv=kv, hidden=hidden[0, -1])
+
+    @torch.inference_mode()
+    def extend(
+        self, prompt: PromptCache, prefixes: Sequence[Sequence[int]], action_ids: Sequence[int] | torch.Tensor
+    ) -> DecodeBatch:
+        """Score B prefixes (token ids after the prompt, ragged) in one forward.
+
+        Prefixes are right-padded: a real token only attends to earlier positions, all real, so
+        its output is exact; the padding is masked out of every later `step`.
+        """
+        B, P = len(prefixes), prompt.length
+        if B == 0:
+            raise ValueError("extend needs at least one prefix")
+        action_ids = torch.as_tensor(action_ids, dtype=torch.long, device=self.device)
+        lengths = torch.tensor([len(p) for p in prefixes], device=self.device)  # (B,)
+        T = int(lengths.max())
+        cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prompt.kv])
+        attention_mask = torch.ones(B, P + T, dtype=torch.long, device=self.device)
+        hidden = prompt.hidden.expand(B, -1).clone()  # (B, H) rows with an empty prefix
+        if T > 0:
+            ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
+            for i, p in enumerate(prefixes):
+                ids[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+            attention_mask[:, P:] = torch.arange(T, device=self.device)[None] < lengths[:, None]
+            positions = (P + torch.arange(T, device=self.device)).expand(B, -1)
+            out = self._forward(ids, cache, attention_mask, positions)  # (B, T, H)
+            self.stats.tokens += int(lengths.sum())
+            last = (lengths - 1).clamp(min=0)
+            hidden = torch.where((lengths > 0)[:, None], out[torch.arange(B), last], hidden)
+        return DecodeBatch(
+            cache=cache,
+            attention_mask=attention_mask,
+            next_position=P + lengths,
+            action_ids=action_ids,
+            logits=self._action_logits(hidden, action_ids),
+            hidden=hidden,
+            rows=torch.arange(B, device=self.device),
+        )
+
+    @torch.inference_mode()
+    def step(self, batch: DecodeBatch, next_ids: torch.Tensor) -> DecodeBatch:
+        """Append one token (vocabulary id, (B,)) to every row with one forward."""
+        mask = torch.cat([batch.attention_mask, torch.ones_like(batch.attention_mask[:, :1])], dim=1)
+        out = self._forward(next_ids[:, None], batch.cache, mask, batch.next_position[:, None])
+        self.stats.tokens += batch.size
+        hidden = out[:, -1]
+        return DecodeBatch(
+            cache=batch.cache,
+            attention_mask=mask,
+            next_position=batch.next_position + 1,
+            action_ids=batch.action_ids,
+            logits=self._action_logits(hidden, batch.action_ids),
+            hidden=hidden,
+            rows=batch.rows,
+        )
+
+    def select(self, batch: DecodeBatch, keep: torch.Tensor) -> DecodeBatch:
+        """Keep only the rows `keep` (indices into the batch), e.g. to drop finished rollouts."""
+        batch.cache.batch_select_indices(keep)
+        return DecodeBatch(
+            cache=batch.cache,
+            attention_mask=batch.attention_mask[keep],
+            next_position=batch.next_position[keep],
+            action_ids=batch.action_ids,
+            logits=batch.logits[keep],
+            hidden=batch.hidden[keep],
+            rows=batch.rows[keep],
+        )

@@ -1,0 +1,44 @@
+"""Load the fetched base model (never from a hub) as a `TorchLM` plus its tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from sadt.lm.backend import TorchLM
+from sadt.lm.fetch import MANIFEST, base_model_dir, is_fetched
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_base_lm(
+    path: str | Path | None = None, *, dtype: str = "float32", device: str = "cpu"
+) -> tuple[TorchLM, object]:
+    """The converted base model from `checkpoints/base/` (or `path`).
+
+    Raises:
+        FileNotFoundError: when the model has not been fetched yet (run `python -m sadt.lm.fetch`).
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path) if path is not None else base_model_dir()
+    if path == base_model_dir() and not is_fetched(path):
+        raise FileNotFoundError(f"{path}: no base model here; run `python -m sadt.lm.fetch` first")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return TorchLM.from_pretrained(path, dtype=DTYPES[dtype], device=device), tokenizer
+
+
+def lm_fingerprint(path: str | Path | None = None) -> str:
+    """A short id of the base weights and tokenizer, stored beside buffers and heads."""
+    path = Path(path) if path is not None else base_model_dir()
+    manifest = path / MANIFEST
+    digest = hashlib.sha256()
+    if manifest.is_file():
+        digest.update(json.loads(manifest.read_text())["gguf_sha256"].encode())
+    digest.update((path / "tokenizer.json").read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,58 @@
+"""Figures people look at: a forecast fan chart and a PSD comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers or CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sadt.spectral import expected_context_psd, psd  # noqa: E402
+
+
+def fan_chart(
+    path: Path, context: np.ndarray, truth: np.ndarray, forecasts: dict[str, np.ndarray], title: str
+) -> Path:
+    """Context, truth, and per method the median with 10-90% and 25-75% bands of its samples."""
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    t_context = np.arange(context.size)
+    t_future = np.arange(context.size, context.size + truth.size)
+    ax.plot(t_context, context, color="black", lw=1.2, label="context")
+    ax.plot(t_future, truth, color="black", lw=1.2, ls="--", label="held-out truth")
+    for (name, samples), color in zip(forecasts.items(), plt.cm.tab10.colors):
+        lo, q25, med, q75, hi = np.quantile(samples, [0.1, 0.25, 0.5, 0.75, 0.9], axis=0)
+        ax.fill_between(t_future, lo, hi, color=color, alpha=0.15, lw=0)
+        ax.fill_between(t_future, q25, q75, color=color, alpha=0.3, lw=0)
+        ax.plot(t_future, med, color=color, lw=1.6, label=f"{name} median ({len(samples)} samples)")
+    ax.axvline(context.size - 0.5, color="grey", lw=0.8)
+    ax.set(title=title, xlabel="step", ylabel="value")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def psd_comparison(
+    path: Path, context: np.ndarray, truth: np.ndarray, forecasts: dict[str, np.ndarray], nperseg: int, title: str
+) -> Path:
+    """Welch PSDs (log scale): expected context PSD, truth, and the mean PSD of each method's samples."""
+    horizon = truth.size
+    freqs, truth_psd = psd(truth, nperseg)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.semilogy(freqs, expected_context_psd(context, horizon, nperseg), color="black", lw=1.5, label="context E[S_c]")
+    ax.semilogy(freqs, truth_psd, color="black", ls="--", lw=1.2, label="held-out truth")
+    for (name, samples), color in zip(forecasts.items(), plt.cm.tab10.colors):
+        _, sample_psd = psd(samples, nperseg)
+        ax.semilogy(freqs, sample_psd.mean(axis=0), color=color, lw=1.5, label=f"{name} (mean over samples)")
+    ax.set(title=title, xlabel="frequency (cycles / step)", ylabel="PSD")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,88 @@
+"""The forecast reward `r(x) = r_task(x) - gamma * spectral(x)`, vectorised over a batch.
+
+`r_task` is 0 for a forecast that parses to `horizon` values and `-invalid_penalty` otherwise,
+minus `oracle_weight * mean|x - y| / mean|y|` when a held-out truth `y` is given (benchmark and
+oracle mode only: the truth is never available to a real search).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sadt.spectral import SpectralConfig, SpectralPenalty
+
+
+class RewardError(ValueError):
+    """A reward raised or produced a non-finite value; the message names the sample."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    gamma: float = 1.0  # weight of the spectral penalty
+    invalid_penalty: float = 10.0  # r_task of a forecast that does not parse to `horizon` values
+    oracle_weight: float = 0.0  # weight of the scaled error against a held-out truth (benchmarks only)
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
+
+    def __post_init__(self) -> None:
+        if self.gamma < 0:
+            raise ValueError(f"reward `gamma` must be >= 0, got {self.gamma}")
+        if self.invalid_penalty < 0:
+            raise ValueError(f"reward `invalid_penalty` must be >= 0, got {self.invalid_penalty}")
+        if self.oracle_weight < 0:
+            raise ValueError(f"reward `oracle_weight` must be >= 0, got {self.oracle_weight}")
+
+
+@dataclass
+class RewardParts:
+    total: np.ndarray  # (B,) r = task - gamma * spectral
+    task: np.ndarray  # (B,)
+    spectral: np.ndarray  # (B,) the unweighted penalty (0 for invalid rows)
+
+
+class ForecastReward:
+    """Scores forecasts of one context window, in the codec's scaled units.
+
+    Args:
+        context: (T,) scaled context the forecast continues.
+        horizon: H, values per forecast.
+        config: weights and spectral settings.
+        truth: (H,) scaled held-out values; needed only when `config.oracle_weight > 0`.
+    """
+
+    def __init__(
+        self, context: np.ndarray, horizon: int, config: RewardConfig | None = None, truth: np.ndarray | None = None
+    ) -> None:
+        self.config = config or RewardConfig()
+        self.horizon = horizon
+        self.spectral = SpectralPenalty(context, horizon, self.config.spectral)
+        if self.config.oracle_weight > 0:
+            if truth is None or np.asarray(truth).shape != (horizon,):
+                raise ValueError(f"reward `oracle_weight` > 0 needs a truth of shape ({horizon},)")
+            self.truth = np.asarray(truth, dtype=np.float64)
+        else:
+            self.truth = None
+
+    def __call__(self, values: np.ndarray, valid: np.ndarray) -> RewardParts:
+        """values (B, H) scaled forecasts (NaN allowed in invalid rows), valid (B,) -> parts (B,)."""
+        values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+        valid = np.asarray(valid, dtype=bool)
+        if values.shape != (valid.shape[0], self.horizon):
+            raise RewardError(f"reward expects values of shape (B, {self.horizon}), got {values.shape}")
+        bad = valid & ~np.all(np.isfinite(values), axis=1)
+        if bad.any():
+            raise RewardError(f"sample {int(np.argmax(bad))} is marked valid but has non-finite values")
+        task = np.where(valid, 0.0, -self.config.invalid_penalty)
+        spectral = np.zeros(valid.shape[0])
+        if valid.any():
+            spectral[valid] = self.spectral(values[valid])
+            if self.truth is not None:
+                err = np.mean(np.abs(values[valid] - self.truth), axis=1) / np.mean(np.abs(self.truth))
+                task[valid] -= self.config.oracle_weight * err
+        total = task - self.config.gamma * spectral
+        nonfinite = ~np.isfinite(total)
+        if nonfinite.any():
+            i = int(np.argmax(nonfinite))
+            raise RewardError(f"reward of sample {i} is {total[i]} (values {values[i].tolist()})")
+        return RewardParts(total=total, task=task, spectral=spectral)

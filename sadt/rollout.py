@@ -1,0 +1,92 @@
+"""Batched rollouts under the digit grammar: the prior p(a|s) renormalised over A(s), sampled.
+
+The prior of an action is the LM's softmax restricted to the allowed set (DESIGN §2):
+`log p(a|s) = logit_a - logsumexp_{b in A(s)} logit_b`. With `top_k`, the prior is truncated to
+the k most likely allowed actions and renormalised; the target distribution is then defined on
+that truncated prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from sadt.codec import Codec
+from sadt.grammar import DigitGrammar
+from sadt.lm.backend import PromptCache, TorchLM
+
+
+def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
+    """log p(a|s) over the allowed actions, (B, A) -> (B, A); disallowed actions get -inf.
+
+    Every row must allow at least one action.
+    """
+    masked = logits.masked_fill(~mask, float("-inf"))
+    if top_k is not None and top_k < masked.shape[-1]:
+        kth = masked.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        masked = masked.masked_fill(masked < kth, float("-inf"))
+    return masked - torch.logsumexp(masked, dim=-1, keepdim=True)
+
+
+@dataclass
+class Rollouts:
+    actions: torch.Tensor  # (B, T) action indices after the prefix, -1 padded
+    log_prior: torch.Tensor  # (B, T) log p(a_t|s_t) of each sampled action, 0 padded
+    lengths: torch.Tensor  # (B,) actions sampled per row
+
+    def full_sequences(self, prefixes: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Prefix + sampled actions of each row, as Python lists."""
+        return [list(p) + self.actions[i, : self.lengths[i]].tolist() for i, p in enumerate(prefixes)]
+
+
+@torch.inference_mode()
+def rollout(
+    lm: TorchLM,
+    prompt: PromptCache,
+    codec: Codec,
+    grammar: DigitGrammar,
+    prefixes: Sequence[Sequence[int]],
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Rollouts:
+    """Complete every prefix (action indices after the prompt) to a terminal, all rows at once.
+
+    Rows are dropped from the batch as they finish, so a step costs only the live rows.
+    The recorded `log_prior` is the temperature-1 prior, whatever `temperature` samples with.
+    """
+    if temperature <= 0:
+        raise ValueError(f"rollout `temperature` must be > 0, got {temperature}")
+    device = lm.device
+    action_token_ids = torch.tensor(codec.action_token_ids, device=device)
+    token_prefixes = [[codec.action_token_ids[a] for a in p] for p in prefixes]
+    batch = lm.extend(prompt, token_prefixes, action_token_ids)
+    state = grammar.replay([list(p) for p in prefixes], device)
+    B, T = len(prefixes), grammar.max_tokens
+    actions = torch.full((B, T), -1, dtype=torch.long, device=device)
+    log_prior = torch.zeros(B, T, dtype=torch.float64, device=device)
+    lengths = torch.zeros(B, dtype=torch.long, device=device)
+
+    live = (~state.done).nonzero().squeeze(1)
+    batch, state = lm.select(batch, live), state.index(live)
+    while batch.size > 0:
+        mask = grammar.mask(state)
+        logp = masked_log_softmax(batch.logits.double(), mask, top_k)
+        sample_logp = logp if temperature == 1.0 else masked_log_softmax(batch.logits.double() / temperature, mask, top_k)
+        chosen = torch.multinomial(sample_logp.exp(), 1, generator=generator).squeeze(1)  # (B_live,)
+        rows = batch.rows
+        actions[rows, lengths[rows]] = chosen
+        log_prior[rows, lengths[rows]] = logp.gather(1, chosen[:, None]).squeeze(1)
+        lengths[rows] += 1
+        state = grammar.advance(state, chosen)
+        live = (~state.done).nonzero().squeeze(1)
+        if live.numel() == 0:
+            break
+        if live.numel() < batch.size:
+            batch, state, chosen = lm.select(batch, live), state.index(live), chosen[live]
+        batch = lm.step(batch, action_token_ids[chosen])
+    longest = int(lengths.max()) if B else 0
+    return Rollouts(actions=actions[:, :longest], log_prior=log_prior[:, :longest], lengths=lengths)

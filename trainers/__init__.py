@@ -1,0 +1,1 @@
+"""Lightning training of flow heads F_φ on harvested trajectories."""
