@@ -8,8 +8,8 @@ that truncated prior.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -75,7 +75,9 @@ def rollout(
     while batch.size > 0:
         mask = grammar.mask(state)
         logp = masked_log_softmax(batch.logits.double(), mask, top_k)
-        sample_logp = logp if temperature == 1.0 else masked_log_softmax(batch.logits.double() / temperature, mask, top_k)
+        sample_logp = logp
+        if temperature != 1.0:
+            sample_logp = masked_log_softmax(batch.logits.double() / temperature, mask, top_k)
         chosen = torch.multinomial(sample_logp.exp(), 1, generator=generator).squeeze(1)  # (B_live,)
         rows = batch.rows
         actions[rows, lengths[rows]] = chosen

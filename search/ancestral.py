@@ -56,7 +56,9 @@ def sample_forecasts(
     with tqdm(total=n_samples, desc="sampling", unit="forecast", disable=not progress) as bar:
         while len(actions) < n_samples:
             b = min(batch_size, n_samples - len(actions))
-            out = rollout(lm, prompt, codec, grammar, [[]] * b, temperature=temperature, top_k=top_k, generator=generator)
+            out = rollout(
+                lm, prompt, codec, grammar, [[]] * b, temperature=temperature, top_k=top_k, generator=generator
+            )
             actions += out.full_sequences([[]] * b)
             log_prior.append(out.log_prior.sum(dim=1).cpu().numpy())
             bar.update(b)

@@ -15,9 +15,9 @@ transformer plus a (H, A) product instead of the full (H, vocab) head.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from transformers import DynamicCache

@@ -126,7 +126,9 @@ def fetch(checkpoints: Path | None = None, *, force: bool = False) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoints", type=Path, default=None, help="folder holding base/ (default: repo checkpoints/)")
+    parser.add_argument(
+        "--checkpoints", type=Path, default=None, help="folder holding base/ (default: the repo's checkpoints/)"
+    )
     parser.add_argument("--force", action="store_true", help="fetch and convert again even if present")
     args = parser.parse_args(argv)
     try:

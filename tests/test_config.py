@@ -1,0 +1,33 @@
+from pathlib import Path
+
+import pytest
+
+from sadt.config import ConfigError, load_config
+from search.demo import DemoConfig
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "demo").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_demo_config_loads(path):
+    config = load_config(path, DemoConfig)
+    assert config.n_samples >= 1
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("n_sample: 3\n", "unknown key `n_sample`"),
+        ("n_samples: three\n", "`n_samples` must be int"),
+        ("n_samples: 0\n", "`n_samples` must be >= 1"),
+        ("codec:\n  precison: 2\n", "unknown key `codec.precison`"),
+        ("reward:\n  gamma: -1\n", "gamma"),
+        ("n_samples: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path, DemoConfig)
+    assert str(path) in str(err.value)

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from sadt.rewards import ForecastReward, RewardConfig, RewardError
+
+
+@pytest.fixture
+def context():
+    t = np.arange(120)
+    return 1.0 + 0.3 * np.sin(2 * np.pi * t / 12) + 0.05 * np.random.default_rng(0).normal(size=120)
+
+
+def test_reward_is_task_minus_gamma_spectral(context):
+    reward = ForecastReward(context, horizon=24, config=RewardConfig(gamma=2.0, invalid_penalty=5.0))
+    good = context[-24:]
+    flat = np.full(24, 1.0) + 1e-3 * np.arange(24)
+    values = np.stack([good, flat, np.full(24, np.nan)])
+    parts = reward(values, np.array([True, True, False]))
+    np.testing.assert_allclose(parts.task, [0.0, 0.0, -5.0])
+    np.testing.assert_allclose(parts.total, parts.task - 2.0 * parts.spectral)
+    assert parts.spectral[0] < parts.spectral[1]  # the seasonal continuation matches the context's spectrum
+    assert parts.spectral[2] == 0.0
+
+
+def test_oracle_term_needs_truth_and_penalises_error(context):
+    with pytest.raises(ValueError, match="truth"):
+        ForecastReward(context, horizon=24, config=RewardConfig(oracle_weight=1.0))
+    truth = context[-24:]
+    reward = ForecastReward(context, 24, RewardConfig(gamma=0.0, oracle_weight=1.0), truth=truth)
+    parts = reward(np.stack([truth, truth * 1.1]), np.array([True, True]))
+    assert parts.total[0] == pytest.approx(0.0)
+    assert parts.total[1] == pytest.approx(-0.1)
+
+
+def test_nan_in_a_valid_sample_is_an_error_naming_it(context):
+    reward = ForecastReward(context, horizon=24)
+    values = np.stack([context[-24:], context[-24:]])
+    values[1, 3] = np.nan
+    with pytest.raises(RewardError, match="sample 1"):
+        reward(values, np.array([True, True]))
