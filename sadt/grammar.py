@@ -11,6 +11,7 @@ State per row: digits of the value being written, its integer so far, values com
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -80,14 +81,51 @@ class DigitGrammar:
 
     def replay(self, prefixes: list[list[int]], device: torch.device | str = "cpu") -> GrammarState:
         """States after each prefix of action indices (ragged list of B sequences)."""
-        state = self.initial(len(prefixes), device)
-        longest = max((len(p) for p in prefixes), default=0)
-        for t in range(longest):
-            actions = torch.tensor([p[t] if t < len(p) else END for p in prefixes], device=device)
-            ended = torch.tensor([t >= len(p) for p in prefixes], device=device)
-            stepped = self.advance(state, actions)
-            state = GrammarState(*(torch.where(ended, old, new) for old, new in zip(
-                (state.n_digits, state.value, state.n_values, state.done),
-                (stepped.n_digits, stepped.value, stepped.n_values, stepped.done),
-            )))
-        return state
+        return replay(self, prefixes, device)
+
+
+def replay(grammar, prefixes: list[list[int]], device: torch.device | str = "cpu"):
+    """Advance `grammar.initial(B)` along ragged prefixes; works for any grammar's state dataclass."""
+    state = grammar.initial(len(prefixes), device)
+    for t in range(max((len(p) for p in prefixes), default=0)):
+        actions = torch.tensor([p[t] if t < len(p) else 0 for p in prefixes], device=device)
+        ended = torch.tensor([t >= len(p) for p in prefixes], device=device)
+        stepped = grammar.advance(state, actions)
+        state = type(state)(*(
+            torch.where(ended, getattr(state, f.name), getattr(stepped, f.name)) for f in dataclasses.fields(state)
+        ))
+    return state
+
+
+@dataclass
+class LengthState:
+    length: torch.Tensor  # (B,) actions taken
+    done: torch.Tensor  # (B,) bool
+
+    def index(self, rows: torch.Tensor) -> LengthState:
+        return LengthState(self.length[rows], self.done[rows])
+
+
+@dataclass(frozen=True)
+class FixedLengthGrammar:
+    """Every sequence of exactly `length` actions out of `n_actions`: the enumerable toy problem."""
+
+    n_actions: int
+    length: int
+
+    @property
+    def max_tokens(self) -> int:
+        return self.length
+
+    def initial(self, batch: int, device: torch.device | str = "cpu") -> LengthState:
+        return LengthState(torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(batch, dtype=torch.bool, device=device))
+
+    def mask(self, state: LengthState) -> torch.Tensor:
+        return (~state.done)[:, None].expand(-1, self.n_actions).clone()  # (B, A)
+
+    def advance(self, state: LengthState, actions: torch.Tensor) -> LengthState:
+        length = torch.where(state.done, state.length, state.length + 1)
+        return LengthState(length, length >= self.length)
+
+    def replay(self, prefixes: list[list[int]], device: torch.device | str = "cpu") -> LengthState:
+        return replay(self, prefixes, device)

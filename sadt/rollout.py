@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from sadt.codec import Codec
-from sadt.grammar import DigitGrammar
 from sadt.lm.backend import PromptCache, TorchLM
 
 
@@ -35,6 +33,7 @@ class Rollouts:
     actions: torch.Tensor  # (B, T) action indices after the prefix, -1 padded
     log_prior: torch.Tensor  # (B, T) log p(a_t|s_t) of each sampled action, 0 padded
     lengths: torch.Tensor  # (B,) actions sampled per row
+    step_log_probs: torch.Tensor | None = None  # (B, T, A) log p(.|s_t) over all actions, when asked for
 
     def full_sequences(self, prefixes: Sequence[Sequence[int]]) -> list[list[int]]:
         """Prefix + sampled actions of each row, as Python lists."""
@@ -45,15 +44,22 @@ class Rollouts:
 def rollout(
     lm: TorchLM,
     prompt: PromptCache,
-    codec: Codec,
-    grammar: DigitGrammar,
+    action_token_ids: Sequence[int],
+    grammar,
     prefixes: Sequence[Sequence[int]],
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    return_step_log_probs: bool = False,
 ) -> Rollouts:
     """Complete every prefix (action indices after the prompt) to a terminal, all rows at once.
+
+    Args:
+        action_token_ids: (A,) vocabulary id of each action index (e.g. `Codec.action_token_ids`).
+        grammar: gives the allowed actions of each state (`DigitGrammar` for forecasts).
+        prefixes: B ragged lists of action indices already taken after the prompt.
+        return_step_log_probs: also keep the whole prior vector of every step (the tree stores it).
 
     Rows are dropped from the batch as they finish, so a step costs only the live rows.
     The recorded `log_prior` is the temperature-1 prior, whatever `temperature` samples with.
@@ -61,14 +67,17 @@ def rollout(
     if temperature <= 0:
         raise ValueError(f"rollout `temperature` must be > 0, got {temperature}")
     device = lm.device
-    action_token_ids = torch.tensor(codec.action_token_ids, device=device)
-    token_prefixes = [[codec.action_token_ids[a] for a in p] for p in prefixes]
+    token_prefixes = [[action_token_ids[a] for a in p] for p in prefixes]
+    action_token_ids = torch.tensor(list(action_token_ids), device=device)
     batch = lm.extend(prompt, token_prefixes, action_token_ids)
     state = grammar.replay([list(p) for p in prefixes], device)
     B, T = len(prefixes), grammar.max_tokens
     actions = torch.full((B, T), -1, dtype=torch.long, device=device)
     log_prior = torch.zeros(B, T, dtype=torch.float64, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
+    step_log_probs = None
+    if return_step_log_probs:
+        step_log_probs = torch.full((B, T, action_token_ids.numel()), float("-inf"), dtype=torch.float64, device=device)
 
     live = (~state.done).nonzero().squeeze(1)
     batch, state = lm.select(batch, live), state.index(live)
@@ -82,6 +91,8 @@ def rollout(
         rows = batch.rows
         actions[rows, lengths[rows]] = chosen
         log_prior[rows, lengths[rows]] = logp.gather(1, chosen[:, None]).squeeze(1)
+        if step_log_probs is not None:
+            step_log_probs[rows, lengths[rows]] = logp
         lengths[rows] += 1
         state = grammar.advance(state, chosen)
         live = (~state.done).nonzero().squeeze(1)
@@ -91,4 +102,6 @@ def rollout(
             batch, state, chosen = lm.select(batch, live), state.index(live), chosen[live]
         batch = lm.step(batch, action_token_ids[chosen])
     longest = int(lengths.max()) if B else 0
-    return Rollouts(actions=actions[:, :longest], log_prior=log_prior[:, :longest], lengths=lengths)
+    if step_log_probs is not None:
+        step_log_probs = step_log_probs[:, :longest]
+    return Rollouts(actions[:, :longest], log_prior[:, :longest], lengths, step_log_probs)
