@@ -118,7 +118,8 @@ class FixedLengthGrammar:
         return self.length
 
     def initial(self, batch: int, device: torch.device | str = "cpu") -> LengthState:
-        return LengthState(torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(batch, dtype=torch.bool, device=device))
+        zeros = torch.zeros(batch, dtype=torch.long, device=device)
+        return LengthState(zeros, zeros.bool())
 
     def mask(self, state: LengthState) -> torch.Tensor:
         return (~state.done)[:, None].expand(-1, self.n_actions).clone()  # (B, A)

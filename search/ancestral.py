@@ -57,7 +57,8 @@ def sample_forecasts(
         while len(actions) < n_samples:
             b = min(batch_size, n_samples - len(actions))
             out = rollout(
-                lm, prompt, codec.action_token_ids, grammar, [[]] * b, temperature=temperature, top_k=top_k, generator=generator
+                lm, prompt, codec.action_token_ids, grammar, [[]] * b,
+                temperature=temperature, top_k=top_k, generator=generator,
             )
             actions += out.full_sequences([[]] * b)
             log_prior.append(out.log_prior.sum(dim=1).cpu().numpy())

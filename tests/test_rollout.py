@@ -39,7 +39,8 @@ def test_rollouts_are_grammatical_and_log_prior_is_exact(tiny_lm, base_tokenizer
     grammar = DigitGrammar(horizon=3, max_digits=2)
     prompt = tiny_lm.prefill(PROMPT)
     prefixes = [[], [4], [1, 2, SEP]]
-    out = rollout(tiny_lm, prompt, codec.action_token_ids, grammar, prefixes, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    out = rollout(tiny_lm, prompt, codec.action_token_ids, grammar, prefixes, generator=generator)
     for i, seq in enumerate(out.full_sequences(prefixes)):
         assert seq.count(SEP) == 3 and seq[-1] == SEP and END not in seq
         sampled = out.actions[i, : out.lengths[i]].tolist()
@@ -60,7 +61,8 @@ def test_samples_follow_the_restricted_prior(tiny_lm, base_tokenizer):
     exact = np.exp([sequence_log_prior(tiny_lm, codec, grammar, [d, SEP]) for d in range(10)])
     assert exact.sum() == pytest.approx(1.0)
     n = 4000
-    out = rollout(tiny_lm, prompt, codec.action_token_ids, grammar, [[]] * n, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    out = rollout(tiny_lm, prompt, codec.action_token_ids, grammar, [[]] * n, generator=generator)
     assert (out.actions[:, 1] == SEP).all()
     empirical = np.bincount(out.actions[:, 0].numpy(), minlength=10) / n
     # TV of n multinomial draws has sd ~ sqrt(K / n) / 2 ≈ 0.025; 0.06 is > 2 sd, far below a wrong prior.

@@ -1,0 +1,97 @@
+"""A search tree stored as flat arrays (one row per node), grown by doubling.
+
+2000 rollouts of 100+ tokens add hundreds of thousands of nodes, so there is no Python object
+per node. Node 0 is the root (the prompt). A node's children are a dense (A,) row of node ids
+(-1 where absent): with ~12 actions that is cheaper than any sparse structure and makes the
+backup one vectorised row operation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ROOT = 0
+
+
+class Tree:
+    """Per node: action from its parent, parent, depth, visits, soft value V̂, terminal reward,
+    children ids, and the prior log p(·|s) over all actions (-inf where not allowed; NaN until
+    the node has been expanded by an LM forward)."""
+
+    def __init__(self, n_actions: int, capacity: int = 1024) -> None:
+        self.n_actions = n_actions
+        self.size = 0
+        self._allocate(capacity)
+        self.add(parent=-1, action=-1)  # the root
+
+    def _allocate(self, capacity: int) -> None:
+        A = self.n_actions
+        fresh = {
+            "parent": np.full(capacity, -1, np.int32),
+            "action": np.full(capacity, -1, np.int8),
+            "depth": np.zeros(capacity, np.int32),
+            "visits": np.zeros(capacity, np.int32),
+            "value": np.zeros(capacity, np.float64),  # V̂(s)
+            "reward": np.full(capacity, np.nan, np.float64),  # r(x) at terminals
+            "terminal": np.zeros(capacity, bool),
+            "children": np.full((capacity, A), -1, np.int32),
+            "log_prior": np.full((capacity, A), np.nan, np.float64),  # log p(a|s) over actions
+        }
+        for name, array in fresh.items():
+            if hasattr(self, name):
+                array[: self.size] = getattr(self, name)[: self.size]
+            setattr(self, name, array)
+        self.capacity = capacity
+
+    def add(self, parent: int, action: int) -> int:
+        """The child of `parent` by `action`, created if absent; returns its id."""
+        if parent >= 0 and self.children[parent, action] >= 0:
+            return int(self.children[parent, action])
+        if self.size == self.capacity:
+            self._allocate(2 * self.capacity)
+        node = self.size
+        self.size += 1
+        self.parent[node], self.action[node] = parent, action
+        if parent >= 0:
+            self.children[parent, action] = node
+            self.depth[node] = self.depth[parent] + 1
+        return node
+
+    def expanded(self, node: int) -> bool:
+        return not np.isnan(self.log_prior[node, 0])
+
+    def path(self, node: int) -> list[int]:
+        """Node ids from the root down to `node`, both included."""
+        nodes = []
+        while node >= 0:
+            nodes.append(node)
+            node = int(self.parent[node])
+        return nodes[::-1]
+
+    def actions_to(self, node: int) -> list[int]:
+        """The action sequence that leads from the root to `node`."""
+        return [int(self.action[n]) for n in self.path(node)[1:]]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (capacity, not just used rows)."""
+        return sum(getattr(self, n).nbytes for n in self._fields())
+
+    def bytes_per_node(self) -> float:
+        return self.nbytes / self.capacity
+
+    def _fields(self) -> tuple[str, ...]:
+        return ("parent", "action", "depth", "visits", "value", "reward", "terminal", "children", "log_prior")
+
+    def stats(self) -> dict[str, float]:
+        """Nodes, depth, mean branching of internal nodes, terminals."""
+        n = self.size
+        n_children = (self.children[:n] >= 0).sum(axis=1)
+        internal = n_children > 0
+        return {
+            "nodes": n,
+            "terminals": int(self.terminal[:n].sum()),
+            "max_depth": int(self.depth[:n].max()),
+            "mean_branching": float(n_children[internal].mean()) if internal.any() else 0.0,
+            "bytes_per_node": self.bytes_per_node(),
+        }

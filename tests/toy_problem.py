@@ -1,0 +1,90 @@
+"""An enumerable toy: a tiny float64 Llama, 3 actions, length 5 (243 sequences), a fixed random reward.
+
+π* and every soft value are computed exactly by enumeration, in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from conftest import tiny_llama
+from scipy.special import logsumexp
+
+from sadt.grammar import FixedLengthGrammar
+from sadt.lm.backend import TorchLM
+from sadt.rollout import masked_log_softmax
+from search.maxent import MaxEntTS, SearchConfig
+from search.tree import ROOT
+
+PROMPT = [1, 9, 4]
+ACTION_IDS = [3, 5, 7]
+N_ACTIONS = 3
+
+
+class Toy:
+    def __init__(self, length: int = 5, sharpness: float = 4.0, seed: int = 0) -> None:
+        self.length = length
+        self.lm = TorchLM(tiny_llama(seed))
+        with torch.no_grad():
+            self.lm.head.weight.mul_(sharpness)  # a random tiny LM is nearly uniform; give the prior some shape
+        self.grammar = FixedLengthGrammar(N_ACTIONS, length)
+        self.table = np.random.default_rng(seed).uniform(0.0, 1.0, N_ACTIONS**length)
+        self.sequences = [list(s) for s in itertools.product(range(N_ACTIONS), repeat=length)]
+        self.log_p = self._exact_log_prior()  # (243,)
+
+    def index(self, sequence) -> int:
+        return int("".join(map(str, sequence)), N_ACTIONS)
+
+    def reward(self, sequences) -> np.ndarray:
+        return np.array([self.table[self.index(s)] for s in sequences])
+
+    def _exact_log_prior(self) -> np.ndarray:
+        """log p(x) from one full forward over all sequences (no cache, no tree)."""
+        ids = torch.tensor([PROMPT + [ACTION_IDS[a] for a in s] for s in self.sequences])
+        with torch.no_grad():
+            logits = self.lm.model(ids).logits[:, len(PROMPT) - 1 : -1][..., ACTION_IDS]  # (S, L, A)
+        log_probs = masked_log_softmax(logits.reshape(-1, N_ACTIONS), torch.ones(1, N_ACTIONS, dtype=torch.bool))
+        chosen = torch.tensor(self.sequences).reshape(-1, 1)
+        return log_probs.gather(1, chosen).reshape(-1, self.length).sum(1).numpy()
+
+    def target(self, lam: float) -> tuple[np.ndarray, float]:
+        """π*(x) over all sequences and the exact root value (1/λ) log Z."""
+        scores = self.log_p + lam * self.table
+        log_z = logsumexp(scores)
+        return np.exp(scores - log_z), log_z / lam
+
+    def exact_value(self, prefix: list[int], lam: float) -> float:
+        """V(s) = (1/λ) log Σ_{x extends s} p(x|s) exp(λ r(x)), by enumeration."""
+        below = [i for i, s in enumerate(self.sequences) if s[: len(prefix)] == prefix]
+        prefix_log_p = logsumexp(self.log_p[below])  # p(s) = Σ_{x extends s} p(x)
+        return float((logsumexp(self.log_p[below] + lam * self.table[below]) - prefix_log_p) / lam)
+
+    def search(self, lam: float, n_rollouts: int, batch_size: int = 8, seed: int = 0) -> MaxEntTS:
+        config = SearchConfig(lam=lam, n_rollouts=n_rollouts, batch_size=batch_size, seed=seed, progress=False)
+        search = MaxEntTS(self.lm, PROMPT, ACTION_IDS, self.grammar, self.reward, config)
+        search.run()
+        return search
+
+
+def tree_distribution(search: MaxEntTS) -> np.ndarray:
+    """The exact distribution of the tree's sampler (DTS Alg. 2) over all sequences."""
+    tree, lam = search.tree, search.config.lam
+    q = np.zeros(search.tree.n_actions ** search.grammar.length)
+    stack = [(ROOT, 0.0)]
+    while stack:
+        node, log_q = stack.pop()
+        if tree.terminal[node]:
+            q[int("".join(map(str, tree.actions_to(node))), N_ACTIONS)] += np.exp(log_q)
+            continue
+        children = tree.children[node]
+        visited = children >= 0
+        logits = np.where(visited, tree.log_prior[node] + lam * tree.value[children], -np.inf)
+        logits -= logsumexp(logits)
+        stack += [(int(children[a]), log_q + logits[a]) for a in np.flatnonzero(visited)]
+    return q
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    return 0.5 * float(np.abs(p - q).sum())
