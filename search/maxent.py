@@ -146,55 +146,61 @@ class MaxEntTS:
             node = int(tree.parent[node])
 
     def iterate(self, batch: int) -> None:
-        """Select `batch` leaves, roll the new ones out in one batched pass, score, insert, back up."""
+        """Select `batch` leaves, roll the new ones out in one batched pass, score, insert, back up.
+
+        The tree is only changed after the rollouts and rewards succeed, so a Ctrl-C or a failing
+        reward mid-iteration leaves the tree as it was before the iteration.
+        """
         picks = [self.select() for _ in range(batch)]
-        terminals = [node for node, action in picks if action < 0]  # known terminals: no LM call
-        leaves = [self.tree.add(parent, action) for parent, action in picks if action >= 0]
-        if leaves:
-            prefixes = [self.tree.actions_to(leaf) for leaf in leaves]
-            ended = self.grammar.replay(prefixes).done.tolist()
-            to_roll = [(leaf, prefix) for leaf, prefix, end in zip(leaves, prefixes, ended) if not end]
-            rolled = self._roll_out(*zip(*to_roll)) if to_roll else []
-            ends = [leaf for leaf, end in zip(leaves, ended) if end] + rolled
-            self._score(ends)
-            terminals += ends
+        revisits = [node for node, action in picks if action < 0]  # known terminals: no LM call
+        new = [(parent, action) for parent, action in picks if action >= 0]
+        suffixes = [[action] for _, action in new]  # actions below each parent: the new one, then the rollout's
+        paths = [self.tree.actions_to(parent) + [action] for parent, action in new]
+        step_log_probs: list[np.ndarray | None] = [None] * len(paths)  # (T, A) prior vectors along each rollout
+        ended = self.grammar.replay(paths).done.tolist() if paths else []
+        to_roll = [i for i, end in enumerate(ended) if not end]
+        if to_roll:
+            out = rollout(
+                self.lm, self.prompt, self.action_token_ids, self.grammar, [paths[i] for i in to_roll],
+                top_k=self.config.top_k, generator=self.generator, return_step_log_probs=True,
+            )
+            for row, i in enumerate(to_roll):
+                length = int(out.lengths[row])
+                suffixes[i] += out.actions[row, :length].tolist()
+                paths[i] = paths[i] + suffixes[i][1:]
+                step_log_probs[i] = out.step_log_probs[row, :length].cpu().numpy()
+        rewards = self._rewards(paths) if paths else np.zeros(0)
+        terminals = revisits + [
+            self._insert(parent, suffix, log_probs, reward)
+            for (parent, _), suffix, log_probs, reward in zip(new, suffixes, step_log_probs, rewards)
+        ]
         for node in terminals:
             self.backup(node)
         self.rollouts_done += batch
 
-    def _roll_out(self, leaves: Sequence[int], prefixes: Sequence[list[int]]) -> list[int]:
-        """Sample p below every leaf in one batched pass; each rollout's states join the tree.
+    def _insert(self, parent: int, actions: list[int], step_log_probs: np.ndarray | None, reward: float) -> int:
+        """Add the path `actions` below `parent` (the rollout's states join the tree); returns its terminal.
 
-        Returns the terminal node reached below each leaf.
+        `step_log_probs[t]` is the prior over actions at the state after `actions[: t + 1]`.
         """
-        out = rollout(
-            self.lm, self.prompt, self.action_token_ids, self.grammar, prefixes, top_k=self.config.top_k,
-            generator=self.generator, return_step_log_probs=True,
-        )
-        step_log_probs = out.step_log_probs.cpu().numpy()  # (B, T, A)
-        actions, lengths = out.actions.cpu().numpy(), out.lengths.tolist()
-        terminals = []
-        for i, node in enumerate(leaves):
-            for t in range(lengths[i]):
-                self.tree.log_prior[node] = step_log_probs[i, t]
-                node = self.tree.add(node, int(actions[i, t]))
-            terminals.append(node)
-        return terminals
+        node = self.tree.add(parent, actions[0])
+        for t, action in enumerate(actions[1:]):
+            self.tree.log_prior[node] = step_log_probs[t]
+            node = self.tree.add(node, action)
+        self.tree.terminal[node] = True
+        self.tree.reward[node] = reward
+        return node
 
-    def _score(self, terminals: list[int]) -> None:
-        """Mark `terminals` and store their rewards (one vectorised reward call)."""
-        if not terminals:
-            return
-        sequences = [self.tree.actions_to(n) for n in terminals]
+    def _rewards(self, sequences: list[list[int]]) -> np.ndarray:
+        """One vectorised reward call; a wrong shape or a non-finite reward names the sample."""
         rewards = np.asarray(self.reward_fn(sequences), dtype=np.float64)
-        if rewards.shape != (len(terminals),):
-            raise RewardError(f"reward_fn returned shape {rewards.shape} for {len(terminals)} sequences")
+        if rewards.shape != (len(sequences),):
+            raise RewardError(f"reward_fn returned shape {rewards.shape} for {len(sequences)} sequences")
         bad = ~np.isfinite(rewards)
         if bad.any():
             i = int(np.argmax(bad))
             raise RewardError(f"reward of sample {i} (actions {sequences[i]}) is {rewards[i]}; rewards must be finite")
-        self.tree.terminal[terminals] = True
-        self.tree.reward[terminals] = rewards
+        return rewards
 
     def sample(self, n: int) -> list[int]:
         """Terminal node ids drawn from the finished tree without model calls (DTS Alg. 2)."""

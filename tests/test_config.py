@@ -3,14 +3,14 @@ from pathlib import Path
 import pytest
 
 from sadt.config import ConfigError, load_config
-from search.demo import DemoConfig
+from search.run import RunConfig
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "demo").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_demo_config_loads(path):
-    config = load_config(path, DemoConfig)
+    config = load_config(path, RunConfig)
     assert config.n_samples >= 1
 
 
@@ -29,5 +29,5 @@ def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message) as err:
-        load_config(path, DemoConfig)
+        load_config(path, RunConfig)
     assert str(path) in str(err.value)

@@ -124,3 +124,18 @@ def test_a_failing_reward_names_the_sample(toy):
     search = MaxEntTS(toy.lm, [1, 9, 4], [3, 5, 7], toy.grammar, reward, SearchConfig(n_rollouts=8, progress=False))
     with pytest.raises(RewardError, match=r"sample \d+ \(actions \[.*\]\) is nan"):
         search.run()
+
+
+def test_ctrl_c_returns_the_partial_result(toy):
+    calls = []
+
+    def reward(sequences):
+        calls.append(len(sequences))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return toy.reward(sequences)
+
+    config = SearchConfig(n_rollouts=64, batch_size=8, n_samples=5, progress=False)
+    result = MaxEntTS(toy.lm, [1, 9, 4], [3, 5, 7], toy.grammar, reward, config).run()
+    assert result.interrupted and result.n_rollouts == 16
+    assert len(result.samples) == 5 and np.isfinite(result.root_value)

@@ -1,0 +1,53 @@
+"""A forecasting problem as the search sees it: prompt ids, grammar, and a reward over action sequences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sadt.codec import Codec, Scaler
+from sadt.grammar import DigitGrammar
+from sadt.lm.backend import TorchLM
+from sadt.rewards import ForecastReward, RewardConfig
+from search.maxent import MaxEntTS, SearchConfig, SearchResult
+
+
+@dataclass
+class ForecastTask:
+    codec: Codec
+    prompt_ids: list[int]
+    scaler: Scaler
+    grammar: DigitGrammar
+    reward: ForecastReward
+    horizon: int
+
+    @classmethod
+    def build(
+        cls, codec: Codec, context: np.ndarray, horizon: int, reward_config: RewardConfig | None = None
+    ) -> ForecastTask:
+        """Encode `context` (series units), fit the scaler, and set up grammar and reward."""
+        prompt_ids, scaler = codec.encode_prompt(context)
+        grammar = DigitGrammar(horizon=horizon, max_digits=codec.config.max_digits)
+        reward = ForecastReward(scaler.transform(context), horizon, reward_config)
+        return cls(codec, prompt_ids, scaler, grammar, reward, horizon)
+
+    def decode(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Action sequences -> scaled values (B, H) and validity (B,)."""
+        padded = np.full((len(sequences), max(len(s) for s in sequences)), -1, dtype=np.int64)
+        for i, s in enumerate(sequences):
+            padded[i, : len(s)] = s
+        return self.codec.decode_actions(padded, self.horizon)
+
+    def reward_fn(self, sequences: list[list[int]]) -> np.ndarray:
+        """r(x) of each terminal action sequence, (B,)."""
+        return self.reward(*self.decode(sequences)).total
+
+    def values(self, sequences: list[list[int]]) -> np.ndarray:
+        """Valid forecasts in the series' own units, (B_valid, H)."""
+        scaled, valid = self.decode(sequences)
+        return self.scaler.inverse(scaled[valid])
+
+    def search(self, lm: TorchLM, config: SearchConfig) -> SearchResult:
+        """Run MaxEnt-TS on this task; `task.values(result.samples)` gives forecasts in series units."""
+        return MaxEntTS(lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config).run()
