@@ -10,7 +10,7 @@ from sadt.codec import Codec, Scaler
 from sadt.grammar import DigitGrammar
 from sadt.lm.backend import TorchLM
 from sadt.rewards import ForecastReward, RewardConfig
-from search.maxent import MaxEntTS, SearchConfig, SearchResult
+from search.tree_search import SearchConfig, SearchResult, TreeSearch
 
 
 @dataclass
@@ -49,5 +49,9 @@ class ForecastTask:
         return self.scaler.inverse(scaled[valid])
 
     def search(self, lm: TorchLM, config: SearchConfig) -> SearchResult:
-        """Run MaxEnt-TS on this task; `task.values(result.samples)` gives forecasts in series units."""
-        return MaxEntTS(lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config).run()
+        """Run the configured tree search (MaxEnt-TS by default) on this task.
+
+        `task.values(result.samples)` gives the sampled forecasts in the series' units.
+        """
+        search = TreeSearch(lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config)
+        return search.run()

@@ -4,8 +4,9 @@
     python -m search.demo                      # the same job on configs/demo/airpassengers.yaml
 
 For each series (LLMTime protocol: the last 20% held out) and each method in `methods` it draws
-`n_samples` forecasts: `base` samples the grammar-restricted prior, `maxent_ts` runs MaxEnt-TS
-with the `search` settings and samples its finished tree. It reports CRPS, scaled MAE, Spec-W1
+`n_samples` forecasts: `base` samples the grammar-restricted prior in batches; the tree methods
+(`maxent_ts`, `dts`, `dts_star`, `mcts_uct`, `ancestral`, `best_of_n`, `greedy`) run with the
+`search` settings (its `method` is replaced) and sample their finished tree. It reports CRPS, scaled MAE, Spec-W1
 (against the truth's PSD), the mean reward of the samples, NFE (LM token positions), forward
 calls, wall time and peak memory, with LLMTime's published numbers beside ours.
 """
@@ -37,15 +38,16 @@ from sadt.rewards import RewardConfig
 from sadt.spectral import spec_w1
 from search.ancestral import sample_prior
 from search.forecast_task import ForecastTask
-from search.maxent import SearchConfig
+from search.tree_search import METHODS as TREE_METHODS
+from search.tree_search import SearchConfig
 
-METHODS = ("base", "maxent_ts")
+METHODS = ("base", *TREE_METHODS)  # `base`: plain batched sampling without a tree
 
 
 @dataclass(frozen=True)
 class RunConfig:
     series: list[str] = field(default_factory=lambda: ["AirPassengers"])  # built-in names
-    methods: list[str] = field(default_factory=lambda: list(METHODS))  # rows of the table
+    methods: list[str] = field(default_factory=lambda: ["base", "maxent_ts"])  # rows of the table
     csv: str | None = None  # a user's CSV file instead of the built-in series
     column: str = "value"  # the CSV column to forecast
     n_samples: int = 20  # forecasts per series and method
@@ -58,7 +60,7 @@ class RunConfig:
     output_dir: str = "outputs/demo"
     codec: CodecConfig = field(default_factory=CodecConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)  # MaxEnt-TS (its n_samples is ignored)
+    search: SearchConfig = field(default_factory=SearchConfig)  # tree settings (method, n_samples set per row)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -78,13 +80,15 @@ def sample_method(lm, task: ForecastTask, method: str, config: RunConfig) -> tup
             temperature=config.temperature, top_k=config.top_k, seed=config.seed,
         )
         return actions, task.reward_fn(actions)
-    search_config = dataclasses.replace(config.search, n_samples=config.n_samples, seed=config.seed)
+    search_config = dataclasses.replace(config.search, method=method, n_samples=config.n_samples, seed=config.seed)
     result = task.search(lm, search_config)
     return result.samples, result.sample_rewards
 
 
 def method_label(method: str, config: RunConfig) -> str:
-    return "base sampling" if method == "base" else f"MaxEnt-TS@{config.search.n_rollouts} λ={config.search.lam:g}"
+    if method == "base":
+        return "base sampling"
+    return f"{method}@{config.search.n_rollouts} λ={config.search.lam:g}"
 
 
 def run_method(lm, codec: Codec, series: Series, method: str, config: RunConfig) -> tuple[dict, np.ndarray]:

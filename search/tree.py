@@ -14,9 +14,9 @@ ROOT = 0
 
 
 class Tree:
-    """Per node: action from its parent, parent, depth, visits, soft value V̂, terminal reward,
-    children ids, and the prior log p(·|s) over all actions (-inf where not allowed; NaN until
-    the node has been expanded by an LM forward)."""
+    """Per node: action from its parent, parent, depth, visits, value V̂, terminal reward, children
+    ids, per-action draw counts, virtual visits, and the prior log p(·|s) over all actions (-inf
+    where not allowed; NaN until an LM forward has expanded the node)."""
 
     def __init__(self, n_actions: int, capacity: int = 1024) -> None:
         self.n_actions = n_actions
@@ -35,6 +35,8 @@ class Tree:
             "reward": np.full(capacity, np.nan, np.float64),  # r(x) at terminals
             "terminal": np.zeros(capacity, bool),
             "children": np.full((capacity, A), -1, np.int32),
+            "draws": np.zeros((capacity, A), np.int32),  # times each action was drawn from p at s (DTS weights)
+            "pending": np.zeros(capacity, np.int32),  # virtual visits of selections not yet backed up
             "log_prior": np.full((capacity, A), np.nan, np.float64),  # log p(a|s) over actions
         }
         for name, array in fresh.items():
@@ -42,6 +44,7 @@ class Tree:
                 array[: self.size] = getattr(self, name)[: self.size]
             setattr(self, name, array)
         self.capacity = capacity
+        self._names = tuple(fresh)
 
     def add(self, parent: int, action: int) -> int:
         """The child of `parent` by `action`, created if absent; returns its id."""
@@ -72,13 +75,10 @@ class Tree:
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays (capacity, not just used rows)."""
-        return sum(getattr(self, n).nbytes for n in self._fields())
+        return sum(getattr(self, n).nbytes for n in self._names)
 
     def bytes_per_node(self) -> float:
         return self.nbytes / self.capacity
-
-    def _fields(self) -> tuple[str, ...]:
-        return ("parent", "action", "depth", "visits", "value", "reward", "terminal", "children", "log_prior")
 
     def stats(self) -> dict[str, float]:
         """Nodes, depth, mean branching of internal nodes, terminals."""

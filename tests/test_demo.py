@@ -21,7 +21,7 @@ def test_demo_prints_the_table_and_saves_both_plots(tmp_path, capsys, base_token
     assert (tmp_path / "out" / "Wooly_psd.png").stat().st_size > 10_000
     with (tmp_path / "out" / "results.csv").open() as f:
         base, tree = list(csv.DictReader(f))
-    assert base["method"] == "base sampling" and tree["method"].startswith("MaxEnt-TS@8")
+    assert base["method"] == "base sampling" and tree["method"].startswith("maxent_ts@8")
     for row in (base, tree):
         assert int(row["samples"]) == 4  # the grammar makes every forecast parse
         assert 0 < float(row["crps"]) < 2 and int(row["nfe_tokens"]) > 4 * 24 * 2

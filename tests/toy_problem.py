@@ -15,8 +15,8 @@ from scipy.special import logsumexp
 from sadt.grammar import FixedLengthGrammar
 from sadt.lm.backend import TorchLM
 from sadt.rollout import masked_log_softmax
-from search.maxent import MaxEntTS, SearchConfig
 from search.tree import ROOT
+from search.tree_search import SearchConfig, TreeSearch
 
 PROMPT = [1, 9, 4]
 ACTION_IDS = [3, 5, 7]
@@ -61,16 +61,21 @@ class Toy:
         prefix_log_p = logsumexp(self.log_p[below])  # p(s) = Σ_{x extends s} p(x)
         return float((logsumexp(self.log_p[below] + lam * self.table[below]) - prefix_log_p) / lam)
 
-    def search(self, lam: float, n_rollouts: int, batch_size: int = 8, seed: int = 0) -> MaxEntTS:
-        config = SearchConfig(lam=lam, n_rollouts=n_rollouts, batch_size=batch_size, seed=seed, progress=False)
-        search = MaxEntTS(self.lm, PROMPT, ACTION_IDS, self.grammar, self.reward, config)
+    def search(
+        self, lam: float, n_rollouts: int, batch_size: int = 8, seed: int = 0, method: str = "maxent_ts", **kwargs
+    ) -> TreeSearch:
+        config = SearchConfig(
+            method=method, lam=lam, n_rollouts=n_rollouts, batch_size=batch_size, seed=seed, progress=False, **kwargs
+        )
+        search = TreeSearch(self.lm, PROMPT, ACTION_IDS, self.grammar, self.reward, config)
         search.run()
         return search
 
 
-def tree_distribution(search: MaxEntTS) -> np.ndarray:
-    """The exact distribution of the tree's sampler (DTS Alg. 2) over all sequences."""
-    tree, lam = search.tree, search.config.lam
+def tree_distribution(search: TreeSearch) -> np.ndarray:
+    """The exact distribution of the tree's Boltzmann sampler (DTS Alg. 2) over all sequences."""
+    tree = search.tree
+    lam = 0.0 if search.config.method in ("ancestral", "greedy") else search.config.lam
     q = np.zeros(search.tree.n_actions ** search.grammar.length)
     stack = [(ROOT, 0.0)]
     while stack:
@@ -80,7 +85,7 @@ def tree_distribution(search: MaxEntTS) -> np.ndarray:
             continue
         children = tree.children[node]
         visited = children >= 0
-        logits = np.where(visited, tree.log_prior[node] + lam * tree.value[children], -np.inf)
+        logits = np.where(visited, search._child_log_weights(node) + lam * tree.value[children], -np.inf)
         logits -= logsumexp(logits)
         stack += [(int(children[a]), log_q + logits[a]) for a in np.flatnonzero(visited)]
     return q

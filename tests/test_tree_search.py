@@ -8,8 +8,8 @@ from toy_problem import Toy, total_variation, tree_distribution
 
 from sadt.rewards import RewardError
 from search.backup import soft_backup
-from search.maxent import MaxEntTS, SearchConfig
 from search.tree import ROOT
+from search.tree_search import SearchConfig, TreeSearch
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_a_failing_reward_names_the_sample(toy):
         out[-1] = np.nan
         return out
 
-    search = MaxEntTS(toy.lm, [1, 9, 4], [3, 5, 7], toy.grammar, reward, SearchConfig(n_rollouts=8, progress=False))
+    search = TreeSearch(toy.lm, [1, 9, 4], [3, 5, 7], toy.grammar, reward, SearchConfig(n_rollouts=8, progress=False))
     with pytest.raises(RewardError, match=r"sample \d+ \(actions \[.*\]\) is nan"):
         search.run()
 
@@ -136,6 +136,6 @@ def test_ctrl_c_returns_the_partial_result(toy):
         return toy.reward(sequences)
 
     config = SearchConfig(n_rollouts=64, batch_size=8, n_samples=5, progress=False)
-    result = MaxEntTS(toy.lm, [1, 9, 4], [3, 5, 7], toy.grammar, reward, config).run()
+    result = TreeSearch(toy.lm, [1, 9, 4], [3, 5, 7], toy.grammar, reward, config).run()
     assert result.interrupted and result.n_rollouts == 16
     assert len(result.samples) == 5 and np.isfinite(result.root_value)

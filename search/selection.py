@@ -1,0 +1,38 @@
+"""Child selection rules, one node at a time: Boltzmann (MaxEnt-TS, DTS), UCT (DTS*), PUCT (MCTS).
+
+Each takes the node's per-action arrays (A,) and returns an action index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from search.backup import boltzmann_logits
+
+
+def boltzmann(
+    log_w: np.ndarray, values: np.ndarray, visited: np.ndarray, parent_value: float, lam: float,
+    rng: np.random.Generator,
+) -> int:
+    """Sample `a ∝ w_a exp(λ Ṽ(s·a))` by Gumbel-max (unvisited children valued at V̂(s))."""
+    logits = boltzmann_logits(values, log_w, visited, parent_value, lam)
+    return int(np.argmax(logits + rng.gumbel(size=logits.shape)))
+
+
+def uct(values: np.ndarray, visits: np.ndarray, visited: np.ndarray, parent_visits: float, c: float) -> int:
+    """`argmax V̂(s·a) + c sqrt(log N(s) / N(s·a))` over visited children (DTS*)."""
+    bonus = c * np.sqrt(np.log(max(parent_visits, 1.0)) / np.maximum(visits, 1))
+    return int(np.argmax(np.where(visited, values + bonus, -np.inf)))
+
+
+def puct(
+    values: np.ndarray, log_prior: np.ndarray, visits: np.ndarray, visited: np.ndarray,
+    parent_value: float, parent_visits: float, c: float,
+) -> int:
+    """`argmax Q(s,a) + c p(a|s) sqrt(N(s)) / (1 + N(s·a))` over allowed actions (AlphaZero's PUCT).
+
+    An unvisited action's Q is the parent's mean value; `visits` may include virtual visits.
+    """
+    q = np.where(visited, values, parent_value)
+    score = q + c * np.exp(log_prior) * np.sqrt(parent_visits) / (1.0 + visits)
+    return int(np.argmax(np.where(np.isfinite(log_prior), score, -np.inf)))

@@ -1,0 +1,372 @@
+"""Tree search over LM actions: MaxEnt-TS and the baselines that share its tree and accounting.
+
+MaxEnt-TS samples π*(x) ∝ p(x|c) exp(λ r(x)); it is the token-level form of Diffusion Tree
+Sampling (Jain et al., NeurIPS 2025, Algorithms 1-2). One iteration, for a batch of B leaves:
+
+1. Select: descend from the root sampling `a ∝ p(a|s) exp(λ Ṽ(s·a))` (Gumbel-max), where Ṽ is
+   the child's soft value or, for an unvisited child, the parent's own V̂(s); stop at the first
+   unvisited child (a new leaf) or at a known terminal.
+2. Expand + roll out: one batched LM pass extends all new leaves and samples p to a terminal;
+   every state of the rollout joins the tree with its full prior vector (full expansion costs
+   nothing extra: the rollout's forward already computed it).
+3. Score the terminals with the reward (one vectorised call).
+4. Back up along each path, recomputing `V̂(s)` from the children (`search.backup`).
+
+All B selections of an iteration see the tree as it was before the iteration. Boltzmann selection
+is a sampler, so two selections landing on the same leaf are two independent rollouts below it,
+not wasted work, and results do not depend on B beyond sampling noise (tested). The argmax rules
+(UCT, PUCT) would all pick the same leaf, so a selection adds a virtual visit to every node on its
+path (`Tree.pending`), which the later selections of the same iteration count as visits.
+
+Samples come from the finished tree without model calls (DTS Alg. 2): descend among visited
+children with weights `w(c) exp(λ V̂(c))`, the weights the backup normalises.
+
+Methods (`SearchConfig.method`), one NFE accounting for all (LM token positions, `lm.stats`):
+
+| method      | children            | select                         | backup                     | samples        |
+|-------------|---------------------|--------------------------------|----------------------------|----------------|
+| maxent_ts   | all allowed tokens  | Boltzmann, prior weights       | soft, prior-weighted       | Boltzmann      |
+| dts         | drawn from p, C·N^α | Boltzmann, draw-count weights  | soft, equal weight per draw | Boltzmann      |
+| dts_star    | drawn from p, C·N^α | UCT                            | soft, equal weight per draw | argmax V̂ path  |
+| mcts_uct    | all allowed tokens  | PUCT                           | mean                       | most visited   |
+| ancestral   | drawn from p        | draw from p at every node      | soft (for the root value)  | the rollouts   |
+| best_of_n   | drawn from p        | draw from p at every node      | soft                       | top rewards    |
+| greedy      | ancestral with the prior truncated to its top 1: one sequence, later rollouts cost nothing |
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sadt.lm.backend import TorchLM
+from sadt.rewards import RewardError
+from sadt.rollout import masked_log_softmax, rollout
+from search import selection
+from search.backup import mean_backup, soft_backup
+from search.tree import ROOT, Tree
+
+METHODS = ("maxent_ts", "dts", "dts_star", "mcts_uct", "ancestral", "best_of_n", "greedy")
+DRAWN_CHILDREN = ("dts", "dts_star", "ancestral", "best_of_n", "greedy")  # children are draws from the prior
+PRIOR_DESCENT = ("ancestral", "best_of_n", "greedy")  # selection draws from p at every node
+
+RewardFn = Callable[[list[list[int]]], np.ndarray]  # B action sequences -> (B,) rewards
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    method: str = "maxent_ts"  # one of METHODS
+    lam: float = 1.0  # inverse temperature λ > 0 of the target p(x) exp(λ r(x))
+    n_rollouts: int = 64  # rollout budget (iterations x batch)
+    batch_size: int = 16  # leaves selected, expanded and rolled out per iteration
+    n_samples: int = 32  # samples drawn from the finished tree
+    top_k: int | None = None  # truncate the prior to its k most likely allowed actions (target changes too)
+    widening_c: float = 1.0  # DTS progressive widening: draw a new child while draws(s) < C (N(s)+1)^α
+    widening_alpha: float = 0.5
+    uct_c: float = 1.0  # exploration constant of UCT (dts_star) and PUCT (mcts_uct), in reward units
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"search `method` must be one of {METHODS}, got {self.method!r}")
+        if not self.lam > 0:
+            raise ValueError(f"search `lam` must be > 0 (inverse temperature), got {self.lam}")
+        for name in ("n_rollouts", "batch_size", "n_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"search `{name}` must be >= 1, got {getattr(self, name)}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"search `top_k` must be >= 1 or null, got {self.top_k}")
+        if not (self.widening_c > 0 and 0 <= self.widening_alpha <= 1):
+            raise ValueError(
+                f"search widening needs `widening_c` > 0 and `widening_alpha` in [0, 1], "
+                f"got {self.widening_c} and {self.widening_alpha}"
+            )
+        if self.uct_c < 0:
+            raise ValueError(f"search `uct_c` must be >= 0, got {self.uct_c}")
+
+
+@dataclass
+class SearchResult:
+    samples: list[list[int]]  # action sequences drawn from the finished tree
+    sample_rewards: np.ndarray  # (n_samples,) their actual rewards
+    best: list[int]  # the highest-reward terminal the search saw
+    best_reward: float  # its actual reward (not a value estimate)
+    root_value: float  # V̂(root): the estimate of (1/λ) log Z (the mean return for mcts_uct)
+    lam: float
+    method: str
+    tree: Tree
+    n_rollouts: int  # rollouts completed (fewer than asked if interrupted)
+    nfe_tokens: int  # LM token positions processed, prompt included
+    forward_calls: int
+    wall_s: float
+    interrupted: bool = False
+    tree_stats: dict = field(default_factory=dict)
+
+    @property
+    def log_Z(self) -> float:
+        return self.lam * self.root_value
+
+
+class TreeSearch:
+    """Tree search over an LM prior restricted by a grammar; `config.method` picks the algorithm.
+
+    Args:
+        lm: the torch backend.
+        prompt_ids: the context's token ids.
+        action_token_ids: (A,) vocabulary id of each action index.
+        grammar: allowed actions per state (`initial`, `mask`, `advance`, `replay`).
+        reward_fn: terminal action sequences -> rewards (B,).
+        config: method, λ, budget, batch size, seed.
+    """
+
+    def __init__(
+        self,
+        lm: TorchLM,
+        prompt_ids: Sequence[int],
+        action_token_ids: Sequence[int],
+        grammar,
+        reward_fn: RewardFn,
+        config: SearchConfig,
+    ) -> None:
+        self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, reward_fn, config
+        self.action_token_ids = list(action_token_ids)
+        self.top_k = 1 if config.method == "greedy" else config.top_k
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator(device=lm.device).manual_seed(config.seed)
+        self.tree = Tree(len(self.action_token_ids))
+        self._start = time.perf_counter()
+        self._calls0, self._tokens0 = lm.stats.forward_calls, lm.stats.tokens  # the prompt's prefill counts too
+        self.prompt = lm.prefill(prompt_ids)
+        root = lm.extend(self.prompt, [[]], self.action_token_ids)
+        mask = grammar.mask(grammar.initial(1, lm.device))
+        self.tree.log_prior[ROOT] = masked_log_softmax(root.logits.double(), mask, self.top_k)[0].cpu().numpy()
+        self.rollouts_done = 0
+        self._pending_leaves: dict[int, dict[int, int]] = {}  # node -> action -> picks this iteration
+
+    # -- selection ---------------------------------------------------------------------------
+
+    def _child_log_weights(self, node: int) -> np.ndarray:
+        """w(s, ·) of the soft backup and of Boltzmann selection/sampling: prior, or draw counts."""
+        if self.config.method in DRAWN_CHILDREN:
+            with np.errstate(divide="ignore"):
+                return np.log(self.tree.draws[node].astype(np.float64))
+        return self.tree.log_prior[node]
+
+    def _draw_from_prior(self, node: int) -> int:
+        log_prior = self.tree.log_prior[node]
+        action = int(np.argmax(log_prior + self.rng.gumbel(size=log_prior.shape)))
+        self.tree.draws[node, action] += 1
+        return action
+
+    def _choose(self, node: int) -> int:
+        """The action taken at `node` during selection."""
+        tree, config = self.tree, self.config
+        children = tree.children[node]
+        visited = children >= 0
+        method = config.method
+        if method in PRIOR_DESCENT:
+            return self._draw_from_prior(node)
+        if method in ("dts", "dts_star"):
+            widening = config.widening_c * (tree.visits[node] + tree.pending[node] + 1) ** config.widening_alpha
+            if tree.draws[node].sum() < widening or not visited.any():
+                return self._draw_from_prior(node)
+            if method == "dts":
+                log_w = self._child_log_weights(node)
+                return selection.boltzmann(log_w, tree.value[children], visited, tree.value[node], config.lam, self.rng)
+            visits = tree.visits[children] + tree.pending[children]
+            parent_visits = tree.visits[node] + tree.pending[node]
+            return selection.uct(tree.value[children], visits, visited, parent_visits, config.uct_c)
+        if method == "mcts_uct":
+            visits = np.where(visited, tree.visits[children] + tree.pending[children], 0)
+            for action, count in self._pending_leaves.get(node, {}).items():
+                visits[action] += count  # leaves already picked in this iteration count as visited
+            return selection.puct(
+                tree.value[children], tree.log_prior[node], visits, visited, tree.value[node],
+                tree.visits[node] + tree.pending[node], config.uct_c,
+            )
+        return selection.boltzmann(
+            tree.log_prior[node], tree.value[children], visited, tree.value[node], config.lam, self.rng
+        )
+
+    def select(self) -> tuple[int, int]:
+        """One descent: (parent, action) of a new leaf, or (terminal node, -1). Adds virtual visits."""
+        tree, node = self.tree, ROOT
+        while True:
+            tree.pending[node] += 1
+            action = self._choose(node)
+            child = int(tree.children[node, action])
+            if child < 0:
+                leaves = self._pending_leaves.setdefault(node, {})
+                leaves[action] = leaves.get(action, 0) + 1
+                return node, action
+            if tree.terminal[child]:
+                tree.pending[child] += 1
+                return child, -1
+            node = child
+
+    # -- backup ------------------------------------------------------------------------------
+
+    def backup(self, node: int) -> None:
+        """Set a terminal's value to its reward and recompute every ancestor's value from its children."""
+        tree, lam = self.tree, self.config.lam
+        tree.value[node] = tree.reward[node]
+        tree.visits[node] += 1
+        node = int(tree.parent[node])
+        while node >= 0:
+            children = tree.children[node]
+            visited = children >= 0
+            if self.config.method == "mcts_uct":
+                tree.value[node] = mean_backup(tree.value[children], tree.visits[children], visited)
+            else:
+                tree.value[node] = soft_backup(tree.value[children], self._child_log_weights(node), visited, lam)
+            tree.visits[node] += 1
+            node = int(tree.parent[node])
+
+    def iterate(self, batch: int) -> None:
+        """Select `batch` leaves, roll the new ones out in one batched pass, score, insert, back up.
+
+        Nodes are only added after the rollouts and rewards succeed, so a Ctrl-C or a failing reward
+        mid-iteration leaves no node without a terminal below it; the selection's virtual visits and
+        its draws of actions that got no child are undone.
+        """
+        try:
+            self._iterate(batch)
+        except BaseException:
+            size = self.tree.size
+            self.tree.draws[:size][self.tree.children[:size] < 0] = 0
+            raise
+        finally:
+            self.tree.pending[: self.tree.size] = 0
+            self._pending_leaves.clear()
+
+    def _iterate(self, batch: int) -> None:
+        picks = [self.select() for _ in range(batch)]
+        revisits = [node for node, action in picks if action < 0]  # known terminals: no LM call
+        new = [(parent, action) for parent, action in picks if action >= 0]
+        suffixes = [[action] for _, action in new]  # actions below each parent: the new one, then the rollout's
+        paths = [self.tree.actions_to(parent) + [action] for parent, action in new]
+        step_log_probs: list[np.ndarray | None] = [None] * len(paths)  # (T, A) prior vectors along each rollout
+        ended = self.grammar.replay(paths).done.tolist() if paths else []
+        to_roll = [i for i, end in enumerate(ended) if not end]
+        if to_roll:
+            out = rollout(
+                self.lm, self.prompt, self.action_token_ids, self.grammar, [paths[i] for i in to_roll],
+                top_k=self.top_k, generator=self.generator, return_step_log_probs=True,
+            )
+            for row, i in enumerate(to_roll):
+                length = int(out.lengths[row])
+                suffixes[i] += out.actions[row, :length].tolist()
+                paths[i] = paths[i] + suffixes[i][1:]
+                step_log_probs[i] = out.step_log_probs[row, :length].cpu().numpy()
+        rewards = self._rewards(paths) if paths else np.zeros(0)
+        terminals = revisits + [
+            self._insert(parent, suffix, log_probs, reward)
+            for (parent, _), suffix, log_probs, reward in zip(new, suffixes, step_log_probs, rewards)
+        ]
+        for node in terminals:
+            self.backup(node)
+        self.rollouts_done += batch
+
+    def _insert(self, parent: int, actions: list[int], step_log_probs: np.ndarray | None, reward: float) -> int:
+        """Add the path `actions` below `parent` (the rollout's states join the tree); returns its terminal.
+
+        `step_log_probs[t]` is the prior over actions at the state after `actions[: t + 1]`.
+        """
+        node = self.tree.add(parent, actions[0])
+        for t, action in enumerate(actions[1:]):
+            self.tree.log_prior[node] = step_log_probs[t]
+            self.tree.draws[node, action] += 1  # a rollout step is a draw from the prior
+            node = self.tree.add(node, action)
+        self.tree.terminal[node] = True
+        self.tree.reward[node] = reward
+        return node
+
+    def _rewards(self, sequences: list[list[int]]) -> np.ndarray:
+        """One vectorised reward call; a wrong shape or a non-finite reward names the sample."""
+        rewards = np.asarray(self.reward_fn(sequences), dtype=np.float64)
+        if rewards.shape != (len(sequences),):
+            raise RewardError(f"reward_fn returned shape {rewards.shape} for {len(sequences)} sequences")
+        bad = ~np.isfinite(rewards)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise RewardError(f"reward of sample {i} (actions {sequences[i]}) is {rewards[i]}; rewards must be finite")
+        return rewards
+
+    def sample(self, n: int) -> list[int]:
+        """Terminal node ids from the finished tree, without model calls.
+
+        Boltzmann methods descend among visited children with weights `w(c) exp(λ V̂(c))` (DTS
+        Alg. 2; for `ancestral` λ = 0, i.e. the empirical distribution of the rollouts); dts_star
+        follows the argmax-V̂ path, mcts_uct the most visited one, best_of_n returns its n best.
+        """
+        method = self.config.method
+        if method == "best_of_n":
+            terminals = np.flatnonzero(self.tree.terminal[: self.tree.size])
+            ranked = terminals[np.argsort(-self.tree.reward[terminals], kind="stable")]
+            return [int(ranked[i % ranked.size]) for i in range(n)]
+        if method in ("dts_star", "mcts_uct"):
+            return [self._greedy_path()] * n
+        lam = 0.0 if method in ("ancestral", "greedy") else self.config.lam
+        return [self._boltzmann_descent(lam) for _ in range(n)]
+
+    def _boltzmann_descent(self, lam: float) -> int:
+        tree, node = self.tree, ROOT
+        while not tree.terminal[node]:
+            children = tree.children[node]
+            visited = children >= 0
+            logits = np.where(visited, self._child_log_weights(node) + lam * tree.value[children], -np.inf)
+            node = int(children[np.argmax(logits + self.rng.gumbel(size=logits.shape))])
+        return node
+
+    def _greedy_path(self) -> int:
+        """Follow the highest V̂ (dts_star) or most visited (mcts_uct) child down to a terminal."""
+        tree, node = self.tree, ROOT
+        key = tree.value if self.config.method == "dts_star" else tree.visits
+        while not tree.terminal[node]:
+            children = tree.children[node]
+            node = int(children[np.argmax(np.where(children >= 0, key[children], -np.inf))])
+        return node
+
+    def run(self) -> SearchResult:
+        """Spend the rollout budget (Ctrl-C stops early and still returns the result so far)."""
+        config, interrupted = self.config, False
+        with tqdm(total=config.n_rollouts, desc=config.method, unit="rollout", disable=not config.progress) as bar:
+            try:
+                while self.rollouts_done < config.n_rollouts:
+                    batch = min(config.batch_size, config.n_rollouts - self.rollouts_done)
+                    self.iterate(batch)
+                    bar.update(batch)
+                    bar.set_postfix(root_value=f"{self.tree.value[ROOT]:.4f}", nodes=self.tree.size)
+            except KeyboardInterrupt:
+                interrupted = True
+        return self.result(interrupted)
+
+    def result(self, interrupted: bool = False) -> SearchResult:
+        tree = self.tree
+        if self.rollouts_done == 0:
+            raise RuntimeError("the search was stopped before its first rollout finished")
+        samples = self.sample(self.config.n_samples)
+        terminals = np.flatnonzero(tree.terminal[: tree.size])
+        best = int(terminals[np.argmax(tree.reward[terminals])])
+        return SearchResult(
+            samples=[tree.actions_to(n) for n in samples],
+            sample_rewards=tree.reward[samples],
+            best=tree.actions_to(best),
+            best_reward=float(tree.reward[best]),
+            root_value=float(tree.value[ROOT]),
+            lam=self.config.lam,
+            method=self.config.method,
+            tree=tree,
+            n_rollouts=self.rollouts_done,
+            nfe_tokens=self.lm.stats.tokens - self._tokens0,
+            forward_calls=self.lm.stats.forward_calls - self._calls0,
+            wall_s=time.perf_counter() - self._start,
+            interrupted=interrupted,
+            tree_stats=tree.stats(),
+        )
