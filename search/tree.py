@@ -8,9 +8,32 @@ backup one vectorised row operation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 ROOT = 0
+
+
+@dataclass
+class Trajectories:
+    """Root-to-terminal paths of a tree, flat per step plus per-path lengths (the HDF5 layout).
+
+    Step t of a path goes s_t -> a_t -> s_{t+1}; per-step arrays describe that step.
+    """
+
+    actions: np.ndarray  # (S,) a_t, action indices
+    log_prior: np.ndarray  # (S,) log p(a_t | s_t)
+    values: np.ndarray  # (S,) V̂(s_{t+1}), the tree's value of the state after the step
+    visits: np.ndarray  # (S,) N(s_{t+1})
+    lengths: np.ndarray  # (n,) steps per path; S = lengths.sum()
+    rewards: np.ndarray  # (n,) r(x) of each terminal
+    terminals: np.ndarray  # (n,) node ids of the terminals
+    root_value: float  # V̂(s_0)
+
+    def split(self, name: str) -> list[np.ndarray]:
+        """One per-step array cut into a list of per-path arrays."""
+        return np.split(getattr(self, name), np.cumsum(self.lengths)[:-1])
 
 
 class Tree:
@@ -67,6 +90,24 @@ class Tree:
             nodes.append(node)
             node = int(self.parent[node])
         return nodes[::-1]
+
+    def trajectories(self, terminals: np.ndarray | None = None) -> Trajectories:
+        """The paths to `terminals` (default: every terminal in the tree, in node order)."""
+        if terminals is None:
+            terminals = np.flatnonzero(self.terminal[: self.size])
+        paths = [self.path(int(node))[1:] for node in terminals]
+        nodes = np.concatenate(paths) if paths else np.zeros(0, np.int64)
+        actions = self.action[nodes].astype(np.int64)
+        return Trajectories(
+            actions=actions,
+            log_prior=self.log_prior[self.parent[nodes], actions],
+            values=self.value[nodes],
+            visits=self.visits[nodes],
+            lengths=np.array([len(p) for p in paths], dtype=np.int64),
+            rewards=self.reward[terminals],
+            terminals=np.asarray(terminals, dtype=np.int64),
+            root_value=float(self.value[ROOT]),
+        )
 
     def actions_to(self, node: int) -> list[int]:
         """The action sequence that leads from the root to `node`."""

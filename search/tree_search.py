@@ -107,6 +107,7 @@ class SearchResult:
     wall_s: float
     interrupted: bool = False
     tree_stats: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # seconds per phase: select, lm_rollout, reward, insert_backup
 
     @property
     def log_Z(self) -> float:
@@ -148,6 +149,7 @@ class TreeSearch:
         self.tree.log_prior[ROOT] = masked_log_softmax(root.logits.double(), mask, self.top_k)[0].cpu().numpy()
         self.rollouts_done = 0
         self._pending_leaves: dict[int, dict[int, int]] = {}  # node -> action -> picks this iteration
+        self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds
 
     # -- selection ---------------------------------------------------------------------------
 
@@ -246,6 +248,7 @@ class TreeSearch:
             self._pending_leaves.clear()
 
     def _iterate(self, batch: int) -> None:
+        clock = time.perf_counter()
         picks = [self.select() for _ in range(batch)]
         revisits = [node for node, action in picks if action < 0]  # known terminals: no LM call
         new = [(parent, action) for parent, action in picks if action >= 0]
@@ -254,6 +257,7 @@ class TreeSearch:
         step_log_probs: list[np.ndarray | None] = [None] * len(paths)  # (T, A) prior vectors along each rollout
         ended = self.grammar.replay(paths).done.tolist() if paths else []
         to_roll = [i for i, end in enumerate(ended) if not end]
+        clock = self._tick("select", clock)
         if to_roll:
             out = rollout(
                 self.lm, self.prompt, self.action_token_ids, self.grammar, [paths[i] for i in to_roll],
@@ -264,7 +268,9 @@ class TreeSearch:
                 suffixes[i] += out.actions[row, :length].tolist()
                 paths[i] = paths[i] + suffixes[i][1:]
                 step_log_probs[i] = out.step_log_probs[row, :length].cpu().numpy()
+        clock = self._tick("lm_rollout", clock)
         rewards = self._rewards(paths) if paths else np.zeros(0)
+        clock = self._tick("reward", clock)
         terminals = revisits + [
             self._insert(parent, suffix, log_probs, reward)
             for (parent, _), suffix, log_probs, reward in zip(new, suffixes, step_log_probs, rewards)
@@ -272,6 +278,12 @@ class TreeSearch:
         for node in terminals:
             self.backup(node)
         self.rollouts_done += batch
+        self._tick("insert_backup", clock)
+
+    def _tick(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[phase] += now - since
+        return now
 
     def _insert(self, parent: int, actions: list[int], step_log_probs: np.ndarray | None, reward: float) -> int:
         """Add the path `actions` below `parent` (the rollout's states join the tree); returns its terminal.
@@ -369,4 +381,5 @@ class TreeSearch:
             wall_s=time.perf_counter() - self._start,
             interrupted=interrupted,
             tree_stats=tree.stats(),
+            timings=dict(self.timings),
         )

@@ -139,3 +139,16 @@ def test_ctrl_c_returns_the_partial_result(toy):
     result = TreeSearch(toy.lm, [1, 9, 4], [3, 5, 7], toy.grammar, reward, config).run()
     assert result.interrupted and result.n_rollouts == 16
     assert len(result.samples) == 5 and np.isfinite(result.root_value)
+
+
+def test_trajectory_view_matches_the_enumeration(toy):
+    search = toy.search(2.0, 200)
+    view = search.tree.trajectories()
+    assert view.lengths.sum() == view.actions.size and np.all(view.lengths == toy.length)
+    for actions, log_prior, values, reward in zip(
+        view.split("actions"), view.split("log_prior"), view.split("values"), view.rewards
+    ):
+        index = toy.index(actions.tolist())
+        assert log_prior.sum() == pytest.approx(toy.log_p[index], abs=1e-9)  # Σ_t log p(a_t|s_t) = log p(x)
+        assert reward == toy.table[index] and values[-1] == reward  # V(x) = r(x) at the terminal
+    assert view.root_value == search.tree.value[ROOT] and view.visits.min() >= 1
