@@ -66,7 +66,9 @@ class SearchConfig:
     batch_size: int = 16  # leaves selected, expanded and rolled out per iteration
     n_samples: int = 32  # samples drawn from the finished tree
     top_k: int | None = None  # truncate the prior to its k most likely allowed actions (target changes too)
-    widening_c: float = 1.0  # DTS progressive widening: draw a new child while draws(s) < C (N(s)+1)^α
+    expansion: str = "full"  # maxent_ts / mcts_uct: "full" (every allowed action) or "widening" (see below)
+    widening_c: float = 1.0  # widening: a node may use its ceil(C (N(s)+1)^α) most likely actions (maxent_ts,
+    # mcts_uct), or draws a new child while its draws < C (N(s)+1)^α (dts, dts_star)
     widening_alpha: float = 0.5
     uct_c: float = 1.0  # exploration constant of UCT (dts_star) and PUCT (mcts_uct), in reward units
     seed: int = 0
@@ -87,6 +89,8 @@ class SearchConfig:
                 f"search widening needs `widening_c` > 0 and `widening_alpha` in [0, 1], "
                 f"got {self.widening_c} and {self.widening_alpha}"
             )
+        if self.expansion not in ("full", "widening"):
+            raise ValueError(f"search `expansion` must be 'full' or 'widening', got {self.expansion!r}")
         if self.uct_c < 0:
             raise ValueError(f"search `uct_c` must be >= 0, got {self.uct_c}")
 
@@ -166,6 +170,26 @@ class TreeSearch:
         self.tree.draws[node, action] += 1
         return action
 
+    def _widening(self, node: int) -> float:
+        """C (N(s) + 1)^α, counting this iteration's virtual visits."""
+        visits = self.tree.visits[node] + self.tree.pending[node] + 1
+        return self.config.widening_c * visits**self.config.widening_alpha
+
+    def _eligible_log_prior(self, node: int) -> np.ndarray:
+        """log p(·|s), limited under `expansion: widening` to visited actions and the most likely few.
+
+        The prior itself is not renormalised: the target stays p exp(λ r); widening only delays
+        which actions selection may try.
+        """
+        log_prior = self.tree.log_prior[node]
+        if self.config.expansion == "full":
+            return log_prior
+        n_eligible = int(np.ceil(self._widening(node)))
+        ranked = np.argsort(-log_prior, kind="stable")[:n_eligible]
+        eligible = self.tree.children[node] >= 0
+        eligible[ranked] = True
+        return np.where(eligible, log_prior, -np.inf)
+
     def _choose(self, node: int) -> int:
         """The action taken at `node` during selection."""
         tree, config = self.tree, self.config
@@ -175,8 +199,7 @@ class TreeSearch:
         if method in PRIOR_DESCENT:
             return self._draw_from_prior(node)
         if method in ("dts", "dts_star"):
-            widening = config.widening_c * (tree.visits[node] + tree.pending[node] + 1) ** config.widening_alpha
-            if tree.draws[node].sum() < widening or not visited.any():
+            if tree.draws[node].sum() < self._widening(node) or not visited.any():
                 return self._draw_from_prior(node)
             if method == "dts":
                 log_w = self._child_log_weights(node)
@@ -189,19 +212,19 @@ class TreeSearch:
             for action, count in self._pending_leaves.get(node, {}).items():
                 visits[action] += count  # leaves already picked in this iteration count as visited
             return selection.puct(
-                tree.value[children], tree.log_prior[node], visits, visited, tree.value[node],
+                tree.value[children], self._eligible_log_prior(node), visits, visited, tree.value[node],
                 tree.visits[node] + tree.pending[node], config.uct_c,
             )
         return selection.boltzmann(
-            tree.log_prior[node], tree.value[children], visited, tree.value[node], config.lam, self.rng
+            self._eligible_log_prior(node), tree.value[children], visited, tree.value[node], config.lam, self.rng
         )
 
     def select(self) -> tuple[int, int]:
         """One descent: (parent, action) of a new leaf, or (terminal node, -1). Adds virtual visits."""
         tree, node = self.tree, ROOT
         while True:
-            tree.pending[node] += 1
             action = self._choose(node)
+            tree.pending[node] += 1  # after choosing: a descent's own visit does not count for itself
             child = int(tree.children[node, action])
             if child < 0:
                 leaves = self._pending_leaves.setdefault(node, {})

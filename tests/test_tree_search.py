@@ -152,3 +152,15 @@ def test_trajectory_view_matches_the_enumeration(toy):
         assert log_prior.sum() == pytest.approx(toy.log_p[index], abs=1e-9)  # Σ_t log p(a_t|s_t) = log p(x)
         assert reward == toy.table[index] and values[-1] == reward  # V(x) = r(x) at the terminal
     assert view.root_value == search.tree.value[ROOT] and view.visits.min() >= 1
+
+
+def test_widening_limits_early_branching_and_still_converges(toy):
+    lam = 2.0
+    target, exact_root = toy.target(lam)
+    first = toy.search(lam, 1, batch_size=1, expansion="widening", widening_alpha=0.5)
+    # At N(root) = 0 only ceil(C) = 1 action is eligible: the most likely one.
+    only_top = np.arange(3) == np.argmax(first.tree.log_prior[ROOT])
+    assert ((first.tree.children[ROOT] >= 0) == only_top).all()
+    search = toy.search(lam, 3000, expansion="widening", widening_alpha=0.5)
+    assert total_variation(tree_distribution(search), target) < 0.05  # measured 0.012-0.017, seeds 0-2
+    assert abs(search.tree.value[ROOT] - exact_root) < 0.02  # measured 2e-3..5e-3
