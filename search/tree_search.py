@@ -157,8 +157,8 @@ class TreeSearch:
 
     # -- selection ---------------------------------------------------------------------------
 
-    def _child_log_weights(self, node: int) -> np.ndarray:
-        """w(s, ·) of the soft backup and of Boltzmann selection/sampling: prior, or draw counts."""
+    def _child_log_weights(self, node: int | np.ndarray) -> np.ndarray:
+        """log w(s, ·) of the soft backup and of Boltzmann selection/sampling: prior, or draw counts."""
         if self.config.method in DRAWN_CHILDREN:
             with np.errstate(divide="ignore"):
                 return np.log(self.tree.draws[node].astype(np.float64))
@@ -237,21 +237,31 @@ class TreeSearch:
 
     # -- backup ------------------------------------------------------------------------------
 
-    def backup(self, node: int) -> None:
-        """Set a terminal's value to its reward and recompute every ancestor's value from its children."""
+    def backup(self, terminals: Sequence[int]) -> None:
+        """Set terminals' values to their rewards and recompute every ancestor from its children.
+
+        All paths at once, deepest level first, one vectorised backup per level: the same values
+        as backing up each path in turn (each node is recomputed after all of its children).
+        """
         tree, lam = self.tree, self.config.lam
-        tree.value[node] = tree.reward[node]
-        tree.visits[node] += 1
-        node = int(tree.parent[node])
-        while node >= 0:
-            children = tree.children[node]
+        level = np.asarray(terminals, dtype=np.int64)
+        tree.value[level] = tree.reward[level]
+        on_paths = [level]
+        while level.size:
+            level = tree.parent[level].astype(np.int64)
+            level = level[level >= 0]
+            on_paths.append(level)
+        np.add.at(tree.visits, np.concatenate(on_paths), 1)  # one visit per path through a node
+        internal = np.unique(np.concatenate(on_paths[1:]))
+        depths = tree.depth[internal]
+        for depth in np.unique(depths)[::-1]:
+            nodes = internal[depths == depth]
+            children = tree.children[nodes]  # (n, A)
             visited = children >= 0
             if self.config.method == "mcts_uct":
-                tree.value[node] = mean_backup(tree.value[children], tree.visits[children], visited)
+                tree.value[nodes] = mean_backup(tree.value[children], tree.visits[children], visited)
             else:
-                tree.value[node] = soft_backup(tree.value[children], self._child_log_weights(node), visited, lam)
-            tree.visits[node] += 1
-            node = int(tree.parent[node])
+                tree.value[nodes] = soft_backup(tree.value[children], self._child_log_weights(nodes), visited, lam)
 
     def iterate(self, batch: int) -> None:
         """Select `batch` leaves, roll the new ones out in one batched pass, score, insert, back up.
@@ -298,8 +308,7 @@ class TreeSearch:
             self._insert(parent, suffix, log_probs, reward)
             for (parent, _), suffix, log_probs, reward in zip(new, suffixes, step_log_probs, rewards)
         ]
-        for node in terminals:
-            self.backup(node)
+        self.backup(terminals)
         self.rollouts_done += batch
         self._tick("insert_backup", clock)
 

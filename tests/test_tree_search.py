@@ -164,3 +164,13 @@ def test_widening_limits_early_branching_and_still_converges(toy):
     search = toy.search(lam, 3000, expansion="widening", widening_alpha=0.5)
     assert total_variation(tree_distribution(search), target) < 0.05  # measured 0.012-0.017, seeds 0-2
     assert abs(search.tree.value[ROOT] - exact_root) < 0.02  # measured 2e-3..5e-3
+
+
+def test_lean_logsumexp_matches_scipy_including_empty_rows():
+    from scipy.special import logsumexp as scipy_logsumexp
+
+    from search.backup import logsumexp
+
+    x = np.array([[0.5, -np.inf, 3.0], [-np.inf, -np.inf, -np.inf], [1e3, 1e3 - 1.0, -2.0]])
+    expected = scipy_logsumexp(x, axis=-1)
+    np.testing.assert_allclose(logsumexp(x), expected, rtol=1e-14)
