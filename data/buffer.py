@@ -1,0 +1,352 @@
+"""HDF5 trajectory buffers: flat chunked datasets plus lengths, crash-safe appends, SWMR, merging.
+
+Layout (schema 1). Per step, S rows: `actions` (int8), `log_prior` (float32, log p(a_t|s_t)),
+`values` (float32, the tree's V̂(s_{t+1}), NaN where unknown), `visits` (int32, N(s_{t+1}), 0
+where unknown). Per trajectory, n rows: `lengths` (steps), `reward`, `reward_task`,
+`reward_spectral` (raw, before λ: one buffer serves any λ), `prompt_index` (the task's global
+index, so shards merge without renumbering), `source` (see `SOURCES`). Per prompt, m rows:
+`prompt_tokens` (flat) with `prompt_lengths`, `prompt_keys` (what the task was, for resuming),
+`prompt_task_index`, `prompt_root_value`, and `prompt_traj_end`, the number of trajectories
+committed once that prompt was complete.
+
+Crash safety: a prompt's payload (steps, per-trajectory fields, prompt tokens) is written and
+flushed first, then its `lengths`, then its `prompt_traj_end` row, the commit marker. Readers
+see exactly the committed prompts; anything past the last marker is ignored. Files are written
+in SWMR mode, so a trainer can read while harvesting goes on and a writer killed by SIGKILL
+leaves a file that opens (read-only, SWMR); reopening it for appends first copies the committed
+part to a fresh file (HDF5 refuses to reopen a crashed SWMR file for writing).
+Nothing is pickled: every field is a numeric or fixed-width bytes dataset, attributes are JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION = 1
+SOURCES = {"tree_path": 0, "rollout": 1, "tree_sample": 2}
+KEY_BYTES = 200
+
+STEP_FIELDS = {"actions": np.int8, "log_prior": np.float32, "values": np.float32, "visits": np.int32}
+TRAJ_FIELDS = {
+    "lengths": np.int32, "reward": np.float64, "reward_task": np.float64, "reward_spectral": np.float64,
+    "prompt_index": np.int64, "source": np.int8,
+}
+PROMPT_FIELDS = {
+    "prompt_tokens": np.int32, "prompt_lengths": np.int32, "prompt_keys": f"S{KEY_BYTES}",
+    "prompt_task_index": np.int64, "prompt_root_value": np.float64, "prompt_traj_end": np.int64,
+}
+ALL_FIELDS = {**STEP_FIELDS, **TRAJ_FIELDS, **PROMPT_FIELDS}
+REQUIRED_ATTRS = ("schema_version", "lm_fingerprint", "meta")
+
+
+class BufferError(ValueError):
+    """A buffer file is foreign, corrupt or inconsistent; the message names the file and problem."""
+
+
+@dataclass
+class PromptRecord:
+    """One prompt's trajectories, ready to append: per-step arrays are flat, cut by `lengths`."""
+
+    key: str  # identifies the task (series, window, seed): resuming skips keys already stored
+    task_index: int  # global index of the task in its task set
+    prompt_tokens: np.ndarray  # (P,)
+    lengths: np.ndarray  # (n,)
+    actions: np.ndarray  # (S,)
+    log_prior: np.ndarray  # (S,)
+    reward: np.ndarray  # (n,)
+    source: np.ndarray  # (n,) codes from SOURCES
+    values: np.ndarray | None = None  # (S,) NaN where unknown
+    visits: np.ndarray | None = None  # (S,) 0 where unknown
+    reward_task: np.ndarray | None = None  # (n,)
+    reward_spectral: np.ndarray | None = None  # (n,)
+    root_value: float = float("nan")
+
+    def __post_init__(self) -> None:
+        n, S = len(self.lengths), int(np.sum(self.lengths))
+        if len(self.key.encode()) > KEY_BYTES:
+            raise ValueError(f"prompt key longer than {KEY_BYTES} bytes: {self.key[:60]}...")
+        for name in ("actions", "log_prior", "values", "visits"):
+            value = getattr(self, name)
+            if value is not None and len(value) != S:
+                raise ValueError(f"prompt {self.key!r}: `{name}` has {len(value)} steps, lengths sum to {S}")
+        for name in ("reward", "source", "reward_task", "reward_spectral"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"prompt {self.key!r}: `{name}` has {len(value)} rows for {n} trajectories")
+
+    def columns(self) -> dict[str, np.ndarray]:
+        n, S = len(self.lengths), int(np.sum(self.lengths))
+        nan_n = np.full(n, np.nan)
+        return {
+            "actions": self.actions, "log_prior": self.log_prior,
+            "values": self.values if self.values is not None else np.full(S, np.nan),
+            "visits": self.visits if self.visits is not None else np.zeros(S),
+            "reward": self.reward, "reward_task": nan_n if self.reward_task is None else self.reward_task,
+            "reward_spectral": nan_n if self.reward_spectral is None else self.reward_spectral,
+            "prompt_index": np.full(n, self.task_index), "source": self.source,
+            "prompt_tokens": self.prompt_tokens,
+        }
+
+
+def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
+    start = dataset.shape[0]
+    dataset.resize((start + len(values),))
+    dataset[start:] = np.asarray(values, dtype=dataset.dtype)
+
+
+class BufferWriter:
+    """Appends prompts to one HDF5 file; resumes an existing file of the same LM and schema.
+
+    Args:
+        path: the file; created if missing.
+        lm_fingerprint: the LM's fingerprint (`sadt.lm.base_model.lm_fingerprint`); must match
+            an existing file's.
+        meta: JSON-serialisable settings stored as attributes (λ, γ, reward and codec spec, config).
+    """
+
+    def __init__(self, path: str | Path, lm_fingerprint: str, meta: dict) -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            self._check_existing(lm_fingerprint)
+            self.file = self._open_for_append()
+        else:
+            self.file = self._create(lm_fingerprint, meta)
+        self.file.swmr_mode = True
+
+    def _check_existing(self, lm_fingerprint: str) -> None:
+        with open_h5(self.path) as f:
+            check_attrs(f, self.path, lm_fingerprint)
+
+    def _open_for_append(self) -> h5py.File:
+        try:
+            return h5py.File(self.path, "r+", libver="latest")
+        except OSError:  # a writer crashed with the file open: copy the committed part, then append
+            recover(self.path)
+            return h5py.File(self.path, "r+", libver="latest")
+
+    def _create(self, lm_fingerprint: str, meta: dict) -> h5py.File:
+        tmp = self.path.with_name(self.path.name + ".creating")
+        f = h5py.File(tmp, "w", libver="latest")
+        _create_datasets(f)
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["lm_fingerprint"] = lm_fingerprint
+        f.attrs["meta"] = json.dumps(meta, sort_keys=True)
+        f.close()
+        os.replace(tmp, self.path)  # the file appears complete or not at all
+        return h5py.File(self.path, "r+", libver="latest")
+
+    def done_keys(self) -> set[str]:
+        """Keys of the prompts already committed (a resumed harvest skips them)."""
+        m = self.file["prompt_traj_end"].shape[0]
+        return {k.decode() for k in self.file["prompt_keys"][:m]}
+
+    def append(self, record: PromptRecord) -> None:
+        """Write one prompt: payload, flush, lengths, flush, commit marker, flush."""
+        f = self._repair_uncommitted_tail()
+        for name, values in record.columns().items():
+            _append(f[name], values)
+        _append(f["prompt_lengths"], [len(record.prompt_tokens)])
+        _append(f["prompt_keys"], [record.key.encode()])
+        _append(f["prompt_task_index"], [record.task_index])
+        _append(f["prompt_root_value"], [record.root_value])
+        f.flush()
+        _append(f["lengths"], record.lengths)
+        f.flush()
+        _append(f["prompt_traj_end"], [f["lengths"].shape[0]])
+        f.flush()
+
+    def _repair_uncommitted_tail(self) -> h5py.File:
+        """Cut every dataset back to the committed rows (left over by an exception mid-append)."""
+        f = self.file
+        sizes = committed_sizes(f)
+        for name, size in sizes.items():
+            if f[name].shape[0] != size:
+                f[name].resize((size,))
+        return f
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> BufferWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _create_datasets(f: h5py.File) -> None:
+    for name, dtype in ALL_FIELDS.items():
+        per_step = name in STEP_FIELDS or name == "prompt_tokens"
+        f.create_dataset(
+            name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(65536 if per_step else 4096,),
+            compression="lzf",
+        )
+
+
+def open_h5(path: str | Path) -> h5py.File:
+    """Open read-only in SWMR mode (works while a writer appends, and after a writer crashed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BufferError(f"{path}: no such buffer file")
+    try:
+        return h5py.File(path, "r", swmr=True, libver="latest")
+    except OSError as err:
+        raise BufferError(f"{path}: not a readable HDF5 file ({err})") from err
+
+
+def check_attrs(f: h5py.File, path: Path, lm_fingerprint: str | None = None) -> dict:
+    """Schema version, fingerprint and datasets present; returns the meta dict."""
+    missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
+    if missing:
+        raise BufferError(f"{path}: not an S-ADT buffer (attribute {missing[0]!r} missing)")
+    if int(f.attrs["schema_version"]) != SCHEMA_VERSION:
+        raise BufferError(f"{path}: schema version {int(f.attrs['schema_version'])}, this code reads {SCHEMA_VERSION}")
+    if lm_fingerprint is not None and f.attrs["lm_fingerprint"] != lm_fingerprint:
+        raise BufferError(
+            f"{path}: written for LM {f.attrs['lm_fingerprint']!r}, not {lm_fingerprint!r}; use a buffer of this LM"
+        )
+    absent = [name for name in ALL_FIELDS if name not in f]
+    if absent:
+        raise BufferError(f"{path}: dataset {absent[0]!r} is missing")
+    return json.loads(f.attrs["meta"])
+
+
+def committed_sizes(f: h5py.File) -> dict[str, int]:
+    """Rows of each dataset that belong to committed prompts."""
+    m = f["prompt_traj_end"].shape[0]
+    n = int(f["prompt_traj_end"][m - 1]) if m else 0
+    S = int(f["lengths"][:n].sum()) if n else 0
+    P = int(f["prompt_lengths"][:m].sum()) if m else 0
+    sizes = {name: S for name in STEP_FIELDS}
+    sizes.update({name: n for name in TRAJ_FIELDS})
+    sizes.update({name: m for name in PROMPT_FIELDS})
+    sizes["prompt_tokens"] = P
+    return sizes
+
+
+@dataclass
+class Buffer:
+    """The committed contents of a buffer file, loaded into memory."""
+
+    path: Path
+    meta: dict
+    lm_fingerprint: str
+    arrays: dict[str, np.ndarray] = field(repr=False)
+
+    @property
+    def n_trajectories(self) -> int:
+        return len(self.arrays["lengths"])
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.arrays["prompt_traj_end"])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(n + 1,) start of each trajectory in the per-step arrays."""
+        return np.concatenate([[0], np.cumsum(self.arrays["lengths"], dtype=np.int64)])
+
+    def trajectory(self, i: int) -> dict[str, np.ndarray]:
+        start, stop = self.offsets[i], self.offsets[i + 1]
+        out = {name: self.arrays[name][start:stop] for name in STEP_FIELDS}
+        out.update({name: self.arrays[name][i] for name in TRAJ_FIELDS})
+        return out
+
+    def prompt_keys(self) -> list[str]:
+        return [k.decode() for k in self.arrays["prompt_keys"]]
+
+
+def read_buffer(path: str | Path, lm_fingerprint: str | None = None) -> Buffer:
+    """Load the committed part of a buffer, validating it.
+
+    Raises:
+        BufferError: naming the file and the problem (foreign file, other schema or LM, missing
+            dataset, lengths that do not add up).
+    """
+    path = Path(path)
+    with open_h5(path) as f:
+        meta = check_attrs(f, path, lm_fingerprint)
+        sizes = committed_sizes(f)
+        for name, size in sizes.items():
+            if f[name].shape[0] < size:
+                raise BufferError(f"{path}: `{name}` has {f[name].shape[0]} rows, the lengths need {size}")
+        arrays = {name: f[name][:size] for name, size in sizes.items()}
+        fingerprint = str(f.attrs["lm_fingerprint"])
+    ends = arrays["prompt_traj_end"]
+    if np.any(np.diff(ends) < 0) or np.any(arrays["lengths"] < 0):
+        raise BufferError(f"{path}: trajectory counts are not increasing or lengths are negative")
+    return Buffer(path=path, meta=meta, lm_fingerprint=fingerprint, arrays=arrays)
+
+
+def recover(path: str | Path) -> None:
+    """Rewrite `path` with only its committed prompts (after a crashed writer), atomically."""
+    path = Path(path)
+    buffer = read_buffer(path)
+    tmp = path.with_name(path.name + ".recovering")
+    with open_h5(path) as src, h5py.File(tmp, "w", libver="latest") as dst:
+        _create_datasets(dst)
+        for name, value in src.attrs.items():
+            dst.attrs[name] = value
+        for name, values in buffer.arrays.items():
+            _append(dst[name], values)
+    os.replace(tmp, path)
+
+
+def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
+    """One file whose datasets are virtual views over the shards' committed rows (nothing copied).
+
+    `prompt_traj_end` is recomputed for the concatenation and stored for real (one int per prompt).
+    The shards must share schema and LM; keep them beside the merged file (it points at them).
+    """
+    out = Path(out)
+    if not shards:
+        raise BufferError("merge needs at least one shard")
+    metas, sizes, fingerprints = [], [], set()
+    for shard in shards:
+        with open_h5(shard) as f:
+            metas.append(check_attrs(f, Path(shard)))
+            sizes.append(committed_sizes(f))
+            fingerprints.add(str(f.attrs["lm_fingerprint"]))
+            ends = f["prompt_traj_end"][: sizes[-1]["prompt_traj_end"]]
+            sizes[-1]["_ends"] = ends
+    if len(fingerprints) != 1:
+        raise BufferError(f"cannot merge shards of different LMs: {sorted(fingerprints)}")
+    tmp = out.with_name(out.name + ".merging")
+    with h5py.File(tmp, "w", libver="latest") as dst:
+        for name, dtype in ALL_FIELDS.items():
+            if name == "prompt_traj_end":
+                continue
+            total = sum(s[name] for s in sizes)
+            layout = h5py.VirtualLayout(shape=(total,), dtype=dtype)
+            start = 0
+            for shard, size in zip(shards, sizes):
+                if size[name]:
+                    source = h5py.VirtualSource(os.path.relpath(shard, out.parent), name, shape=(size[name],))
+                    layout[start : start + size[name]] = source[: size[name]]
+                start += size[name]
+            dst.create_virtual_dataset(name, layout)
+        offsets = np.cumsum([0] + [s["lengths"] for s in sizes[:-1]])
+        ends = np.concatenate([s["_ends"] + off for s, off in zip(sizes, offsets)]) if sizes else np.zeros(0)
+        dst.create_dataset("prompt_traj_end", data=ends.astype(np.int64), maxshape=(None,))
+        dst.attrs["schema_version"] = SCHEMA_VERSION
+        dst.attrs["lm_fingerprint"] = fingerprints.pop()
+        dst.attrs["meta"] = json.dumps({**metas[0], "merged_from": [str(s) for s in shards]}, sort_keys=True)
+    os.replace(tmp, out)
+    return out
+
+
+def iter_sources(codes: Iterable[str]) -> list[int]:
+    """Source names -> codes, with a clear error for an unknown name."""
+    out = []
+    for name in codes:
+        if name not in SOURCES:
+            raise ValueError(f"unknown trajectory source {name!r}; known sources are {sorted(SOURCES)}")
+        out.append(SOURCES[name])
+    return out

@@ -1,0 +1,72 @@
+"""Torch access to a buffer: a `Dataset` of trajectories and a collate that pads them into batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data.buffer import Buffer, iter_sources
+
+
+class TrajectoryDataset(Dataset):
+    """Trajectories of a buffer, optionally filtered by source and reward.
+
+    Args:
+        buffer: from `data.buffer.read_buffer`.
+        sources: keep only these sources (names from `data.buffer.SOURCES`); None keeps all.
+        min_reward, max_reward: keep rewards in [min, max]; None leaves that side open.
+    """
+
+    def __init__(
+        self, buffer: Buffer, sources: Sequence[str] | None = None,
+        min_reward: float | None = None, max_reward: float | None = None,
+    ) -> None:
+        self.buffer = buffer
+        self.offsets = buffer.offsets
+        keep = np.ones(buffer.n_trajectories, dtype=bool)
+        if sources is not None:
+            keep &= np.isin(buffer.arrays["source"], iter_sources(sources))
+        reward = buffer.arrays["reward"]
+        if min_reward is not None:
+            keep &= reward >= min_reward
+        if max_reward is not None:
+            keep &= reward <= max_reward
+        self.indices = np.flatnonzero(keep)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.buffer.trajectory(int(self.indices[i]))
+        return {
+            "actions": torch.as_tensor(item["actions"], dtype=torch.long),
+            "log_prior": torch.as_tensor(item["log_prior"], dtype=torch.float32),
+            "values": torch.as_tensor(item["values"], dtype=torch.float32),
+            "visits": torch.as_tensor(item["visits"], dtype=torch.long),
+            "reward": torch.tensor(float(item["reward"]), dtype=torch.float64),
+            "prompt_index": torch.tensor(int(item["prompt_index"])),
+            "source": torch.tensor(int(item["source"])),
+        }
+
+
+def pad_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack trajectories: per-step fields (B, T) right-padded (actions with -1), `mask` (B, T)."""
+    lengths = torch.tensor([len(x["actions"]) for x in items])
+    T = int(lengths.max()) if len(items) else 0
+    mask = torch.arange(T)[None] < lengths[:, None]  # (B, T)
+    batch = {"lengths": lengths, "mask": mask}
+    for name, pad in (("actions", -1), ("log_prior", 0.0), ("values", float("nan")), ("visits", 0)):
+        out = torch.full((len(items), T), pad, dtype=items[0][name].dtype)
+        for row, x in enumerate(items):
+            out[row, : len(x[name])] = x[name]
+        batch[name] = out
+    for name in ("reward", "prompt_index", "source"):
+        batch[name] = torch.stack([x[name] for x in items])
+    return batch
+
+
+def trajectory_loader(dataset: TrajectoryDataset, batch_size: int = 64, shuffle: bool = True, **kwargs) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=pad_collate, **kwargs)
