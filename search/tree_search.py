@@ -98,6 +98,7 @@ class SearchConfig:
 @dataclass
 class SearchResult:
     samples: list[list[int]]  # action sequences drawn from the finished tree
+    sample_nodes: np.ndarray  # (n_samples,) their terminal node ids (for `tree.trajectories(sample_nodes)`)
     sample_rewards: np.ndarray  # (n_samples,) their actual rewards
     best: list[int]  # the highest-reward terminal the search saw
     best_reward: float  # its actual reward (not a value estimate)
@@ -400,6 +401,7 @@ class TreeSearch:
         best = int(terminals[np.argmax(tree.reward[terminals])])
         return SearchResult(
             samples=[tree.actions_to(n) for n in samples],
+            sample_nodes=np.asarray(samples, dtype=np.int64),
             sample_rewards=tree.reward[samples],
             best=tree.actions_to(best),
             best_reward=float(tree.reward[best]),

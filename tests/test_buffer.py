@@ -11,7 +11,8 @@ import pytest
 from buffer_records import FINGERPRINT, META, make_record
 
 from data.buffer import SCHEMA_VERSION, BufferError, BufferWriter, merge, read_buffer
-from data.inspect_buffer import summary
+from data.buffer_cli import main as buffer_cli
+from data.buffer_cli import summary
 from data.loader import TrajectoryDataset, pad_collate
 
 STEP = ("actions", "log_prior", "values", "visits")
@@ -162,3 +163,13 @@ def test_loader_pads_and_filters(tmp_path):
         TrajectoryDataset(buffer, sources=["beam"])
     text = summary(str(path))
     assert "3 prompts, 15 trajectories" in text and "source rollout" in text
+
+
+def test_cli_merges_and_inspects(tmp_path, capsys):
+    shards = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    write(shards[0], [0])
+    write(shards[1], [1])
+    assert buffer_cli(["merge", str(tmp_path / "m.h5"), *map(str, shards)]) == 0
+    assert "2 prompts, 10 trajectories" in capsys.readouterr().out
+    assert buffer_cli(["inspect", str(tmp_path / "missing.h5")]) == 1
+    assert "no such buffer file" in capsys.readouterr().err

@@ -3,15 +3,18 @@ from pathlib import Path
 import pytest
 
 from sadt.config import ConfigError, load_config
+from search.harvest import HarvestConfig
 from search.run import RunConfig
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
+SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_shipped_demo_config_loads(path):
-    config = load_config(path, RunConfig)
-    assert config.n_samples >= 1
+@pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.name}" for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    assert path.parent.name in SCHEMAS, f"{path}: no schema known for configs/{path.parent.name}/"
+    config = load_config(path, SCHEMAS[path.parent.name])
+    assert config.search.n_rollouts >= 1
 
 
 @pytest.mark.parametrize(

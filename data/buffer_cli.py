@@ -1,4 +1,4 @@
-"""Summarise a buffer: `python -m data.inspect_buffer harvest.h5`."""
+"""Buffer commands: `python -m data.buffer_cli inspect FILE...` and `... merge OUT SHARD...`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from data.buffer import SOURCES, BufferError, read_buffer
+from data.buffer import SOURCES, BufferError, merge, read_buffer
 
 
 def summary(path: str) -> str:
@@ -32,11 +32,20 @@ def summary(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("paths", nargs="+")
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser("inspect", help="print counts, sources, lengths and a reward histogram")
+    inspect.add_argument("paths", nargs="+")
+    join = commands.add_parser("merge", help="one virtual-dataset file over shards (no copy)")
+    join.add_argument("out")
+    join.add_argument("shards", nargs="+")
     args = parser.parse_args(argv)
     try:
-        for path in args.paths:
-            print(summary(path))
+        if args.command == "merge":
+            print(f"merged {len(args.shards)} shards into {merge(args.shards, args.out)}")
+            print(summary(args.out))
+        else:
+            for path in args.paths:
+                print(summary(path))
     except BufferError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,0 +1,185 @@
+"""Harvest search trajectories into an HDF5 buffer: `python -m search.harvest --config configs/harvest/default.yaml`.
+
+The task set is every (series, context window, seed): windows slide over each series' history,
+never its LLMTime test horizon, so the held-out part stays unseen by training. Each task runs
+the configured tree search and appends, as one committed prompt, every root-to-terminal path of
+the tree (source `tree_path`, with per-step prior log-probs, tree values and visits) and the
+samples drawn from the finished tree (source `tree_sample`). Rewards are stored raw (total, task
+and spectral parts): λ is applied at training time.
+
+Resumable: tasks already committed in the output file are skipped. Scale-out: `--shard i/n`
+(or torchrun's RANK / WORLD_SIZE) takes every n-th task starting at i and writes its own file;
+`python -m data.buffer_cli merge OUT SHARDS...` joins the shards without copying.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from data.buffer import SOURCES, BufferWriter, PromptRecord
+from data.series import load_builtin
+from sadt.codec import Codec, CodecConfig
+from sadt.config import ConfigError, load_config, to_dict
+from sadt.rewards import RewardConfig
+from search.forecast_task import ForecastTask
+from search.tree_search import SearchConfig
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    series: list[str] = field(default_factory=lambda: ["AirPassengers", "AusBeer", "Wine", "Wooly"])
+    context_length: int = 48  # steps of context per window
+    horizon: int = 12  # steps forecast per window
+    windows_per_series: int = 2  # windows, evenly spaced over each series' history (test part excluded)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    output: str = "data/buffers/harvest.h5"  # shard i/n writes `<stem>.shard<i>of<n>.h5`
+    device: str = "cpu"
+    dtype: str = "float32"
+    wandb: bool = False  # log per-prompt reward statistics to W&B (offline unless logged in)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(n_rollouts=32, batch_size=16, n_samples=16))
+
+    def __post_init__(self) -> None:
+        if self.context_length < 8 or self.horizon < 4:
+            raise ValueError(f"need context_length >= 8 and horizon >= 4, got {self.context_length}, {self.horizon}")
+        if self.windows_per_series < 1 or not self.seeds:
+            raise ValueError("need windows_per_series >= 1 and at least one seed")
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int  # global position in the task set (stable across shards)
+    series: str
+    end: int  # the window's context ends here; its horizon is [end, end + horizon)
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"series={self.series}/end={self.end}/seed={self.seed}"
+
+
+def task_set(config: HarvestConfig) -> list[Task]:
+    """All (series, window, seed) tasks in a fixed order."""
+    tasks = []
+    for name in config.series:
+        history = load_builtin(name).context  # never the LLMTime test horizon
+        first, last = config.context_length, history.size - config.horizon
+        if last < first:
+            raise ValueError(f"{name}: history of {history.size} steps is too short for the windows")
+        for end in np.linspace(first, last, config.windows_per_series).round().astype(int):
+            tasks.extend(Task(0, name, int(end), seed) for seed in config.seeds)
+    return [dataclasses.replace(t, index=i) for i, t in enumerate(tasks)]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`"i/n"`, else torchrun's RANK/WORLD_SIZE, else `(0, 1)`."""
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def shard_path(output: str, shard: tuple[int, int]) -> Path:
+    path = Path(output)
+    i, n = shard
+    return path if n == 1 else path.with_name(f"{path.stem}.shard{i}of{n}{path.suffix}")
+
+
+def harvest_task(lm, codec: Codec, task: Task, config: HarvestConfig) -> PromptRecord:
+    """Search one task and turn its tree into a prompt record."""
+    history = load_builtin(task.series).context
+    context = history[task.end - config.context_length : task.end]
+    forecast = ForecastTask.build(codec, context, config.horizon, config.reward)
+    search_config = dataclasses.replace(config.search, seed=task.seed * 100_003 + task.index, progress=False)
+    result = forecast.search(lm, search_config)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    paths = result.tree.trajectories()
+    samples = result.tree.trajectories(result.sample_nodes)
+    lengths = np.concatenate([paths.lengths, samples.lengths])
+    sequences = [s.tolist() for s in paths.split("actions") + samples.split("actions")]
+    parts = forecast.reward(*forecast.decode(sequences))
+    source = np.concatenate([np.full(paths.lengths.size, SOURCES["tree_path"]),
+                             np.full(samples.lengths.size, SOURCES["tree_sample"])])
+    return PromptRecord(
+        key=task.key, task_index=task.index, prompt_tokens=np.asarray(forecast.prompt_ids), lengths=lengths,
+        actions=np.concatenate([paths.actions, samples.actions]),
+        log_prior=np.concatenate([paths.log_prior, samples.log_prior]),
+        values=np.concatenate([paths.values, samples.values]),
+        visits=np.concatenate([paths.visits, samples.visits]),
+        reward=parts.total, reward_task=parts.task, reward_spectral=parts.spectral, source=source,
+        root_value=result.root_value,
+    )
+
+
+def harvest(lm, codec: Codec, config: HarvestConfig, lm_fingerprint: str, shard: tuple[int, int] = (0, 1),
+            log=None) -> Path:
+    """Run every task of this shard not yet in the output file; returns the file's path."""
+    path = shard_path(config.output, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tasks = task_set(config)[shard[0] :: shard[1]]
+    meta = {"lam": config.search.lam, "gamma": config.reward.gamma, "config": to_dict(config),
+            "action_token_ids": codec.action_token_ids, "shard": list(shard)}
+    with BufferWriter(path, lm_fingerprint, meta) as writer:
+        todo = [t for t in tasks if t.key not in writer.done_keys()]
+        start, n_traj = time.perf_counter(), 0
+        with tqdm(todo, desc=f"harvest {path.name}", unit="prompt") as bar:
+            for task in bar:
+                record = harvest_task(lm, codec, task, config)
+                writer.append(record)
+                n_traj += len(record.lengths)
+                bar.set_postfix(traj_per_s=f"{n_traj / (time.perf_counter() - start):.1f}")
+                if log is not None:
+                    log({"task": task.index, "reward_mean": float(np.mean(record.reward)),
+                         "reward_max": float(np.max(record.reward)), "root_value": record.root_value,
+                         "trajectories": len(record.lengths)})
+    return path
+
+
+def wandb_logger(config: HarvestConfig):
+    """A `log(dict)` callable writing to W&B, offline unless WANDB_MODE says otherwise."""
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    run = wandb.init(project="sadt-harvest", config=to_dict(config))
+    return run.log
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/harvest/default.yaml"))
+    parser.add_argument("--shard", help="i/n: run every n-th task from i into its own file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, HarvestConfig)
+        shard = parse_shard(args.shard)
+        task_set(config)  # fail on bad series/window settings before loading the model
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from sadt.lm.base_model import lm_fingerprint, load_base_lm
+
+    lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device)
+    log = wandb_logger(config) if config.wandb else None
+    path = harvest(lm, Codec(tokenizer, config.codec), config, lm_fingerprint(), shard, log)
+    print(f"buffer: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
