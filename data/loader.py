@@ -52,8 +52,31 @@ class TrajectoryDataset(Dataset):
         }
 
 
-def pad_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack trajectories: per-step fields (B, T) right-padded (actions with -1), `mask` (B, T)."""
+    def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        """A whole padded batch gathered from the flat arrays at once (DataLoader calls this)."""
+        rows = self.indices[np.asarray(positions, dtype=np.int64)]
+        a = self.buffer.arrays
+        lengths = a["lengths"][rows].astype(np.int64)
+        T = int(lengths.max()) if rows.size else 0
+        mask = np.arange(T)[None] < lengths[:, None]  # (B, T)
+        gather = np.where(mask, self.offsets[rows][:, None] + np.arange(T)[None], 0)
+        batch = {"lengths": torch.from_numpy(lengths), "mask": torch.from_numpy(mask)}
+        for name, pad, dtype in (("actions", -1, torch.long), ("log_prior", 0.0, torch.float32),
+                                 ("values", np.nan, torch.float32), ("visits", 0, torch.long)):
+            batch[name] = torch.from_numpy(np.where(mask, a[name][gather], pad)).to(dtype)
+        batch["reward"] = torch.from_numpy(a["reward"][rows].astype(np.float64))
+        batch["prompt_index"] = torch.from_numpy(a["prompt_index"][rows].astype(np.int64))
+        batch["source"] = torch.from_numpy(a["source"][rows].astype(np.int64))
+        return batch
+
+
+def pad_collate(items: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stack trajectories: per-step fields (B, T) right-padded (actions with -1), `mask` (B, T).
+
+    A dict is already a batch (from `TrajectoryDataset.__getitems__`) and passes through.
+    """
+    if isinstance(items, dict):
+        return items
     lengths = torch.tensor([len(x["actions"]) for x in items])
     T = int(lengths.max()) if len(items) else 0
     mask = torch.arange(T)[None] < lengths[:, None]  # (B, T)

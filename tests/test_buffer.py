@@ -8,12 +8,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from buffer_records import FINGERPRINT, META, make_record
 
 from data.buffer import SCHEMA_VERSION, BufferError, BufferWriter, merge, read_buffer
 from data.buffer_cli import main as buffer_cli
 from data.buffer_cli import summary
-from data.loader import TrajectoryDataset, pad_collate
+from data.loader import TrajectoryDataset, pad_collate, trajectory_loader
 
 STEP = ("actions", "log_prior", "values", "visits")
 TRAJ = ("lengths", "reward", "reward_task", "reward_spectral", "source")
@@ -173,3 +174,17 @@ def test_cli_merges_and_inspects(tmp_path, capsys):
     assert "2 prompts, 10 trajectories" in capsys.readouterr().out
     assert buffer_cli(["inspect", str(tmp_path / "missing.h5")]) == 1
     assert "no such buffer file" in capsys.readouterr().err
+
+
+def test_batched_fetch_equals_item_by_item_collate(tmp_path):
+    path = tmp_path / "b.h5"
+    write(path, range(3))
+    dataset = TrajectoryDataset(read_buffer(path), sources=["tree_path", "tree_sample"])
+    positions = [4, 0, 2, 1]
+    fast = dataset.__getitems__(positions)
+    slow = pad_collate([dataset[i] for i in positions])
+    assert fast.keys() == slow.keys()
+    for name in fast:
+        torch.testing.assert_close(fast[name], slow[name], equal_nan=True, msg=name)
+    loaded = next(iter(trajectory_loader(dataset, batch_size=4, shuffle=False)))
+    torch.testing.assert_close(loaded["actions"], pad_collate([dataset[i] for i in range(4)])["actions"])
