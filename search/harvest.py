@@ -151,13 +151,12 @@ def harvest(lm, codec: Codec, config: HarvestConfig, lm_fingerprint: str, shard:
     return path
 
 
-def wandb_logger(config: HarvestConfig):
-    """A `log(dict)` callable writing to W&B, offline unless WANDB_MODE says otherwise."""
+def wandb_run(config: HarvestConfig):
+    """A W&B run for per-prompt reward statistics, offline unless WANDB_MODE says otherwise."""
     import wandb
 
     os.environ.setdefault("WANDB_MODE", "offline")
-    run = wandb.init(project="sadt-harvest", config=to_dict(config))
-    return run.log
+    return wandb.init(project="sadt-harvest", config=to_dict(config))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
 
     lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device)
-    log = wandb_logger(config) if config.wandb else None
-    path = harvest(lm, Codec(tokenizer, config.codec), config, lm_fingerprint(), shard, log)
+    run = wandb_run(config) if config.wandb else None
+    path = harvest(lm, Codec(tokenizer, config.codec), config, lm_fingerprint(), shard, run.log if run else None)
+    if run is not None:
+        run.finish()
     print(f"buffer: {path}")
     return 0
 
