@@ -40,6 +40,26 @@ class Toy:
     def reward(self, sequences) -> np.ndarray:
         return np.array([self.table[self.index(s)] for s in sequences])
 
+    def step_log_priors(self) -> np.ndarray:
+        """log p(·|s_t) over the actions at every step of every sequence, (S, L, A)."""
+        ids = torch.tensor([PROMPT + [ACTION_IDS[a] for a in s] for s in self.sequences])
+        with torch.no_grad():
+            logits = self.lm.model(ids).logits[:, len(PROMPT) - 1 : -1][..., ACTION_IDS]  # (S, L, A)
+        return torch.log_softmax(logits, dim=-1).numpy()
+
+    def exact_q(self, lam: float) -> np.ndarray:
+        """Q(s_t, a) = V(s_t·a) for every step and action of every sequence, (S, L, A)."""
+        cache: dict[tuple, float] = {}
+        q = np.zeros((len(self.sequences), self.length, N_ACTIONS))
+        for i, s in enumerate(self.sequences):
+            for t in range(self.length):
+                for a in range(N_ACTIONS):
+                    key = tuple(s[:t]) + (a,)
+                    if key not in cache:
+                        cache[key] = self.exact_value(list(key), lam)
+                    q[i, t, a] = cache[key]
+        return q
+
     def _exact_log_prior(self) -> np.ndarray:
         """log p(x) from one full forward over all sequences (no cache, no tree)."""
         ids = torch.tensor([PROMPT + [ACTION_IDS[a] for a in s] for s in self.sequences])

@@ -1,0 +1,86 @@
+"""The balance losses are zero at the exact optimum of the enumerable toy and positive elsewhere."""
+
+import numpy as np
+import pytest
+import torch
+from toy_problem import Toy
+
+from sadt.losses import (
+    detailed_balance,
+    soft_value,
+    subtrajectory_balance,
+    trajectory_balance,
+    value_regression,
+    vargrad,
+)
+
+LAM = 2.0
+
+
+@pytest.fixture(scope="module")
+def optimum():
+    toy = Toy(length=4)
+    _, root_value = toy.target(LAM)
+    S = len(toy.sequences)
+    return {
+        "q": torch.tensor(toy.exact_q(LAM)),  # (S, L, A)
+        "log_prior": torch.tensor(toy.step_log_priors(), dtype=torch.float64),
+        "actions": torch.tensor(toy.sequences),
+        "mask": torch.ones(S, toy.length, dtype=torch.bool),
+        "log_z": torch.full((S,), LAM * root_value, dtype=torch.float64),
+        "reward": torch.tensor(toy.table, dtype=torch.float64),
+    }
+
+
+BALANCES = [trajectory_balance, detailed_balance, subtrajectory_balance]
+
+
+@pytest.mark.parametrize("loss", BALANCES, ids=lambda f: f.__name__)
+def test_balance_losses_vanish_at_the_optimum(optimum, loss):
+    assert loss(lam=LAM, **optimum).max().item() < 1e-20
+
+
+@pytest.mark.parametrize("loss", BALANCES, ids=lambda f: f.__name__)
+def test_balance_losses_are_positive_away_from_it(optimum, loss):
+    wrong_z = {**optimum, "log_z": optimum["log_z"] + 0.3}
+    assert (loss(lam=LAM, **wrong_z) > 1e-4).all()  # every trajectory passes through the root
+    noisy = {**optimum, "q": optimum["q"] + 0.1 * torch.randn_like(optimum["q"])}
+    assert loss(lam=LAM, **noisy).mean() > 1e-4
+
+
+def test_optimal_head_reproduces_the_soft_bellman_identity(optimum):
+    # V_φ(s_0) from the exact Q equals log Z / λ.
+    v0 = soft_value(optimum["q"][:, 0], optimum["log_prior"][:, 0], LAM)
+    torch.testing.assert_close(LAM * v0, optimum["log_z"])
+
+
+def test_padding_gives_the_same_loss_and_finite_gradients(optimum):
+    q = optimum["q"][:2].clone().requires_grad_(True)
+    padded = {
+        "q": torch.cat([q, torch.zeros(2, 3, 3, dtype=q.dtype)], dim=1),
+        "log_prior": torch.cat([optimum["log_prior"][:2], torch.full((2, 3, 3), -torch.inf, dtype=q.dtype)], dim=1),
+        "actions": torch.cat([optimum["actions"][:2], torch.full((2, 3), -1)], dim=1),
+        "mask": torch.cat([optimum["mask"][:2], torch.zeros(2, 3, dtype=torch.bool)], dim=1),
+        "log_z": optimum["log_z"][:2] + 0.5, "reward": optimum["reward"][:2],
+    }
+    plain = {k: v[:2] for k, v in optimum.items()} | {"q": q, "log_z": optimum["log_z"][:2] + 0.5}
+    for loss in BALANCES:
+        torch.testing.assert_close(loss(lam=LAM, **padded), loss(lam=LAM, **plain))
+    trajectory_balance(lam=LAM, **padded).sum().backward()
+    assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+def test_vargrad_is_zero_at_the_optimum_and_positive_otherwise(optimum):
+    args = {k: optimum[k] for k in ("q", "log_prior", "actions", "mask", "reward")}
+    prompts = torch.zeros(len(optimum["reward"]), dtype=torch.long)
+    assert vargrad(**args, prompt_index=prompts, lam=LAM).item() < 1e-20
+    noisy = {**args, "q": args["q"] + 0.1 * torch.randn_like(args["q"])}
+    assert vargrad(**noisy, prompt_index=prompts, lam=LAM).item() > 1e-4
+
+
+def test_value_regression_targets_the_next_states_tree_value(optimum):
+    q, actions = optimum["q"], optimum["actions"]
+    targets = q.gather(-1, actions.unsqueeze(-1)).squeeze(-1).clone()  # V(s_{t+1}) = Q(s_t, a_t)
+    targets[:, 1] = np.nan  # unknown values are skipped
+    assert value_regression(q, actions, optimum["mask"], targets).item() == 0.0
+    assert value_regression(q + 0.5, actions, optimum["mask"], targets).item() == pytest.approx(0.25)
