@@ -63,3 +63,15 @@ def test_stats_count_forwards_and_real_tokens(tiny_lm):
     tiny_lm.step(batch, torch.tensor([3, 3, 3]))
     assert tiny_lm.stats.forward_calls == 3
     assert tiny_lm.stats.tokens == len(PROMPT) + 4 + 3  # padding is not counted
+
+
+def test_path_states_give_every_state_of_every_path(tiny_lm):
+    paths = [[5, 3, 7], [11], []]
+    prompt = tiny_lm.prefill(PROMPT)
+    hidden, logits = tiny_lm.path_states(prompt, paths, ACTIONS)
+    assert hidden.shape == (3, 4, 32) and logits.shape == (3, 4, len(ACTIONS))
+    for i, path in enumerate(paths):
+        for t in range(len(path) + 1):
+            ref_logits, ref_hidden = full_forward(tiny_lm, PROMPT + path[:t])
+            torch.testing.assert_close(hidden[i, t], ref_hidden, rtol=0, atol=1e-10)
+            torch.testing.assert_close(logits[i, t], ref_logits, rtol=0, atol=1e-10)

@@ -131,13 +131,11 @@ class TorchLM:
         action_ids = torch.as_tensor(action_ids, dtype=torch.long, device=self.device)
         lengths = torch.tensor([len(p) for p in prefixes], device=self.device)  # (B,)
         T = int(lengths.max())
-        cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prompt.kv])
+        cache = self._prompt_cache(prompt, B)
         attention_mask = torch.ones(B, P + T, dtype=torch.long, device=self.device)
         hidden = prompt.hidden.expand(B, -1).clone()  # (B, H) rows with an empty prefix
         if T > 0:
-            ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
-            for i, p in enumerate(prefixes):
-                ids[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+            ids = self._right_padded(prefixes, T)
             attention_mask[:, P:] = torch.arange(T, device=self.device)[None] < lengths[:, None]
             positions = (P + torch.arange(T, device=self.device)).expand(B, -1)
             out = self._forward(ids, cache, attention_mask, positions)  # (B, T, H)
@@ -153,6 +151,40 @@ class TorchLM:
             hidden=hidden,
             rows=torch.arange(B, device=self.device),
         )
+
+    @torch.inference_mode()
+    def path_states(
+        self, prompt: PromptCache, paths: Sequence[Sequence[int]], action_ids: Sequence[int] | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states and action logits of every state along B paths, in one forward.
+
+        State s_0 is the prompt; s_t follows the path's first t tokens. Returns hidden (B, T+1, H)
+        and logits over the actions (B, T+1, A), T the longest path; rows past a path's end are
+        padding. The flow head's trainer reads these (the LM stays frozen).
+        """
+        if len(paths) == 0:
+            raise ValueError("path_states needs at least one path")
+        action_ids = torch.as_tensor(action_ids, dtype=torch.long, device=self.device)
+        B, T = len(paths), max(len(p) for p in paths)
+        hidden = prompt.hidden.expand(B, 1, -1)
+        if T > 0:
+            ids = self._right_padded(paths, T)
+            positions = (prompt.length + torch.arange(T, device=self.device)).expand(B, -1)
+            out = self._forward(ids, self._prompt_cache(prompt, B), None, positions)  # real positions are exact
+            self.stats.tokens += sum(len(p) for p in paths)
+            hidden = torch.cat([hidden, out], dim=1)
+        return hidden, self._action_logits(hidden, action_ids)
+
+    def _prompt_cache(self, prompt: PromptCache, batch: int) -> DynamicCache:
+        """A cache holding the prompt's KV for `batch` rows (copied: later steps append per row)."""
+        rows = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prompt.kv]
+        return DynamicCache(ddp_cache_data=rows)
+
+    def _right_padded(self, sequences: Sequence[Sequence[int]], length: int) -> torch.Tensor:
+        ids = torch.zeros(len(sequences), length, dtype=torch.long, device=self.device)
+        for i, s in enumerate(sequences):
+            ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        return ids
 
     @torch.inference_mode()
     def step(self, batch: DecodeBatch, next_ids: torch.Tensor) -> DecodeBatch:
