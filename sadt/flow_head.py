@@ -1,0 +1,64 @@
+"""F_φ as a small head on the frozen LM: Q_φ(s, a) over the allowed actions and a conditional log Z_φ(c).
+
+`Q_φ(s, ·) = (MLP(h(s)) · E_A^T) / sqrt(H) + b`, where h(s) is the LM's final hidden state at s
+(the same forward that expansion runs: the head adds no LM calls) and E_A (A, H) are the frozen
+output-embedding rows of the action tokens, so the head reuses what the LM already knows about
+each token. `log Z_φ(c)` is a second MLP on the prompt's hidden state h(s_0). Both output layers
+start at zero: an untrained head gives Q = 0, i.e. P_F^φ = p, the prior.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FlowHeadConfig:
+    hidden: int = 256  # width of the MLPs
+    layers: int = 2  # hidden layers per MLP
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.layers < 1:
+            raise ValueError(f"flow head needs hidden >= 1 and layers >= 1, got {self.hidden}, {self.layers}")
+
+
+def _mlp(d_in: int, width: int, layers: int, d_out: int) -> nn.Sequential:
+    blocks: list[nn.Module] = []
+    for i in range(layers):
+        blocks += [nn.Linear(d_in if i == 0 else width, width), nn.SiLU()]
+    out = nn.Linear(width, d_out)
+    nn.init.zeros_(out.weight)
+    nn.init.zeros_(out.bias)
+    return nn.Sequential(*blocks, out)
+
+
+class MLPFlowHead(nn.Module):
+    """Q_φ and log Z_φ from frozen LM hidden states.
+
+    Args:
+        action_embeddings: (A, H) output-embedding rows of the action tokens (kept frozen).
+        config: widths.
+    """
+
+    def __init__(self, action_embeddings: torch.Tensor, config: FlowHeadConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or FlowHeadConfig()
+        A, H = action_embeddings.shape
+        self.register_buffer("action_embeddings", action_embeddings.detach().clone())
+        self.q_mlp = _mlp(H, self.config.hidden, self.config.layers, H)
+        self.q_bias = nn.Parameter(torch.zeros(A))
+        self.log_z_mlp = _mlp(H, self.config.hidden, self.config.layers, 1)
+        self.scale = 1.0 / math.sqrt(H)
+
+    def q(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Q_φ(s, ·): (..., H) -> (..., A)."""
+        u = self.q_mlp(hidden.to(self.action_embeddings.dtype))  # (..., H)
+        return self.scale * u @ self.action_embeddings.T + self.q_bias
+
+    def log_z(self, prompt_hidden: torch.Tensor) -> torch.Tensor:
+        """log Z_φ(c): (B, H) -> (B,)."""
+        return self.log_z_mlp(prompt_hidden.to(self.action_embeddings.dtype)).squeeze(-1)
