@@ -1,0 +1,55 @@
+"""Save and load a trained flow head: safetensors weights plus a JSON sidecar that says what it fits.
+
+The sidecar holds the LM fingerprint, λ, γ, the codec, the head config and the training config;
+loading a head for another LM (or codec) is an error, since Q_φ reads that LM's hidden states.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+
+WEIGHTS, SIDECAR = "head.safetensors", "head.json"
+
+
+class HeadMismatchError(ValueError):
+    """A head checkpoint was made for another LM or codec; the message names both."""
+
+
+def save_head(head: MLPFlowHead, directory: str | Path, sidecar: dict) -> Path:
+    """Write `head.safetensors` and `head.json` into `directory` (created)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    save_file(tensors, directory / WEIGHTS)
+    meta = {**sidecar, "head_config": vars(head.config), "head_class": type(head).__name__}
+    (directory / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = None) -> tuple[MLPFlowHead, dict]:
+    """The head in `directory` and its sidecar, after checking it was trained for this LM and codec."""
+    directory = Path(directory)
+    if not (directory / SIDECAR).is_file() or not (directory / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{directory}: expected {WEIGHTS} and {SIDECAR}")
+    meta = json.loads((directory / SIDECAR).read_text())
+    if meta.get("lm_fingerprint") != lm_fingerprint:
+        raise HeadMismatchError(
+            f"{directory}: head trained for LM {meta.get('lm_fingerprint')!r}, this LM is {lm_fingerprint!r}"
+        )
+    if codec is not None and meta.get("codec") != codec:
+        raise HeadMismatchError(f"{directory}: head trained with codec {meta.get('codec')}, not {codec}")
+    tensors = load_file(directory / WEIGHTS)
+    head = MLPFlowHead(tensors["action_embeddings"], FlowHeadConfig(**meta["head_config"]))
+    head.load_state_dict(tensors)
+    return head, meta
+
+
+def head_state_equal(a: MLPFlowHead, b: MLPFlowHead) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -1,0 +1,29 @@
+"""Train F_φ: `python -m trainers.fit --config configs/fit/mlp.yaml` (LightningCLI, `--help` lists every option).
+
+Every option can be overridden on the command line, e.g. `--model.lam 2.0 --trainer.max_epochs 20`.
+W&B runs offline by default (under `outputs/fit/wandb`, sync later with `wandb sync`); set
+WANDB_MODE=online when logged in. CSV logs go beside them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pytorch_lightning.cli import LightningCLI
+
+from trainers.data import BufferDataModule
+from trainers.module import FlowHeadModule
+
+
+def main(args: list[str] | None = None) -> FlowHeadModule:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    cli = LightningCLI(
+        FlowHeadModule, BufferDataModule, run=False, args=args, save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+    )
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return cli.model
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The LightningModule that trains F_φ (an MLP head on the frozen LM) with balance losses.
+
+Each step recomputes, with the frozen LM, the hidden state and the grammar-restricted prior of
+every state along the batch's trajectories (one forward per prompt group, the prompt's KV cached
+across steps), then applies the weighted losses of `sadt.losses` with λ chosen here: buffers store
+raw rewards, so one buffer trains heads for any λ. Dropout is off (the LM is in eval mode and
+frozen; the head has none).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from sadt import losses
+from sadt.codec import Codec
+from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+from sadt.grammar import DigitGrammar
+from sadt.head_io import save_head
+from sadt.lm.base_model import lm_fingerprint, load_base_lm
+from sadt.rollout import masked_log_softmax
+
+
+class FlowHeadModule(pl.LightningModule):
+    """F_φ training.
+
+    Args:
+        lam: inverse temperature λ of the target p(x) exp(λ r(x)).
+        base_model: folder of the converted base model (default: checkpoints/base).
+        hidden, layers: MLP widths of the head.
+        lr, log_z_lr: learning rates of Q_φ and of the conditional log Z_φ(c).
+        tb, subtb, db, vargrad, value: weights of trajectory balance, sub-trajectory balance,
+            detailed balance, VarGrad and regression of Q_φ(s_t, a_t) on the tree's V̂(s_{t+1}).
+        subtb_weight: the geometric weight w of SubTB.
+        save_to: where the final head (safetensors + JSON sidecar) is written.
+    """
+
+    def __init__(
+        self, lam: float = 5.0, base_model: str | None = None, hidden: int = 256, layers: int = 2,
+        lr: float = 1e-3, log_z_lr: float = 1e-2, tb: float = 1.0, subtb: float = 0.0, db: float = 0.0,
+        vargrad: float = 0.0, value: float = 0.0, subtb_weight: float = 0.9,
+        save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16,
+    ) -> None:
+        super().__init__()
+        if not lam > 0:
+            raise ValueError(f"`lam` must be > 0, got {lam}")
+        if min(tb, subtb, db, vargrad, value) < 0 or max(tb, subtb, db, vargrad, value) == 0:
+            raise ValueError("loss weights must be >= 0 with at least one > 0")
+        self.save_hyperparameters()
+        self.lm, tokenizer = load_base_lm(base_model)  # frozen, and not a submodule: never checkpointed
+        self.fingerprint = lm_fingerprint(base_model)
+        self.action_token_ids = Codec(tokenizer).action_token_ids
+        embeddings = self.lm.head.weight[self.action_token_ids]
+        self.head = MLPFlowHead(embeddings, FlowHeadConfig(hidden=hidden, layers=layers))
+        self.prompt_cache: OrderedDict[tuple, object] = OrderedDict()
+        self.grammar: DigitGrammar | None = None
+        self.buffer_meta: dict = {}
+
+    def setup(self, stage: str) -> None:
+        meta = self.trainer.datamodule.meta
+        if meta.get("action_token_ids") != self.action_token_ids:
+            raise ValueError("the buffer's action tokens differ from this LM's codec; harvest with this LM")
+        config = meta["config"]
+        self.grammar = DigitGrammar(horizon=config["horizon"], max_digits=config["codec"]["max_digits"])
+        self.buffer_meta = meta
+
+    # -- features from the frozen LM ---------------------------------------------------------
+
+    def _prompt(self, tokens: tuple):
+        if tokens not in self.prompt_cache:
+            self.prompt_cache[tokens] = self.lm.prefill(list(tokens))
+            if len(self.prompt_cache) > self.hparams.prompt_cache_size:
+                self.prompt_cache.popitem(last=False)
+        return self.prompt_cache[tokens]
+
+    def features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hidden states (B, T, H) of s_0..s_{T-1}, prompt states (B, H), log p(·|s_t) (B, T, A)."""
+        actions, mask = batch["actions"], batch["mask"]
+        B, T = actions.shape
+        hidden = torch.zeros(B, T, self.lm.hidden_size)
+        logits = torch.zeros(B, T, len(self.action_token_ids))
+        groups: dict[tuple, list[int]] = {}
+        for row, prompt in enumerate(batch["prompts"]):
+            groups.setdefault(prompt, []).append(row)
+        for prompt, rows in groups.items():
+            paths = [[self.action_token_ids[a] for a in actions[r][mask[r]].tolist()] for r in rows]
+            h, lg = self.lm.path_states(self._prompt(prompt), paths, self.action_token_ids)  # (n, T'+1, ·)
+            width = min(T, h.shape[1])
+            hidden[rows, :width], logits[rows, :width] = h[:, :width].float(), lg[:, :width].float()
+        allowed = torch.zeros(B, T, len(self.action_token_ids), dtype=torch.bool)
+        state = self.grammar.initial(B)
+        for t in range(T):
+            allowed[:, t] = self.grammar.mask(state)
+            state = self.grammar.advance(state, actions[:, t].clamp(min=0))
+        allowed |= ~mask[..., None]  # padded steps: any finite prior (the losses ignore them)
+        log_prior = masked_log_softmax(logits, allowed)
+        return hidden.clone(), hidden[:, 0].clone(), log_prior  # clones: leave inference mode
+
+    # -- losses ------------------------------------------------------------------------------
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        hidden, prompt_hidden, log_prior = self.features(batch)
+        q = self.head.q(hidden)  # (B, T, A)
+        log_z = self.head.log_z(prompt_hidden)  # (B,)
+        lam, hp = self.hparams.lam, self.hparams
+        args = (q, log_prior, batch["actions"], batch["mask"])
+        out = {"tb": losses.trajectory_balance(*args, log_z, batch["reward"], lam).mean(), "log_z": log_z.mean()}
+        total = hp.tb * out["tb"]
+        if hp.subtb:
+            out["subtb"] = losses.subtrajectory_balance(*args, log_z, batch["reward"], lam, hp.subtb_weight).mean()
+            total = total + hp.subtb * out["subtb"]
+        if hp.db:
+            out["db"] = losses.detailed_balance(*args, log_z, batch["reward"], lam).mean()
+            total = total + hp.db * out["db"]
+        out["var_log_ratio"] = losses.vargrad(*args, batch["reward"], batch["prompt_index"], lam)
+        if hp.vargrad:
+            total = total + hp.vargrad * out["var_log_ratio"]
+        if hp.value:
+            out["value"] = losses.value_regression(q, batch["actions"], batch["mask"], batch["tree_values"])
+            total = total + hp.value * out["value"]
+        out["loss"] = total
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.losses(batch)
+        B = len(batch["prompts"])
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=B)
+        self.log_dict({"train/reward_mean": batch["reward"].mean(), "train/reward_max": batch["reward"].max()},
+                      batch_size=B)
+        return out["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.losses(batch)
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=len(batch["prompts"]))
+
+    def configure_optimizers(self):
+        q_params = [p for n, p in self.head.named_parameters() if not n.startswith("log_z")]
+        return torch.optim.Adam([
+            {"params": q_params, "lr": self.hparams.lr},
+            {"params": self.head.log_z_mlp.parameters(), "lr": self.hparams.log_z_lr},
+        ])
+
+    def on_train_end(self) -> None:
+        config = self.buffer_meta.get("config", {})
+        sidecar = {
+            "lm_fingerprint": self.fingerprint, "lam": self.hparams.lam, "gamma": self.buffer_meta.get("gamma"),
+            "codec": config.get("codec"), "action_token_ids": self.action_token_ids,
+            "training": dict(self.hparams),
+        }
+        path = save_head(self.head, Path(self.hparams.save_to), sidecar)
+        print(f"head saved to {path}")
