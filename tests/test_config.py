@@ -6,7 +6,8 @@ from sadt.config import ConfigError, load_config
 from search.harvest import HarvestConfig
 from search.run import RunConfig
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*/*.yaml") if p.parent.name != "fit")
+FIT_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "fit").glob("*.yaml"))
 SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig}
 
 
@@ -34,3 +35,22 @@ def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_config(path, RunConfig)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("path", FIT_CONFIGS, ids=[p.name for p in FIT_CONFIGS])
+def test_fit_configs_parse_with_lightning_cli(path, capsys):
+    from trainers import fit
+
+    with pytest.raises(SystemExit) as done:
+        fit.main(["--config", str(path), "--print_config"])  # parses and validates, builds nothing
+    assert done.value.code == 0 and "lam:" in capsys.readouterr().out
+
+
+def test_fit_rejects_an_unknown_option(tmp_path, capsys):
+    from trainers import fit
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  lamda: 2.0\n")
+    with pytest.raises(SystemExit) as done:
+        fit.main(["--config", str(bad), "--print_config"])
+    assert done.value.code != 0 and "lamda" in capsys.readouterr().err
