@@ -34,6 +34,7 @@ class Rollouts:
     log_prior: torch.Tensor  # (B, T) log p(a_t|s_t) of each sampled action, 0 padded
     lengths: torch.Tensor  # (B,) actions sampled per row
     step_log_probs: torch.Tensor | None = None  # (B, T, A) log p(.|s_t) over all actions, when asked for
+    step_q: torch.Tensor | None = None  # (B, T, A) Q_φ(s_t, ·) from `value_head`, when one is given
 
     def full_sequences(self, prefixes: Sequence[Sequence[int]]) -> list[list[int]]:
         """Prefix + sampled actions of each row, as Python lists."""
@@ -52,6 +53,8 @@ def rollout(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     return_step_log_probs: bool = False,
+    value_head=None,
+    guide_lam: float = 0.0,
 ) -> Rollouts:
     """Complete every prefix (action indices after the prompt) to a terminal, all rows at once.
 
@@ -60,6 +63,10 @@ def rollout(
         grammar: gives the allowed actions of each state (`DigitGrammar` for forecasts).
         prefixes: B ragged lists of action indices already taken after the prompt.
         return_step_log_probs: also keep the whole prior vector of every step (the tree stores it).
+        value_head: optional `hidden (B, H) -> Q_φ (B, A)`, applied to the hidden state the step's
+            forward already computed (a flow head costs no LM call).
+        guide_lam: with a value head, sample from `P_F ∝ p exp(guide_lam · Q_φ)` instead of p (the
+            recorded `log_prior` stays the prior's).
 
     Rows are dropped from the batch as they finish, so a step costs only the live rows.
     The recorded `log_prior` is the temperature-1 prior, whatever `temperature` samples with.
@@ -75,7 +82,9 @@ def rollout(
     actions = torch.full((B, T), -1, dtype=torch.long, device=device)
     log_prior = torch.zeros(B, T, dtype=torch.float64, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
-    step_log_probs = None
+    step_log_probs = step_q = None
+    if value_head is not None:
+        step_q = torch.full((B, T, action_token_ids.numel()), float("nan"), dtype=torch.float64, device=device)
     if return_step_log_probs:
         step_log_probs = torch.full((B, T, action_token_ids.numel()), float("-inf"), dtype=torch.float64, device=device)
 
@@ -84,15 +93,19 @@ def rollout(
     while batch.size > 0:
         mask = grammar.mask(state)
         logp = masked_log_softmax(batch.logits.double(), mask, top_k)
+        q = value_head(batch.hidden).double() if value_head is not None else None  # (B_live, A)
         sample_logp = logp
-        if temperature != 1.0:
-            sample_logp = masked_log_softmax(batch.logits.double() / temperature, mask, top_k)
+        if temperature != 1.0 or (q is not None and guide_lam > 0):
+            tilt = guide_lam * q if q is not None and guide_lam > 0 else 0.0
+            sample_logp = masked_log_softmax(batch.logits.double() / temperature + tilt, mask, top_k)
         chosen = torch.multinomial(sample_logp.exp(), 1, generator=generator).squeeze(1)  # (B_live,)
         rows = batch.rows
         actions[rows, lengths[rows]] = chosen
         log_prior[rows, lengths[rows]] = logp.gather(1, chosen[:, None]).squeeze(1)
         if step_log_probs is not None:
             step_log_probs[rows, lengths[rows]] = logp
+        if step_q is not None:
+            step_q[rows, lengths[rows]] = q
         lengths[rows] += 1
         state = grammar.advance(state, chosen)
         live = (~state.done).nonzero().squeeze(1)
@@ -104,4 +117,6 @@ def rollout(
     longest = int(lengths.max()) if B else 0
     if step_log_probs is not None:
         step_log_probs = step_log_probs[:, :longest]
-    return Rollouts(actions[:, :longest], log_prior[:, :longest], lengths, step_log_probs)
+    if step_q is not None:
+        step_q = step_q[:, :longest]
+    return Rollouts(actions[:, :longest], log_prior[:, :longest], lengths, step_log_probs, step_q)

@@ -61,6 +61,7 @@ class Tree:
             "draws": np.zeros((capacity, A), np.int32),  # times each action was drawn from p at s (DTS weights)
             "pending": np.zeros(capacity, np.int32),  # virtual visits of selections not yet backed up
             "log_prior": np.full((capacity, A), np.nan, np.float64),  # log p(a|s) over actions
+            "q": np.full((capacity, A), np.nan, np.float64),  # Q_φ(s, a) of a flow head, when one is used
         }
         for name, array in fresh.items():
             if hasattr(self, name):

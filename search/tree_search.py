@@ -71,6 +71,10 @@ class SearchConfig:
     # mcts_uct), or draws a new child while its draws < C (N(s)+1)^α (dts, dts_star)
     widening_alpha: float = 0.5
     uct_c: float = 1.0  # exploration constant of UCT (dts_star) and PUCT (mcts_uct), in reward units
+    hybrid: str = "off"  # maxent_ts with a flow head: "visits" (α = n0 / (n0 + N)) or "fixed" (α = hybrid_alpha)
+    hybrid_n0: float = 10.0  # visits at which Monte-Carlo and Q_φ weigh equally
+    hybrid_alpha: float = 0.5  # the fixed mixing weight
+    guided_rollouts: bool = True  # hybrid: roll out from P_F ∝ p exp(λ Q_φ) rather than p (values stay unbiased)
     seed: int = 0
     progress: bool = True
 
@@ -91,6 +95,14 @@ class SearchConfig:
             )
         if self.expansion not in ("full", "widening"):
             raise ValueError(f"search `expansion` must be 'full' or 'widening', got {self.expansion!r}")
+        if self.hybrid not in ("off", "visits", "fixed"):
+            raise ValueError(f"search `hybrid` must be 'off', 'visits' or 'fixed', got {self.hybrid!r}")
+        if self.hybrid != "off" and self.method != "maxent_ts":
+            raise ValueError(f"search `hybrid` needs method maxent_ts, got {self.method!r}")
+        if self.hybrid_n0 < 0 or not 0 <= self.hybrid_alpha <= 1:
+            raise ValueError(
+                f"search needs hybrid_n0 >= 0 and hybrid_alpha in [0, 1], got {self.hybrid_n0}, {self.hybrid_alpha}"
+            )
         if self.uct_c < 0:
             raise ValueError(f"search `uct_c` must be >= 0, got {self.uct_c}")
 
@@ -129,6 +141,8 @@ class TreeSearch:
         grammar: allowed actions per state (`initial`, `mask`, `advance`, `replay`).
         reward_fn: terminal action sequences -> rewards (B,).
         config: method, λ, budget, batch size, seed.
+        value_head: `hidden (B, H) -> Q_φ (B, A)` for the hybrid (`config.hybrid`), read from the
+            hidden states the search's own forwards compute.
     """
 
     def __init__(
@@ -139,8 +153,12 @@ class TreeSearch:
         grammar,
         reward_fn: RewardFn,
         config: SearchConfig,
+        value_head=None,
     ) -> None:
+        if (config.hybrid != "off") != (value_head is not None):
+            raise ValueError("search `hybrid` needs a value_head, and a value_head needs `hybrid` on")
         self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, reward_fn, config
+        self.value_head = value_head
         self.action_token_ids = list(action_token_ids)
         self.top_k = 1 if config.method == "greedy" else config.top_k
         self.rng = np.random.default_rng(config.seed)
@@ -152,6 +170,8 @@ class TreeSearch:
         root = lm.extend(self.prompt, [[]], self.action_token_ids)
         mask = grammar.mask(grammar.initial(1, lm.device))
         self.tree.log_prior[ROOT] = masked_log_softmax(root.logits.double(), mask, self.top_k)[0].cpu().numpy()
+        if value_head is not None:
+            self.tree.q[ROOT] = value_head(root.hidden)[0].double().cpu().numpy()
         self.rollouts_done = 0
         self._pending_leaves: dict[int, dict[int, int]] = {}  # node -> action -> picks this iteration
         self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds
@@ -191,6 +211,28 @@ class TreeSearch:
         eligible[ranked] = True
         return np.where(eligible, log_prior, -np.inf)
 
+    def _hybrid_values(self, nodes: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ṽ(s·a) = (1 − α) V̂_MC(s·a) + α Q_φ(s,a) over actions, and which children the backup counts.
+
+        `visits`: α = n0 / (n0 + N(s·a)), so an unvisited child is Q_φ alone and counts in the
+        backup. `fixed`: α = hybrid_alpha; an unvisited child is (1 − α) V̂(s) + α Q_φ for
+        selection and is left out of the backup (with α = 0 this is MC-only MaxEnt-TS exactly).
+        Without a hybrid: V̂ of visited children; unvisited ones are V̂(s) and left out.
+        """
+        tree, config = self.tree, self.config
+        children = tree.children[nodes]
+        visited = children >= 0
+        mc = np.where(visited, tree.value[children], np.asarray(tree.value[nodes])[..., None])
+        if config.hybrid == "off":
+            return mc, visited
+        q = tree.q[nodes]
+        if config.hybrid == "visits":
+            n = np.where(visited, tree.visits[children] + tree.pending[children], 0)
+            alpha = config.hybrid_n0 / (config.hybrid_n0 + n) if config.hybrid_n0 > 0 else (n == 0).astype(float)
+            return (1 - alpha) * mc + alpha * q, visited | np.isfinite(tree.log_prior[nodes])
+        alpha = config.hybrid_alpha
+        return (1 - alpha) * mc + alpha * q, visited
+
     def _choose(self, node: int) -> int:
         """The action taken at `node` during selection."""
         tree, config = self.tree, self.config
@@ -216,8 +258,9 @@ class TreeSearch:
                 tree.value[children], self._eligible_log_prior(node), visits, visited, tree.value[node],
                 tree.visits[node] + tree.pending[node], config.uct_c,
             )
+        values, _ = self._hybrid_values(node)  # unvisited children: V̂(s), or Q_φ under the hybrid
         return selection.boltzmann(
-            self._eligible_log_prior(node), tree.value[children], visited, tree.value[node], config.lam, self.rng
+            self._eligible_log_prior(node), values, np.ones_like(visited), tree.value[node], config.lam, self.rng
         )
 
     def select(self) -> tuple[int, int]:
@@ -262,7 +305,8 @@ class TreeSearch:
             if self.config.method == "mcts_uct":
                 tree.value[nodes] = mean_backup(tree.value[children], tree.visits[children], visited)
             else:
-                tree.value[nodes] = soft_backup(tree.value[children], self._child_log_weights(nodes), visited, lam)
+                values, counted = self._hybrid_values(nodes)
+                tree.value[nodes] = soft_backup(values, self._child_log_weights(nodes), counted, lam)
 
     def iterate(self, batch: int) -> None:
         """Select `batch` leaves, roll the new ones out in one batched pass, score, insert, back up.
@@ -289,25 +333,29 @@ class TreeSearch:
         suffixes = [[action] for _, action in new]  # actions below each parent: the new one, then the rollout's
         paths = [self.tree.actions_to(parent) + [action] for parent, action in new]
         step_log_probs: list[np.ndarray | None] = [None] * len(paths)  # (T, A) prior vectors along each rollout
+        step_q: list[np.ndarray | None] = [None] * len(paths)  # (T, A) Q_φ along each rollout (hybrid only)
         ended = self.grammar.replay(paths).done.tolist() if paths else []
         to_roll = [i for i, end in enumerate(ended) if not end]
         clock = self._tick("select", clock)
         if to_roll:
             out = rollout(
                 self.lm, self.prompt, self.action_token_ids, self.grammar, [paths[i] for i in to_roll],
-                top_k=self.top_k, generator=self.generator, return_step_log_probs=True,
+                top_k=self.top_k, generator=self.generator, return_step_log_probs=True, value_head=self.value_head,
+                guide_lam=self.config.lam if self.config.guided_rollouts else 0.0,
             )
             for row, i in enumerate(to_roll):
                 length = int(out.lengths[row])
                 suffixes[i] += out.actions[row, :length].tolist()
                 paths[i] = paths[i] + suffixes[i][1:]
                 step_log_probs[i] = out.step_log_probs[row, :length].cpu().numpy()
+                if out.step_q is not None:
+                    step_q[i] = out.step_q[row, :length].cpu().numpy()
         clock = self._tick("lm_rollout", clock)
         rewards = self._rewards(paths) if paths else np.zeros(0)
         clock = self._tick("reward", clock)
         terminals = revisits + [
-            self._insert(parent, suffix, log_probs, reward)
-            for (parent, _), suffix, log_probs, reward in zip(new, suffixes, step_log_probs, rewards)
+            self._insert(parent, suffix, log_probs, q, reward)
+            for (parent, _), suffix, log_probs, q, reward in zip(new, suffixes, step_log_probs, step_q, rewards)
         ]
         self.backup(terminals)
         self.rollouts_done += batch
@@ -318,14 +366,19 @@ class TreeSearch:
         self.timings[phase] += now - since
         return now
 
-    def _insert(self, parent: int, actions: list[int], step_log_probs: np.ndarray | None, reward: float) -> int:
+    def _insert(
+        self, parent: int, actions: list[int], step_log_probs: np.ndarray | None, step_q: np.ndarray | None,
+        reward: float,
+    ) -> int:
         """Add the path `actions` below `parent` (the rollout's states join the tree); returns its terminal.
 
-        `step_log_probs[t]` is the prior over actions at the state after `actions[: t + 1]`.
+        `step_log_probs[t]` (and `step_q[t]`) belong to the state after `actions[: t + 1]`.
         """
         node = self.tree.add(parent, actions[0])
         for t, action in enumerate(actions[1:]):
             self.tree.log_prior[node] = step_log_probs[t]
+            if step_q is not None:
+                self.tree.q[node] = step_q[t]
             self.tree.draws[node, action] += 1  # a rollout step is a draw from the prior
             node = self.tree.add(node, action)
         self.tree.terminal[node] = True
@@ -365,7 +418,8 @@ class TreeSearch:
         while not tree.terminal[node]:
             children = tree.children[node]
             visited = children >= 0
-            logits = np.where(visited, self._child_log_weights(node) + lam * tree.value[children], -np.inf)
+            values = self._hybrid_values(node)[0] if self.config.method == "maxent_ts" else tree.value[children]
+            logits = np.where(visited, self._child_log_weights(node) + lam * values, -np.inf)
             node = int(children[np.argmax(logits + self.rng.gumbel(size=logits.shape))])
         return node
 
