@@ -1,6 +1,10 @@
 """`python -m trainers.fit` end to end with the real base model on a tiny harvested buffer."""
 
 import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +50,34 @@ def test_fit_trains_logs_and_writes_a_head_that_loads_back(tmp_path, buffer_path
     assert sidecar["codec"] == read_buffer(buffer_path).meta["config"]["codec"]
     with pytest.raises(HeadMismatchError, match="trained for LM"):
         load_head(tmp_path / "head", "another-lm")
+
+
+def fit_args(buffer_path, out, *extra):
+    return [
+        "--model.lam", "2.0", "--model.hidden", "16", "--model.save_to", str(out / "head"),
+        "--data.buffers", f"[{buffer_path}]", "--data.batch_size", "8", "--data.val_fraction", "0",
+        "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(out),
+        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+        "--trainer.logger+=pytorch_lightning.loggers.CSVLogger", f"--trainer.logger.save_dir={out}", *extra,
+    ]
+
+
+def test_fit_resumes_from_a_lightning_checkpoint(tmp_path, buffer_path):
+    fit.main(fit_args(buffer_path, tmp_path, "--trainer.max_epochs", "1"))
+    (ckpt,) = tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt")
+    resumed = fit.main(fit_args(buffer_path, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt)))
+    assert resumed.trainer.current_epoch == 2
+    first_steps = resumed.trainer.global_step // 2
+    assert resumed.trainer.global_step == 2 * first_steps > 0  # the second epoch continued the first
+
+
+def test_fit_runs_ddp_on_two_cpu_processes(tmp_path, buffer_path):
+    args = fit_args(buffer_path, tmp_path, "--trainer.max_epochs", "1", "--trainer.strategy", "ddp",
+                    "--trainer.devices", "2")
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, "-m", "trainers.fit", *args], cwd=Path(__file__).parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
+    head, _ = load_head(tmp_path / "head", lm_fingerprint())
+    assert head.config.hidden == 16

@@ -1,6 +1,7 @@
 """Train F_φ: `python -m trainers.fit --config configs/fit/mlp.yaml` (LightningCLI, `--help` lists every option).
 
-Every option can be overridden on the command line, e.g. `--model.lam 2.0 --trainer.max_epochs 20`.
+Every option can be overridden on the command line, e.g. `--model.lam 2.0 --trainer.max_epochs 20`;
+`--ckpt_path outputs/fit/lightning_logs/version_0/checkpoints/last.ckpt` resumes a run.
 W&B runs offline by default (under `outputs/fit/wandb`, sync later with `wandb sync`); set
 WANDB_MODE=online when logged in. CSV logs go beside them.
 """
@@ -9,19 +10,24 @@ from __future__ import annotations
 
 import os
 
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from trainers.data import BufferDataModule
 from trainers.module import FlowHeadModule
 
 
+class FitCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from this Lightning checkpoint")
+
+
 def main(args: list[str] | None = None) -> FlowHeadModule:
     os.environ.setdefault("WANDB_MODE", "offline")
-    cli = LightningCLI(
+    cli = FitCLI(
         FlowHeadModule, BufferDataModule, run=False, args=args, save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
     )
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     return cli.model
 
 

@@ -144,6 +144,8 @@ class FlowHeadModule(pl.LightningModule):
         ])
 
     def on_train_end(self) -> None:
+        if not self.trainer.is_global_zero:  # DDP ranks hold the same synced head; one writes it
+            return
         config = self.buffer_meta.get("config", {})
         sidecar = {
             "lm_fingerprint": self.fingerprint, "lam": self.hparams.lam, "gamma": self.buffer_meta.get("gamma"),
