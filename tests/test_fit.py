@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from data.buffer import read_buffer
 from sadt.codec import Codec
@@ -50,6 +51,14 @@ def test_fit_trains_logs_and_writes_a_head_that_loads_back(tmp_path, buffer_path
     assert sidecar["codec"] == read_buffer(buffer_path).meta["config"]["codec"]
     with pytest.raises(HeadMismatchError, match="trained for LM"):
         load_head(tmp_path / "head", "another-lm")
+    # Epochs after the first read the LM's features from the cache: identical to recomputing them.
+    batch = next(iter(model.trainer.datamodule.train_dataloader()))
+    assert model.feature_cache and all((p, tuple(a[m].tolist())) in model.feature_cache
+                                       for p, a, m in zip(batch["prompts"], batch["actions"], batch["mask"]))
+    cached = model.features(batch)
+    model.feature_cache.clear()
+    for x, y in zip(cached, model.features(batch)):
+        torch.testing.assert_close(x, y)
 
 
 def fit_args(buffer_path, out, *extra):

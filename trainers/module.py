@@ -36,13 +36,15 @@ class FlowHeadModule(pl.LightningModule):
             detailed balance, VarGrad and regression of Q_φ(s_t, a_t) on the tree's V̂(s_{t+1}).
         subtb_weight: the geometric weight w of SubTB.
         save_to: where the final head (safetensors + JSON sidecar) is written.
+        feature_cache_mb: memory for the frozen LM's per-trajectory hidden states and logits, so
+            epochs after the first skip the LM (0 disables; past the budget, features are recomputed).
     """
 
     def __init__(
         self, lam: float = 5.0, base_model: str | None = None, hidden: int = 256, layers: int = 2,
         lr: float = 1e-3, log_z_lr: float = 1e-2, tb: float = 1.0, subtb: float = 0.0, db: float = 0.0,
         vargrad: float = 0.0, value: float = 0.0, subtb_weight: float = 0.9,
-        save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16,
+        save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
     ) -> None:
         super().__init__()
         if not lam > 0:
@@ -56,6 +58,8 @@ class FlowHeadModule(pl.LightningModule):
         embeddings = self.lm.head.weight[self.action_token_ids]
         self.head = MLPFlowHead(embeddings, FlowHeadConfig(hidden=hidden, layers=layers))
         self.prompt_cache: OrderedDict[tuple, object] = OrderedDict()
+        self.feature_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (prompt, actions) -> (h, logits)
+        self.feature_cache_bytes = 0
         self.grammar: DigitGrammar | None = None
         self.buffer_meta: dict = {}
 
@@ -82,14 +86,21 @@ class FlowHeadModule(pl.LightningModule):
         B, T = actions.shape
         hidden = torch.zeros(B, T, self.lm.hidden_size)
         logits = torch.zeros(B, T, len(self.action_token_ids))
+        keys = [(prompt, tuple(actions[r][mask[r]].tolist())) for r, prompt in enumerate(batch["prompts"])]
         groups: dict[tuple, list[int]] = {}
-        for row, prompt in enumerate(batch["prompts"]):
-            groups.setdefault(prompt, []).append(row)
+        for row, key in enumerate(keys):
+            if key in self.feature_cache:
+                h, lg = self.feature_cache[key]
+                hidden[row, : len(h)], logits[row, : len(h)] = h, lg
+            else:
+                groups.setdefault(key[0], []).append(row)
         for prompt, rows in groups.items():
-            paths = [[self.action_token_ids[a] for a in actions[r][mask[r]].tolist()] for r in rows]
+            paths = [[self.action_token_ids[a] for a in keys[r][1]] for r in rows]
             h, lg = self.lm.path_states(self._prompt(prompt), paths, self.action_token_ids)  # (n, T'+1, ·)
-            width = min(T, h.shape[1])
-            hidden[rows, :width], logits[rows, :width] = h[:, :width].float(), lg[:, :width].float()
+            for i, row in enumerate(rows):
+                n = len(keys[row][1])  # states s_0..s_{n-1} of this trajectory
+                hidden[row, :n], logits[row, :n] = h[i, :n].float(), lg[i, :n].float()
+                self._remember(keys[row], hidden[row, :n].clone(), logits[row, :n].clone())
         allowed = torch.zeros(B, T, len(self.action_token_ids), dtype=torch.bool)
         state = self.grammar.initial(B)
         for t in range(T):
@@ -98,6 +109,12 @@ class FlowHeadModule(pl.LightningModule):
         allowed |= ~mask[..., None]  # padded steps: any finite prior (the losses ignore them)
         log_prior = masked_log_softmax(logits, allowed)
         return hidden.clone(), hidden[:, 0].clone(), log_prior  # clones: leave inference mode
+
+    def _remember(self, key: tuple, hidden: torch.Tensor, logits: torch.Tensor) -> None:
+        size = hidden.nbytes + logits.nbytes
+        if self.feature_cache_bytes + size <= self.hparams.feature_cache_mb * 2**20:
+            self.feature_cache[key] = (hidden, logits)
+            self.feature_cache_bytes += size
 
     # -- losses ------------------------------------------------------------------------------
 
