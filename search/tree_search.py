@@ -32,6 +32,7 @@ Methods (`SearchConfig.method`), one NFE accounting for all (LM token positions,
 | ancestral   | drawn from p        | draw from p at every node      | soft (for the root value)  | the rollouts   |
 | best_of_n   | drawn from p        | draw from p at every node      | soft                       | top rewards    |
 | greedy      | ancestral with the prior truncated to its top 1: one sequence, later rollouts cost nothing |
+| flow        | ancestral from the flow head's P_F ∝ p exp(λ Q_φ) (needs a value head): no tree search |
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ from search import selection
 from search.backup import mean_backup, soft_backup
 from search.tree import ROOT, Tree
 
-METHODS = ("maxent_ts", "dts", "dts_star", "mcts_uct", "ancestral", "best_of_n", "greedy")
-DRAWN_CHILDREN = ("dts", "dts_star", "ancestral", "best_of_n", "greedy")  # children are draws from the prior
-PRIOR_DESCENT = ("ancestral", "best_of_n", "greedy")  # selection draws from p at every node
+METHODS = ("maxent_ts", "dts", "dts_star", "mcts_uct", "ancestral", "best_of_n", "greedy", "flow")
+DRAWN_CHILDREN = ("dts", "dts_star", "ancestral", "best_of_n", "greedy", "flow")  # children are draws
+PRIOR_DESCENT = ("ancestral", "best_of_n", "greedy", "flow")  # selection draws from p (P_F for flow) everywhere
 
 RewardFn = Callable[[list[list[int]]], np.ndarray]  # B action sequences -> (B,) rewards
 
@@ -155,8 +156,8 @@ class TreeSearch:
         config: SearchConfig,
         value_head=None,
     ) -> None:
-        if (config.hybrid != "off") != (value_head is not None):
-            raise ValueError("search `hybrid` needs a value_head, and a value_head needs `hybrid` on")
+        if (config.hybrid != "off" or config.method == "flow") != (value_head is not None):
+            raise ValueError("a value_head is needed by, and only used by, `hybrid` or method 'flow'")
         self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, reward_fn, config
         self.value_head = value_head
         self.action_token_ids = list(action_token_ids)
@@ -186,7 +187,10 @@ class TreeSearch:
         return self.tree.log_prior[node]
 
     def _draw_from_prior(self, node: int) -> int:
+        """A draw from p(·|s), or from P_F ∝ p exp(λ Q_φ) for method flow; counted in `draws`."""
         log_prior = self.tree.log_prior[node]
+        if self.config.method == "flow":
+            log_prior = log_prior + self.config.lam * self.tree.q[node]
         action = int(np.argmax(log_prior + self.rng.gumbel(size=log_prior.shape)))
         self.tree.draws[node, action] += 1
         return action
@@ -341,7 +345,7 @@ class TreeSearch:
             out = rollout(
                 self.lm, self.prompt, self.action_token_ids, self.grammar, [paths[i] for i in to_roll],
                 top_k=self.top_k, generator=self.generator, return_step_log_probs=True, value_head=self.value_head,
-                guide_lam=self.config.lam if self.config.guided_rollouts else 0.0,
+                guide_lam=self.config.lam if self.config.guided_rollouts or self.config.method == "flow" else 0.0,
             )
             for row, i in enumerate(to_roll):
                 length = int(out.lengths[row])
@@ -410,7 +414,7 @@ class TreeSearch:
             return [int(ranked[i % ranked.size]) for i in range(n)]
         if method in ("dts_star", "mcts_uct"):
             return [self._greedy_path()] * n
-        lam = 0.0 if method in ("ancestral", "greedy") else self.config.lam
+        lam = 0.0 if method in ("ancestral", "greedy", "flow") else self.config.lam
         return [self._boltzmann_descent(lam) for _ in range(n)]
 
     def _boltzmann_descent(self, lam: float) -> int:

@@ -86,7 +86,7 @@ def test_virtual_visits_spread_a_batch_of_argmax_selections(toy):
     search._pending_leaves.clear()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "flow"])  # flow needs a head: test_hybrid.py
 def test_every_method_counts_nfe_the_same_way(toy, method):
     search = toy.search(2.0, 16, method=method, batch_size=4)
     result = search.result()

@@ -70,3 +70,13 @@ def test_hybrid_needs_a_head_and_maxent(toy):
         SearchConfig(method="dts", hybrid="visits")
     with pytest.raises(ValueError, match="value_head"):
         run(toy, 8, None, hybrid="visits")
+
+
+def test_pure_flow_sampler_with_an_exact_head_samples_the_target(toy):
+    target, _ = toy.target(LAM)
+    flow = run(toy, 2000, ExactHead(toy, LAM), method="flow", guided_rollouts=False)
+    ancestral = run(toy, 2000, method="ancestral")
+    # Both are empirical distributions of 2000 draws (TV noise ~0.12 over 243 outcomes); only the
+    # flow sampler's draws come from π*. Measured (seed 3): flow 0.118, ancestral vs π* 0.274.
+    tv_flow = total_variation(tree_distribution(flow), target)
+    assert tv_flow < 0.18 and tv_flow < total_variation(tree_distribution(ancestral), target) - 0.08

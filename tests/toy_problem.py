@@ -95,7 +95,7 @@ class Toy:
 def tree_distribution(search: TreeSearch) -> np.ndarray:
     """The exact distribution of the tree's Boltzmann sampler (DTS Alg. 2) over all sequences."""
     tree = search.tree
-    lam = 0.0 if search.config.method in ("ancestral", "greedy") else search.config.lam
+    lam = 0.0 if search.config.method in ("ancestral", "greedy", "flow") else search.config.lam
     q = np.zeros(search.tree.n_actions ** search.grammar.length)
     stack = [(ROOT, 0.0)]
     while stack:
