@@ -70,6 +70,11 @@ def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0])
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: `{key}` must be a mapping, got {value!r}")
+        _, item = typing.get_args(hint)
+        return {str(k): _convert(v, item, source, f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: `{key}` must be a list, got {value!r}")

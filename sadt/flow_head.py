@@ -54,6 +54,10 @@ class MLPFlowHead(nn.Module):
         self.log_z_mlp = _mlp(H, self.config.hidden, self.config.layers, 1)
         self.scale = 1.0 / math.sqrt(H)
 
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Q_φ(s, ·): the `value_head` callable the search reads."""
+        return self.q(hidden)
+
     def q(self, hidden: torch.Tensor) -> torch.Tensor:
         """Q_φ(s, ·): (..., H) -> (..., A)."""
         u = self.q_mlp(hidden.to(self.action_embeddings.dtype))  # (..., H)

@@ -50,6 +50,14 @@ def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = N
     return head, meta
 
 
+def load_value_head(
+    directory: str | Path, lm_fingerprint: str, codec: dict | None = None, device: str | torch.device = "cpu"
+) -> tuple[MLPFlowHead, dict]:
+    """`load_head`, frozen and in eval mode on `device`: `head(hidden) -> Q_φ` for the search."""
+    head, meta = load_head(directory, lm_fingerprint, codec)
+    return head.to(device).eval().requires_grad_(False), meta
+
+
 def head_state_equal(a: MLPFlowHead, b: MLPFlowHead) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

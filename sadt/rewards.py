@@ -86,3 +86,15 @@ class ForecastReward:
             i = int(np.argmax(nonfinite))
             raise RewardError(f"reward of sample {i} is {total[i]} (values {values[i].tolist()})")
         return RewardParts(total=total, task=task, spectral=spectral)
+
+
+def checked_rewards(reward_fn, sequences: list[list[int]]) -> np.ndarray:
+    """`reward_fn(sequences)` as float64 (B,); a wrong shape or a non-finite reward names the sample."""
+    rewards = np.asarray(reward_fn(sequences), dtype=np.float64)
+    if rewards.shape != (len(sequences),):
+        raise RewardError(f"reward_fn returned shape {rewards.shape} for {len(sequences)} sequences")
+    bad = ~np.isfinite(rewards)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RewardError(f"reward of sample {i} (actions {sequences[i]}) is {rewards[i]}; rewards must be finite")
+    return rewards

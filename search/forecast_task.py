@@ -10,7 +10,9 @@ from sadt.codec import Codec, Scaler
 from sadt.grammar import DigitGrammar
 from sadt.lm.backend import TorchLM
 from sadt.rewards import ForecastReward, RewardConfig
-from search.tree_search import SearchConfig, SearchResult, TreeSearch
+from search.sampler import run_sampler
+from search.smc import SMCResult
+from search.tree_search import SearchConfig, SearchResult
 
 
 @dataclass
@@ -48,10 +50,12 @@ class ForecastTask:
         scaled, valid = self.decode(sequences)
         return self.scaler.inverse(scaled[valid])
 
-    def search(self, lm: TorchLM, config: SearchConfig) -> SearchResult:
-        """Run the configured tree search (MaxEnt-TS by default) on this task.
+    def search(self, lm: TorchLM, config: SearchConfig, value_head=None) -> SearchResult | SMCResult:
+        """Run the configured sampler (MaxEnt-TS by default; any tree or SMC method) on this task.
 
-        `task.values(result.samples)` gives the sampled forecasts in the series' units.
+        `value_head` (a loaded flow head, `sadt.head_io.load_value_head`) is needed by the hybrid,
+        `flow` and `twisted_smc`. `task.values(result.samples)` gives the forecasts in series units.
         """
-        search = TreeSearch(lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config)
-        return search.run()
+        return run_sampler(
+            lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config, value_head
+        )

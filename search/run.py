@@ -5,10 +5,18 @@
 
 For each series (LLMTime protocol: the last 20% held out) and each method in `methods` it draws
 `n_samples` forecasts: `base` samples the grammar-restricted prior in batches; the tree methods
-(`maxent_ts`, `dts`, `dts_star`, `mcts_uct`, `ancestral`, `best_of_n`, `greedy`) run with the
-`search` settings (its `method` is replaced) and sample their finished tree. It reports CRPS, scaled MAE, Spec-W1
-(against the truth's PSD), the mean reward of the samples, NFE (LM token positions), forward
-calls, wall time and peak memory, with LLMTime's published numbers beside ours.
+(`maxent_ts`, `dts`, `dts_star`, `mcts_uct`, `ancestral`, `best_of_n`, `greedy`, `flow`) and the
+particle samplers (`smc`, `twisted_smc`) run with the `search` settings (its `method` replaced).
+A row may also name an entry of `variants`: `search` with that entry's overrides, e.g.
+
+    methods: [base, maxent_ts, hybrid]
+    head: checkpoints/heads/recipe
+    variants:
+      hybrid: {hybrid: visits, n_rollouts: 200}
+
+It reports CRPS, scaled MAE, Spec-W1 (against the truth's PSD), the mean reward of the samples,
+NFE (LM token positions), forward calls, wall time and peak memory, with LLMTime's published
+numbers beside ours.
 """
 
 from __future__ import annotations
@@ -30,24 +38,28 @@ from rich.table import Table
 from data.published import published_results
 from data.series import Series, load_builtin, load_csv
 from sadt.codec import Codec, CodecConfig
-from sadt.config import ConfigError, load_config, to_dict
-from sadt.lm.base_model import load_base_lm
+from sadt.config import ConfigError, from_dict, load_config, to_dict
+from sadt.head_io import HeadMismatchError, load_value_head
+from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from sadt.metrics import crps, scaled_mae
 from sadt.plots import fan_chart, psd_comparison
 from sadt.rewards import RewardConfig
 from sadt.spectral import spec_w1
 from search.ancestral import sample_prior
 from search.forecast_task import ForecastTask
+from search.smc import SMC_METHODS
 from search.tree_search import METHODS as TREE_METHODS
 from search.tree_search import SearchConfig
 
-METHODS = ("base", *TREE_METHODS)  # `base`: plain batched sampling without a tree
+METHODS = ("base", *TREE_METHODS, *SMC_METHODS)  # `base`: plain batched sampling without a tree
 
 
 @dataclass(frozen=True)
 class RunConfig:
     series: list[str] = field(default_factory=lambda: ["AirPassengers"])  # built-in names
-    methods: list[str] = field(default_factory=lambda: ["base", "maxent_ts"])  # rows of the table
+    methods: list[str] = field(default_factory=lambda: ["base", "maxent_ts"])  # rows: METHODS or variant names
+    variants: dict[str, dict] = field(default_factory=dict)  # named rows: overrides of `search` (e.g. a hybrid@200)
+    head: str | None = None  # flow-head checkpoint directory (hybrid, flow, twisted_smc); checked against the LM
     csv: str | None = None  # a user's CSV file instead of the built-in series
     column: str = "value"  # the CSV column to forecast
     n_samples: int = 20  # forecasts per series and method
@@ -63,40 +75,64 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)  # tree settings (method, n_samples set per row)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.methods) - set(METHODS))
+        clash = sorted(set(self.variants) & set(METHODS))
+        if clash:
+            raise ValueError(f"`variants` names must differ from the methods {METHODS}, got {clash}")
+        unknown = sorted(set(self.methods) - set(METHODS) - set(self.variants))
         if unknown or not self.methods:
-            raise ValueError(f"`methods` must be a non-empty subset of {METHODS}, got {self.methods}")
+            raise ValueError(
+                f"`methods` must be a non-empty list of {METHODS} or `variants` names {sorted(self.variants)}, "
+                f"got {self.methods}"
+            )
+        searched = [name for name in self.methods if name != "base"]
+        needing = [name for name in searched if self.search_config(name).needs_head]  # a bad variant fails here
+        if needing and self.head is None:
+            raise ValueError(f"methods {needing} read a flow head: set `head` to a checkpoint directory")
         if self.n_samples < 1:
             raise ValueError(f"`n_samples` must be >= 1, got {self.n_samples}")
         if self.batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
 
 
-def sample_method(lm, task: ForecastTask, method: str, config: RunConfig) -> tuple[list[list[int]], np.ndarray]:
-    """`n_samples` action sequences of one method and their rewards."""
+    def search_config(self, name: str) -> SearchConfig:
+        """The search settings of row `name`: `search` with the row's method, or with a variant's overrides."""
+        base = dataclasses.replace(self.search, n_samples=self.n_samples, seed=self.seed)
+        if name not in self.variants:
+            return dataclasses.replace(base, method=name)
+        return from_dict({**to_dict(base), **self.variants[name]}, SearchConfig, prefix=f"variants.{name}.")
+
+
+def sample_method(
+    lm, task: ForecastTask, method: str, config: RunConfig, head=None
+) -> tuple[list[list[int]], np.ndarray]:
+    """`n_samples` action sequences of one method (or variant) and their rewards."""
     if method == "base":
         actions, _ = sample_prior(
             lm, task, n_samples=config.n_samples, batch_size=config.batch_size,
             temperature=config.temperature, top_k=config.top_k, seed=config.seed,
         )
         return actions, task.reward_fn(actions)
-    search_config = dataclasses.replace(config.search, method=method, n_samples=config.n_samples, seed=config.seed)
-    result = task.search(lm, search_config)
+    search_config = config.search_config(method)
+    result = task.search(lm, search_config, head if search_config.needs_head else None)
     return result.samples, result.sample_rewards
 
 
 def method_label(method: str, config: RunConfig) -> str:
     if method == "base":
         return "base sampling"
-    return f"{method}@{config.search.n_rollouts} λ={config.search.lam:g}"
+    search = config.search_config(method)
+    name = method if method in config.variants else search.method
+    return f"{name}@{search.n_rollouts} λ={search.lam:g}"
 
 
-def run_method(lm, codec: Codec, series: Series, method: str, config: RunConfig) -> tuple[dict, np.ndarray]:
+def run_method(
+    lm, codec: Codec, series: Series, method: str, config: RunConfig, head=None
+) -> tuple[dict, np.ndarray]:
     """One table row and the forecasts (series units) of one method on one series."""
     task = ForecastTask.build(codec, series.context, series.horizon, config.reward)
     lm.stats.reset()
     start = time.perf_counter()
-    sequences, rewards = sample_method(lm, task, method, config)
+    sequences, rewards = sample_method(lm, task, method, config, head)
     wall = time.perf_counter() - start
     forecasts = task.values(sequences)
     if forecasts.shape[0] == 0:
@@ -117,11 +153,11 @@ def run_method(lm, codec: Codec, series: Series, method: str, config: RunConfig)
     return row, forecasts
 
 
-def run_series(lm, codec: Codec, series: Series, config: RunConfig, out_dir: Path) -> list[dict]:
+def run_series(lm, codec: Codec, series: Series, config: RunConfig, out_dir: Path, head=None) -> list[dict]:
     """Every method on one series, then its fan chart and PSD plot."""
     rows, plots = [], {}
     for method in config.methods:
-        row, plots[row["method"]] = run_method(lm, codec, series, method, config)
+        row, plots[row["method"]] = run_method(lm, codec, series, method, config, head)
         rows.append(row)
     title = f"{series.name}: forecasts of the last {series.horizon} steps"
     fan_chart(out_dir / f"{series.name}_fan.png", series.context, series.truth, plots, title)
@@ -154,6 +190,18 @@ def load_series_list(config: RunConfig) -> list[Series]:
     return [load_builtin(name) for name in config.series]
 
 
+def load_run_head(config: RunConfig, console: Console):
+    """The configured flow head, checked against the base model and codec (None when not set)."""
+    if config.head is None:
+        return None
+    head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(config.codec), config.device)
+    lams = sorted({config.search_config(m).lam for m in config.methods if m != "base"})
+    if meta.get("lam") not in lams:
+        console.print(f"[yellow]warning:[/yellow] head {config.head} was trained at λ={meta.get('lam')}, "
+                      f"the search uses λ={lams}: Q_φ estimates soft values at its own λ")
+    return head
+
+
 def main(argv: list[str] | None = None, default_config: str = "configs/search/airpassengers.yaml") -> int:
     parser = argparse.ArgumentParser(description="Forecast held-out series: base sampling and MaxEnt-TS.")
     parser.add_argument("--config", type=Path, default=Path(default_config))
@@ -171,8 +219,13 @@ def main(argv: list[str] | None = None, default_config: str = "configs/search/ai
         return 2
     lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device)
     codec = Codec(tokenizer, config.codec)
+    try:
+        head = load_run_head(config, console)
+    except (FileNotFoundError, HeadMismatchError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
     out_dir = Path(config.output_dir)
-    rows = [row for s in series_list for row in run_series(lm, codec, s, config, out_dir)]
+    rows = [row for s in series_list for row in run_series(lm, codec, s, config, out_dir, head)]
     print_table(rows, console)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "results.csv").open("w", newline="") as f:

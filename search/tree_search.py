@@ -46,22 +46,24 @@ import torch
 from tqdm.auto import tqdm
 
 from sadt.lm.backend import TorchLM
-from sadt.rewards import RewardError
+from sadt.rewards import checked_rewards
 from sadt.rollout import masked_log_softmax, rollout
 from search import selection
 from search.backup import mean_backup, soft_backup
+from search.smc import SMC_METHODS  # particle samplers, configured by the same SearchConfig
 from search.tree import ROOT, Tree
 
 METHODS = ("maxent_ts", "dts", "dts_star", "mcts_uct", "ancestral", "best_of_n", "greedy", "flow")
 DRAWN_CHILDREN = ("dts", "dts_star", "ancestral", "best_of_n", "greedy", "flow")  # children are draws
 PRIOR_DESCENT = ("ancestral", "best_of_n", "greedy", "flow")  # selection draws from p (P_F for flow) everywhere
+HEAD_METHODS = ("flow", "twisted_smc")  # methods that need a value head whatever `hybrid` says
 
 RewardFn = Callable[[list[list[int]]], np.ndarray]  # B action sequences -> (B,) rewards
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    method: str = "maxent_ts"  # one of METHODS
+    method: str = "maxent_ts"  # one of METHODS or SMC_METHODS
     lam: float = 1.0  # inverse temperature λ > 0 of the target p(x) exp(λ r(x))
     n_rollouts: int = 64  # rollout budget (iterations x batch)
     batch_size: int = 16  # leaves selected, expanded and rolled out per iteration
@@ -76,12 +78,13 @@ class SearchConfig:
     hybrid_n0: float = 10.0  # visits at which Monte-Carlo and Q_φ weigh equally
     hybrid_alpha: float = 0.5  # the fixed mixing weight
     guided_rollouts: bool = True  # hybrid: roll out from P_F ∝ p exp(λ Q_φ) rather than p (values stay unbiased)
+    ess_threshold: float = 0.5  # smc / twisted_smc: resample when ESS < ess_threshold · particles (n_rollouts)
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"search `method` must be one of {METHODS}, got {self.method!r}")
+        if self.method not in METHODS + SMC_METHODS:
+            raise ValueError(f"search `method` must be one of {METHODS + SMC_METHODS}, got {self.method!r}")
         if not self.lam > 0:
             raise ValueError(f"search `lam` must be > 0 (inverse temperature), got {self.lam}")
         for name in ("n_rollouts", "batch_size", "n_samples"):
@@ -106,6 +109,13 @@ class SearchConfig:
             )
         if self.uct_c < 0:
             raise ValueError(f"search `uct_c` must be >= 0, got {self.uct_c}")
+        if not 0 <= self.ess_threshold <= 1:
+            raise ValueError(f"search `ess_threshold` must be in [0, 1], got {self.ess_threshold}")
+
+    @property
+    def needs_head(self) -> bool:
+        """Whether this configuration reads a flow head's Q_φ."""
+        return self.hybrid != "off" or self.method in HEAD_METHODS
 
 
 @dataclass
@@ -156,7 +166,9 @@ class TreeSearch:
         config: SearchConfig,
         value_head=None,
     ) -> None:
-        if (config.hybrid != "off" or config.method == "flow") != (value_head is not None):
+        if config.method in SMC_METHODS:
+            raise ValueError(f"method {config.method!r} is a particle sampler: use search.smc.SMC or make_sampler")
+        if config.needs_head != (value_head is not None):
             raise ValueError("a value_head is needed by, and only used by, `hybrid` or method 'flow'")
         self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, reward_fn, config
         self.value_head = value_head
@@ -355,7 +367,7 @@ class TreeSearch:
                 if out.step_q is not None:
                     step_q[i] = out.step_q[row, :length].cpu().numpy()
         clock = self._tick("lm_rollout", clock)
-        rewards = self._rewards(paths) if paths else np.zeros(0)
+        rewards = checked_rewards(self.reward_fn, paths) if paths else np.zeros(0)
         clock = self._tick("reward", clock)
         terminals = revisits + [
             self._insert(parent, suffix, log_probs, q, reward)
@@ -388,17 +400,6 @@ class TreeSearch:
         self.tree.terminal[node] = True
         self.tree.reward[node] = reward
         return node
-
-    def _rewards(self, sequences: list[list[int]]) -> np.ndarray:
-        """One vectorised reward call; a wrong shape or a non-finite reward names the sample."""
-        rewards = np.asarray(self.reward_fn(sequences), dtype=np.float64)
-        if rewards.shape != (len(sequences),):
-            raise RewardError(f"reward_fn returned shape {rewards.shape} for {len(sequences)} sequences")
-        bad = ~np.isfinite(rewards)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise RewardError(f"reward of sample {i} (actions {sequences[i]}) is {rewards[i]}; rewards must be finite")
-        return rewards
 
     def sample(self, n: int) -> list[int]:
         """Terminal node ids from the finished tree, without model calls.

@@ -27,6 +27,12 @@ def test_every_shipped_config_loads(path):
         ("codec:\n  precison: 2\n", "unknown key `codec.precison`"),
         ("reward:\n  gamma: -1\n", "gamma"),
         ("n_samples: [\n", "not valid YAML"),
+        ("methods: [hybrid]\n", "variants"),
+        ("methods: [h]\nvariants:\n  h: {hybird: visits}\n", "unknown key `variants.h.hybird`"),
+        ("methods: [h]\nvariants:\n  h: {n_rollouts: 0}\n", "`n_rollouts` must be >= 1"),
+        ("methods: [h]\nvariants:\n  h: {hybrid: visits}\n", "read a flow head: set `head`"),
+        ("methods: [twisted_smc]\n", "read a flow head"),
+        ("methods: [smc]\nvariants:\n  smc: {lam: 2.0}\n", "must differ from the methods"),
     ],
 )
 def test_bad_configs_name_the_file_and_key(tmp_path, text, message):

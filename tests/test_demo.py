@@ -3,6 +3,7 @@
 import csv
 
 import pytest
+import torch
 
 from search import demo
 
@@ -32,3 +33,38 @@ def test_demo_rejects_a_bad_config_before_loading_the_model(tmp_path, capsys):
     config.write_text("series: [NotASeries]\n")
     assert demo.main(["--config", str(config)]) == 2
     assert "unknown series 'NotASeries'" in capsys.readouterr().out
+
+
+def write_head(directory, fingerprint: str) -> None:
+    """An untrained (zero-init) head with the base model's shapes: Q_φ = 0, so P_F = p."""
+    from sadt.codec import CodecConfig
+    from sadt.config import to_dict
+    from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+    from sadt.head_io import save_head
+
+    head = MLPFlowHead(torch.randn(12, 576), FlowHeadConfig(hidden=8, layers=1))
+    save_head(head, directory, {"lm_fingerprint": fingerprint, "lam": 5.0, "codec": to_dict(CodecConfig())})
+
+
+@pytest.mark.base_model
+def test_head_rows_run_and_a_foreign_head_is_refused(tmp_path, capsys, base_tokenizer):
+    from sadt.lm.base_model import lm_fingerprint
+
+    write_head(tmp_path / "head", lm_fingerprint())
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"series: [Wooly]\nmethods: [twisted_smc, hybrid]\nn_samples: 4\nhead: {tmp_path / 'head'}\n"
+        f"output_dir: {tmp_path / 'out'}\nsearch:\n  n_rollouts: 8\n  batch_size: 8\n  lam: 5.0\n"
+        "variants:\n  hybrid: {hybrid: visits, n_rollouts: 6}\n"
+    )
+    assert demo.main(["--config", str(config)]) == 0
+    with (tmp_path / "out" / "results.csv").open() as f:
+        smc, hybrid = list(csv.DictReader(f))
+    assert smc["method"].startswith("twisted_smc@8") and hybrid["method"].startswith("hybrid@6")
+    assert int(smc["samples"]) == int(hybrid["samples"]) == 4
+    # 8 particles cost what 8 rollouts of 24 values (>= 2 tokens each, the last one never fed) cost.
+    assert int(smc["nfe_tokens"]) > 8 * (24 * 2 - 1)
+
+    write_head(tmp_path / "head", "0123456789abcdef")
+    assert demo.main(["--config", str(config)]) == 2
+    assert "head trained for LM '0123456789abcdef'" in capsys.readouterr().out

@@ -1,33 +1,12 @@
 """The hybrid sampler: α = 0 is MC-only MaxEnt-TS; an exact head reaches π* with far fewer rollouts."""
 
-import itertools
-
 import numpy as np
 import pytest
-import torch
-from toy_problem import ACTION_IDS, PROMPT, Toy, total_variation, tree_distribution
+from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy, total_variation, tree_distribution
 
 from search.tree_search import SearchConfig, TreeSearch
 
 LAM = 2.0
-
-
-class ExactHead:
-    """Q(s, ·) = V(s·a) by enumeration, looked up by the nearest state hidden vector (float64)."""
-
-    def __init__(self, toy: Toy, lam: float) -> None:
-        prefixes = [list(p) for t in range(toy.length) for p in itertools.product(range(3), repeat=t)]
-        prompt = toy.lm.prefill(PROMPT)
-        hidden, _ = toy.lm.path_states(prompt, [[ACTION_IDS[a] for a in p] for p in prefixes], ACTION_IDS)
-        lengths = torch.tensor([len(p) for p in prefixes])
-        self.keys = hidden[torch.arange(len(prefixes)), lengths]  # (P, H) hidden of each prefix state
-        self.q = torch.tensor([[toy.exact_value(p + [a], lam) for a in range(3)] for p in prefixes])
-        self.calls = 0
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        nearest = torch.cdist(hidden.double(), self.keys.double()).argmin(dim=1)
-        return self.q[nearest]
 
 
 @pytest.fixture(scope="module")

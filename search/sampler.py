@@ -1,0 +1,28 @@
+"""One entry point for every sampler a `SearchConfig` names: the tree methods and the SMC ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sadt.lm.backend import TorchLM
+from search.smc import SMC, SMC_METHODS, SMCResult
+from search.tree_search import RewardFn, SearchConfig, SearchResult, TreeSearch
+
+
+def make_sampler(
+    lm: TorchLM,
+    prompt_ids: Sequence[int],
+    action_token_ids: Sequence[int],
+    grammar,
+    reward_fn: RewardFn,
+    config: SearchConfig,
+    value_head=None,
+) -> TreeSearch | SMC:
+    """`TreeSearch` for the tree methods, `SMC` for smc / twisted_smc; call `.run()` on either."""
+    sampler = SMC if config.method in SMC_METHODS else TreeSearch
+    return sampler(lm, prompt_ids, action_token_ids, grammar, reward_fn, config, value_head=value_head)
+
+
+def run_sampler(*args, **kwargs) -> SearchResult | SMCResult:
+    """`make_sampler(...).run()`."""
+    return make_sampler(*args, **kwargs).run()
