@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: the pinned CPU build comes from local disk here; an unpinned one pulls GBs of CUDA.
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,mlx]'
 	touch $@
 
 fetch: $(VENV)/.installed

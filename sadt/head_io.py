@@ -32,9 +32,8 @@ def save_head(head: MLPFlowHead, directory: str | Path, sidecar: dict) -> Path:
     return directory
 
 
-def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = None) -> tuple[MLPFlowHead, dict]:
-    """The head in `directory` and its sidecar, after checking it was trained for this LM and codec."""
-    directory = Path(directory)
+def read_sidecar(directory: Path, lm_fingerprint: str, codec: dict | None = None) -> dict:
+    """The checkpoint's sidecar, after checking it was trained for this LM (and codec, when given)."""
     if not (directory / SIDECAR).is_file() or not (directory / WEIGHTS).is_file():
         raise FileNotFoundError(f"{directory}: expected {WEIGHTS} and {SIDECAR}")
     meta = json.loads((directory / SIDECAR).read_text())
@@ -44,6 +43,13 @@ def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = N
         )
     if codec is not None and meta.get("codec") != codec:
         raise HeadMismatchError(f"{directory}: head trained with codec {meta.get('codec')}, not {codec}")
+    return meta
+
+
+def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = None) -> tuple[MLPFlowHead, dict]:
+    """The head in `directory` and its sidecar, after checking it was trained for this LM and codec."""
+    directory = Path(directory)
+    meta = read_sidecar(directory, lm_fingerprint, codec)
     tensors = load_file(directory / WEIGHTS)
     head = MLPFlowHead(tensors["action_embeddings"], FlowHeadConfig(**meta["head_config"]))
     head.load_state_dict(tensors)

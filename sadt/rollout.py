@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sadt.lm.backend import PromptCache, TorchLM
+from sadt.lm.backend import LMBackend
 
 
 def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
@@ -43,8 +43,8 @@ class Rollouts:
 
 @torch.inference_mode()
 def rollout(
-    lm: TorchLM,
-    prompt: PromptCache,
+    lm: LMBackend,
+    prompt,
     action_token_ids: Sequence[int],
     grammar,
     prefixes: Sequence[Sequence[int]],

@@ -9,13 +9,13 @@ import torch
 from tqdm.auto import tqdm
 
 from sadt.codec import Codec
-from sadt.lm.backend import TorchLM
+from sadt.lm.backend import LMBackend
 from sadt.rollout import rollout
 from search.forecast_task import ForecastTask
 
 
 def sample_prior(
-    lm: TorchLM,
+    lm: LMBackend,
     task: ForecastTask,
     *,
     n_samples: int,
@@ -53,7 +53,7 @@ class ForecastSamples:
 
 
 def sample_forecasts(
-    lm: TorchLM, codec: Codec, context: np.ndarray, horizon: int, *, n_samples: int, seed: int = 0, **kwargs
+    lm: LMBackend, codec: Codec, context: np.ndarray, horizon: int, *, n_samples: int, seed: int = 0, **kwargs
 ) -> ForecastSamples:
     """N forecasts of `horizon` steps after `context` (series units) by ancestral sampling."""
     task = ForecastTask.build(codec, context, horizon)

@@ -8,7 +8,7 @@ import numpy as np
 
 from sadt.codec import Codec, Scaler
 from sadt.grammar import DigitGrammar
-from sadt.lm.backend import TorchLM
+from sadt.lm.backend import LMBackend
 from sadt.rewards import ForecastReward, RewardConfig
 from search.sampler import run_sampler
 from search.smc import SMCResult
@@ -50,7 +50,7 @@ class ForecastTask:
         scaled, valid = self.decode(sequences)
         return self.scaler.inverse(scaled[valid])
 
-    def search(self, lm: TorchLM, config: SearchConfig, value_head=None) -> SearchResult | SMCResult:
+    def search(self, lm: LMBackend, config: SearchConfig, value_head=None) -> SearchResult | SMCResult:
         """Run the configured sampler (MaxEnt-TS by default; any tree or SMC method) on this task.
 
         `value_head` (a loaded flow head, `sadt.head_io.load_value_head`) is needed by the hybrid,

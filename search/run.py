@@ -40,7 +40,7 @@ from data.series import Series, load_builtin, load_csv
 from sadt.codec import Codec, CodecConfig
 from sadt.config import ConfigError, from_dict, load_config, to_dict
 from sadt.head_io import HeadMismatchError, load_value_head
-from sadt.lm.base_model import lm_fingerprint, load_base_lm
+from sadt.lm.base_model import BACKENDS, lm_fingerprint, load_base_lm
 from sadt.metrics import crps, scaled_mae
 from sadt.plots import fan_chart, psd_comparison
 from sadt.rewards import RewardConfig
@@ -69,6 +69,7 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
+    backend: str = "torch"  # "torch" or "mlx" (the `mlx` extra): the same search on mlx-lm
     output_dir: str = "outputs/demo"
     codec: CodecConfig = field(default_factory=CodecConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -84,6 +85,8 @@ class RunConfig:
                 f"`methods` must be a non-empty list of {METHODS} or `variants` names {sorted(self.variants)}, "
                 f"got {self.methods}"
             )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"`backend` must be one of {BACKENDS}, got {self.backend!r}")
         searched = [name for name in self.methods if name != "base"]
         needing = [name for name in searched if self.search_config(name).needs_head]  # a bad variant fails here
         if needing and self.head is None:
@@ -194,7 +197,12 @@ def load_run_head(config: RunConfig, console: Console):
     """The configured flow head, checked against the base model and codec (None when not set)."""
     if config.head is None:
         return None
-    head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(config.codec), config.device)
+    if config.backend == "mlx":
+        from sadt.mlx.flow_head import MLXFlowHead
+
+        head, meta = MLXFlowHead.load(config.head, lm_fingerprint(), to_dict(config.codec))
+    else:
+        head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(config.codec), config.device)
     lams = sorted({config.search_config(m).lam for m in config.methods if m != "base"})
     if meta.get("lam") not in lams:
         console.print(f"[yellow]warning:[/yellow] head {config.head} was trained at λ={meta.get('lam')}, "
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None, default_config: str = "configs/search/ai
     except (ConfigError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
-    lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device)
+    lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device, backend=config.backend)
     codec = Codec(tokenizer, config.codec)
     try:
         head = load_run_head(config, console)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sadt.lm.backend import TorchLM
+from sadt.lm.backend import LMBackend
 from search.smc import SMC, SMC_METHODS, SMCResult
 from search.tree_search import RewardFn, SearchConfig, SearchResult, TreeSearch
 
 
 def make_sampler(
-    lm: TorchLM,
+    lm: LMBackend,
     prompt_ids: Sequence[int],
     action_token_ids: Sequence[int],
     grammar,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sadt.lm.backend import TorchLM
+from sadt.lm.backend import LMBackend
 from sadt.rewards import checked_rewards
 from sadt.rollout import masked_log_softmax
 
@@ -90,7 +90,7 @@ class SMC:
     """
 
     def __init__(
-        self, lm: TorchLM, prompt_ids: Sequence[int], action_token_ids: Sequence[int], grammar, reward_fn, config,
+        self, lm: LMBackend, prompt_ids: Sequence[int], action_token_ids: Sequence[int], grammar, reward_fn, config,
         value_head=None,
     ) -> None:
         if config.method not in SMC_METHODS:

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sadt.lm.backend import TorchLM
+from sadt.lm.backend import LMBackend
 from sadt.rewards import checked_rewards
 from sadt.rollout import masked_log_softmax, rollout
 from search import selection
@@ -158,7 +158,7 @@ class TreeSearch:
 
     def __init__(
         self,
-        lm: TorchLM,
+        lm: LMBackend,
         prompt_ids: Sequence[int],
         action_token_ids: Sequence[int],
         grammar,

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from transformers import DynamicCache
@@ -61,6 +62,19 @@ class DecodeBatch:
     @property
     def size(self) -> int:
         return int(self.logits.shape[0])
+
+
+class LMBackend(Protocol):
+    """What the search, SMC and the trainer call: `TorchLM` here, `sadt.mlx.backend.MLXLM` in MLX."""
+
+    device: torch.device  # where the torch side (logits, hidden, grammar) lives
+    stats: LMStats
+
+    def prefill(self, prompt_ids: Sequence[int]): ...
+    def extend(self, prompt, prefixes: Sequence[Sequence[int]], action_ids): ...
+    def step(self, batch, next_ids: torch.Tensor): ...
+    def select(self, batch, keep: torch.Tensor): ...
+    def path_states(self, prompt, paths: Sequence[Sequence[int]], action_ids): ...
 
 
 class TorchLM:

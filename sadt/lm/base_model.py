@@ -14,10 +14,16 @@ from sadt.lm.fetch import MANIFEST, base_model_dir, is_fetched
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+BACKENDS = ("torch", "mlx")
+
+
 def load_base_lm(
-    path: str | Path | None = None, *, dtype: str = "float32", device: str = "cpu"
+    path: str | Path | None = None, *, dtype: str = "float32", device: str = "cpu", backend: str = "torch"
 ) -> tuple[TorchLM, object]:
-    """The converted base model from `checkpoints/base/` (or `path`).
+    """The converted base model from `checkpoints/base/` (or `path`), as a torch or MLX backend.
+
+    `backend="mlx"` (the `mlx` extra) runs the same weights through mlx-lm (`sadt.mlx.backend.MLXLM`,
+    same contract); `dtype` and `device` are torch's and are ignored there.
 
     Raises:
         FileNotFoundError: when the model has not been fetched yet (run `python -m sadt.lm.fetch`).
@@ -29,7 +35,13 @@ def load_base_lm(
         raise FileNotFoundError(f"{path}: no base model here; run `python -m sadt.lm.fetch` first")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if backend == "mlx":
+        from sadt.mlx.backend import MLXLM
+
+        return MLXLM.from_pretrained(path), tokenizer
     return TorchLM.from_pretrained(path, dtype=DTYPES[dtype], device=device), tokenizer
 
 
