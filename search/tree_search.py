@@ -78,6 +78,9 @@ class SearchConfig:
     hybrid_n0: float = 10.0  # visits at which Monte-Carlo and Q_φ weigh equally
     hybrid_alpha: float = 0.5  # the fixed mixing weight
     guided_rollouts: bool = True  # hybrid: roll out from P_F ∝ p exp(λ Q_φ) rather than p (values stay unbiased)
+    sampling: str = "tree"  # maxent_ts: "tree" draws samples from the finished tree without model calls (DTS
+    # Alg. 2, visited children only); "search" makes each sample one more selection + rollout (it may leave the
+    # tree, as the hybrid's Q_φ invites; costs n_samples rollouts, counted)
     ess_threshold: float = 0.5  # smc / twisted_smc: resample when ESS < ess_threshold · particles (n_rollouts)
     seed: int = 0
     progress: bool = True
@@ -109,6 +112,10 @@ class SearchConfig:
             )
         if self.uct_c < 0:
             raise ValueError(f"search `uct_c` must be >= 0, got {self.uct_c}")
+        if self.sampling not in ("tree", "search"):
+            raise ValueError(f"search `sampling` must be 'tree' or 'search', got {self.sampling!r}")
+        if self.sampling == "search" and self.method != "maxent_ts":
+            raise ValueError(f"search `sampling: search` needs method maxent_ts, got {self.method!r}")
         if not 0 <= self.ess_threshold <= 1:
             raise ValueError(f"search `ess_threshold` must be in [0, 1], got {self.ess_threshold}")
 
@@ -324,7 +331,7 @@ class TreeSearch:
                 values, counted = self._hybrid_values(nodes)
                 tree.value[nodes] = soft_backup(values, self._child_log_weights(nodes), counted, lam)
 
-    def iterate(self, batch: int) -> None:
+    def iterate(self, batch: int) -> list[int]:
         """Select `batch` leaves, roll the new ones out in one batched pass, score, insert, back up.
 
         Nodes are only added after the rollouts and rewards succeed, so a Ctrl-C or a failing reward
@@ -332,7 +339,7 @@ class TreeSearch:
         its draws of actions that got no child are undone.
         """
         try:
-            self._iterate(batch)
+            return self._iterate(batch)
         except BaseException:
             size = self.tree.size
             self.tree.draws[:size][self.tree.children[:size] < 0] = 0
@@ -341,7 +348,7 @@ class TreeSearch:
             self.tree.pending[: self.tree.size] = 0
             self._pending_leaves.clear()
 
-    def _iterate(self, batch: int) -> None:
+    def _iterate(self, batch: int) -> list[int]:
         clock = time.perf_counter()
         picks = [self.select() for _ in range(batch)]
         revisits = [node for node, action in picks if action < 0]  # known terminals: no LM call
@@ -376,6 +383,7 @@ class TreeSearch:
         self.backup(terminals)
         self.rollouts_done += batch
         self._tick("insert_backup", clock)
+        return terminals
 
     def _tick(self, phase: str, since: float) -> float:
         now = time.perf_counter()
@@ -402,13 +410,20 @@ class TreeSearch:
         return node
 
     def sample(self, n: int) -> list[int]:
-        """Terminal node ids from the finished tree, without model calls.
+        """Terminal node ids from the finished tree, without model calls (unless `sampling: search`).
 
-        Boltzmann methods descend among visited children with weights `w(c) exp(λ V̂(c))` (DTS
+        `sampling: search` (maxent_ts): each sample is one more Boltzmann selection, rolled out
+        (guided by P_F under the hybrid) when it reaches an unvisited child, and backed up.
+        Otherwise, Boltzmann methods descend among visited children with weights `w(c) exp(λ V̂(c))` (DTS
         Alg. 2; for `ancestral` λ = 0, i.e. the empirical distribution of the rollouts); dts_star
         follows the argmax-V̂ path, mcts_uct the most visited one, best_of_n returns its n best.
         """
         method = self.config.method
+        if self.config.sampling == "search":
+            terminals: list[int] = []
+            while len(terminals) < n:
+                terminals += self.iterate(min(self.config.batch_size, n - len(terminals)))
+            return terminals
         if method == "best_of_n":
             terminals = np.flatnonzero(self.tree.terminal[: self.tree.size])
             ranked = terminals[np.argsort(-self.tree.reward[terminals], kind="stable")]

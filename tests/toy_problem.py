@@ -131,3 +131,44 @@ def tree_distribution(search: TreeSearch) -> np.ndarray:
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * float(np.abs(p - q).sum())
+
+
+def policy_step_log_probs(toy: Toy, lam: float, q: np.ndarray | None = None) -> np.ndarray:
+    """log P(a_t | s_t) of each sequence's own actions, (S, L): the prior, or P_F ∝ p exp(λ Q) given Q (S, L, A)."""
+    log_prior = toy.step_log_priors().astype(np.float64)  # (S, L, A)
+    if q is not None:
+        log_prior = log_prior + lam * q
+        log_prior = log_prior - logsumexp(log_prior, axis=-1, keepdims=True)
+    actions = np.asarray(toy.sequences)[..., None]
+    return np.take_along_axis(log_prior, actions, axis=-1)[..., 0]
+
+
+def search_sampler_distribution(search: TreeSearch, toy: Toy, completion: np.ndarray) -> np.ndarray:
+    """The exact distribution of one `sampling: search` draw from the tree as it stands.
+
+    Descend with the selection rule over every allowed action (`p exp(λ Ṽ)`, Ṽ = Q_φ or V̂(s) for
+    unvisited children); an unvisited child is completed by the rollout policy, whose per-step
+    log-probs of each sequence's actions are `completion` (S, L).
+    """
+    tree, lam = search.tree, search.config.lam
+    sequences = np.asarray(toy.sequences)
+    q = np.zeros(len(sequences))
+    stack = [(ROOT, 0.0)]
+    while stack:
+        node, log_q = stack.pop()
+        if tree.terminal[node]:
+            q[toy.index(tree.actions_to(node))] += np.exp(log_q)
+            continue
+        values, _ = search._hybrid_values(node)
+        logits = search._eligible_log_prior(node) + lam * values
+        logits = logits - logsumexp(logits)
+        prefix = tree.actions_to(node)
+        for a in np.flatnonzero(np.isfinite(logits)):
+            child = int(tree.children[node, a])
+            if child >= 0:
+                stack.append((child, log_q + logits[a]))
+                continue
+            depth = len(prefix) + 1
+            below = np.all(sequences[:, :depth] == prefix + [a], axis=1)
+            q[below] += np.exp(log_q + logits[a] + completion[below, depth:].sum(axis=1))
+    return q
