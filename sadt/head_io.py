@@ -7,6 +7,8 @@ loading a head for another LM (or codec) is an error, since Q_φ reads that LM's
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,3 +69,41 @@ def load_value_head(
 def head_state_equal(a: MLPFlowHead, b: MLPFlowHead) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@dataclass
+class SearchHead:
+    """A loaded flow head ready for the search: Q_φ, and the backend whose hidden states it reads."""
+
+    value_head: Callable  # hidden (B, H) -> Q_φ (B, A)
+    meta: dict  # the sidecar
+    lm: object | None = None  # a LoRA head's own backend (frozen prior + adapted states); None: the run's LM
+
+
+def load_search_head(
+    directory: str | Path, lm_fingerprint: str, codec: dict | None = None, *, backend: str = "torch",
+    device: str = "cpu", base_model: str | Path | None = None,
+) -> SearchHead:
+    """Any head the trainer writes, for the torch or MLX search; the sidecar is checked against the LM.
+
+    A LoRA head comes with its own `LoRALM` on a second copy of the base model (peft injects the
+    adapter in place, and the run's plain rows must stay adapter-free).
+    """
+    directory = Path(directory)
+    meta = read_sidecar(directory, lm_fingerprint, codec)
+    adapter = meta.get("adapter")
+    if backend == "mlx":
+        if adapter:
+            raise HeadMismatchError(f"{directory}: a {adapter['kind']} head runs on the torch backend only")
+        from sadt.mlx.flow_head import MLXFlowHead
+
+        head, _ = MLXFlowHead.load(directory, lm_fingerprint, codec)
+        return SearchHead(head, meta)
+    head, _ = load_value_head(directory, lm_fingerprint, codec, device)
+    if not adapter:
+        return SearchHead(head, meta)
+    from sadt.lm.base_model import load_base_lm
+    from sadt.lora_head import LoRALM, load_adapter
+
+    base, _ = load_base_lm(base_model, device=device)
+    return SearchHead(head, meta, LoRALM(load_adapter(base.model, directory), device=device))

@@ -39,7 +39,7 @@ from data.published import published_results
 from data.series import Series, load_builtin, load_csv
 from sadt.codec import Codec, CodecConfig
 from sadt.config import ConfigError, from_dict, load_config, to_dict
-from sadt.head_io import HeadMismatchError, load_value_head
+from sadt.head_io import HeadMismatchError, SearchHead, load_search_head
 from sadt.lm.base_model import BACKENDS, lm_fingerprint, load_base_lm
 from sadt.metrics import crps, scaled_mae
 from sadt.plots import fan_chart, psd_comparison
@@ -106,7 +106,7 @@ class RunConfig:
 
 
 def sample_method(
-    lm, task: ForecastTask, method: str, config: RunConfig, head=None
+    lm, task: ForecastTask, method: str, config: RunConfig, head: SearchHead | None = None
 ) -> tuple[list[list[int]], np.ndarray]:
     """`n_samples` action sequences of one method (or variant) and their rewards."""
     if method == "base":
@@ -116,7 +116,10 @@ def sample_method(
         )
         return actions, task.reward_fn(actions)
     search_config = config.search_config(method)
-    result = task.search(lm, search_config, head if search_config.needs_head else None)
+    if not search_config.needs_head:
+        result = task.search(lm, search_config)
+    else:  # a LoRA head brings its own backend (frozen prior, adapted states)
+        result = task.search(head.lm or lm, search_config, head.value_head)
     return result.samples, result.sample_rewards
 
 
@@ -133,7 +136,9 @@ def run_method(
 ) -> tuple[dict, np.ndarray]:
     """One table row and the forecasts (series units) of one method on one series."""
     task = ForecastTask.build(codec, series.context, series.horizon, config.reward)
-    lm.stats.reset()
+    backends = [lm] if head is None or head.lm is None else [lm, head.lm]
+    for backend in backends:
+        backend.stats.reset()
     start = time.perf_counter()
     sequences, rewards = sample_method(lm, task, method, config, head)
     wall = time.perf_counter() - start
@@ -148,8 +153,8 @@ def run_method(
         "scaled_mae": scaled_mae(series.truth, forecasts),
         "spec_w1": float(spec_w1(forecasts, series.truth, config.reward.spectral.segment).mean()),
         "reward": float(np.mean(rewards)),
-        "nfe_tokens": lm.stats.tokens,
-        "forward_calls": lm.stats.forward_calls,
+        "nfe_tokens": sum(b.stats.tokens for b in backends),
+        "forward_calls": sum(b.stats.forward_calls for b in backends),
         "wall_s": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -193,16 +198,14 @@ def load_series_list(config: RunConfig) -> list[Series]:
     return [load_builtin(name) for name in config.series]
 
 
-def load_run_head(config: RunConfig, console: Console):
+def load_run_head(config: RunConfig, console: Console) -> SearchHead | None:
     """The configured flow head, checked against the base model and codec (None when not set)."""
     if config.head is None:
         return None
-    if config.backend == "mlx":
-        from sadt.mlx.flow_head import MLXFlowHead
-
-        head, meta = MLXFlowHead.load(config.head, lm_fingerprint(), to_dict(config.codec))
-    else:
-        head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(config.codec), config.device)
+    head = load_search_head(
+        config.head, lm_fingerprint(), to_dict(config.codec), backend=config.backend, device=config.device
+    )
+    meta = head.meta
     lams = sorted({config.search_config(m).lam for m in config.methods if m != "base"})
     if meta.get("lam") not in lams:
         console.print(f"[yellow]warning:[/yellow] head {config.head} was trained at λ={meta.get('lam')}, "

@@ -90,3 +90,27 @@ def test_fit_runs_ddp_on_two_cpu_processes(tmp_path, buffer_path):
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
     head, _ = load_head(tmp_path / "head", lm_fingerprint())
     assert head.config.hidden == 16
+
+
+def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
+    from sadt.head_io import load_search_head
+    from sadt.lora_head import LoRALM
+    from search.forecast_task import ForecastTask
+    from search.tree_search import SearchConfig
+
+    model = fit.main(fit_args(buffer_path, tmp_path, "--model.adapter", "lora", "--model.lora_top_layers", "1",
+                              "--model.lora_lr", "1e-3", "--trainer.max_steps", "4"))
+    (metrics,) = tmp_path.glob("lightning_logs/*/metrics.csv")
+    tb = [float(r["train/tb"]) for r in csv.DictReader(metrics.open()) if r.get("train/tb")]
+    assert len(tb) == 4 and all(map(torch.isfinite, torch.tensor(tb)))
+    trained_b = [p for n, p in model.peft.named_parameters() if "lora_B" in n]
+    assert trained_b and max(p.abs().max().item() for p in trained_b) > 0  # zero-init B moved: the adapter trained
+
+    lm, tokenizer = load_base_lm()
+    codec = Codec(tokenizer)
+    head = load_search_head(tmp_path / "head", lm_fingerprint(), read_buffer(buffer_path).meta["config"]["codec"])
+    assert isinstance(head.lm, LoRALM) and head.meta["adapter"]["kind"] == "lora"
+    task = ForecastTask.build(codec, torch.linspace(1, 3, 16).numpy(), 4)
+    config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
+    result = task.search(head.lm, config, head.value_head)
+    assert len(result.samples) == 2 and result.nfe_tokens > 2 * 4 * 8  # both models' forwards are counted

@@ -1,10 +1,14 @@
-"""The LightningModule that trains F_φ (an MLP head on the frozen LM) with balance losses.
+"""The LightningModule that trains F_φ (an MLP head on the frozen LM, or on a LoRA-adapted one) with balance losses.
 
 Each step recomputes, with the frozen LM, the hidden state and the grammar-restricted prior of
 every state along the batch's trajectories (one forward per prompt group, the prompt's KV cached
 across steps), then applies the weighted losses of `sadt.losses` with λ chosen here: buffers store
 raw rewards, so one buffer trains heads for any λ. Dropout is off (the LM is in eval mode and
-frozen; the head has none).
+frozen; the head has none; LoRA dropout is 0).
+
+`adapter: lora` adds a peft LoRA adapter on the LM's top layers (`sadt.lora_head`): the prior still
+comes from the frozen model (adapter disabled), the head reads the adapted hidden states, which a
+differentiable forward of prompt + path computes every step (not cached).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.grammar import DigitGrammar
 from sadt.head_io import save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
+from sadt.lora_head import LoRAHeadConfig, adapted_path_states, add_lora, frozen, lora_parameters, save_adapter
 from sadt.rollout import masked_log_softmax
 
 
@@ -38,6 +43,9 @@ class FlowHeadModule(pl.LightningModule):
         save_to: where the final head (safetensors + JSON sidecar) is written.
         feature_cache_mb: memory for the frozen LM's per-trajectory hidden states and logits, so
             epochs after the first skip the LM (0 disables; past the budget, features are recomputed).
+        adapter: "none" (the MLP head on frozen states) or "lora" (the head on LoRA-adapted states).
+        lora_r, lora_alpha, lora_top_layers, lora_lr: the adapter's rank, scale numerator, how many
+            top decoder layers it adapts, and its learning rate.
     """
 
     def __init__(
@@ -45,18 +53,27 @@ class FlowHeadModule(pl.LightningModule):
         lr: float = 1e-3, log_z_lr: float = 1e-2, tb: float = 1.0, subtb: float = 0.0, db: float = 0.0,
         vargrad: float = 0.0, value: float = 0.0, subtb_weight: float = 0.9,
         save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
+        adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
+        lora_lr: float = 1e-4,
     ) -> None:
         super().__init__()
         if not lam > 0:
             raise ValueError(f"`lam` must be > 0, got {lam}")
         if min(tb, subtb, db, vargrad, value) < 0 or max(tb, subtb, db, vargrad, value) == 0:
             raise ValueError("loss weights must be >= 0 with at least one > 0")
+        if adapter not in ("none", "lora"):
+            raise ValueError(f"`adapter` must be 'none' or 'lora', got {adapter!r}")
         self.save_hyperparameters()
         self.lm, tokenizer = load_base_lm(base_model)  # frozen, and not a submodule: never checkpointed
         self.fingerprint = lm_fingerprint(base_model)
         self.action_token_ids = Codec(tokenizer).action_token_ids
         embeddings = self.lm.head.weight[self.action_token_ids]
         self.head = MLPFlowHead(embeddings, FlowHeadConfig(hidden=hidden, layers=layers))
+        self.lora_config = self.peft = None
+        if adapter == "lora":
+            self.lora_config = LoRAHeadConfig(r=lora_r, alpha=lora_alpha, top_layers=lora_top_layers)
+            self.peft = add_lora(self.lm.model, self.lora_config)  # injected in place: `frozen()` gives the prior
+            self.lora_params = torch.nn.ParameterList(lora_parameters(self.peft))  # trained and checkpointed
         self.prompt_cache: OrderedDict[tuple, object] = OrderedDict()
         self.feature_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (prompt, actions) -> (h, logits)
         self.feature_cache_bytes = 0
@@ -96,7 +113,8 @@ class FlowHeadModule(pl.LightningModule):
                 groups.setdefault(key[0], []).append(row)
         for prompt, rows in groups.items():
             paths = [[self.action_token_ids[a] for a in keys[r][1]] for r in rows]
-            h, lg = self.lm.path_states(self._prompt(prompt), paths, self.action_token_ids)  # (n, T'+1, ·)
+            with frozen(self.peft):
+                h, lg = self.lm.path_states(self._prompt(prompt), paths, self.action_token_ids)  # (n, T'+1, ·)
             for i, row in enumerate(rows):
                 n = len(keys[row][1])  # states s_0..s_{n-1} of this trajectory
                 hidden[row, :n], logits[row, :n] = h[i, :n].float(), lg[i, :n].float()
@@ -108,7 +126,23 @@ class FlowHeadModule(pl.LightningModule):
             state = self.grammar.advance(state, actions[:, t].clamp(min=0))
         allowed |= ~mask[..., None]  # padded steps: any finite prior (the losses ignore them)
         log_prior = masked_log_softmax(logits, allowed)
+        if self.peft is not None:
+            hidden = self._adapted_hidden(batch["prompts"], keys, T)
+            return hidden, hidden[:, 0], log_prior
         return hidden.clone(), hidden[:, 0].clone(), log_prior  # clones: leave inference mode
+
+    def _adapted_hidden(self, prompts: list[tuple], keys: list[tuple], T: int) -> torch.Tensor:
+        """The LoRA-adapted hidden states of s_0..s_{T-1}, (B, T, H), with gradients to the adapter."""
+        per_row: list[torch.Tensor | None] = [None] * len(keys)
+        groups: dict[tuple, list[int]] = {}
+        for row, prompt in enumerate(prompts):
+            groups.setdefault(prompt, []).append(row)
+        for prompt, rows in groups.items():
+            paths = [[self.action_token_ids[a] for a in keys[r][1]] for r in rows]
+            h = adapted_path_states(self.peft, list(prompt), paths).float()  # (n, T'+1, H)
+            for i, row in enumerate(rows):
+                per_row[row] = h[i, :T]
+        return torch.nn.utils.rnn.pad_sequence(per_row, batch_first=True)  # the longest trajectory has T states
 
     def _remember(self, key: tuple, hidden: torch.Tensor, logits: torch.Tensor) -> None:
         size = hidden.nbytes + logits.nbytes
@@ -155,10 +189,13 @@ class FlowHeadModule(pl.LightningModule):
 
     def configure_optimizers(self):
         q_params = [p for n, p in self.head.named_parameters() if not n.startswith("log_z")]
-        return torch.optim.Adam([
+        groups = [
             {"params": q_params, "lr": self.hparams.lr},
             {"params": self.head.log_z_mlp.parameters(), "lr": self.hparams.log_z_lr},
-        ])
+        ]
+        if self.peft is not None:
+            groups.append({"params": list(self.lora_params), "lr": self.hparams.lora_lr})
+        return torch.optim.Adam(groups)
 
     def on_train_end(self) -> None:
         if not self.trainer.is_global_zero:  # DDP ranks hold the same synced head; one writes it
@@ -168,6 +205,9 @@ class FlowHeadModule(pl.LightningModule):
             "lm_fingerprint": self.fingerprint, "lam": self.hparams.lam, "gamma": self.buffer_meta.get("gamma"),
             "codec": config.get("codec"), "action_token_ids": self.action_token_ids,
             "training": dict(self.hparams),
+            "adapter": None if self.lora_config is None else {"kind": "lora", **vars(self.lora_config)},
         }
         path = save_head(self.head, Path(self.hparams.save_to), sidecar)
+        if self.peft is not None:
+            save_adapter(self.peft, path, self.lora_config)
         print(f"head saved to {path}")

@@ -1,0 +1,377 @@
+"""The amortisation result: does the hybrid (MC + F_φ) at a small budget do what MC-only does at a large one?
+
+    python benchmarks/amortisation.py --config configs/benchmarks/amortisation.yaml [--part toy|real|all]
+
+Part `toy` (exact, seconds): the enumerable toy of `tests/toy_problem.py`. For MC-only MaxEnt-TS
+and the hybrid with (a) a head trained with TB on trajectories of one MC-only search (seed 100)
+and (b) the exact head, over budgets and seeds: total variation to π* of the `sampling: search`
+draw (its exact distribution) and of the in-tree sampler, and the root-value error.
+
+Part `real` (the forecasting task, held-out windows): for each series the window whose context
+is the last `context_length` steps of its history and whose horizon is the first `horizon` steps
+of LLMTime's test part (never harvested). Rows: base sampling, best-of-N, MCTS-UCT, DTS, SMC,
+twisted SMC, pure F_φ, MC-only MaxEnt-TS at every budget and the hybrid at every budget, with
+CRPS, scaled MAE, Spec-W1, the samples' mean reward, the root value's error against MC-only at
+the largest budget, NFE and wall time. The amortisation factor is `reference / b*`, b* the
+smallest hybrid budget whose mean sample reward is at least MC-only's at the reference budget
+(mean over windows); its interval comes from a bootstrap over windows.
+
+Writes `<output_dir>/toy.csv|png`, `real.csv`, `reward_vs_rollouts.png` and `summary.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT_DIR / "tests"))  # the toy problem lives with the tests
+
+from sadt.config import load_config, to_dict  # noqa: E402
+from search.tree_search import SearchConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ToyPart:
+    lam: float = 2.0
+    budgets: list[int] = field(default_factory=lambda: [20, 40, 80, 160, 320, 640, 1280])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    train_rollouts: int = 1000  # the MC-only search whose trajectories train the toy head
+    train_steps: int = 1500
+
+
+@dataclass(frozen=True)
+class RealPart:
+    series: list[str] = field(default_factory=lambda: ["AirPassengers", "AusBeer", "Sunspots", "Wine", "Wooly"])
+    context_length: int = 48
+    horizon: int = 12
+    head: str = "checkpoints/heads/recipe"
+    lam: float = 5.0
+    n_samples: int = 16
+    budgets: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])  # MC-only curve; last = reference
+    hybrid_budgets: list[int] = field(default_factory=lambda: [25, 50, 100, 200])
+    baseline_budget: int = 100  # best-of-N, MCTS-UCT, DTS, SMC, twisted SMC
+    batch_size: int = 16
+    hybrid_n0: float = 10.0
+    seed: int = 0
+    bootstrap: int = 2000
+
+
+@dataclass(frozen=True)
+class AmortisationConfig:
+    output_dir: str = "benchmarks/results/amortisation"
+    toy: ToyPart = field(default_factory=ToyPart)
+    real: RealPart = field(default_factory=RealPart)
+
+
+# -- toy ---------------------------------------------------------------------------------------
+
+
+def train_toy_head(toy, lam: float, rollouts: int, steps: int):
+    """An MLP head trained with TB on the trajectories of one MC-only search (seed 100)."""
+    from toy_problem import ACTION_IDS, PROMPT
+
+    from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+    from sadt.losses import trajectory_balance
+
+    torch.manual_seed(0)
+    view = toy.search(lam, rollouts, seed=100).tree.trajectories()
+    sequences = [a.tolist() for a in view.split("actions")]
+    prompt = toy.lm.prefill(PROMPT)
+    hidden, logits = toy.lm.path_states(prompt, [[ACTION_IDS[a] for a in s] for s in sequences], ACTION_IDS)
+    hidden, log_prior = hidden[:, :-1].float(), torch.log_softmax(logits[:, :-1], dim=-1).float()
+    actions, reward = torch.tensor(sequences), torch.tensor(view.rewards, dtype=torch.float32)
+    mask = torch.ones_like(actions, dtype=torch.bool)
+    head = MLPFlowHead(toy.lm.head.weight[ACTION_IDS].float(), FlowHeadConfig(hidden=64))
+    optimiser = torch.optim.Adam([
+        {"params": [p for n, p in head.named_parameters() if not n.startswith("log_z")], "lr": 1e-2},
+        {"params": head.log_z_mlp.parameters(), "lr": 3e-2},
+    ])
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = trajectory_balance(head.q(hidden), log_prior, actions, mask, head.log_z(hidden[:, 0]), reward, lam)
+        loss.mean().backward()
+        optimiser.step()
+    head.eval().requires_grad_(False)
+    return lambda h: head.q(h.float()).double(), len(sequences)
+
+
+def toy_head_q(toy, head) -> np.ndarray:
+    """Q_φ at every state of every sequence, (S, L, A)."""
+    from toy_problem import ACTION_IDS, PROMPT
+
+    prompt = toy.lm.prefill(PROMPT)
+    hidden, _ = toy.lm.path_states(prompt, [[ACTION_IDS[a] for a in s] for s in toy.sequences], ACTION_IDS)
+    with torch.no_grad():
+        return head(hidden[:, :-1]).double().numpy()
+
+
+def run_toy(config: ToyPart, out: Path) -> list[dict]:
+    from toy_problem import (
+        ACTION_IDS,
+        PROMPT,
+        ExactHead,
+        Toy,
+        policy_step_log_probs,
+        search_sampler_distribution,
+        total_variation,
+        tree_distribution,
+    )
+
+    from search.tree_search import TreeSearch
+
+    toy, lam = Toy(), config.lam
+    target, exact_root = toy.target(lam)
+    trained, n_traj = train_toy_head(toy, lam, config.train_rollouts, config.train_steps)
+    exact = ExactHead(toy, lam)
+    variants = {
+        "MC-only": (None, policy_step_log_probs(toy, lam)),
+        f"hybrid, TB head ({n_traj} traj.)": (trained, policy_step_log_probs(toy, lam, toy_head_q(toy, trained))),
+        "hybrid, exact head": (exact, policy_step_log_probs(toy, lam, toy.exact_q(lam))),
+    }
+    rows = []
+    for name, (head, completion) in variants.items():
+        for budget in config.budgets:
+            for seed in config.seeds:
+                search_config = SearchConfig(
+                    lam=lam, n_rollouts=budget, batch_size=8, seed=seed, progress=False, sampling="search",
+                    hybrid="visits" if head is not None else "off",
+                )
+                search = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, search_config, head)
+                search.run()
+                rows.append({
+                    "variant": name, "rollouts": budget, "seed": seed,
+                    "tv_search_sampler": total_variation(search_sampler_distribution(search, toy, completion), target),
+                    "tv_tree_sampler": total_variation(tree_distribution(search), target),
+                    "root_error": abs(float(search.tree.value[0]) - exact_root),
+                })
+        print(f"toy: {name} done", flush=True)
+    write_csv(out / "toy.csv", rows)
+    plot_toy(rows, out / "toy.png")
+    return rows
+
+
+def plot_toy(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("tv_search_sampler", "TV to π* (sampling: search)"), ("tv_tree_sampler", "TV to π* (in-tree sampler)"),
+               ("root_error", "|V̂(root) − V(root)|")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, (key, label) in zip(axes, metrics):
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            budgets = sorted({r["rollouts"] for r in rows if r["variant"] == variant})
+            sel = [r for r in rows if r["variant"] == variant]
+            values = np.array([[r[key] for r in sel if r["rollouts"] == b] for b in budgets])  # (budgets, seeds)
+            ax.plot(budgets, values.mean(1), marker="o", label=variant)
+            ax.fill_between(budgets, values.min(1), values.max(1), alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xlabel("rollouts")
+        ax.set_title(label)
+    axes[0].legend()
+    fig.suptitle("Exact toy (3 actions, length 5): mean and min-max over seeds")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- real series -------------------------------------------------------------------------------
+
+
+def heldout_window(name: str, config: RealPart):
+    """Context: the last `context_length` steps of the history; truth: the first `horizon` test steps."""
+    from data.series import load_builtin
+
+    series = load_builtin(name)
+    if series.horizon < config.horizon:
+        raise ValueError(f"{name}: test part of {series.horizon} steps is shorter than horizon {config.horizon}")
+    return series.context[-config.context_length :], series.truth[: config.horizon]
+
+
+def real_rows(config: RealPart) -> list[tuple[str, str, SearchConfig | None, bool]]:
+    """(row label, curve, search config or None for base sampling, uses the head) for every row."""
+    base = SearchConfig(lam=config.lam, batch_size=config.batch_size, n_samples=config.n_samples, seed=config.seed,
+                        progress=False)
+    rows = [("base sampling", "", None, False)]
+    for method in ("best_of_n", "mcts_uct", "dts", "smc", "twisted_smc"):
+        rows.append((f"{method}@{config.baseline_budget}", "",
+                     dataclasses.replace(base, method=method, n_rollouts=config.baseline_budget),
+                     method == "twisted_smc"))
+    rows.append((f"flow (pure F_φ)@{config.n_samples}", "",
+                 dataclasses.replace(base, method="flow", n_rollouts=config.n_samples), True))
+    for b in config.budgets:
+        rows.append((f"maxent_ts@{b}", "MC-only", dataclasses.replace(base, n_rollouts=b, sampling="search"), False))
+    for b in config.hybrid_budgets:
+        hybrid = dataclasses.replace(base, n_rollouts=b, sampling="search", hybrid="visits", hybrid_n0=config.hybrid_n0)
+        rows.append((f"hybrid@{b}", "hybrid", hybrid, True))
+    return rows
+
+
+def run_real(config: RealPart, out: Path) -> list[dict]:
+    from sadt.codec import Codec
+    from sadt.head_io import load_value_head
+    from sadt.lm.base_model import lm_fingerprint, load_base_lm
+    from sadt.metrics import crps, scaled_mae
+    from sadt.spectral import spec_w1
+    from search.ancestral import sample_prior
+    from search.forecast_task import ForecastTask
+
+    lm, tokenizer = load_base_lm()
+    codec = Codec(tokenizer)
+    head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
+    if meta.get("lam") != config.lam:
+        print(f"warning: head trained at λ={meta.get('lam')}, benchmark λ={config.lam}")
+    rows = []
+    for name in config.series:
+        context, truth = heldout_window(name, config)
+        task = ForecastTask.build(codec, context, config.horizon)
+        for label, curve, search_config, uses_head in real_rows(config):
+            lm.stats.reset()
+            start = time.perf_counter()
+            if search_config is None:
+                samples, _ = sample_prior(lm, task, n_samples=config.n_samples, batch_size=config.n_samples,
+                                          seed=config.seed, progress=False)
+                rewards, root, n_rollouts = task.reward_fn(samples), float("nan"), config.n_samples
+            else:
+                result = task.search(lm, search_config, head if uses_head else None)
+                samples, rewards, root, n_rollouts = result.samples, result.sample_rewards, result.root_value, \
+                    result.n_rollouts
+            forecasts = task.values(samples)
+            rows.append({
+                "series": name, "method": label, "curve": curve, "budget": search_config.n_rollouts if search_config
+                else 0, "rollouts_run": n_rollouts, "crps": crps(truth, forecasts),
+                "scaled_mae": scaled_mae(truth, forecasts),
+                "spec_w1": float(spec_w1(forecasts, truth, min(16, config.horizon)).mean()),
+                "reward": float(np.mean(rewards)), "root_value": root,
+                "nfe_tokens": lm.stats.tokens, "wall_s": time.perf_counter() - start,
+            })
+            print(f"{name:14s} {label:24s} reward {rows[-1]['reward']:8.3f} root {root:8.3f} "
+                  f"wall {rows[-1]['wall_s']:6.1f}s", flush=True)
+        reference = next(r for r in rows if r["series"] == name and r["method"] == f"maxent_ts@{config.budgets[-1]}")
+        for r in rows:
+            if r["series"] == name:
+                r["root_error"] = abs(r["root_value"] - reference["root_value"])
+        write_csv(out / "real.csv", rows)  # after every series: a long run keeps what it finished
+    return rows
+
+
+def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Generator) -> dict:
+    """reference / b*, b* the smallest hybrid budget whose mean reward ≥ MC-only's at the reference."""
+    series = sorted({r["series"] for r in rows})
+    reference = f"maxent_ts@{config.budgets[-1]}"
+    by = {(r["series"], r["method"]): r["reward"] for r in rows}
+    gaps = np.array([[by[s, f"hybrid@{b}"] - by[s, reference] for b in config.hybrid_budgets] for s in series])
+
+    def factor(sample: np.ndarray) -> float:
+        matched = np.flatnonzero(sample.mean(0) >= 0)
+        return config.budgets[-1] / config.hybrid_budgets[matched[0]] if matched.size else float("nan")
+
+    boot = np.array([factor(gaps[rng.integers(0, len(series), len(series))]) for _ in range(config.bootstrap)])
+    finite = boot[np.isfinite(boot)]
+    return {
+        "factor": factor(gaps),
+        "ci_low": float(np.percentile(finite, 2.5)) if finite.size else float("nan"),
+        "ci_high": float(np.percentile(finite, 97.5)) if finite.size else float("nan"),
+        "boot_matched": float(np.isfinite(boot).mean()),  # share of resamples where some hybrid budget matched
+        "mean_gaps": dict(zip(config.hybrid_budgets, gaps.mean(0).round(4).tolist())),
+    }
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = sorted({r["series"] for r in rows})
+    fig, axes = plt.subplots(1, len(series), figsize=(3.4 * len(series), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], series):
+        for curve in ("MC-only", "hybrid"):
+            points = sorted((r["budget"], r["reward"]) for r in rows if r["series"] == name and r["curve"] == curve)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=curve)
+        base = next(r["reward"] for r in rows if r["series"] == name and r["method"] == "base sampling")
+        ax.axhline(base, color="grey", linestyle=":", label="base sampling")
+        ax.set_xscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("rollouts")
+    axes[0][0].set_ylabel("mean reward of samples")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def toy_summary(rows: list[dict]) -> str:
+    lines = ["| variant | rollouts | TV (sampling: search) | TV (in-tree) | root error |", "|---|---|---|---|---|"]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        for budget in sorted({r["rollouts"] for r in rows}):
+            sel = [r for r in rows if r["variant"] == variant and r["rollouts"] == budget]
+            cells = [f"{np.mean([r[k] for r in sel]):.3g} ± {np.std([r[k] for r in sel]):.2g}"
+                     for k in ("tv_search_sampler", "tv_tree_sampler", "root_error")]
+            lines.append(f"| {variant} | {budget} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def real_summary(rows: list[dict]) -> str:
+    from data.published import published_results
+
+    lines = ["| series | method | CRPS | scaled MAE | Spec-W1 | reward | root err | NFE tok | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['series']} | {r['method']} | {r['crps']:.3f} | {r['scaled_mae']:.3f} | "
+                     f"{r['spec_w1']:.3f} | {r['reward']:.3f} | {r['root_error']:.3f} | {r['nfe_tokens']} | "
+                     f"{r['wall_s']:.1f} |")
+    for name in sorted({r["series"] for r in rows}):
+        for ref in published_results(name):
+            lines.append(f"| {name} | LLMTime published: {ref['method']} (full test horizon) | {ref['crps']:.3f} | "
+                         f"{ref['mae']:.3f} | | | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT_DIR / "configs/benchmarks/amortisation.yaml")
+    parser.add_argument("--part", choices=("toy", "real", "all"), default="all")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, AmortisationConfig)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = [f"# Amortisation benchmark ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)\n"]
+    if args.part in ("toy", "all"):
+        summary += ["## Exact toy\n", toy_summary(run_toy(config.toy, out)), ""]
+    if args.part in ("real", "all"):
+        rows = run_real(config.real, out)
+        plot_curves(rows, out / "reward_vs_rollouts.png")
+        factor = amortisation_factor(rows, config.real, np.random.default_rng(0))
+        summary += ["## Held-out windows\n", real_summary(rows), "", f"Amortisation factor: {factor}", ""]
+    (out / "summary.md").write_text("\n".join(summary) + "\n")
+    print("\n".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
