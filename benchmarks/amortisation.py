@@ -46,6 +46,7 @@ class ToyPart:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     train_rollouts: int = 1000  # the MC-only search whose trajectories train the toy head
     train_steps: int = 1500
+    hybrid_n0: list[float] = field(default_factory=lambda: [1.0, 10.0])  # α = n0 / (n0 + N)
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,16 @@ class AmortisationConfig:
 
 
 def train_toy_head(toy, lam: float, rollouts: int, steps: int):
-    """An MLP head trained with TB on the trajectories of one MC-only search (seed 100)."""
+    """An MLP head trained with TB + DB on the trajectories of one MC-only search (seed 100).
+
+    TB alone fixes P_F^φ but leaves Q_φ(s, ·) free up to a constant per state (V_φ moves with it),
+    while the hybrid mixes Q_φ with Monte-Carlo values in absolute terms: DB's residual
+    `λ (Q_φ(s_t, a_t) − V_φ(s_{t+1}))` (and `Q_φ = r` at the end) pins the level.
+    """
     from toy_problem import ACTION_IDS, PROMPT
 
     from sadt.flow_head import FlowHeadConfig, MLPFlowHead
-    from sadt.losses import trajectory_balance
+    from sadt.losses import detailed_balance, trajectory_balance
 
     torch.manual_seed(0)
     view = toy.search(lam, rollouts, seed=100).tree.trajectories()
@@ -97,8 +103,8 @@ def train_toy_head(toy, lam: float, rollouts: int, steps: int):
     ])
     for _ in range(steps):
         optimiser.zero_grad()
-        loss = trajectory_balance(head.q(hidden), log_prior, actions, mask, head.log_z(hidden[:, 0]), reward, lam)
-        loss.mean().backward()
+        args = (head.q(hidden), log_prior, actions, mask, head.log_z(hidden[:, 0]), reward, lam)
+        (trajectory_balance(*args) + detailed_balance(*args)).mean().backward()
         optimiser.step()
     head.eval().requires_grad_(False)
     return lambda h: head.q(h.float()).double(), len(sequences)
@@ -132,18 +138,18 @@ def run_toy(config: ToyPart, out: Path) -> list[dict]:
     target, exact_root = toy.target(lam)
     trained, n_traj = train_toy_head(toy, lam, config.train_rollouts, config.train_steps)
     exact = ExactHead(toy, lam)
-    variants = {
-        "MC-only": (None, policy_step_log_probs(toy, lam)),
-        f"hybrid, TB head ({n_traj} traj.)": (trained, policy_step_log_probs(toy, lam, toy_head_q(toy, trained))),
-        "hybrid, exact head": (exact, policy_step_log_probs(toy, lam, toy.exact_q(lam))),
-    }
+    trained_completion = policy_step_log_probs(toy, lam, toy_head_q(toy, trained))
+    variants = {"MC-only": (None, policy_step_log_probs(toy, lam), 0.0)}
+    for n0 in config.hybrid_n0:
+        variants[f"hybrid n0={n0:g}, TB+DB head ({n_traj} traj.)"] = (trained, trained_completion, n0)
+    variants["hybrid n0=10, exact head"] = (exact, policy_step_log_probs(toy, lam, toy.exact_q(lam)), 10.0)
     rows = []
-    for name, (head, completion) in variants.items():
+    for name, (head, completion, n0) in variants.items():
         for budget in config.budgets:
             for seed in config.seeds:
                 search_config = SearchConfig(
                     lam=lam, n_rollouts=budget, batch_size=8, seed=seed, progress=False, sampling="search",
-                    hybrid="visits" if head is not None else "off",
+                    hybrid="visits" if head is not None else "off", hybrid_n0=n0,
                 )
                 search = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, search_config, head)
                 search.run()
@@ -325,14 +331,29 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def mc_equivalent(rows: list[dict], key: str, value: float) -> float:
+    """The MC-only budget at which its mean `key` would equal `value` (log-log interpolation of its curve)."""
+    budgets = sorted({r["rollouts"] for r in rows if r["variant"] == "MC-only"})
+    curve = np.array([np.mean([r[key] for r in rows if r["variant"] == "MC-only" and r["rollouts"] == b])
+                      for b in budgets])
+    if value > curve[0]:
+        return float(budgets[0])  # no better than MC-only's smallest budget
+    if value < curve[-1]:
+        return float("inf")  # better than MC-only's largest budget
+    return float(np.exp(np.interp(-np.log(value), -np.log(curve), np.log(budgets))))  # curve falls with budget
+
+
 def toy_summary(rows: list[dict]) -> str:
-    lines = ["| variant | rollouts | TV (sampling: search) | TV (in-tree) | root error |", "|---|---|---|---|---|"]
+    lines = ["| variant | rollouts | TV (sampling: search) | MC-only budget with this TV | TV (in-tree) | root error |",
+             "|---|---|---|---|---|---|"]
     for variant in dict.fromkeys(r["variant"] for r in rows):
         for budget in sorted({r["rollouts"] for r in rows}):
             sel = [r for r in rows if r["variant"] == variant and r["rollouts"] == budget]
             cells = [f"{np.mean([r[k] for r in sel]):.3g} ± {np.std([r[k] for r in sel]):.2g}"
                      for k in ("tv_search_sampler", "tv_tree_sampler", "root_error")]
-            lines.append(f"| {variant} | {budget} | " + " | ".join(cells) + " |")
+            equivalent = mc_equivalent(rows, "tv_search_sampler", np.mean([r["tv_search_sampler"] for r in sel]))
+            ratio = f"{equivalent:.0f} ({equivalent / budget:.1f}x)" if np.isfinite(equivalent) else "> all"
+            lines.append(f"| {variant} | {budget} | {cells[0]} | {ratio} | {cells[1]} | {cells[2]} |")
     return "\n".join(lines)
 
 

@@ -120,11 +120,13 @@ class LoRALM:
 
     Args:
         peft_model: the LM with its adapter (`load_adapter`), on `device`.
+        lm: an existing `TorchLM` over the same (adapted) model, e.g. the trainer's, whose adapter
+            must stay trainable; by default a new one, which freezes every weight.
     """
 
-    def __init__(self, peft_model: PeftModel, device: str | torch.device = "cpu") -> None:
+    def __init__(self, peft_model: PeftModel, device: str | torch.device = "cpu", lm: TorchLM | None = None) -> None:
         self.peft_model = peft_model
-        self.lm = TorchLM(peft_model.get_base_model(), device=device)
+        self.lm = lm or TorchLM(peft_model.get_base_model(), device=device)
         self.device = self.lm.device
         self.stats: LMStats = self.lm.stats  # both forwards count
 

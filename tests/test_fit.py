@@ -39,6 +39,8 @@ def test_fit_trains_logs_and_writes_a_head_that_loads_back(tmp_path, buffer_path
         "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
         "--trainer.logger+=pytorch_lightning.loggers.CSVLogger", f"--trainer.logger.save_dir={out}",
         "--trainer.logger+=pytorch_lightning.loggers.WandbLogger", f"--trainer.logger.save_dir={out}",
+        "--trainer.callbacks+=trainers.samples.SampleForecasts", "--trainer.callbacks.n_prompts=1",
+        "--trainer.callbacks.n_samples=2",
     ])
     (metrics,) = out.glob("lightning_logs/*/metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
@@ -46,6 +48,14 @@ def test_fit_trains_logs_and_writes_a_head_that_loads_back(tmp_path, buffer_path
     assert len(tb) >= 3 and tb[-1] < tb[0]  # trajectory balance falls
     assert any(r.get("val/tb") for r in rows) and any(r.get("val/var_log_ratio") for r in rows)
     assert list(out.glob("wandb/offline-run-*/run-*.wandb"))  # the offline W&B run exists
+    # Sampled forecasts every validation epoch: a CSV and a plot per epoch, a W&B table and image.
+    samples = sorted(out.glob("lightning_logs/*/samples/epoch_*.csv"))
+    assert len(samples) == 3 and len(list(out.glob("lightning_logs/*/samples/epoch_*.png"))) == 3
+    rows = list(csv.DictReader(samples[-1].open()))
+    assert {r["policy"] for r in rows} == {"prior", "P_F"} and len(rows) == 4
+    assert all(r["forecast"].count(",") == 4 and float(r["reward"]) <= 0 for r in rows)  # horizon 4, r <= 0
+    assert list(out.glob("wandb/offline-run-*/files/media/table/samples/*.table.json"))
+    assert list(out.glob("wandb/offline-run-*/files/media/images/samples/*.png"))
     head, sidecar = load_head(tmp_path / "head", lm_fingerprint())
     assert head_state_equal(head, model.head) and sidecar["lam"] == 2.0
     assert sidecar["codec"] == read_buffer(buffer_path).meta["config"]["codec"]

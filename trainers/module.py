@@ -64,9 +64,9 @@ class FlowHeadModule(pl.LightningModule):
         if adapter not in ("none", "lora"):
             raise ValueError(f"`adapter` must be 'none' or 'lora', got {adapter!r}")
         self.save_hyperparameters()
-        self.lm, tokenizer = load_base_lm(base_model)  # frozen, and not a submodule: never checkpointed
+        self.lm, self.tokenizer = load_base_lm(base_model)  # frozen, and not a submodule: never checkpointed
         self.fingerprint = lm_fingerprint(base_model)
-        self.action_token_ids = Codec(tokenizer).action_token_ids
+        self.action_token_ids = Codec(self.tokenizer).action_token_ids
         embeddings = self.lm.head.weight[self.action_token_ids]
         self.head = MLPFlowHead(embeddings, FlowHeadConfig(hidden=hidden, layers=layers))
         self.lora_config = self.peft = None
