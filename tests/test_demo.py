@@ -51,9 +51,11 @@ def test_head_rows_run_and_a_foreign_head_is_refused(tmp_path, capsys, base_toke
     from sadt.lm.base_model import lm_fingerprint
 
     write_head(tmp_path / "head", lm_fingerprint())
+    series = tmp_path / "short.csv"  # 30 steps: a 6-step horizon keeps the test quick
+    series.write_text("value\n" + "\n".join(f"{50 + 5 * (i % 7):.1f}" for i in range(30)) + "\n")
     config = tmp_path / "run.yaml"
     config.write_text(
-        f"series: [Wooly]\nmethods: [twisted_smc, hybrid]\nn_samples: 4\nhead: {tmp_path / 'head'}\n"
+        f"csv: {series}\nmethods: [twisted_smc, hybrid]\nn_samples: 4\nhead: {tmp_path / 'head'}\n"
         f"output_dir: {tmp_path / 'out'}\nsearch:\n  n_rollouts: 8\n  batch_size: 8\n  lam: 5.0\n"
         "variants:\n  hybrid: {hybrid: visits, n_rollouts: 6}\n"
     )
@@ -62,8 +64,8 @@ def test_head_rows_run_and_a_foreign_head_is_refused(tmp_path, capsys, base_toke
         smc, hybrid = list(csv.DictReader(f))
     assert smc["method"].startswith("twisted_smc@8") and hybrid["method"].startswith("hybrid@6")
     assert int(smc["samples"]) == int(hybrid["samples"]) == 4
-    # 8 particles cost what 8 rollouts of 24 values (>= 2 tokens each, the last one never fed) cost.
-    assert int(smc["nfe_tokens"]) > 8 * (24 * 2 - 1)
+    # 8 particles cost what 8 rollouts of 6 values (>= 2 tokens each, the last one never fed) cost.
+    assert int(smc["nfe_tokens"]) > 8 * (6 * 2 - 1)
 
     write_head(tmp_path / "head", "0123456789abcdef")
     assert demo.main(["--config", str(config)]) == 2
