@@ -179,10 +179,11 @@ def plot_toy(rows: list[dict], path: Path) -> None:
             budgets = sorted({r["rollouts"] for r in rows if r["variant"] == variant})
             sel = [r for r in rows if r["variant"] == variant]
             values = np.array([[r[key] for r in sel if r["rollouts"] == b] for b in budgets])  # (budgets, seeds)
+            values = np.maximum(values, 1e-9)  # the exact head's errors are ~1e-8: keep them on a log axis
             ax.plot(budgets, values.mean(1), marker="o", label=variant)
             ax.fill_between(budgets, values.min(1), values.max(1), alpha=0.2)
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_yscale("log")
         ax.set_xlabel("rollouts")
         ax.set_title(label)
     axes[0].legend()
