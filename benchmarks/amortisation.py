@@ -16,7 +16,7 @@ the largest budget, NFE and wall time. The amortisation factor is `reference / b
 smallest hybrid budget whose mean sample reward is at least MC-only's at the reference budget
 (mean over windows); its interval comes from a bootstrap over windows.
 
-Writes `<output_dir>/toy.csv|png`, `real.csv`, `reward_vs_rollouts.png` and `summary.md`.
+Writes `<output_dir>/toy.csv|png|md`, `real.csv|md` and `reward_vs_rollouts.png`.
 """
 
 from __future__ import annotations
@@ -374,6 +374,12 @@ def real_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_summary(path: Path, parts: list[str]) -> None:
+    text = "\n".join(parts) + "\n"
+    path.write_text(text)
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT_DIR / "configs/benchmarks/amortisation.yaml")
@@ -382,16 +388,15 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, AmortisationConfig)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = [f"# Amortisation benchmark ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)\n"]
+    header = f"# Amortisation benchmark ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)\n"
     if args.part in ("toy", "all"):
-        summary += ["## Exact toy\n", toy_summary(run_toy(config.toy, out)), ""]
+        write_summary(out / "toy.md", [header, "## Exact toy\n", toy_summary(run_toy(config.toy, out))])
     if args.part in ("real", "all"):
         rows = run_real(config.real, out)
         plot_curves(rows, out / "reward_vs_rollouts.png")
         factor = amortisation_factor(rows, config.real, np.random.default_rng(0))
-        summary += ["## Held-out windows\n", real_summary(rows), "", f"Amortisation factor: {factor}", ""]
-    (out / "summary.md").write_text("\n".join(summary) + "\n")
-    print("\n".join(summary))
+        write_summary(out / "real.md", [header, "## Held-out windows\n", real_summary(rows), "",
+                                        f"Amortisation factor: {factor}"])
     return 0
 
 
