@@ -1,6 +1,7 @@
 """End to end with the real base model: the README's demo on a small budget."""
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +71,17 @@ def test_head_rows_run_and_a_foreign_head_is_refused(tmp_path, capsys, base_toke
     write_head(tmp_path / "head", "0123456789abcdef")
     assert demo.main(["--config", str(config)]) == 2
     assert "head trained for LM '0123456789abcdef'" in capsys.readouterr().out
+
+
+@pytest.mark.base_model
+def test_the_demo_config_names_a_shipped_head_for_this_base_model(base_tokenizer):
+    from sadt.config import load_config, to_dict
+    from sadt.head_io import load_search_head
+    from sadt.lm.base_model import lm_fingerprint
+    from search.run import RunConfig
+
+    root = Path(__file__).parents[1]
+    config = load_config(root / "configs/demo/airpassengers.yaml", RunConfig)
+    assert config.search_config("hybrid").hybrid == "visits" and config.search_config("hybrid").n_rollouts == 200
+    head = load_search_head(root / config.head, lm_fingerprint(), to_dict(config.codec))  # raises on a mismatch
+    assert head.lm is None and head.meta["lam"] == config.search.lam
