@@ -58,6 +58,11 @@ def test_fit_trains_logs_and_writes_a_head_that_loads_back(tmp_path, buffer_path
     assert list(out.glob("wandb/offline-run-*/files/media/images/samples/*.png"))
     head, sidecar = load_head(tmp_path / "head", lm_fingerprint())
     assert head_state_equal(head, model.head) and sidecar["lam"] == 2.0
+    # keep_best: the written head is the one of the epoch with the lowest validation loss.
+    val_losses = {int(r["epoch"]): float(r["val/loss"]) for r in csv.DictReader(metrics.open()) if r.get("val/loss")}
+    best_epoch = min(val_losses, key=val_losses.get)
+    assert sidecar["best"]["epoch"] == best_epoch
+    assert sidecar["best"]["val_loss"] == pytest.approx(val_losses[best_epoch], rel=1e-5)
     assert sidecar["codec"] == read_buffer(buffer_path).meta["config"]["codec"]
     with pytest.raises(HeadMismatchError, match="trained for LM"):
         load_head(tmp_path / "head", "another-lm")

@@ -46,6 +46,10 @@ class FlowHeadModule(pl.LightningModule):
         adapter: "none" (the MLP head on frozen states) or "lora" (the head on LoRA-adapted states).
         lora_r, lora_alpha, lora_top_layers, lora_lr: the adapter's rank, scale numerator, how many
             top decoder layers it adapts, and its learning rate.
+        weight_decay: AdamW's decoupled weight decay on the head's Q_φ MLP (and the adapter).
+        keep_best: write the head (and adapter) of the validation epoch with the lowest `val/loss`
+            rather than the last one; the sidecar's `best` names that epoch. Validation prompts are
+            never trained on, so this is early stopping against over-fitting the training prompts.
     """
 
     def __init__(
@@ -54,7 +58,7 @@ class FlowHeadModule(pl.LightningModule):
         vargrad: float = 0.0, value: float = 0.0, subtb_weight: float = 0.9,
         save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
-        lora_lr: float = 1e-4,
+        lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True,
     ) -> None:
         super().__init__()
         if not lam > 0:
@@ -63,6 +67,8 @@ class FlowHeadModule(pl.LightningModule):
             raise ValueError("loss weights must be >= 0 with at least one > 0")
         if adapter not in ("none", "lora"):
             raise ValueError(f"`adapter` must be 'none' or 'lora', got {adapter!r}")
+        if weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
         self.save_hyperparameters()
         self.lm, self.tokenizer = load_base_lm(base_model)  # frozen, and not a submodule: never checkpointed
         self.fingerprint = lm_fingerprint(base_model)
@@ -79,6 +85,8 @@ class FlowHeadModule(pl.LightningModule):
         self.feature_cache_bytes = 0
         self.grammar: DigitGrammar | None = None
         self.buffer_meta: dict = {}
+        self.best: dict | None = None  # {"epoch", "val_loss", "state"}: the kept head (keep_best)
+        self.val_sums = torch.zeros(2, dtype=torch.float64)  # Σ batch loss · B, Σ B over this validation epoch
 
     def setup(self, stage: str) -> None:
         meta = self.trainer.datamodule.meta
@@ -185,7 +193,29 @@ class FlowHeadModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.losses(batch)
-        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=len(batch["prompts"]))
+        B = len(batch["prompts"])
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=B)
+        self.val_sums += torch.tensor([float(out["loss"]) * B, B], dtype=torch.float64)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_sums.zero_()
+
+    def on_validation_epoch_end(self) -> None:
+        """Keep a copy of the trainable state when this epoch's mean val/loss is the lowest so far."""
+        sums = self.val_sums.to(self.device, torch.float32)
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # every rank's validation prompts
+        if self.trainer.sanity_checking or not self.hparams.keep_best or sums[1] == 0:
+            return
+        val_loss = float(sums[0] / sums[1])
+        if self.best is None or val_loss < self.best["val_loss"]:
+            state = {k: v.detach().clone() for k, v in self.state_dict().items()}  # head (+ adapter), never the LM
+            self.best = {"epoch": self.current_epoch, "val_loss": val_loss, "state": state}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sadt_best"] = self.best  # a resumed run keeps comparing against the best so far
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best = checkpoint.get("sadt_best")
 
     def configure_optimizers(self):
         q_params = [p for n, p in self.head.named_parameters() if not n.startswith("log_z")]
@@ -195,19 +225,25 @@ class FlowHeadModule(pl.LightningModule):
         ]
         if self.peft is not None:
             groups.append({"params": list(self.lora_params), "lr": self.hparams.lora_lr})
-        return torch.optim.Adam(groups)
+        groups[1]["weight_decay"] = 0.0  # log Z_φ(c) is a level, not a feature map: no shrinkage towards 0
+        return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
 
     def on_train_end(self) -> None:
         if not self.trainer.is_global_zero:  # DDP ranks hold the same synced head; one writes it
             return
+        if self.best is not None:
+            self.load_state_dict(self.best["state"])
         config = self.buffer_meta.get("config", {})
         sidecar = {
             "lm_fingerprint": self.fingerprint, "lam": self.hparams.lam, "gamma": self.buffer_meta.get("gamma"),
             "codec": config.get("codec"), "action_token_ids": self.action_token_ids,
             "training": dict(self.hparams),
             "adapter": None if self.lora_config is None else {"kind": "lora", **vars(self.lora_config)},
+            "best": None if self.best is None else {k: self.best[k] for k in ("epoch", "val_loss")},
         }
         path = save_head(self.head, Path(self.hparams.save_to), sidecar)
         if self.peft is not None:
             save_adapter(self.peft, path, self.lora_config)
-        print(f"head saved to {path}")
+        best = self.best
+        print(f"head saved to {path} (" + ("last epoch" if best is None else
+              f"epoch {best['epoch']}, val/loss {best['val_loss']:.4f}") + ")")
