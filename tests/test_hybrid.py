@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+import torch
+from scipy.special import logsumexp
 from toy_problem import (
     ACTION_IDS,
     PROMPT,
@@ -93,3 +95,25 @@ def test_search_sampling_draws_follow_its_exact_distribution(toy):
     # 4000 draws over ~240 outcomes: TV ~0.08 from noise alone. Measured 0.08 to q, 0.6 to the in-tree sampler.
     assert total_variation(empirical, q) < 0.12
     assert total_variation(empirical, in_tree_only) > total_variation(empirical, q) + 0.2
+
+
+def test_hybrid_backup_is_the_soft_bellman_backup_with_q_for_unvisited_children(toy):
+    """Every internal node: exp(λ V̂(s)) = Σ_a p(a|s) exp(λ W(s·a)), W = V̂ (visited) or Q_φ (not).
+
+    The backup must not also shrink visited children towards Q_φ: on a rollout's chain of one-visit
+    nodes that would pass the reward up with weight (1 − α)^depth, and the tree would hold the head's
+    values instead of its own (the bug this pins: on real 50-token forecasts, V̂(root) ignored rollouts).
+    """
+    def far_head(hidden):
+        return torch.full((hidden.shape[0], len(ACTION_IDS)), -3.0, dtype=torch.float64)  # far below any reward
+
+    search = run(toy, 24, far_head, hybrid="visits", hybrid_n0=1.0)
+    tree = search.tree
+    internal = [n for n in range(tree.size) if not tree.terminal[n]]
+    for node in internal:
+        children = tree.children[node]
+        allowed = np.isfinite(tree.log_prior[node])
+        w = np.where(children >= 0, tree.value[np.maximum(children, 0)], tree.q[node])
+        log_p = tree.log_prior[node][allowed]
+        expected = (logsumexp(log_p + LAM * w[allowed]) - logsumexp(log_p)) / LAM
+        assert tree.value[node] == pytest.approx(expected, abs=1e-9)
