@@ -47,6 +47,7 @@ class ToyPart:
     train_rollouts: int = 1000  # the MC-only search whose trajectories train the toy head
     train_steps: int = 1500
     hybrid_n0: list[float] = field(default_factory=lambda: [1.0, 10.0])  # α = n0 / (n0 + N)
+    hybrid_offset: list[bool] = field(default_factory=lambda: [False, True])  # SearchConfig.hybrid_offset
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class RealPart:
     baseline_budget: int = 100  # best-of-N, MCTS-UCT, DTS, SMC, twisted SMC
     batch_size: int = 16
     hybrid_n0: float = 10.0
+    hybrid_offset: bool = False
     seed: int = 0
     bootstrap: int = 2000
 
@@ -139,17 +141,19 @@ def run_toy(config: ToyPart, out: Path) -> list[dict]:
     trained, n_traj = train_toy_head(toy, lam, config.train_rollouts, config.train_steps)
     exact = ExactHead(toy, lam)
     trained_completion = policy_step_log_probs(toy, lam, toy_head_q(toy, trained))
-    variants = {"MC-only": (None, policy_step_log_probs(toy, lam), 0.0)}
-    for n0 in config.hybrid_n0:
-        variants[f"hybrid n0={n0:g}, TB+DB head ({n_traj} traj.)"] = (trained, trained_completion, n0)
-    variants["hybrid n0=10, exact head"] = (exact, policy_step_log_probs(toy, lam, toy.exact_q(lam)), 10.0)
+    variants = {"MC-only": (None, policy_step_log_probs(toy, lam), 0.0, False)}
+    for offset in config.hybrid_offset:
+        for n0 in config.hybrid_n0:
+            label = f"hybrid n0={n0:g}{', offset' if offset else ''}, TB+DB head ({n_traj} traj.)"
+            variants[label] = (trained, trained_completion, n0, offset)
+    variants["hybrid n0=10, exact head"] = (exact, policy_step_log_probs(toy, lam, toy.exact_q(lam)), 10.0, False)
     rows = []
-    for name, (head, completion, n0) in variants.items():
+    for name, (head, completion, n0, offset) in variants.items():
         for budget in config.budgets:
             for seed in config.seeds:
                 search_config = SearchConfig(
                     lam=lam, n_rollouts=budget, batch_size=8, seed=seed, progress=False, sampling="search",
-                    hybrid="visits" if head is not None else "off", hybrid_n0=n0,
+                    hybrid="visits" if head is not None else "off", hybrid_n0=n0, hybrid_offset=offset,
                 )
                 search = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, search_config, head)
                 search.run()
@@ -221,12 +225,15 @@ def real_rows(config: RealPart) -> list[tuple[str, str, SearchConfig | None, boo
     for b in config.budgets:
         rows.append((f"maxent_ts@{b}", "MC-only", dataclasses.replace(base, n_rollouts=b, sampling="search"), False))
     for b in config.hybrid_budgets:
-        hybrid = dataclasses.replace(base, n_rollouts=b, sampling="search", hybrid="visits", hybrid_n0=config.hybrid_n0)
+        hybrid = dataclasses.replace(base, n_rollouts=b, sampling="search", hybrid="visits", hybrid_n0=config.hybrid_n0,
+                                     hybrid_offset=config.hybrid_offset)
         rows.append((f"hybrid@{b}", "hybrid", hybrid, True))
     return rows
 
 
-def run_real(config: RealPart, out: Path) -> list[dict]:
+def run_real(config: RealPart, out: Path, keep: list[dict] | None = None) -> list[dict]:
+    """Every row of `real_rows` on every held-out window; with `keep` (rows of an earlier real.csv),
+    rows that do not read the head are taken from it rather than re-run (a new head, same references)."""
     from sadt.codec import Codec
     from sadt.head_io import load_value_head
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
@@ -245,6 +252,10 @@ def run_real(config: RealPart, out: Path) -> list[dict]:
         context, truth = heldout_window(name, config)
         task = ForecastTask.build(codec, context, config.horizon)
         for label, curve, search_config, uses_head in real_rows(config):
+            kept = [r for r in keep or [] if r["series"] == name and r["method"] == label]
+            if kept and not uses_head:
+                rows.append(kept[0])
+                continue
             lm.stats.reset()
             start = time.perf_counter()
             if search_config is None:
@@ -411,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=ROOT_DIR / "configs/benchmarks/amortisation.yaml")
     parser.add_argument("--part", choices=("toy", "real", "all"), default="all")
     parser.add_argument("--summarise", action="store_true", help="rebuild real.md and the plot from real.csv")
+    parser.add_argument("--head-rows-only", action="store_true",
+                        help="re-run only the rows that read the head; take the others from the existing real.csv")
     args = parser.parse_args(argv)
     config = load_config(args.config, AmortisationConfig)
     out = Path(config.output_dir)
@@ -419,7 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("toy", "all"):
         write_summary(out / "toy.md", [header, "## Exact toy\n", toy_summary(run_toy(config.toy, out))])
     if args.part in ("real", "all"):
-        rows = read_rows(out / "real.csv") if args.summarise else run_real(config.real, out)
+        if args.summarise:
+            rows = read_rows(out / "real.csv")
+        else:
+            if args.head_rows_only and not (out / "real.csv").is_file():
+                parser.error(f"--head-rows-only needs an earlier run's {out / 'real.csv'}")
+            keep = read_rows(out / "real.csv") if args.head_rows_only else None
+            rows = run_real(config.real, out, keep)
         plot_curves(rows, out / "reward_vs_rollouts.png")
         factor = amortisation_factor(rows, config.real, np.random.default_rng(0))
         write_summary(out / "real.md", [header, "## Held-out windows\n", real_summary(rows), "",

@@ -77,6 +77,7 @@ class SearchConfig:
     hybrid: str = "off"  # maxent_ts with a flow head: "visits" (α = n0 / (n0 + N)) or "fixed" (α = hybrid_alpha)
     hybrid_n0: float = 10.0  # visits at which Monte-Carlo and Q_φ weigh equally
     hybrid_alpha: float = 0.5  # the fixed mixing weight
+    hybrid_offset: bool = False  # visits: correct Q_φ(s, ·) by the MC-minus-head gap on s's visited children
     guided_rollouts: bool = True  # hybrid: roll out from P_F ∝ p exp(λ Q_φ) rather than p (values stay unbiased)
     sampling: str = "tree"  # maxent_ts: "tree" draws samples from the finished tree without model calls (DTS
     # Alg. 2, visited children only); "search" makes each sample one more selection + rollout (it may leave the
@@ -245,9 +246,12 @@ class TreeSearch:
         `shrink=False` (the backup) drops the mixing of visited children (α = 0 where N > 0): the
         backup is the full Bellman backup with Q_φ standing in for unvisited children only. Mixing
         in the backup compounds: a fresh rollout's nodes have one visit each, so with α = 1/2 the
-        reward reached a node d levels up with weight 2^-d and on 50-token forecasts the tree's
-        values were the head's (measured: the hybrid's root value did not move from 20 to 100
-        rollouts). Selection still shrinks young children towards Q_φ. An exact head stays exact.
+        reward reaches a node d levels up with weight 2^-d (on the toy the root error at 20
+        rollouts was 6× larger). Selection still shrinks young children towards Q_φ.
+
+        `hybrid_offset` (visits): Q_φ(s, ·) is first moved by w(s) δ(s) (`_head_offset`), the gap
+        between the visited children's Monte-Carlo values and the head's on those same children.
+        An exact head stays exact either way (δ = 0).
         """
         tree, config = self.tree, self.config
         children = tree.children[nodes]
@@ -257,12 +261,31 @@ class TreeSearch:
             return mc, visited
         q = tree.q[nodes]
         if config.hybrid == "visits":
+            if config.hybrid_offset:
+                q = q + self._head_offset(nodes, mc, q, visited)[..., None]
             n = np.where(visited, tree.visits[children] + tree.pending[children], 0)
             n0 = config.hybrid_n0 if shrink else 0.0
             alpha = n0 / (n0 + n) if n0 > 0 else (n == 0).astype(float)
             return (1 - alpha) * mc + alpha * q, visited | np.isfinite(tree.log_prior[nodes])
         alpha = config.hybrid_alpha if shrink else 0.0
         return (1 - alpha) * mc + alpha * q, visited
+
+    def _head_offset(self, nodes: int | np.ndarray, mc: np.ndarray, q: np.ndarray, visited: np.ndarray) -> np.ndarray:
+        """w(s) δ(s), δ(s) = soft_p(V̂) − soft_p(Q_φ) over the visited children, w(s) = N(s) / (n0 + N(s)).
+
+        soft_p(X) = (1/λ) log Σ_{visited} p(a|s) exp(λ X(s·a)) / Σ_{visited} p(a|s). A head that is
+        off by a level on an unseen prompt (its values right relative to each other but all too low,
+        say) is then corrected for the unvisited children too, so the backup does not hold the
+        head's level wherever the rollouts covered little prior mass. 0 where nothing is visited.
+        """
+        tree, lam, n0 = self.tree, self.config.lam, self.config.hybrid_n0
+        log_p = tree.log_prior[nodes]
+        any_visited = visited.any(axis=-1)
+        rows = visited | ~np.asarray(any_visited)[..., None]  # rows with no visited child: placeholder, zeroed
+        delta = soft_backup(mc, log_p, rows, lam) - soft_backup(q, log_p, rows, lam)
+        n = tree.visits[nodes] + tree.pending[nodes]
+        trust = n / (n0 + n) if n0 > 0 else np.ones_like(n, dtype=float)
+        return np.where(any_visited, trust * delta, 0.0)
 
     def _choose(self, node: int) -> int:
         """The action taken at `node` during selection."""
