@@ -249,7 +249,7 @@ class TreeSearch:
         reward reaches a node d levels up with weight 2^-d (on the toy the root error at 20
         rollouts was 6× larger). Selection still shrinks young children towards Q_φ.
 
-        `hybrid_offset` (visits): Q_φ(s, ·) is first moved by w(s) δ(s) (`_head_offset`), the gap
+        `hybrid_offset` (visits): Q_φ(s, ·) is first moved by δ(s) (`_head_offset`), the gap
         between the visited children's Monte-Carlo values and the head's on those same children.
         An exact head stays exact either way (δ = 0).
         """
@@ -271,21 +271,22 @@ class TreeSearch:
         return (1 - alpha) * mc + alpha * q, visited
 
     def _head_offset(self, nodes: int | np.ndarray, mc: np.ndarray, q: np.ndarray, visited: np.ndarray) -> np.ndarray:
-        """w(s) δ(s), δ(s) = soft_p(V̂) − soft_p(Q_φ) over the visited children, w(s) = N(s) / (n0 + N(s)).
+        """δ(s) = soft_p(V̂) − soft_p(Q_φ) over s's visited children; 0 where none is visited.
 
-        soft_p(X) = (1/λ) log Σ_{visited} p(a|s) exp(λ X(s·a)) / Σ_{visited} p(a|s). A head that is
-        off by a level on an unseen prompt (its values right relative to each other but all too low,
-        say) is then corrected for the unvisited children too, so the backup does not hold the
-        head's level wherever the rollouts covered little prior mass. 0 where nothing is visited.
+        soft_p(X) = (1/λ) log Σ_{visited} p(a|s) exp(λ X(s·a)) / Σ_{visited} p(a|s). Shifting every
+        Q_φ(s, ·) by δ(s) makes the head a control variate: it supplies how unvisited children
+        differ from the visited ones, Monte-Carlo supplies the level. With one visited child,
+        V̂(s) = V_φ(s) + V̂(s·a) − Q_φ(s,a), so a rollout's surprise reaches the root undiluted,
+        where Q_φ alone for unvisited children would dilute it by the prior mass the rollout covers
+        (and any partial trust in δ compounds to 0 over a 50-token chain of one-visit nodes).
+        A head off by a constant on an unseen prompt is thus corrected exactly.
         """
-        tree, lam, n0 = self.tree, self.config.lam, self.config.hybrid_n0
-        log_p = tree.log_prior[nodes]
+        lam = self.config.lam
         any_visited = visited.any(axis=-1)
         rows = visited | ~np.asarray(any_visited)[..., None]  # rows with no visited child: placeholder, zeroed
+        log_p = self.tree.log_prior[nodes]
         delta = soft_backup(mc, log_p, rows, lam) - soft_backup(q, log_p, rows, lam)
-        n = tree.visits[nodes] + tree.pending[nodes]
-        trust = n / (n0 + n) if n0 > 0 else np.ones_like(n, dtype=float)
-        return np.where(any_visited, trust * delta, 0.0)
+        return np.where(any_visited, delta, 0.0)
 
     def _choose(self, node: int) -> int:
         """The action taken at `node` during selection."""
