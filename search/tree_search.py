@@ -107,6 +107,8 @@ class SearchConfig:
             raise ValueError(f"search `hybrid` must be 'off', 'visits' or 'fixed', got {self.hybrid!r}")
         if self.hybrid != "off" and self.method != "maxent_ts":
             raise ValueError(f"search `hybrid` needs method maxent_ts, got {self.method!r}")
+        if self.hybrid_offset and self.hybrid != "visits":
+            raise ValueError(f"search `hybrid_offset` needs hybrid: visits, got {self.hybrid!r}")
         if self.hybrid_n0 < 0 or not 0 <= self.hybrid_alpha <= 1:
             raise ValueError(
                 f"search needs hybrid_n0 >= 0 and hybrid_alpha in [0, 1], got {self.hybrid_n0}, {self.hybrid_alpha}"

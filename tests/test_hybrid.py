@@ -58,6 +58,8 @@ def test_exact_head_gives_the_root_value_with_far_fewer_rollouts(toy):
 def test_hybrid_needs_a_head_and_maxent(toy):
     with pytest.raises(ValueError, match="needs method maxent_ts"):
         SearchConfig(method="dts", hybrid="visits")
+    with pytest.raises(ValueError, match="hybrid_offset` needs hybrid: visits"):
+        SearchConfig(hybrid="fixed", hybrid_offset=True)
     with pytest.raises(ValueError, match="value_head"):
         run(toy, 8, None, hybrid="visits")
 
