@@ -422,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=ROOT_DIR / "configs/benchmarks/amortisation.yaml")
     parser.add_argument("--part", choices=("toy", "real", "all"), default="all")
     parser.add_argument("--summarise", action="store_true", help="rebuild real.md and the plot from real.csv")
-    parser.add_argument("--head-rows-only", action="store_true",
-                        help="re-run only the rows that read the head; take the others from the existing real.csv")
+    parser.add_argument("--head-rows-only", nargs="?", type=Path, const=True, metavar="REAL_CSV",
+                        help="re-run only the rows that read the head; take the others from REAL_CSV (default: the "
+                             "output_dir's real.csv), e.g. another head's run on the same windows")
     args = parser.parse_args(argv)
     config = load_config(args.config, AmortisationConfig)
     out = Path(config.output_dir)
@@ -435,9 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.summarise:
             rows = read_rows(out / "real.csv")
         else:
-            if args.head_rows_only and not (out / "real.csv").is_file():
-                parser.error(f"--head-rows-only needs an earlier run's {out / 'real.csv'}")
-            keep = read_rows(out / "real.csv") if args.head_rows_only else None
+            reference = out / "real.csv" if args.head_rows_only is True else args.head_rows_only
+            if reference is not None and not reference.is_file():
+                parser.error(f"--head-rows-only needs an earlier run's rows: no file {reference}")
+            keep = read_rows(reference) if reference is not None else None
             rows = run_real(config.real, out, keep)
         plot_curves(rows, out / "reward_vs_rollouts.png")
         factor = amortisation_factor(rows, config.real, np.random.default_rng(0))
