@@ -63,7 +63,7 @@ def _items(buffer: Buffer, buffer_id: int, sources: list[int] | None) -> list[di
         items.append({
             "prompt": tuple(int(t) for t in prompt_tokens[row]), "key": keys[row],
             "prompt_id": buffer_id * 1_000_000 + row, "actions": trajectory["actions"].astype(np.int64),
-            "values": trajectory["values"], "reward": float(a["reward"][i]),
+            "values": trajectory["values"], "visits": trajectory["visits"], "reward": float(a["reward"][i]),
         })
     return items
 

@@ -1,0 +1,317 @@
+"""Where does the frozen LM keep the soft value? Linear probes of the tree's V̂ from each layer.
+
+    python benchmarks/value_probe.py --buffer data/buffers/recipe.h5 --head checkpoints/heads/recipe
+
+The hybrid's head reads only the LM's final hidden state, and on unseen windows its Q_φ came out
+nearly flat (BENCHMARKS.md, amortisation). This asks whether the information is there at all.
+
+Targets: every distinct tree node s (depth ≥ 1) on the buffer's trajectories with at least
+`--min-visits` visits, valued by its Monte-Carlo soft value V̂(s) (a node of one visit is valued
+by its one rollout's reward). Both the target and the features are demeaned per prompt and depth
+(the within-group estimator): the hybrid's offset supplies the level, so what the head must
+supply is the difference between states of one prompt at one depth, e.g. between siblings.
+
+Features: the LM's hidden state at s after layer l (0 = token embeddings; the last one is the
+final, normed state the head reads). For each layer a ridge probe is fit on the training prompts
+(the trainer's split: the same key hash and `--val-fraction`), its penalty chosen by 5-fold
+cross-validation grouped by prompt, and scored on the validation prompts:
+
+    R² = 1 − Σ (y − ŷ)² / Σ y²,   y and ŷ demeaned per (prompt, depth),
+
+overall, by node depth, and on the terminal nodes alone (finished forecasts, whose V̂ = r(x) is
+exact and a deterministic function of the state: no Monte-Carlo noise bounds R² there).
+
+A reward-aware feature is scored beside them: the partial reward R(s) = −γ · penalty(w(s)), where
+w(s) is the last H values of the context followed by the k values s has completed (k ≤ H), so
+R(s_0) scores the context's own tail and R(x) = r(x) for a finished valid forecast. It is the
+"forward-looking" energy of a partial state (Pan et al. 2023, FL-GFlowNets): a head that reads
+it only has to learn the residual. With `--head`, the trained head's own prediction of V̂(s), Q_φ(parent,
+action), is scored the same way (no fit): the gap between it and the probes is what a better head
+could gain from these features.
+
+Writes `<out>/probe.csv`, `probe.md` and `probe.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT_DIR))
+
+DEPTH_BUCKETS = [(1, 4), (5, 12), (13, 24), (25, 10_000)]
+ALPHAS = [10.0**k for k in range(-1, 6)]
+
+
+@dataclass
+class Nodes:
+    """The probe's data set: one row per distinct tree node."""
+
+    features: np.ndarray  # (N, L, H) hidden state after each probed layer
+    head_q: np.ndarray  # (N,) the head's Q_φ(parent, action), NaN without a head
+    partial_reward: np.ndarray  # (N,) R(s)
+    value: np.ndarray  # (N,) the tree's V̂(s)
+    depth: np.ndarray  # (N,)
+    terminal: np.ndarray  # (N,) bool: the trajectory's last state
+    prompt: np.ndarray  # (N,) prompt id
+    is_val: np.ndarray  # (N,) bool
+
+
+def select_nodes(items: list[dict], min_visits: int) -> dict[int, list[tuple[np.ndarray, list[int]]]]:
+    """Per prompt, the trajectories to run and, for each, the steps t whose node s_{t+1} is new and kept."""
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    chosen: dict[int, list[tuple[np.ndarray, list[int]]]] = defaultdict(list)
+    for x in items:
+        actions, keep = x["actions"], []
+        for t in np.flatnonzero((x["visits"] >= min_visits) & np.isfinite(x["values"])):
+            key = (x["prompt_id"], tuple(actions[: t + 1].tolist()))
+            if key not in seen:
+                seen.add(key)
+                keep.append(int(t))
+        if keep:
+            chosen[x["prompt_id"]].append((x, keep))
+    return chosen
+
+
+@torch.inference_mode()
+def layer_states(lm, prompt_ids: tuple[int, ...], paths: list[np.ndarray], action_ids: list[int], layers: list[int]):
+    """Final hidden state at s_0..s_T and the probed layers' states at s_1..s_T of every path.
+
+    Returns final (B, T+1, H) and per_layer (B, T, L, H) as float32 tensors.
+    """
+    prompt = lm.prefill(list(prompt_ids))
+    ids_of = torch.as_tensor(action_ids)
+    T = max(len(p) for p in paths)
+    ids = torch.zeros(len(paths), T, dtype=torch.long)
+    for i, p in enumerate(paths):
+        ids[i, : len(p)] = ids_of[torch.as_tensor(p, dtype=torch.long)]
+    positions = (prompt.length + torch.arange(T)).expand(len(paths), -1)
+    out = lm.decoder(input_ids=ids, past_key_values=lm._prompt_cache(prompt, len(paths)), position_ids=positions,
+                     use_cache=True, output_hidden_states=True)
+    per_layer = torch.stack([out.hidden_states[layer] for layer in layers], dim=2)  # (B, T, L, H)
+    final = torch.cat([prompt.hidden.expand(len(paths), 1, -1), out.last_hidden_state], dim=1)
+    return final.float(), per_layer.float()
+
+
+class PartialReward:
+    """R(s) = −γ · penalty(last H context values + the k ≤ H values completed in s), in scaled units."""
+
+    def __init__(self, codec, prompt_tokens: tuple[int, ...], meta: dict) -> None:
+        from sadt.spectral import SpectralConfig, SpectralPenalty
+
+        reward = meta["config"]["reward"]
+        self.codec, self.gamma, self.horizon = codec, float(reward["gamma"]), int(meta["config"]["horizon"])
+        self.context = codec.text_to_values(codec.tokenizer.decode(list(prompt_tokens)))  # the prompt, scaled
+        self.penalty = SpectralPenalty(self.context, self.horizon, SpectralConfig(**reward["spectral"]))
+
+    def __call__(self, actions: np.ndarray, steps: list[int]) -> np.ndarray:
+        """R(s_{t+1}) for each step t of one trajectory, (len(steps),)."""
+        windows = []
+        for t in steps:
+            done = self.codec.text_to_values(self.codec.actions_to_text(actions[: t + 1]))[: self.horizon]
+            windows.append(np.concatenate([self.context[len(self.context) - self.horizon + done.size :], done]))
+        return -self.gamma * self.penalty(np.stack(windows))
+
+
+def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], head, meta: dict,
+            min_visits: int, batch: int) -> Nodes:
+    chosen = select_nodes(items, min_visits)
+    rows: dict[str, list] = defaultdict(list)
+    action_ids = codec.action_token_ids
+    for k, (prompt_id, trajectories) in enumerate(sorted(chosen.items())):
+        prompt_tokens = trajectories[0][0]["prompt"]
+        partial_reward = PartialReward(codec, prompt_tokens, meta)
+        for start in range(0, len(trajectories), batch):
+            part = trajectories[start : start + batch]
+            final, per_layer = layer_states(lm, prompt_tokens, [x["actions"] for x, _ in part], action_ids, layers)
+            for i, (x, steps) in enumerate(part):
+                steps_t = torch.as_tensor(steps)
+                rows["features"].append(per_layer[i, steps_t].numpy())
+                if head is not None:
+                    q = head.q(final[i, steps_t]).gather(1, torch.as_tensor(x["actions"][steps])[:, None])
+                    rows["head_q"].append(q.squeeze(1).double().numpy())
+                else:
+                    rows["head_q"].append(np.full(len(steps), np.nan))
+                rows["partial_reward"].append(partial_reward(x["actions"], steps))
+                rows["value"].append(x["values"][steps].astype(np.float64))
+                rows["depth"].append(np.asarray(steps) + 1)
+                rows["terminal"].append(np.asarray(steps) + 1 == len(x["actions"]))
+                rows["prompt"].append(np.full(len(steps), prompt_id))
+        print(f"prompt {k + 1}/{len(chosen)}: {sum(len(s) for _, s in trajectories)} nodes", flush=True)
+    prompt = np.concatenate(rows["prompt"])
+    return Nodes(
+        features=np.concatenate(rows["features"]), head_q=np.concatenate(rows["head_q"]),
+        partial_reward=np.concatenate(rows["partial_reward"]),
+        value=np.concatenate(rows["value"]), depth=np.concatenate(rows["depth"]),
+        terminal=np.concatenate(rows["terminal"]), prompt=prompt,
+        is_val=np.isin(prompt, list(val_ids)),
+    )
+
+
+def demean_by(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """values − their group's mean, row-wise (values (N, ...), groups (N,))."""
+    from scipy.sparse import csr_matrix
+
+    values = np.asarray(values, dtype=np.float64)
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    indicator = csr_matrix((np.ones(len(groups)), (inverse, np.arange(len(groups)))))  # (G, N)
+    flat = values.reshape(len(groups), -1)
+    means = (indicator @ flat) / counts[:, None]
+    return (flat - means[inverse]).reshape(values.shape)
+
+
+def r_squared(y: np.ndarray, prediction: np.ndarray) -> float:
+    return float(1.0 - np.sum((y - prediction) ** 2) / np.sum(y**2))
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, prompts: np.ndarray, folds: int = 5) -> tuple[np.ndarray, float]:
+    """Ridge weights, argmin |y − x w|² + α |w|², with α chosen by cross-validation over folds of whole prompts.
+
+    Each fold's Gram matrix is computed once; a fold's training Gram is the total minus its own.
+    """
+    fold_of = {g: i % folds for i, g in enumerate(np.unique(prompts))}
+    fold = np.array([fold_of[g] for g in prompts])
+    grams = [(x[fold == f].T @ x[fold == f], x[fold == f].T @ y[fold == f]) for f in range(folds)]
+    gram, moment = sum(g for g, _ in grams), sum(m for _, m in grams)
+    eye = np.eye(x.shape[1])
+    scores = []
+    for alpha in ALPHAS:
+        error = 0.0
+        for f, (g, m) in enumerate(grams):
+            w = np.linalg.solve(gram - g + alpha * eye, moment - m)
+            error += float(np.sum((y[fold == f] - x[fold == f] @ w) ** 2))
+        scores.append(error)
+    alpha = ALPHAS[int(np.argmin(scores))]
+    return np.linalg.solve(gram + alpha * eye, moment), alpha
+
+
+def probe_table(nodes: Nodes, layers: list[int]) -> list[dict]:
+    """R² on validation prompts per layer (and the head), overall and by depth bucket."""
+    groups = nodes.prompt * 10_000 + nodes.depth  # (prompt, depth)
+    y = demean_by(nodes.value, groups)
+    train, val = ~nodes.is_val, nodes.is_val
+
+    def scores(name: str, prediction: np.ndarray, alpha: float | None, train_r2: float | None) -> dict:
+        row = {"features": name, "alpha": alpha, "train_r2": train_r2, "val_r2": r_squared(y[val], prediction),
+               "val_nodes": int(val.sum())}
+        for lo, hi in DEPTH_BUCKETS:
+            in_bucket = (nodes.depth[val] >= lo) & (nodes.depth[val] <= hi)
+            row[f"val_r2_depth_{lo}_{hi}"] = r_squared(y[val][in_bucket], prediction[in_bucket]) \
+                if in_bucket.sum() > 1 else float("nan")
+        terminal = nodes.terminal[val]
+        row["val_r2_terminal"] = r_squared(y[val][terminal], prediction[terminal])
+        return row
+
+    def probe(name: str, features: np.ndarray) -> dict:
+        x = demean_by(features, groups)
+        x = x / (x[train].std(axis=0) + 1e-6)  # standardised on the training prompts
+        w, alpha = fit_probe(x[train], y[train], nodes.prompt[train])
+        row = scores(name, x[val] @ w, alpha, r_squared(y[train], x[train] @ w))
+        print(f"{name}: val R² {row['val_r2']:.3f} (train {row['train_r2']:.3f}, α {alpha:g})", flush=True)
+        return row
+
+    rows = [probe(f"layer {layer}", nodes.features[:, j]) for j, layer in enumerate(layers)]
+    rows.append(probe("partial reward R(s)", nodes.partial_reward[:, None]))
+    rows.append(probe(f"layer {layers[-1]} + R(s)", np.hstack([nodes.features[:, -1], nodes.partial_reward[:, None]])))
+    if np.isfinite(nodes.head_q).all():
+        q = demean_by(nodes.head_q, groups)
+        rows.append(scores("trained head Q_φ", q[val], None, r_squared(y[train], q[train])))
+    return rows
+
+
+def write_outputs(rows: list[dict], out: Path, header: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "probe.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    buckets = [f"{lo}-{hi}" if hi < 10_000 else f"{lo}+" for lo, hi in DEPTH_BUCKETS]
+    columns = ["features", "val R²"] + [f"depth {b}" for b in buckets] + ["terminal", "train R²", "α"]
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for r in rows:
+        depth = " | ".join(f"{r[f'val_r2_depth_{lo}_{hi}']:.3f}" for lo, hi in DEPTH_BUCKETS)
+        alpha = "—" if r["alpha"] is None else f"{r['alpha']:g}"
+        lines.append(f"| {r['features']} | {r['val_r2']:.3f} | {depth} | {r['val_r2_terminal']:.3f} "
+                     f"| {r['train_r2']:.3f} | {alpha} |")
+    (out / "probe.md").write_text("\n".join(lines) + "\n")
+    plot(rows, out / "probe.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layer_rows = [r for r in rows if r["features"].startswith("layer ")]
+    layers = [int(r["features"].split()[1]) for r in layer_rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(layers, [r["val_r2"] for r in layer_rows], "o-", color="k", label="all depths")
+    for lo, hi in DEPTH_BUCKETS:
+        label = f"depth {lo}-{hi}" if hi < 10_000 else f"depth {lo}+"
+        ax.plot(layers, [r[f"val_r2_depth_{lo}_{hi}"] for r in layer_rows], ".--", alpha=0.7, label=label)
+    head = [r for r in rows if r["features"] == "trained head Q_φ"]
+    if head:
+        ax.axhline(head[0]["val_r2"], color="tab:red", lw=1, label="trained head Q_φ (all depths)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("R² of V̂ within (prompt, depth), validation")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--buffer", nargs="+", required=True, help="harvested HDF5 buffers")
+    parser.add_argument("--head", help="a trained head directory, scored beside the probes")
+    parser.add_argument("--layers", type=int, nargs="+", help="layers to probe (default: every 3rd and the last)")
+    parser.add_argument("--min-visits", type=int, default=1, help="keep nodes with at least this many visits")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="as the fit config's data.val_fraction")
+    parser.add_argument("--batch", type=int, default=32, help="trajectories per LM forward")
+    parser.add_argument("--out", default="benchmarks/results/value_probe")
+    args = parser.parse_args(argv)
+
+    from sadt.codec import Codec
+    from sadt.config import to_dict
+    from sadt.head_io import load_value_head
+    from sadt.lm.base_model import lm_fingerprint, load_base_lm
+    from trainers.data import BufferDataModule
+
+    torch.manual_seed(0)
+    lm, tokenizer = load_base_lm()
+    codec = Codec(tokenizer)
+    n_layers = lm.model.config.num_hidden_layers
+    layers = args.layers or sorted(set(range(0, n_layers + 1, 3)) | {n_layers})
+    if min(layers) < 0 or max(layers) > n_layers:
+        raise ValueError(f"--layers must lie in 0..{n_layers}, got {layers}")
+    head = load_value_head(args.head, lm_fingerprint(), to_dict(codec.config))[0] if args.head else None
+    data = BufferDataModule(args.buffer, val_fraction=args.val_fraction, lm_fingerprint=lm_fingerprint())
+    data.setup()
+    items = list(data.train_set.items) + list(data.val_set.items)
+    val_ids = {x["prompt_id"] for x in data.val_set.items}
+    start = time.perf_counter()
+    nodes = collect(lm, codec, items, val_ids, layers, head, data.meta, args.min_visits, args.batch)
+    print(f"{len(nodes.value)} nodes ({int(nodes.is_val.sum())} on {len(val_ids)} validation prompts), "
+          f"LM {time.perf_counter() - start:.0f} s", flush=True)
+    rows = probe_table(nodes, layers)
+    header = (f"Buffers {', '.join(args.buffer)}; nodes with ≥ {args.min_visits} visits: {len(nodes.value)} "
+              f"({int((~nodes.is_val).sum())} train, {int(nodes.is_val.sum())} validation on {len(val_ids)} prompts); "
+              f"head {args.head or '—'}.")
+    write_outputs(rows, Path(args.out), header)
+    print((Path(args.out) / "probe.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
