@@ -50,12 +50,15 @@ class ToyPart:
     hybrid_offset: list[bool] = field(default_factory=lambda: [False, True])  # SearchConfig.hybrid_offset
 
 
+PARTIAL_REWARD = "partial_reward"  # RealPart.head: the parameter-free value Q(s, a) = R(s·a), no trained head
+
+
 @dataclass(frozen=True)
 class RealPart:
     series: list[str] = field(default_factory=lambda: ["AirPassengers", "AusBeer", "Sunspots", "Wine", "Wooly"])
     context_length: int = 48
     horizon: int = 12
-    head: str = "checkpoints/heads/recipe"
+    head: str = "checkpoints/heads/recipe"  # a trained head's directory, or "partial_reward"
     lam: float = 5.0
     n_samples: int = 16
     budgets: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])  # MC-only curve; last = reference
@@ -240,17 +243,21 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None) -> lis
     from sadt.metrics import crps, scaled_mae
     from sadt.spectral import spec_w1
     from search.ancestral import sample_prior
-    from search.forecast_task import ForecastTask
+    from search.forecast_task import ForecastTask, PartialRewardValue
 
     lm, tokenizer = load_base_lm()
     codec = Codec(tokenizer)
-    head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
-    if meta.get("lam") != config.lam:
-        print(f"warning: head trained at λ={meta.get('lam')}, benchmark λ={config.lam}")
+    head = None
+    if config.head != PARTIAL_REWARD:
+        head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
+        if meta.get("lam") != config.lam:
+            print(f"warning: head trained at λ={meta.get('lam')}, benchmark λ={config.lam}")
     rows = []
     for name in config.series:
         context, truth = heldout_window(name, config)
         task = ForecastTask.build(codec, context, config.horizon)
+        if config.head == PARTIAL_REWARD:
+            head = PartialRewardValue(task)  # no parameters: Q(s, a) = R(s·a) of this window
         for label, curve, search_config, uses_head in real_rows(config):
             kept = [r for r in keep or [] if r["series"] == name and r["method"] == label]
             if kept and not uses_head:

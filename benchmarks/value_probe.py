@@ -21,9 +21,9 @@ cross-validation grouped by prompt, and scored on the validation prompts:
 overall, by node depth, and on the terminal nodes alone (finished forecasts, whose V̂ = r(x) is
 exact and a deterministic function of the state: no Monte-Carlo noise bounds R² there).
 
-A reward-aware feature is scored beside them: the partial reward R(s) = −γ · penalty(w(s)), where
-w(s) is the last H values of the context followed by the k values s has completed (k ≤ H), so
-R(s_0) scores the context's own tail and R(x) = r(x) for a finished valid forecast. It is the
+A reward-aware feature is scored beside them: the partial reward R(s) (`ForecastReward.partial`:
+the spectral reward of the last H − k context values followed by the k values s has completed),
+so R(s_0) scores the context's own tail and R(x) = r(x) for a finished valid forecast. It is the
 "forward-looking" energy of a partial state (Pan et al. 2023, FL-GFlowNets): a head that reads
 it only has to learn the residual. With `--head`, the trained head's own prediction of V̂(s), Q_φ(parent,
 action), is scored the same way (no fit): the gap between it and the probes is what a better head
@@ -102,24 +102,20 @@ def layer_states(lm, prompt_ids: tuple[int, ...], paths: list[np.ndarray], actio
     return final.float(), per_layer.float()
 
 
-class PartialReward:
-    """R(s) = −γ · penalty(last H context values + the k ≤ H values completed in s), in scaled units."""
+def prompt_reward(codec, prompt_tokens: tuple[int, ...], meta: dict):
+    """The harvest's reward for one buffered prompt, rebuilt from the prompt's own (scaled) values."""
+    from sadt.rewards import ForecastReward, RewardConfig
+    from sadt.spectral import SpectralConfig
 
-    def __init__(self, codec, prompt_tokens: tuple[int, ...], meta: dict) -> None:
-        from sadt.spectral import SpectralConfig, SpectralPenalty
+    reward = meta["config"]["reward"]
+    config = RewardConfig(gamma=reward["gamma"], spectral=SpectralConfig(**reward["spectral"]))
+    context = codec.text_to_values(codec.tokenizer.decode(list(prompt_tokens)))
+    return ForecastReward(context, int(meta["config"]["horizon"]), config)
 
-        reward = meta["config"]["reward"]
-        self.codec, self.gamma, self.horizon = codec, float(reward["gamma"]), int(meta["config"]["horizon"])
-        self.context = codec.text_to_values(codec.tokenizer.decode(list(prompt_tokens)))  # the prompt, scaled
-        self.penalty = SpectralPenalty(self.context, self.horizon, SpectralConfig(**reward["spectral"]))
 
-    def __call__(self, actions: np.ndarray, steps: list[int]) -> np.ndarray:
-        """R(s_{t+1}) for each step t of one trajectory, (len(steps),)."""
-        windows = []
-        for t in steps:
-            done = self.codec.text_to_values(self.codec.actions_to_text(actions[: t + 1]))[: self.horizon]
-            windows.append(np.concatenate([self.context[len(self.context) - self.horizon + done.size :], done]))
-        return -self.gamma * self.penalty(np.stack(windows))
+def partial_rewards(codec, reward, actions: np.ndarray, steps: list[int]) -> np.ndarray:
+    """R(s_{t+1}) (`ForecastReward.partial`) for each step t of one trajectory, (len(steps),)."""
+    return reward.partial([codec.text_to_values(codec.actions_to_text(actions[: t + 1])) for t in steps])
 
 
 def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], head, meta: dict,
@@ -129,7 +125,7 @@ def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], 
     action_ids = codec.action_token_ids
     for k, (prompt_id, trajectories) in enumerate(sorted(chosen.items())):
         prompt_tokens = trajectories[0][0]["prompt"]
-        partial_reward = PartialReward(codec, prompt_tokens, meta)
+        reward = prompt_reward(codec, prompt_tokens, meta)
         for start in range(0, len(trajectories), batch):
             part = trajectories[start : start + batch]
             final, per_layer = layer_states(lm, prompt_tokens, [x["actions"] for x, _ in part], action_ids, layers)
@@ -141,7 +137,7 @@ def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], 
                     rows["head_q"].append(q.squeeze(1).double().numpy())
                 else:
                     rows["head_q"].append(np.full(len(steps), np.nan))
-                rows["partial_reward"].append(partial_reward(x["actions"], steps))
+                rows["partial_reward"].append(partial_rewards(codec, reward, x["actions"], steps))
                 rows["value"].append(x["values"][steps].astype(np.float64))
                 rows["depth"].append(np.asarray(steps) + 1)
                 rows["terminal"].append(np.asarray(steps) + 1 == len(x["actions"]))

@@ -56,6 +56,7 @@ class ForecastReward:
     ) -> None:
         self.config = config or RewardConfig()
         self.horizon = horizon
+        self.context = np.asarray(context, dtype=np.float64)
         self.spectral = SpectralPenalty(context, horizon, self.config.spectral)
         if self.config.oracle_weight > 0:
             if truth is None or np.asarray(truth).shape != (horizon,):
@@ -86,6 +87,20 @@ class ForecastReward:
             i = int(np.argmax(nonfinite))
             raise RewardError(f"reward of sample {i} is {total[i]} (values {values[i].tolist()})")
         return RewardParts(total=total, task=task, spectral=spectral)
+
+    def partial(self, completed: list[np.ndarray]) -> np.ndarray:
+        """The reward of partial forecasts, R(s) = −γ · penalty(w(s)), (B,).
+
+        w(s) is the last H − k context values followed by the k ≤ H values that s has completed
+        (values past the horizon are dropped), so R(s_0) scores the context's own tail and R(x) is
+        r(x)'s spectral part for a finished forecast: the "forward-looking" energy of a partial
+        state (Pan et al. 2023). It needs no truth, and an unfinished value does not count yet.
+        """
+        windows = []
+        for done in completed:
+            done = np.asarray(done, dtype=np.float64)[: self.horizon]
+            windows.append(np.concatenate([self.context[len(self.context) - self.horizon + done.size :], done]))
+        return -self.config.gamma * self.spectral(np.stack(windows))
 
 
 def checked_rewards(reward_fn, sequences: list[list[int]]) -> np.ndarray:

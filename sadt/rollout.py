@@ -8,7 +8,7 @@ that truncated prior.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,18 @@ def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor, top_k: int | No
         kth = masked.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
         masked = masked.masked_fill(masked < kth, float("-inf"))
     return masked - torch.logsumexp(masked, dim=-1, keepdim=True)
+
+
+def head_q(value_head, hidden: torch.Tensor, sequences: Callable[[], list[list[int]]]) -> torch.Tensor:
+    """Q_φ(s, ·) of each row, (B, A).
+
+    A head with `reads_sequences = True` is called as `value_head(hidden, sequences)` with each
+    row's action sequence after the prompt (e.g. `PartialRewardValue`, which scores the values a
+    state has completed); `sequences` is only built for such a head.
+    """
+    if getattr(value_head, "reads_sequences", False):
+        return value_head(hidden, sequences())
+    return value_head(hidden)
 
 
 @dataclass
@@ -64,7 +76,8 @@ def rollout(
         prefixes: B ragged lists of action indices already taken after the prompt.
         return_step_log_probs: also keep the whole prior vector of every step (the tree stores it).
         value_head: optional `hidden (B, H) -> Q_φ (B, A)`, applied to the hidden state the step's
-            forward already computed (a flow head costs no LM call).
+            forward already computed (a flow head costs no LM call); see `head_q` for heads that
+            also read the rows' action sequences.
         guide_lam: with a value head, sample from `P_F ∝ p exp(guide_lam · Q_φ)` instead of p (the
             recorded `log_prior` stays the prior's).
 
@@ -88,12 +101,15 @@ def rollout(
     if return_step_log_probs:
         step_log_probs = torch.full((B, T, action_token_ids.numel()), float("-inf"), dtype=torch.float64, device=device)
 
+    def live_sequences() -> list[list[int]]:  # each live row's actions after the prompt, for heads that read them
+        return [list(prefixes[r]) + actions[r, : lengths[r]].tolist() for r in batch.rows.tolist()]
+
     live = (~state.done).nonzero().squeeze(1)
     batch, state = lm.select(batch, live), state.index(live)
     while batch.size > 0:
         mask = grammar.mask(state)
         logp = masked_log_softmax(batch.logits.double(), mask, top_k)
-        q = value_head(batch.hidden).double() if value_head is not None else None  # (B_live, A)
+        q = head_q(value_head, batch.hidden, live_sequences).double() if value_head is not None else None
         sample_logp = logp
         if temperature != 1.0 or (q is not None and guide_lam > 0):
             tilt = guide_lam * q if q is not None and guide_lam > 0 else 0.0

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from sadt.lm.backend import LMBackend
 from sadt.rewards import checked_rewards
-from sadt.rollout import masked_log_softmax
+from sadt.rollout import head_q, masked_log_softmax
 
 SMC_METHODS = ("smc", "twisted_smc")
 
@@ -117,13 +117,16 @@ class SMC:
         pending = np.zeros(n)  # λ Q_φ(s, a) of each particle's last move, awaiting λ V_φ(s·a)
         rewards = np.full(n, np.nan)
         log_z, resamples = 0.0, 0
+        def live_sequences() -> list[list[int]]:  # each live particle's actions, for heads that read them
+            return [actions[p] for p in live]
+
         with tqdm(total=n, desc=config.method, unit="particle done", disable=not config.progress) as bar:
             while live.size:
                 mask = self.grammar.mask(state)
                 log_p = masked_log_softmax(batch.logits.double(), mask, config.top_k)  # (B, A)
                 proposal = log_p
                 if self.value_head is not None:
-                    lam_q = lam * self.value_head(batch.hidden).double()
+                    lam_q = lam * head_q(self.value_head, batch.hidden, live_sequences).double()
                     lam_v = torch.logsumexp(log_p + lam_q, dim=-1)  # λ V_φ(s)
                     proposal = log_p + lam_q - lam_v[:, None]
                     log_w[live] += lam_v.cpu().numpy() - pending[live]

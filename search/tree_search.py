@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from sadt.lm.backend import LMBackend
 from sadt.rewards import checked_rewards
-from sadt.rollout import masked_log_softmax, rollout
+from sadt.rollout import head_q, masked_log_softmax, rollout
 from search import selection
 from search.backup import mean_backup, soft_backup
 from search.smc import SMC_METHODS  # particle samplers, configured by the same SearchConfig
@@ -194,7 +194,7 @@ class TreeSearch:
         mask = grammar.mask(grammar.initial(1, lm.device))
         self.tree.log_prior[ROOT] = masked_log_softmax(root.logits.double(), mask, self.top_k)[0].cpu().numpy()
         if value_head is not None:
-            self.tree.q[ROOT] = value_head(root.hidden)[0].double().cpu().numpy()
+            self.tree.q[ROOT] = head_q(value_head, root.hidden, lambda: [[]])[0].double().cpu().numpy()
         self.rollouts_done = 0
         self._pending_leaves: dict[int, dict[int, int]] = {}  # node -> action -> picks this iteration
         self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds

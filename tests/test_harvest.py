@@ -84,3 +84,4 @@ def test_shard_argument_and_bad_windows_are_clear_errors(tmp_path):
         parse_shard("4/4")
     with pytest.raises(ValueError, match="too short"):
         task_set(from_dict({"series": ["Wooly"], "context_length": 200}, HarvestConfig))
+

@@ -38,3 +38,15 @@ def test_nan_in_a_valid_sample_is_an_error_naming_it(context):
     values[1, 3] = np.nan
     with pytest.raises(RewardError, match="sample 1"):
         reward(values, np.array([True, True]))
+
+
+def test_partial_reward_runs_from_the_context_tail_to_the_finished_forecasts_reward(context):
+    reward = ForecastReward(context, horizon=24, config=RewardConfig(gamma=2.0))
+    forecast = 1.0 + 0.1 * np.cos(np.arange(24))
+    finished = reward(forecast[None], np.array([True])).total[0]
+    nothing, half, done, past = reward.partial([[], forecast[:12], forecast, np.r_[forecast, 5.0, 6.0]])
+    assert done == pytest.approx(finished) and past == pytest.approx(finished)  # values past H are dropped
+    assert nothing == pytest.approx(-2.0 * reward.spectral(context[-24:][None])[0])
+    window = np.r_[context[-12:], forecast[:12]]
+    assert half == pytest.approx(-2.0 * reward.spectral(window[None])[0])
+

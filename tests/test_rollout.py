@@ -68,3 +68,31 @@ def test_samples_follow_the_restricted_prior(tiny_lm, base_tokenizer):
     # TV of n multinomial draws has sd ~ sqrt(K / n) / 2 ≈ 0.025; 0.06 is > 2 sd, far below a wrong prior.
     assert 0.5 * np.abs(empirical - exact).sum() < 0.06
     assert 0.5 * np.abs(np.full(10, 0.1) - exact).sum() > 0.1  # the check can tell the prior from uniform
+
+
+class RecordingHead:
+    """A head that reads sequences: records what it is given, returns Q = 0."""
+
+    reads_sequences = True
+
+    def __init__(self, n_actions: int) -> None:
+        self.n_actions, self.calls = n_actions, []
+
+    def __call__(self, hidden, sequences):
+        assert len(sequences) == hidden.shape[0]
+        self.calls.append([list(s) for s in sequences])
+        return torch.zeros(hidden.shape[0], self.n_actions)
+
+
+def test_a_sequence_reading_head_sees_each_live_rows_actions_so_far(tiny_lm, base_tokenizer):
+    codec = Codec(base_tokenizer)
+    grammar = DigitGrammar(horizon=2, max_digits=2)
+    prefixes = [[], [4], [1, SEP, 2]]
+    head = RecordingHead(len(codec.action_token_ids))
+    out = rollout(tiny_lm, tiny_lm.prefill(PROMPT), codec.action_token_ids, grammar, prefixes, value_head=head,
+                  guide_lam=1.0, generator=torch.Generator().manual_seed(0))
+    full = out.full_sequences(prefixes)
+    expected_calls = []
+    for t in range(int(out.lengths.max())):  # step t sees each row still running, prefix + its first t actions
+        expected_calls.append([full[i][: len(prefixes[i]) + t] for i in range(3) if out.lengths[i] > t])
+    assert head.calls == expected_calls
