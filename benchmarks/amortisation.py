@@ -36,6 +36,7 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR / "tests"))  # the toy problem lives with the tests
 
 from sadt.config import load_config, to_dict  # noqa: E402
+from search.forecast_task import PARTIAL_REWARD  # noqa: E402
 from search.tree_search import SearchConfig  # noqa: E402
 
 
@@ -48,9 +49,6 @@ class ToyPart:
     train_steps: int = 1500
     hybrid_n0: list[float] = field(default_factory=lambda: [1.0, 10.0])  # α = n0 / (n0 + N)
     hybrid_offset: list[bool] = field(default_factory=lambda: [False, True])  # SearchConfig.hybrid_offset
-
-
-PARTIAL_REWARD = "partial_reward"  # RealPart.head: the parameter-free value Q(s, a) = R(s·a), no trained head
 
 
 @dataclass(frozen=True)
@@ -243,11 +241,11 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None) -> lis
     from sadt.metrics import crps, scaled_mae
     from sadt.spectral import spec_w1
     from search.ancestral import sample_prior
-    from search.forecast_task import ForecastTask, PartialRewardValue
+    from search.forecast_task import ForecastTask
 
     lm, tokenizer = load_base_lm()
     codec = Codec(tokenizer)
-    head = None
+    head = PARTIAL_REWARD  # the parameter-free Q(s, a) = R(s·a), bound to each window by `task.search`
     if config.head != PARTIAL_REWARD:
         head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
         if meta.get("lam") != config.lam:
@@ -256,8 +254,6 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None) -> lis
     for name in config.series:
         context, truth = heldout_window(name, config)
         task = ForecastTask.build(codec, context, config.horizon)
-        if config.head == PARTIAL_REWARD:
-            head = PartialRewardValue(task)  # no parameters: Q(s, a) = R(s·a) of this window
         for label, curve, search_config, uses_head in real_rows(config):
             kept = [r for r in keep or [] if r["series"] == name and r["method"] == label]
             if kept and not uses_head:

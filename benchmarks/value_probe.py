@@ -102,17 +102,6 @@ def layer_states(lm, prompt_ids: tuple[int, ...], paths: list[np.ndarray], actio
     return final.float(), per_layer.float()
 
 
-def prompt_reward(codec, prompt_tokens: tuple[int, ...], meta: dict):
-    """The harvest's reward for one buffered prompt, rebuilt from the prompt's own (scaled) values."""
-    from sadt.rewards import ForecastReward, RewardConfig
-    from sadt.spectral import SpectralConfig
-
-    reward = meta["config"]["reward"]
-    config = RewardConfig(gamma=reward["gamma"], spectral=SpectralConfig(**reward["spectral"]))
-    context = codec.text_to_values(codec.tokenizer.decode(list(prompt_tokens)))
-    return ForecastReward(context, int(meta["config"]["horizon"]), config)
-
-
 def partial_rewards(codec, reward, actions: np.ndarray, steps: list[int]) -> np.ndarray:
     """R(s_{t+1}) (`ForecastReward.partial`) for each step t of one trajectory, (len(steps),)."""
     return reward.partial([codec.text_to_values(codec.actions_to_text(actions[: t + 1])) for t in steps])
@@ -120,12 +109,17 @@ def partial_rewards(codec, reward, actions: np.ndarray, steps: list[int]) -> np.
 
 def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], head, meta: dict,
             min_visits: int, batch: int) -> Nodes:
+    from sadt.config import from_dict
+    from sadt.partial_reward import prompt_reward
+    from sadt.rewards import RewardConfig
+
     chosen = select_nodes(items, min_visits)
     rows: dict[str, list] = defaultdict(list)
     action_ids = codec.action_token_ids
     for k, (prompt_id, trajectories) in enumerate(sorted(chosen.items())):
         prompt_tokens = trajectories[0][0]["prompt"]
-        reward = prompt_reward(codec, prompt_tokens, meta)
+        config = meta["config"]
+        reward = prompt_reward(codec, prompt_tokens, config["horizon"], from_dict(config["reward"], RewardConfig))
         for start in range(0, len(trajectories), batch):
             part = trajectories[start : start + batch]
             final, per_layer = layer_states(lm, prompt_tokens, [x["actions"] for x, _ in part], action_ids, layers)

@@ -20,6 +20,7 @@ from torch import nn
 class FlowHeadConfig:
     hidden: int = 256  # width of the MLPs
     layers: int = 2  # hidden layers per MLP
+    partial_reward: bool = False  # Q_φ(s, a) = R(s·a) + the MLP's residual (sadt.partial_reward.ShapedValue)
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.layers < 1:
@@ -56,10 +57,13 @@ class MLPFlowHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Q_φ(s, ·): the `value_head` callable the search reads."""
+        if self.config.partial_reward:
+            raise RuntimeError("this head's Q_φ adds the partial reward R(s·a) of a task: pass it to "
+                               "ForecastTask.search, or wrap it in sadt.partial_reward.ShapedValue")
         return self.q(hidden)
 
     def q(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Q_φ(s, ·): (..., H) -> (..., A)."""
+        """Q_φ(s, ·): (..., H) -> (..., A); with `partial_reward`, the residual over R(s·a)."""
         u = self.q_mlp(hidden.to(self.action_embeddings.dtype))  # (..., H)
         return self.scale * u @ self.action_embeddings.T + self.q_bias
 

@@ -95,6 +95,8 @@ def load_search_head(
     if backend == "mlx":
         if adapter:
             raise HeadMismatchError(f"{directory}: a {adapter['kind']} head runs on the torch backend only")
+        if meta.get("head_config", {}).get("partial_reward"):
+            raise HeadMismatchError(f"{directory}: a partial_reward head runs on the torch backend only")
         from sadt.mlx.flow_head import MLXFlowHead
 
         head, _ = MLXFlowHead.load(directory, lm_fingerprint, codec)

@@ -5,39 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from sadt.codec import SEP, Codec, Scaler
+from sadt.codec import Codec, Scaler
 from sadt.grammar import DigitGrammar
 from sadt.lm.backend import LMBackend
+from sadt.partial_reward import PartialRewardValue, ShapedValue
 from sadt.rewards import ForecastReward, RewardConfig
 from search.sampler import run_sampler
 from search.smc import SMCResult
 from search.tree_search import SearchConfig, SearchResult
 
-
-class PartialRewardValue:
-    """A value function without parameters for the hybrid: Q(s, a) = R(s·a), the partial reward.
-
-    R (`ForecastReward.partial`) scores the values a state has completed, spliced onto the
-    context's tail; it is r(x) itself once the forecast is finished. Only the separator completes
-    a value, so Q(s, a) = R(s) for every other action and Q(s, SEP) = R(s·SEP). It reads no LM
-    state (`hidden` only sets the device): the reward-aware value that frozen LM features lack
-    (benchmarks/value_probe.py), to be used with `hybrid_offset`, which supplies the level.
-    """
-
-    reads_sequences = True  # called as value_head(hidden, sequences), see sadt.rollout.head_q
-
-    def __init__(self, task: ForecastTask) -> None:
-        self.task = task
-        self.n_actions = len(task.codec.action_token_ids)
-
-    def __call__(self, hidden: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
-        """(B, H) hidden states (unused), B action sequences -> Q (B, A)."""
-        r = self.task.partial_reward([list(s) for s in sequences] + [list(s) + [SEP] for s in sequences])
-        q = np.repeat(r[: len(sequences), None], self.n_actions, axis=1)
-        q[:, SEP] = r[len(sequences) :]
-        return torch.as_tensor(q, dtype=torch.float64, device=hidden.device)
+PARTIAL_REWARD = "partial_reward"  # as a value head: Q(s, a) = R(s·a), no trained head
 
 
 @dataclass
@@ -75,6 +53,21 @@ class ForecastTask:
         codec = self.codec
         return self.reward.partial([codec.text_to_values(codec.actions_to_text(np.asarray(s))) for s in sequences])
 
+    def value(self, head) -> object:
+        """The value the search reads for `head`: a trained head, `PARTIAL_REWARD` (Q = R(s·a)), or None.
+
+        A head trained with `partial_reward` is wrapped so that it adds this task's R(s·a).
+        """
+        if head is None:
+            return None
+        if isinstance(head, str):
+            if head != PARTIAL_REWARD:
+                raise ValueError(f"value head must be a loaded head or {PARTIAL_REWARD!r}, got {head!r}")
+            return PartialRewardValue(self.codec, self.reward)
+        if getattr(getattr(head, "config", None), "partial_reward", False):
+            return ShapedValue(head, self.codec, self.reward)
+        return head
+
     def values(self, sequences: list[list[int]]) -> np.ndarray:
         """Valid forecasts in the series' own units, (B_valid, H)."""
         scaled, valid = self.decode(sequences)
@@ -83,9 +76,11 @@ class ForecastTask:
     def search(self, lm: LMBackend, config: SearchConfig, value_head=None) -> SearchResult | SMCResult:
         """Run the configured sampler (MaxEnt-TS by default; any tree or SMC method) on this task.
 
-        `value_head` (a loaded flow head, `sadt.head_io.load_value_head`) is needed by the hybrid,
+        `value_head` (a loaded flow head, `sadt.head_io.load_value_head`, or "partial_reward" for
+        the parameter-free Q(s, a) = R(s·a); see `value`) is needed by the hybrid,
         `flow` and `twisted_smc`. `task.values(result.samples)` gives the forecasts in series units.
         """
         return run_sampler(
-            lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config, value_head
+            lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config,
+            self.value(value_head),
         )

@@ -20,12 +20,15 @@ import pytorch_lightning as pl
 import torch
 
 from sadt import losses
-from sadt.codec import Codec
+from sadt.codec import Codec, CodecConfig
+from sadt.config import from_dict
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.grammar import DigitGrammar
 from sadt.head_io import save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from sadt.lora_head import LoRAHeadConfig, adapted_path_states, add_lora, frozen, lora_parameters, save_adapter
+from sadt.partial_reward import partial_reward_q, prompt_reward
+from sadt.rewards import ForecastReward, RewardConfig
 from sadt.rollout import masked_log_softmax
 
 
@@ -50,6 +53,8 @@ class FlowHeadModule(pl.LightningModule):
         keep_best: write the head (and adapter) of the validation epoch with the lowest `val/loss`
             rather than the last one; the sidecar's `best` names that epoch. Validation prompts are
             never trained on, so this is early stopping against over-fitting the training prompts.
+        partial_reward: Q_φ(s, a) = R(s·a) + MLP residual, R the partial reward of the values s·a
+            has completed (sadt.partial_reward), rebuilt per prompt from the buffer's reward config.
     """
 
     def __init__(
@@ -58,7 +63,7 @@ class FlowHeadModule(pl.LightningModule):
         vargrad: float = 0.0, value: float = 0.0, subtb_weight: float = 0.9,
         save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
-        lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True,
+        lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, partial_reward: bool = False,
     ) -> None:
         super().__init__()
         if not lam > 0:
@@ -69,12 +74,14 @@ class FlowHeadModule(pl.LightningModule):
             raise ValueError(f"`adapter` must be 'none' or 'lora', got {adapter!r}")
         if weight_decay < 0:
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
+        if partial_reward and adapter != "none":
+            raise ValueError("`partial_reward` is built for the MLP head only (adapter 'none')")
         self.save_hyperparameters()
         self.lm, self.tokenizer = load_base_lm(base_model)  # frozen, and not a submodule: never checkpointed
         self.fingerprint = lm_fingerprint(base_model)
         self.action_token_ids = Codec(self.tokenizer).action_token_ids
         embeddings = self.lm.head.weight[self.action_token_ids]
-        self.head = MLPFlowHead(embeddings, FlowHeadConfig(hidden=hidden, layers=layers))
+        self.head = MLPFlowHead(embeddings, FlowHeadConfig(hidden=hidden, layers=layers, partial_reward=partial_reward))
         self.lora_config = self.peft = None
         if adapter == "lora":
             self.lora_config = LoRAHeadConfig(r=lora_r, alpha=lora_alpha, top_layers=lora_top_layers)
@@ -84,6 +91,9 @@ class FlowHeadModule(pl.LightningModule):
         self.feature_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (prompt, actions) -> (h, logits)
         self.feature_cache_bytes = 0
         self.grammar: DigitGrammar | None = None
+        self.codec: Codec | None = None
+        self.rewards: dict[tuple, ForecastReward] = {}  # prompt -> its reward (partial_reward)
+        self.shaping_cache: dict[tuple, torch.Tensor] = {}  # (prompt, actions) -> R(s_t·a) (T, A)
         self.buffer_meta: dict = {}
         self.best: dict | None = None  # {"epoch", "val_loss", "state"}: the kept head (keep_best)
         self.val_sums = torch.zeros(2, dtype=torch.float64)  # Σ batch loss · B, Σ B over this validation epoch
@@ -94,6 +104,7 @@ class FlowHeadModule(pl.LightningModule):
             raise ValueError("the buffer's action tokens differ from this LM's codec; harvest with this LM")
         config = meta["config"]
         self.grammar = DigitGrammar(horizon=config["horizon"], max_digits=config["codec"]["max_digits"])
+        self.codec = Codec(self.tokenizer, from_dict(config["codec"], CodecConfig))
         self.buffer_meta = meta
 
     # -- features from the frozen LM ---------------------------------------------------------
@@ -158,11 +169,33 @@ class FlowHeadModule(pl.LightningModule):
             self.feature_cache[key] = (hidden, logits)
             self.feature_cache_bytes += size
 
+    def shaping(self, batch: dict) -> torch.Tensor:
+        """R(s_t·a) for every step and action, (B, T, A); 0 on padded steps (sadt.partial_reward)."""
+        actions, mask = batch["actions"], batch["mask"]
+        out = torch.zeros(*actions.shape, len(self.action_token_ids))
+        for row, prompt in enumerate(batch["prompts"]):
+            path = tuple(actions[row][mask[row]].tolist())
+            if (prompt, path) not in self.shaping_cache:
+                states = [path[:t] for t in range(len(path))]
+                q = partial_reward_q(self.codec, self._reward(prompt), states)
+                self.shaping_cache[prompt, path] = torch.as_tensor(q, dtype=torch.float32)
+            out[row, : len(path)] = self.shaping_cache[prompt, path]
+        return out
+
+    def _reward(self, prompt: tuple) -> ForecastReward:
+        if prompt not in self.rewards:
+            config = self.buffer_meta["config"]
+            reward_config = from_dict(config.get("reward", {}), RewardConfig)
+            self.rewards[prompt] = prompt_reward(self.codec, prompt, config["horizon"], reward_config)
+        return self.rewards[prompt]
+
     # -- losses ------------------------------------------------------------------------------
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         hidden, prompt_hidden, log_prior = self.features(batch)
         q = self.head.q(hidden)  # (B, T, A)
+        if self.hparams.partial_reward:
+            q = q + self.shaping(batch).to(q)
         log_z = self.head.log_z(prompt_hidden)  # (B,)
         lam, hp = self.hparams.lam, self.hparams
         args = (q, log_prior, batch["actions"], batch["mask"])

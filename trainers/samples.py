@@ -20,7 +20,8 @@ import torch
 from sadt.codec import Codec, CodecConfig
 from sadt.config import from_dict
 from sadt.lora_head import LoRALM
-from sadt.rewards import ForecastReward, RewardConfig
+from sadt.partial_reward import ShapedValue, prompt_reward
+from sadt.rewards import RewardConfig
 from sadt.rollout import rollout
 
 COLUMNS = ["epoch", "prompt", "policy", "forecast", "reward"]
@@ -68,9 +69,9 @@ class SampleForecasts(pl.Callback):
         """The scaled context and, per policy, (forecast texts, rewards, values (n, H))."""
         meta = module.buffer_meta["config"]
         codec = Codec(module.tokenizer, from_dict(meta["codec"], CodecConfig))
-        context = codec.text_to_values(module.tokenizer.decode(list(prompt)))
         horizon = module.grammar.horizon
-        reward = ForecastReward(context, horizon, from_dict(meta.get("reward", {}), RewardConfig))
+        reward = prompt_reward(codec, prompt, horizon, from_dict(meta.get("reward", {}), RewardConfig))
+        context = reward.context
         lm = module.lm if module.peft is None else LoRALM(module.peft, lm=module.lm)  # P_F reads adapted states
         cache = lm.prefill(list(prompt))
         forecasts = {}
@@ -78,7 +79,8 @@ class SampleForecasts(pl.Callback):
             generator = torch.Generator().manual_seed(self.seed)
             out = rollout(
                 lm, cache, module.action_token_ids, module.grammar, [[]] * self.n_samples, generator=generator,
-                value_head=module.head.q, guide_lam=guide,
+                value_head=ShapedValue(module.head, codec, reward) if module.head.config.partial_reward
+                else module.head.q, guide_lam=guide,
             )
             actions = out.actions.cpu().numpy()
             values, valid = codec.decode_actions(actions, horizon)

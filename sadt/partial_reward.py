@@ -1,0 +1,77 @@
+"""The partial reward as a value: Q(s, a) = R(s·a), alone or under a trained residual head.
+
+R(s) (`ForecastReward.partial`) scores the values a state has completed, spliced onto the
+context's tail, and equals r(x) once the forecast is finished. The frozen LM's hidden states do
+not carry the spectral reward (benchmarks/value_probe.py: no layer explains more than 3% of the
+soft values' within-prompt variance on unseen windows, 2% even for finished forecasts, where R
+explains 60%), so a head on those states alone cannot learn it. Two values use R instead:
+
+- `PartialRewardValue`: Q(s, a) = R(s·a), no parameters;
+- `ShapedValue`: Q(s, a) = R(s·a) + g_φ(h(s))_a, a flow head trained on the residual (the
+  forward-looking parameterisation of Pan et al. 2023, "Better training of GFlowNets with local
+  credit and incomplete trajectories"; `--model.partial_reward true` in the trainer).
+
+Both are called as `value(hidden, sequences)` (`reads_sequences`, see `sadt.rollout.head_q`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from sadt.codec import SEP, Codec
+from sadt.rewards import ForecastReward, RewardConfig
+
+
+def prompt_reward(codec: Codec, prompt_ids: Sequence[int], horizon: int, config: RewardConfig) -> ForecastReward:
+    """The reward of a harvested prompt, rebuilt from the prompt's own scaled (rounded) values."""
+    context = codec.text_to_values(codec.tokenizer.decode(list(prompt_ids)))
+    return ForecastReward(context, horizon, config)
+
+
+def partial_reward_q(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    """R(s·a) for every action a of each action sequence s, (B, A).
+
+    Only the separator completes a value, so R(s·a) = R(s) for every other action (a digit extends
+    the unfinished value, END stops the text) and R(s·SEP) includes the finished value.
+    """
+    def completed(s: Sequence[int]) -> np.ndarray:
+        return codec.text_to_values(codec.actions_to_text(np.asarray(s, dtype=np.int64)))
+
+    B = len(sequences)
+    r = reward.partial([completed(s) for s in sequences] + [completed(list(s) + [SEP]) for s in sequences])
+    q = np.repeat(r[:B, None], len(codec.action_token_ids), axis=1)
+    q[:, SEP] = r[B:]
+    return q
+
+
+class PartialRewardValue:
+    """Q(s, a) = R(s·a): a value without parameters for the hybrid, twisted SMC or the flow sampler.
+
+    It reads no LM state (`hidden` only sets the device); use it with `hybrid_offset`, which
+    supplies the level that R, a score of the completed values only, lacks.
+    """
+
+    reads_sequences = True
+
+    def __init__(self, codec: Codec, reward: ForecastReward) -> None:
+        self.codec, self.reward = codec, reward
+
+    def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(B, H) hidden states, B action sequences -> Q (B, A) float64."""
+        q = partial_reward_q(self.codec, self.reward, sequences)
+        return torch.as_tensor(q, dtype=torch.float64, device=hidden.device)
+
+
+class ShapedValue:
+    """Q_φ(s, a) = R(s·a) + g_φ(h(s))_a: a head trained with `partial_reward` on this task's reward."""
+
+    reads_sequences = True
+
+    def __init__(self, head, codec: Codec, reward: ForecastReward) -> None:
+        self.head, self.partial = head, PartialRewardValue(codec, reward)
+
+    def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        return self.head.q(hidden).double() + self.partial(hidden, sequences)
