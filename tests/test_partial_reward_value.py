@@ -8,7 +8,7 @@ from conftest import tiny_llama
 from data.series import load_builtin
 from sadt.codec import SEP, Codec
 from sadt.lm.backend import TorchLM
-from search.forecast_task import ForecastTask, PartialRewardValue
+from search.forecast_task import ForecastTask
 from search.tree_search import SearchConfig
 
 
@@ -27,10 +27,11 @@ def test_task_partial_reward_counts_only_completed_values(task):
 
 
 def test_partial_reward_value_is_the_partial_reward_of_each_next_state(task):
-    value = PartialRewardValue(task)
+    value = task.value("partial_reward")
     sequences = [[], [1, 2], [1, 2, SEP, 3], [1, SEP, 2, SEP, 3, SEP, 4]]
     q = value(torch.zeros(len(sequences), 8), sequences)
-    expected = [[task.partial_reward([s + [a]])[0] for a in range(value.n_actions)] for s in sequences]
+    n_actions = len(task.codec.action_token_ids)
+    expected = [[task.partial_reward([s + [a]])[0] for a in range(n_actions)] for s in sequences]
     np.testing.assert_allclose(q.numpy(), expected, rtol=0, atol=1e-12)
 
 
@@ -38,6 +39,11 @@ def test_partial_reward_value_is_the_partial_reward_of_each_next_state(task):
 def test_the_hybrid_and_twisted_smc_run_with_the_partial_reward_value(task, method):
     hybrid = {"hybrid": "visits", "hybrid_offset": True, "sampling": "search"} if method == "maxent_ts" else {}
     config = SearchConfig(method=method, lam=2.0, n_rollouts=8, batch_size=4, n_samples=4, progress=False, **hybrid)
-    result = task.search(TorchLM(tiny_llama()), config, PartialRewardValue(task))
+    result = task.search(TorchLM(tiny_llama()), config, "partial_reward")
     assert len(result.samples) == 4 and np.isfinite(result.root_value)
     np.testing.assert_allclose(result.sample_rewards, task.reward_fn(result.samples))
+
+
+def test_an_unknown_value_name_is_an_error_naming_it(task):
+    with pytest.raises(ValueError, match="'partial_rewards'"):
+        task.value("partial_rewards")
