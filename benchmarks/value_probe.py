@@ -104,7 +104,9 @@ def layer_states(lm, prompt_ids: tuple[int, ...], paths: list[np.ndarray], actio
 
 def partial_rewards(codec, reward, actions: np.ndarray, steps: list[int]) -> np.ndarray:
     """R(s_{t+1}) (`ForecastReward.partial`) for each step t of one trajectory, (len(steps),)."""
-    return reward.partial([codec.text_to_values(codec.actions_to_text(actions[: t + 1])) for t in steps])
+    from sadt.partial_reward import completed_values
+
+    return reward.partial([completed_values(codec, actions[: t + 1]) for t in steps])
 
 
 def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], head, meta: dict,

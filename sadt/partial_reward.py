@@ -31,17 +31,20 @@ def prompt_reward(codec: Codec, prompt_ids: Sequence[int], horizon: int, config:
     return ForecastReward(context, horizon, config)
 
 
+def completed_values(codec: Codec, actions: Sequence[int]) -> np.ndarray:
+    """The scaled values an action sequence has finished (an unfinished last value is dropped)."""
+    return codec.text_to_values(codec.actions_to_text(np.asarray(actions, dtype=np.int64)))
+
+
 def partial_reward_q(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]]) -> np.ndarray:
     """R(s·a) for every action a of each action sequence s, (B, A).
 
     Only the separator completes a value, so R(s·a) = R(s) for every other action (a digit extends
     the unfinished value, END stops the text) and R(s·SEP) includes the finished value.
     """
-    def completed(s: Sequence[int]) -> np.ndarray:
-        return codec.text_to_values(codec.actions_to_text(np.asarray(s, dtype=np.int64)))
-
     B = len(sequences)
-    r = reward.partial([completed(s) for s in sequences] + [completed(list(s) + [SEP]) for s in sequences])
+    done = [completed_values(codec, s) for s in sequences] + [completed_values(codec, [*s, SEP]) for s in sequences]
+    r = reward.partial(done)
     q = np.repeat(r[:B, None], len(codec.action_token_ids), axis=1)
     q[:, SEP] = r[B:]
     return q

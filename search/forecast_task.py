@@ -9,7 +9,7 @@ import numpy as np
 from sadt.codec import Codec, Scaler
 from sadt.grammar import DigitGrammar
 from sadt.lm.backend import LMBackend
-from sadt.partial_reward import PartialRewardValue, ShapedValue
+from sadt.partial_reward import PartialRewardValue, ShapedValue, completed_values
 from sadt.rewards import ForecastReward, RewardConfig
 from search.sampler import run_sampler
 from search.smc import SMCResult
@@ -50,8 +50,7 @@ class ForecastTask:
 
     def partial_reward(self, sequences: list[list[int]]) -> np.ndarray:
         """R(s) of each (possibly unfinished) action sequence from its completed values, (B,)."""
-        codec = self.codec
-        return self.reward.partial([codec.text_to_values(codec.actions_to_text(np.asarray(s))) for s in sequences])
+        return self.reward.partial([completed_values(self.codec, s) for s in sequences])
 
     def value(self, head) -> object:
         """The value the search reads for `head`: a trained head, `PARTIAL_REWARD` (Q = R(s·a)), or None.

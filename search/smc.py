@@ -117,6 +117,7 @@ class SMC:
         pending = np.zeros(n)  # λ Q_φ(s, a) of each particle's last move, awaiting λ V_φ(s·a)
         rewards = np.full(n, np.nan)
         log_z, resamples = 0.0, 0
+
         def live_sequences() -> list[list[int]]:  # each live particle's actions, for heads that read them
             return [actions[p] for p in live]
 
