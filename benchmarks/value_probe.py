@@ -25,7 +25,9 @@ A reward-aware feature is scored beside them: the partial reward R(s) (`Forecast
 the spectral reward of the last H − k context values followed by the k values s has completed),
 so R(s_0) scores the context's own tail and R(x) = r(x) for a finished valid forecast. It is the
 "forward-looking" energy of a partial state (Pan et al. 2023, FL-GFlowNets): a head that reads
-it only has to learn the residual. With `--head`, the trained head's own prediction of V̂(s), Q_φ(parent,
+it only has to learn the residual. "R(s) weighted by k/H" gives R one weight (and a level) per
+eighth of the horizon's values completed, plus one for finished forecasts: what a head could gain
+from a learned weight on R. With `--head`, the trained head's own prediction of V̂(s), Q_φ(parent,
 action), is scored the same way (no fit): the gap between it and the probes is what a better head
 could gain from these features.
 
@@ -50,6 +52,7 @@ sys.path.insert(0, str(ROOT_DIR))
 
 DEPTH_BUCKETS = [(1, 4), (5, 12), (13, 24), (25, 10_000)]
 ALPHAS = [10.0**k for k in range(-1, 6)]
+SHARE_BINS = 8  # "R(s) weighted by k/H": one weight (and level) per eighth of the horizon completed, and finished
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Nodes:
     features: np.ndarray  # (N, L, H) hidden state after each probed layer
     head_q: np.ndarray  # (N,) the head's Q_φ(parent, action), NaN without a head
     partial_reward: np.ndarray  # (N,) R(s)
+    completed: np.ndarray  # (N,) k/H, the share of the horizon's values that s has finished
     value: np.ndarray  # (N,) the tree's V̂(s)
     depth: np.ndarray  # (N,)
     terminal: np.ndarray  # (N,) bool: the trajectory's last state
@@ -102,11 +106,12 @@ def layer_states(lm, prompt_ids: tuple[int, ...], paths: list[np.ndarray], actio
     return final.float(), per_layer.float()
 
 
-def partial_rewards(codec, reward, actions: np.ndarray, steps: list[int]) -> np.ndarray:
-    """R(s_{t+1}) (`ForecastReward.partial`) for each step t of one trajectory, (len(steps),)."""
+def partial_rewards(codec, reward, actions: np.ndarray, steps: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """R(s_{t+1}) (`ForecastReward.partial`) and the share k/H of values s_{t+1} has completed, per step t."""
     from sadt.partial_reward import completed_values
 
-    return reward.partial([completed_values(codec, actions[: t + 1]) for t in steps])
+    done = [completed_values(codec, actions[: t + 1])[: reward.horizon] for t in steps]
+    return reward.partial(done), np.array([d.size / reward.horizon for d in done])
 
 
 def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], head, meta: dict,
@@ -133,7 +138,9 @@ def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], 
                     rows["head_q"].append(q.squeeze(1).double().numpy())
                 else:
                     rows["head_q"].append(np.full(len(steps), np.nan))
-                rows["partial_reward"].append(partial_rewards(codec, reward, x["actions"], steps))
+                r, share = partial_rewards(codec, reward, x["actions"], steps)
+                rows["partial_reward"].append(r)
+                rows["completed"].append(share)
                 rows["value"].append(x["values"][steps].astype(np.float64))
                 rows["depth"].append(np.asarray(steps) + 1)
                 rows["terminal"].append(np.asarray(steps) + 1 == len(x["actions"]))
@@ -142,7 +149,7 @@ def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], 
     prompt = np.concatenate(rows["prompt"])
     return Nodes(
         features=np.concatenate(rows["features"]), head_q=np.concatenate(rows["head_q"]),
-        partial_reward=np.concatenate(rows["partial_reward"]),
+        partial_reward=np.concatenate(rows["partial_reward"]), completed=np.concatenate(rows["completed"]),
         value=np.concatenate(rows["value"]), depth=np.concatenate(rows["depth"]),
         terminal=np.concatenate(rows["terminal"]), prompt=prompt,
         is_val=np.isin(prompt, list(val_ids)),
@@ -213,6 +220,8 @@ def probe_table(nodes: Nodes, layers: list[int]) -> list[dict]:
 
     rows = [probe(f"layer {layer}", nodes.features[:, j]) for j, layer in enumerate(layers)]
     rows.append(probe("partial reward R(s)", nodes.partial_reward[:, None]))
+    bins = np.eye(SHARE_BINS + 1)[np.floor(nodes.completed * SHARE_BINS).astype(int)]  # (N, 9) one-hot of k/H
+    rows.append(probe("R(s) weighted by k/H", np.hstack([nodes.partial_reward[:, None] * bins, bins])))
     rows.append(probe(f"layer {layers[-1]} + R(s)", np.hstack([nodes.features[:, -1], nodes.partial_reward[:, None]])))
     if np.isfinite(nodes.head_q).all():
         q = demean_by(nodes.head_q, groups)
