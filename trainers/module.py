@@ -92,7 +92,7 @@ class FlowHeadModule(pl.LightningModule):
         self.feature_cache_bytes = 0
         self.grammar: DigitGrammar | None = None
         self.codec: Codec | None = None
-        self.rewards: dict[tuple, ForecastReward] = {}  # prompt -> its reward (partial_reward)
+        self.rewards: dict[tuple, ForecastReward] = {}  # prompt -> its reward (reward_of)
         self.shaping_cache: dict[tuple, torch.Tensor] = {}  # (prompt, actions) -> R(s_t·a) (T, A)
         self.buffer_meta: dict = {}
         self.best: dict | None = None  # {"epoch", "val_loss", "state"}: the kept head (keep_best)
@@ -177,12 +177,13 @@ class FlowHeadModule(pl.LightningModule):
             path = tuple(actions[row][mask[row]].tolist())
             if (prompt, path) not in self.shaping_cache:
                 states = [path[:t] for t in range(len(path))]
-                q = partial_reward_q(self.codec, self._reward(prompt), states)
+                q = partial_reward_q(self.codec, self.reward_of(prompt), states)
                 self.shaping_cache[prompt, path] = torch.as_tensor(q, dtype=torch.float32)
             out[row, : len(path)] = self.shaping_cache[prompt, path]
         return out
 
-    def _reward(self, prompt: tuple) -> ForecastReward:
+    def reward_of(self, prompt: tuple) -> ForecastReward:
+        """The buffer's reward for one prompt, rebuilt from its own values (cached)."""
         if prompt not in self.rewards:
             config = self.buffer_meta["config"]
             reward_config = from_dict(config.get("reward", {}), RewardConfig)

@@ -17,11 +17,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from sadt.codec import Codec, CodecConfig
-from sadt.config import from_dict
 from sadt.lora_head import LoRALM
-from sadt.partial_reward import ShapedValue, prompt_reward
-from sadt.rewards import RewardConfig
+from sadt.partial_reward import ShapedValue
 from sadt.rollout import rollout
 
 COLUMNS = ["epoch", "prompt", "policy", "forecast", "reward"]
@@ -67,11 +64,7 @@ class SampleForecasts(pl.Callback):
 
     def _sample(self, module, prompt: tuple) -> tuple[np.ndarray, dict]:
         """The scaled context and, per policy, (forecast texts, rewards, values (n, H))."""
-        meta = module.buffer_meta["config"]
-        codec = Codec(module.tokenizer, from_dict(meta["codec"], CodecConfig))
-        horizon = module.grammar.horizon
-        reward = prompt_reward(codec, prompt, horizon, from_dict(meta.get("reward", {}), RewardConfig))
-        context = reward.context
+        codec, horizon, reward = module.codec, module.grammar.horizon, module.reward_of(prompt)
         lm = module.lm if module.peft is None else LoRALM(module.peft, lm=module.lm)  # P_F reads adapted states
         cache = lm.prefill(list(prompt))
         forecasts = {}
@@ -85,7 +78,7 @@ class SampleForecasts(pl.Callback):
             actions = out.actions.cpu().numpy()
             values, valid = codec.decode_actions(actions, horizon)
             forecasts[policy] = ([codec.actions_to_text(a) for a in actions], reward(values, valid).total, values)
-        return context, forecasts
+        return reward.context, forecasts
 
 
 def plot_samples(panels: list[tuple[np.ndarray, dict]], path: Path, title: str) -> Path:
