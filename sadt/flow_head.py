@@ -20,11 +20,15 @@ from torch import nn
 class FlowHeadConfig:
     hidden: int = 256  # width of the MLPs
     layers: int = 2  # hidden layers per MLP
-    partial_reward: bool = False  # Q_φ(s, a) = R(s·a) + the MLP's residual (sadt.partial_reward.ShapedValue)
+    partial_reward: bool = False  # Q_φ(s, a) = β·R(s·a) + the MLP's residual (sadt.partial_reward.ShapedValue)
+    reward_weight_bins: int = 0  # β: 1 if 0, else one learned weight per 1/n of the horizon completed (n + 1 in all)
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.layers < 1:
             raise ValueError(f"flow head needs hidden >= 1 and layers >= 1, got {self.hidden}, {self.layers}")
+        if self.reward_weight_bins < 0 or (self.reward_weight_bins and not self.partial_reward):
+            raise ValueError(f"`reward_weight_bins` must be >= 0 and needs `partial_reward`, got "
+                             f"{self.reward_weight_bins} with partial_reward={self.partial_reward}")
 
 
 def _mlp(d_in: int, width: int, layers: int, d_out: int) -> nn.Sequential:
@@ -54,6 +58,8 @@ class MLPFlowHead(nn.Module):
         self.q_bias = nn.Parameter(torch.zeros(A))
         self.log_z_mlp = _mlp(H, self.config.hidden, self.config.layers, 1)
         self.scale = 1.0 / math.sqrt(H)
+        if self.config.reward_weight_bins:  # starts at β = 1: an untrained head's Q is R exactly
+            self.reward_weight = nn.Parameter(torch.ones(self.config.reward_weight_bins + 1))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Q_φ(s, ·): the `value_head` callable the search reads."""
@@ -66,6 +72,17 @@ class MLPFlowHead(nn.Module):
         """Q_φ(s, ·): (..., H) -> (..., A); with `partial_reward`, the residual over R(s·a)."""
         u = self.q_mlp(hidden.to(self.action_embeddings.dtype))  # (..., H)
         return self.scale * u @ self.action_embeddings.T + self.q_bias
+
+    def weigh_reward(self, partial_reward: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+        """β(k/H)·R: the partial reward R(s·a) weighted by the bin of the share k/H of values s·a completed.
+
+        β ≡ 1 without `reward_weight_bins`; with n bins, β[⌊n·k/H⌋] (k = H, the finished forecast, has its own).
+        """
+        if not self.config.reward_weight_bins:
+            return partial_reward
+        n = self.config.reward_weight_bins
+        bins = torch.floor(share * n + 1e-6).long().clamp(0, n)  # + 1e-6: k/H·n on a bin edge
+        return self.reward_weight.to(partial_reward)[bins] * partial_reward
 
     def log_z(self, prompt_hidden: torch.Tensor) -> torch.Tensor:
         """log Z_φ(c): (B, H) -> (B,)."""

@@ -7,9 +7,11 @@ soft values' within-prompt variance on unseen windows, 2% even for finished fore
 explains 60%), so a head on those states alone cannot learn it. Two values use R instead:
 
 - `PartialRewardValue`: Q(s, a) = R(s·a), no parameters;
-- `ShapedValue`: Q(s, a) = R(s·a) + g_φ(h(s))_a, a flow head trained on the residual (the
+- `ShapedValue`: Q(s, a) = β_φ(k/H)·R(s·a) + g_φ(h(s))_a, a flow head trained on the residual (the
   forward-looking parameterisation of Pan et al. 2023, "Better training of GFlowNets with local
-  credit and incomplete trajectories"; `--model.partial_reward true` in the trainer).
+  credit and incomplete trajectories"; `--model.partial_reward true` in the trainer), with β = 1 or
+  one learned weight per share k/H of the horizon's values completed (`--model.reward_weight_bins`):
+  R is near pure noise about the soft value early in a forecast and exact at its end.
 
 Both are called as `value(hidden, sequences)` (`reads_sequences`, see `sadt.rollout.head_q`).
 """
@@ -36,18 +38,21 @@ def completed_values(codec: Codec, actions: Sequence[int]) -> np.ndarray:
     return codec.text_to_values(codec.actions_to_text(np.asarray(actions, dtype=np.int64)))
 
 
-def partial_reward_q(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]]) -> np.ndarray:
-    """R(s·a) for every action a of each action sequence s, (B, A).
+def partial_reward_q(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """R(s·a) and the share k(s·a)/H of the horizon's values s·a has completed, for every action a
+    of each action sequence s: two (B, A) arrays.
 
-    Only the separator completes a value, so R(s·a) = R(s) for every other action (a digit extends
-    the unfinished value, END stops the text) and R(s·SEP) includes the finished value.
+    Only the separator completes a value, so R(s·a) = R(s) and k(s·a) = k(s) for every other action
+    (a digit extends the unfinished value, END stops the text), and R(s·SEP) includes the finished value.
     """
-    B = len(sequences)
+    B, A = len(sequences), len(codec.action_token_ids)
     done = [completed_values(codec, s) for s in sequences] + [completed_values(codec, [*s, SEP]) for s in sequences]
     r = reward.partial(done)
-    q = np.repeat(r[:B, None], len(codec.action_token_ids), axis=1)
-    q[:, SEP] = r[B:]
-    return q
+    share = np.array([min(d.size, reward.horizon) / reward.horizon for d in done])
+    q, k = np.repeat(r[:B, None], A, axis=1), np.repeat(share[:B, None], A, axis=1)
+    q[:, SEP], k[:, SEP] = r[B:], share[B:]
+    return q, k
 
 
 class PartialRewardValue:
@@ -64,17 +69,23 @@ class PartialRewardValue:
 
     def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """(B, H) hidden states, B action sequences -> Q (B, A) float64."""
-        q = partial_reward_q(self.codec, self.reward, sequences)
+        q, _ = partial_reward_q(self.codec, self.reward, sequences)
         return torch.as_tensor(q, dtype=torch.float64, device=hidden.device)
 
 
 class ShapedValue:
-    """Q_φ(s, a) = R(s·a) + g_φ(h(s))_a: a head trained with `partial_reward` on this task's reward."""
+    """Q_φ(s, a) = β_φ(k/H)·R(s·a) + g_φ(h(s))_a: a head trained with `partial_reward` on this task's reward.
+
+    β_φ is 1 unless the head learned one weight per share k/H of the values completed
+    (`FlowHeadConfig.reward_weight_bins`, `MLPFlowHead.weigh_reward`).
+    """
 
     reads_sequences = True
 
     def __init__(self, head, codec: Codec, reward: ForecastReward) -> None:
-        self.head, self.partial = head, PartialRewardValue(codec, reward)
+        self.head, self.codec, self.reward = head, codec, reward
 
     def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-        return self.head.q(hidden).double() + self.partial(hidden, sequences)
+        r, share = partial_reward_q(self.codec, self.reward, sequences)
+        r, share = torch.as_tensor(r, device=hidden.device), torch.as_tensor(share, device=hidden.device)
+        return self.head.q(hidden).double() + self.head.weigh_reward(r, share).double()

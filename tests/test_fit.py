@@ -131,22 +131,32 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     assert len(result.samples) == 2 and result.nfe_tokens > 2 * 4 * 8  # both models' forwards are counted
 
 
-def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path):
+@pytest.mark.parametrize("bins", [0, 4])
+def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path, bins):
     from sadt.flow_head import MLPFlowHead
     from sadt.head_io import load_search_head, load_value_head
+    from sadt.partial_reward import partial_reward_q
     from search.forecast_task import ForecastTask
     from search.tree_search import SearchConfig
 
-    model = fit.main(fit_args(buffer_path, tmp_path, "--model.partial_reward", "true", "--trainer.max_steps", "3"))
+    model = fit.main(fit_args(buffer_path, tmp_path, "--model.partial_reward", "true", "--trainer.max_steps", "3",
+                              "--model.reward_weight_bins", str(bins), "--model.weight_decay", "0.5"))
     batch = next(iter(model.trainer.datamodule.train_dataloader()))
-    shaping = model.shaping(batch)
+    shaping, share = model.shaping(batch)
     last = batch["mask"].sum(1) - 1  # Q(s_{T-1}, a_{T-1}) adds R(x) = r(x) (context rounded in the prompt)
     finished = shaping[torch.arange(len(last)), last, batch["actions"][torch.arange(len(last)), last]]
     torch.testing.assert_close(finished, batch["reward"], atol=0.01, rtol=0)
+    done = share[torch.arange(len(last)), last, batch["actions"][torch.arange(len(last)), last]]
+    torch.testing.assert_close(done, torch.ones_like(done))  # every harvested forecast finishes its horizon
 
     meta_codec = read_buffer(buffer_path).meta["config"]["codec"]
     head, sidecar = load_head(tmp_path / "head", lm_fingerprint(), meta_codec)
     assert head.config.partial_reward and sidecar["training"]["partial_reward"]
+    assert head.config.reward_weight_bins == bins
+    if bins:  # β is trained, from 1, without weight decay pulling it towards 0
+        assert not torch.equal(head.reward_weight, torch.ones(bins + 1))
+        groups = model.trainer.optimizers[0].param_groups
+        assert [g["weight_decay"] for g in groups if any(p is model.head.reward_weight for p in g["params"])] == [0]
     with pytest.raises(RuntimeError, match="partial reward"):
         head(torch.zeros(1, head.action_embeddings.shape[1]))  # Q_φ without R would be silently wrong
     with pytest.raises(HeadMismatchError, match="torch backend only"):
@@ -155,8 +165,10 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     task = ForecastTask.build(Codec(tokenizer), torch.linspace(1, 3, 16).numpy(), 4)
     value = task.value(head)
     hidden, sequences = torch.randn(3, head.action_embeddings.shape[1]), [[], [1], [1, 10]]
-    torch.testing.assert_close(value(hidden, sequences), head.q(hidden).double() + task.value("partial_reward")(
-        hidden, sequences))
+    r, done = (torch.as_tensor(x) for x in partial_reward_q(task.codec, task.reward, sequences))
+    torch.testing.assert_close(value(hidden, sequences), head.q(hidden).double() + head.weigh_reward(r, done).double())
+    if not bins:
+        torch.testing.assert_close(r, task.value("partial_reward")(hidden, sequences))
     untrained = task.value(MLPFlowHead(head.action_embeddings, head.config))  # zero output layer: Q = R exactly
     torch.testing.assert_close(untrained(hidden, sequences), task.value("partial_reward")(hidden, sequences))
     config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)

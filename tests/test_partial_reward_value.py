@@ -7,7 +7,9 @@ from conftest import tiny_llama
 
 from data.series import load_builtin
 from sadt.codec import SEP, Codec
+from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.lm.backend import TorchLM
+from sadt.partial_reward import partial_reward_q
 from search.forecast_task import ForecastTask
 from search.tree_search import SearchConfig
 
@@ -33,6 +35,31 @@ def test_partial_reward_value_is_the_partial_reward_of_each_next_state(task):
     n_actions = len(task.codec.action_token_ids)
     expected = [[task.partial_reward([s + [a]])[0] for a in range(n_actions)] for s in sequences]
     np.testing.assert_allclose(q.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_partial_reward_q_gives_each_next_states_share_of_the_horizon_completed(task):
+    sequences = [[], [1, 2], [1, 2, SEP, 3], [1, SEP, 2, SEP, 3, SEP, 4]]  # horizon 4: 0, 0, 1, 3 values done
+    r, share = partial_reward_q(task.codec, task.reward, sequences)
+    expected = np.repeat(np.array([0, 0, 1, 3])[:, None] / 4, r.shape[1], axis=1)
+    expected[1:, SEP] += 0.25  # the separator completes one more value (at the empty state, none: no digits yet)
+    np.testing.assert_array_equal(share, expected)
+    np.testing.assert_array_equal(r, task.value("partial_reward")(torch.zeros(4, 8), sequences).numpy())
+
+
+@pytest.mark.parametrize("share, weight", [(0.0, 1.5), (0.2, 1.5), (0.25, -2.0), (0.74, 0.5), (0.75, 3.0),
+                                           (1.0, 7.0)])
+def test_a_learned_reward_weight_is_read_from_the_bin_of_the_share_completed(share, weight):
+    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(hidden=4, partial_reward=True, reward_weight_bins=4))
+    r = torch.tensor([0.3, -1.2])
+    torch.testing.assert_close(head.weigh_reward(r, torch.full((2,), share)), r)  # β starts at 1
+    with torch.no_grad():
+        head.reward_weight.copy_(torch.tensor([1.5, -2.0, 0.5, 3.0, 7.0]))  # bins [0, ¼) [¼, ½) [½, ¾) [¾, 1) {1}
+    torch.testing.assert_close(head.weigh_reward(r, torch.full((2,), share)), weight * r)
+
+
+def test_a_reward_weight_without_the_partial_reward_is_an_error():
+    with pytest.raises(ValueError, match="reward_weight_bins"):
+        FlowHeadConfig(reward_weight_bins=4)
 
 
 @pytest.mark.parametrize("method", ["maxent_ts", "twisted_smc"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -55,6 +56,8 @@ class FlowHeadModule(pl.LightningModule):
             never trained on, so this is early stopping against over-fitting the training prompts.
         partial_reward: Q_φ(s, a) = R(s·a) + MLP residual, R the partial reward of the values s·a
             has completed (sadt.partial_reward), rebuilt per prompt from the buffer's reward config.
+        reward_weight_bins: with `partial_reward`, learn R's weight β per 1/n of the horizon's values
+            completed (Q_φ = β(k/H)·R + residual; 0 keeps β = 1). β is never weight-decayed.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class FlowHeadModule(pl.LightningModule):
         save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
         lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, partial_reward: bool = False,
+        reward_weight_bins: int = 0,
     ) -> None:
         super().__init__()
         if not lam > 0:
@@ -81,7 +85,9 @@ class FlowHeadModule(pl.LightningModule):
         self.fingerprint = lm_fingerprint(base_model)
         self.action_token_ids = Codec(self.tokenizer).action_token_ids
         embeddings = self.lm.head.weight[self.action_token_ids]
-        self.head = MLPFlowHead(embeddings, FlowHeadConfig(hidden=hidden, layers=layers, partial_reward=partial_reward))
+        head_config = FlowHeadConfig(hidden=hidden, layers=layers, partial_reward=partial_reward,
+                                     reward_weight_bins=reward_weight_bins)
+        self.head = MLPFlowHead(embeddings, head_config)
         self.lora_config = self.peft = None
         if adapter == "lora":
             self.lora_config = LoRAHeadConfig(r=lora_r, alpha=lora_alpha, top_layers=lora_top_layers)
@@ -93,7 +99,7 @@ class FlowHeadModule(pl.LightningModule):
         self.grammar: DigitGrammar | None = None
         self.codec: Codec | None = None
         self.rewards: dict[tuple, ForecastReward] = {}  # prompt -> its reward (reward_of)
-        self.shaping_cache: dict[tuple, torch.Tensor] = {}  # (prompt, actions) -> R(s_t·a) (T, A)
+        self.shaping_cache: dict[tuple, torch.Tensor] = {}  # (prompt, actions) -> R(s_t·a), k(s_t·a)/H (2, T, A)
         self.buffer_meta: dict = {}
         self.best: dict | None = None  # {"epoch", "val_loss", "state"}: the kept head (keep_best)
         self.val_sums = torch.zeros(2, dtype=torch.float64)  # Σ batch loss · B, Σ B over this validation epoch
@@ -170,16 +176,16 @@ class FlowHeadModule(pl.LightningModule):
             self.feature_cache_bytes += size
 
     def shaping(self, batch: dict) -> torch.Tensor:
-        """R(s_t·a) for every step and action, (B, T, A); 0 on padded steps (sadt.partial_reward)."""
+        """R(s_t·a) and k(s_t·a)/H for every step and action, (2, B, T, A); 0 on padded steps (sadt.partial_reward)."""
         actions, mask = batch["actions"], batch["mask"]
-        out = torch.zeros(*actions.shape, len(self.action_token_ids))
+        out = torch.zeros(2, *actions.shape, len(self.action_token_ids))
         for row, prompt in enumerate(batch["prompts"]):
             path = tuple(actions[row][mask[row]].tolist())
             if (prompt, path) not in self.shaping_cache:
                 states = [path[:t] for t in range(len(path))]
-                q = partial_reward_q(self.codec, self.reward_of(prompt), states)
-                self.shaping_cache[prompt, path] = torch.as_tensor(q, dtype=torch.float32)
-            out[row, : len(path)] = self.shaping_cache[prompt, path]
+                r, share = partial_reward_q(self.codec, self.reward_of(prompt), states)
+                self.shaping_cache[prompt, path] = torch.as_tensor(np.stack([r, share]), dtype=torch.float32)
+            out[:, row, : len(path)] = self.shaping_cache[prompt, path]
         return out
 
     def reward_of(self, prompt: tuple) -> ForecastReward:
@@ -196,7 +202,8 @@ class FlowHeadModule(pl.LightningModule):
         hidden, prompt_hidden, log_prior = self.features(batch)
         q = self.head.q(hidden)  # (B, T, A)
         if self.hparams.partial_reward:
-            q = q + self.shaping(batch).to(q)
+            r, share = self.shaping(batch).to(q)
+            q = q + self.head.weigh_reward(r, share)
         log_z = self.head.log_z(prompt_hidden)  # (B,)
         lam, hp = self.hparams.lam, self.hparams
         args = (q, log_prior, batch["actions"], batch["mask"])
@@ -252,11 +259,13 @@ class FlowHeadModule(pl.LightningModule):
         self.best = checkpoint.get("sadt_best")
 
     def configure_optimizers(self):
-        q_params = [p for n, p in self.head.named_parameters() if not n.startswith("log_z")]
+        q_params = [p for n, p in self.head.named_parameters() if not n.startswith(("log_z", "reward_weight"))]
         groups = [
             {"params": q_params, "lr": self.hparams.lr},
             {"params": self.head.log_z_mlp.parameters(), "lr": self.hparams.log_z_lr},
         ]
+        if self.hparams.reward_weight_bins:  # β is R's scale, not a feature map: no shrinkage towards 0
+            groups.append({"params": [self.head.reward_weight], "lr": self.hparams.lr, "weight_decay": 0.0})
         if self.peft is not None:
             groups.append({"params": list(self.lora_params), "lr": self.hparams.lora_lr})
         groups[1]["weight_decay"] = 0.0  # log Z_φ(c) is a level, not a feature map: no shrinkage towards 0
