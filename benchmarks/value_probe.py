@@ -27,9 +27,11 @@ so R(s_0) scores the context's own tail and R(x) = r(x) for a finished valid for
 "forward-looking" energy of a partial state (Pan et al. 2023, FL-GFlowNets): a head that reads
 it only has to learn the residual. "R(s) weighted by k/H" gives R one weight (and a level) per
 eighth of the horizon's values completed, plus one for finished forecasts: what a head could gain
-from a learned weight on R. With `--head`, the trained head's own prediction of V̂(s), Q_φ(parent,
-action), is scored the same way (no fit): the gap between it and the probes is what a better head
-could gain from these features.
+from a learned weight on R. The look-ahead reward R⁺(s) (`ForecastReward.ahead`) instead completes
+the forecast with a seasonal-naive continuation and scores that: a guess at the finished
+forecast's reward rather than a score of the context's tail. With `--head`, the trained head's
+own prediction of V̂(s), Q_φ(parent, action), is scored the same way (no fit): the gap between it
+and the probes is what a better head could gain from these features.
 
 Writes `<out>/probe.csv`, `probe.md` and `probe.png`.
 """
@@ -62,6 +64,7 @@ class Nodes:
     features: np.ndarray  # (N, L, H) hidden state after each probed layer
     head_q: np.ndarray  # (N,) the head's Q_φ(parent, action), NaN without a head
     partial_reward: np.ndarray  # (N,) R(s)
+    ahead_reward: np.ndarray  # (N,) R⁺(s), the look-ahead reward
     completed: np.ndarray  # (N,) k/H, the share of the horizon's values that s has finished
     value: np.ndarray  # (N,) the tree's V̂(s)
     depth: np.ndarray  # (N,)
@@ -106,12 +109,13 @@ def layer_states(lm, prompt_ids: tuple[int, ...], paths: list[np.ndarray], actio
     return final.float(), per_layer.float()
 
 
-def partial_rewards(codec, reward, actions: np.ndarray, steps: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """R(s_{t+1}) (`ForecastReward.partial`) and the share k/H of values s_{t+1} has completed, per step t."""
+def partial_rewards(codec, reward, actions: np.ndarray, steps: list[int]) -> tuple[np.ndarray, ...]:
+    """R(s_{t+1}) (`ForecastReward.partial`), R⁺(s_{t+1}) (`.ahead`) and the share k/H of values
+    s_{t+1} has completed, per step t."""
     from sadt.partial_reward import completed_values
 
     done = [completed_values(codec, actions[: t + 1])[: reward.horizon] for t in steps]
-    return reward.partial(done), np.array([d.size / reward.horizon for d in done])
+    return reward.partial(done), reward.ahead(done), np.array([d.size / reward.horizon for d in done])
 
 
 def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], head, meta: dict,
@@ -138,8 +142,9 @@ def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], 
                     rows["head_q"].append(q.squeeze(1).double().numpy())
                 else:
                     rows["head_q"].append(np.full(len(steps), np.nan))
-                r, share = partial_rewards(codec, reward, x["actions"], steps)
+                r, ahead, share = partial_rewards(codec, reward, x["actions"], steps)
                 rows["partial_reward"].append(r)
+                rows["ahead_reward"].append(ahead)
                 rows["completed"].append(share)
                 rows["value"].append(x["values"][steps].astype(np.float64))
                 rows["depth"].append(np.asarray(steps) + 1)
@@ -149,7 +154,8 @@ def collect(lm, codec, items: list[dict], val_ids: set[int], layers: list[int], 
     prompt = np.concatenate(rows["prompt"])
     return Nodes(
         features=np.concatenate(rows["features"]), head_q=np.concatenate(rows["head_q"]),
-        partial_reward=np.concatenate(rows["partial_reward"]), completed=np.concatenate(rows["completed"]),
+        partial_reward=np.concatenate(rows["partial_reward"]), ahead_reward=np.concatenate(rows["ahead_reward"]),
+        completed=np.concatenate(rows["completed"]),
         value=np.concatenate(rows["value"]), depth=np.concatenate(rows["depth"]),
         terminal=np.concatenate(rows["terminal"]), prompt=prompt,
         is_val=np.isin(prompt, list(val_ids)),
@@ -222,6 +228,8 @@ def probe_table(nodes: Nodes, layers: list[int]) -> list[dict]:
     rows.append(probe("partial reward R(s)", nodes.partial_reward[:, None]))
     bins = np.eye(SHARE_BINS + 1)[np.floor(nodes.completed * SHARE_BINS).astype(int)]  # (N, 9) one-hot of k/H
     rows.append(probe("R(s) weighted by k/H", np.hstack([nodes.partial_reward[:, None] * bins, bins])))
+    rows.append(probe("look-ahead reward R⁺(s)", nodes.ahead_reward[:, None]))
+    rows.append(probe("R⁺(s) weighted by k/H", np.hstack([nodes.ahead_reward[:, None] * bins, bins])))
     rows.append(probe(f"layer {layers[-1]} + R(s)", np.hstack([nodes.features[:, -1], nodes.partial_reward[:, None]])))
     if np.isfinite(nodes.head_q).all():
         q = demean_by(nodes.head_q, groups)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.signal
 
 from sadt.spectral import SpectralConfig, SpectralPenalty
 
@@ -101,6 +102,30 @@ class ForecastReward:
             done = np.asarray(done, dtype=np.float64)[: self.horizon]
             windows.append(np.concatenate([self.context[len(self.context) - self.horizon + done.size :], done]))
         return -self.config.gamma * self.spectral(np.stack(windows))
+
+    def ahead(self, completed: list[np.ndarray]) -> np.ndarray:
+        """A look-ahead reward of partial forecasts, R⁺(s) = −γ · penalty(x̃(s)), (B,).
+
+        x̃(s) is the k values s has completed followed by a seasonal-naive continuation of the
+        context and those values for the other H − k steps (period: the context's periodogram peak,
+        `dominant_period`), so R⁺ guesses the finished forecast's reward where R (`partial`) scores
+        the context's tail, and R⁺(x) = R(x) once the forecast is finished.
+        """
+        period = dominant_period(self.context)
+        windows = []
+        for done in completed:
+            series = list(self.context) + list(np.asarray(done, dtype=np.float64)[: self.horizon])
+            for _ in range(self.horizon - min(len(done), self.horizon)):
+                series.append(series[-period])
+            windows.append(series[len(self.context) :])
+        return -self.config.gamma * self.spectral(np.asarray(windows))
+
+
+def dominant_period(series: np.ndarray) -> int:
+    """The period of the periodogram's largest non-zero frequency, in steps (at most half the series)."""
+    freqs, power = scipy.signal.periodogram(np.asarray(series, dtype=np.float64), detrend="linear")
+    peak = freqs[1:][np.argmax(power[1:])]
+    return int(np.clip(round(1.0 / peak), 1, len(series) // 2))
 
 
 def checked_rewards(reward_fn, sequences: list[list[int]]) -> np.ndarray:

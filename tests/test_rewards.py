@@ -50,3 +50,23 @@ def test_partial_reward_runs_from_the_context_tail_to_the_finished_forecasts_rew
     window = np.r_[context[-12:], forecast[:12]]
     assert half == pytest.approx(-2.0 * reward.spectral(window[None])[0])
 
+
+
+def test_look_ahead_reward_completes_the_forecast_with_the_contexts_season(context):
+    reward = ForecastReward(context, horizon=24, config=RewardConfig(gamma=2.0))
+    forecast = 1.0 + 0.1 * np.cos(np.arange(24))
+    finished = reward(forecast[None], np.array([True])).total[0]
+    nothing, half, done = reward.ahead([[], forecast[:12], forecast])
+    assert done == pytest.approx(finished)
+    assert nothing == pytest.approx(-2.0 * reward.spectral(np.r_[context[-12:], context[-12:]][None])[0])  # period 12
+    completed = np.r_[forecast[:12], forecast[:12]]  # the last 12 values repeat: the completed ones, a period back
+    assert half == pytest.approx(-2.0 * reward.spectral(completed[None])[0])
+
+
+@pytest.mark.parametrize("period", [3, 4, 7, 12])
+def test_dominant_period_finds_a_seasons_length_under_trend_and_noise(period):
+    from sadt.rewards import dominant_period
+
+    t = np.arange(96)
+    series = np.sin(2 * np.pi * t / period) + 0.02 * t + 0.1 * np.random.default_rng(period).normal(size=96)
+    assert dominant_period(series) == period
