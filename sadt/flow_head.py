@@ -22,13 +22,14 @@ class FlowHeadConfig:
     layers: int = 2  # hidden layers per MLP
     partial_reward: bool = False  # Q_φ(s, a) = β·R(s·a) + the MLP's residual (sadt.partial_reward.ShapedValue)
     reward_weight_bins: int = 0  # β: 1 if 0, else one learned weight per 1/n of the horizon completed (n + 1 in all)
+    look_ahead: bool = False  # R⁺ (ForecastReward.ahead: a seasonal-naive fill of the rest) in place of R
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.layers < 1:
             raise ValueError(f"flow head needs hidden >= 1 and layers >= 1, got {self.hidden}, {self.layers}")
-        if self.reward_weight_bins < 0 or (self.reward_weight_bins and not self.partial_reward):
-            raise ValueError(f"`reward_weight_bins` must be >= 0 and needs `partial_reward`, got "
-                             f"{self.reward_weight_bins} with partial_reward={self.partial_reward}")
+        if self.reward_weight_bins < 0 or ((self.reward_weight_bins or self.look_ahead) and not self.partial_reward):
+            raise ValueError(f"`reward_weight_bins` (>= 0) and `look_ahead` need `partial_reward`, got "
+                             f"{self.reward_weight_bins}, {self.look_ahead} with partial_reward={self.partial_reward}")
 
 
 def _mlp(d_in: int, width: int, layers: int, d_out: int) -> nn.Sequential:

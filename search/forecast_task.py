@@ -16,6 +16,7 @@ from search.smc import SMCResult
 from search.tree_search import SearchConfig, SearchResult
 
 PARTIAL_REWARD = "partial_reward"  # as a value head: Q(s, a) = R(s·a), no trained head
+LOOK_AHEAD_REWARD = "look_ahead_reward"  # Q(s, a) = R⁺(s·a), the look-ahead reward
 
 
 @dataclass
@@ -53,16 +54,18 @@ class ForecastTask:
         return self.reward.partial([completed_values(self.codec, s) for s in sequences])
 
     def value(self, head) -> object:
-        """The value the search reads for `head`: a trained head, `PARTIAL_REWARD` (Q = R(s·a)), or None.
+        """The value the search reads for `head`: a trained head, `PARTIAL_REWARD` (Q = R(s·a)),
+        `LOOK_AHEAD_REWARD` (Q = R⁺(s·a)), or None.
 
         A head trained with `partial_reward` is wrapped so that it adds this task's R(s·a).
         """
         if head is None:
             return None
         if isinstance(head, str):
-            if head != PARTIAL_REWARD:
-                raise ValueError(f"value head must be a loaded head or {PARTIAL_REWARD!r}, got {head!r}")
-            return PartialRewardValue(self.codec, self.reward)
+            if head not in (PARTIAL_REWARD, LOOK_AHEAD_REWARD):
+                raise ValueError(f"value head must be a loaded head, {PARTIAL_REWARD!r} or {LOOK_AHEAD_REWARD!r}, "
+                                 f"got {head!r}")
+            return PartialRewardValue(self.codec, self.reward, look_ahead=head == LOOK_AHEAD_REWARD)
         if getattr(getattr(head, "config", None), "partial_reward", False):
             return ShapedValue(head, self.codec, self.reward)
         return head

@@ -131,8 +131,9 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     assert len(result.samples) == 2 and result.nfe_tokens > 2 * 4 * 8  # both models' forwards are counted
 
 
-@pytest.mark.parametrize("bins", [0, 4])
-def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path, bins):
+@pytest.mark.parametrize("bins, look_ahead", [(0, False), (4, True)])
+def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path, bins,
+                                                                                  look_ahead):
     from sadt.flow_head import MLPFlowHead
     from sadt.head_io import load_search_head, load_value_head
     from sadt.partial_reward import partial_reward_q
@@ -140,7 +141,8 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     from search.tree_search import SearchConfig
 
     model = fit.main(fit_args(buffer_path, tmp_path, "--model.partial_reward", "true", "--trainer.max_steps", "3",
-                              "--model.reward_weight_bins", str(bins), "--model.weight_decay", "0.5"))
+                              "--model.reward_weight_bins", str(bins), "--model.weight_decay", "0.5",
+                              "--model.look_ahead", str(look_ahead).lower()))
     batch = next(iter(model.trainer.datamodule.train_dataloader()))
     shaping, share = model.shaping(batch)
     last = batch["mask"].sum(1) - 1  # Q(s_{T-1}, a_{T-1}) adds R(x) = r(x) (context rounded in the prompt)
@@ -152,11 +154,12 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     meta_codec = read_buffer(buffer_path).meta["config"]["codec"]
     head, sidecar = load_head(tmp_path / "head", lm_fingerprint(), meta_codec)
     assert head.config.partial_reward and sidecar["training"]["partial_reward"]
-    assert head.config.reward_weight_bins == bins
-    if bins:  # β is trained, from 1, without weight decay pulling it towards 0
+    assert head.config.reward_weight_bins == bins and head.config.look_ahead == look_ahead
+    if bins:  # β is trained, from 1, at its own lr and without weight decay pulling it towards 0
         assert not torch.equal(head.reward_weight, torch.ones(bins + 1))
         groups = model.trainer.optimizers[0].param_groups
-        assert [g["weight_decay"] for g in groups if any(p is model.head.reward_weight for p in g["params"])] == [0]
+        beta = [g for g in groups if any(p is model.head.reward_weight for p in g["params"])]
+        assert [(g["weight_decay"], g["lr"]) for g in beta] == [(0, model.hparams.reward_weight_lr)]
     with pytest.raises(RuntimeError, match="partial reward"):
         head(torch.zeros(1, head.action_embeddings.shape[1]))  # Q_φ without R would be silently wrong
     with pytest.raises(HeadMismatchError, match="torch backend only"):
@@ -165,12 +168,12 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     task = ForecastTask.build(Codec(tokenizer), torch.linspace(1, 3, 16).numpy(), 4)
     value = task.value(head)
     hidden, sequences = torch.randn(3, head.action_embeddings.shape[1]), [[], [1], [1, 10]]
-    r, done = (torch.as_tensor(x) for x in partial_reward_q(task.codec, task.reward, sequences))
+    r, done = (torch.as_tensor(x) for x in partial_reward_q(task.codec, task.reward, sequences, look_ahead))
     torch.testing.assert_close(value(hidden, sequences), head.q(hidden).double() + head.weigh_reward(r, done).double())
-    if not bins:
-        torch.testing.assert_close(r, task.value("partial_reward")(hidden, sequences))
-    untrained = task.value(MLPFlowHead(head.action_embeddings, head.config))  # zero output layer: Q = R exactly
-    torch.testing.assert_close(untrained(hidden, sequences), task.value("partial_reward")(hidden, sequences))
+    parameter_free = task.value("look_ahead_reward" if look_ahead else "partial_reward")
+    torch.testing.assert_close(r, parameter_free(hidden, sequences))
+    untrained = task.value(MLPFlowHead(head.action_embeddings, head.config))  # zero output layer, β = 1: Q = R
+    torch.testing.assert_close(untrained(hidden, sequences), parameter_free(hidden, sequences))
     config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
     frozen_head, _ = load_value_head(tmp_path / "head", lm_fingerprint(), meta_codec)
     assert len(task.search(lm, config, frozen_head).samples) == 2

@@ -9,7 +9,7 @@ from data.series import load_builtin
 from sadt.codec import SEP, Codec
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.lm.backend import TorchLM
-from sadt.partial_reward import partial_reward_q
+from sadt.partial_reward import completed_values, partial_reward_q
 from search.forecast_task import ForecastTask
 from search.tree_search import SearchConfig
 
@@ -57,9 +57,19 @@ def test_a_learned_reward_weight_is_read_from_the_bin_of_the_share_completed(sha
     torch.testing.assert_close(head.weigh_reward(r, torch.full((2,), share)), weight * r)
 
 
-def test_a_reward_weight_without_the_partial_reward_is_an_error():
-    with pytest.raises(ValueError, match="reward_weight_bins"):
-        FlowHeadConfig(reward_weight_bins=4)
+@pytest.mark.parametrize("options", [{"reward_weight_bins": 4}, {"look_ahead": True}])
+def test_a_reward_weight_or_look_ahead_without_the_partial_reward_is_an_error(options):
+    with pytest.raises(ValueError, match="need `partial_reward`"):
+        FlowHeadConfig(**options)
+
+
+def test_look_ahead_value_is_the_look_ahead_reward_of_each_next_state(task):
+    sequences = [[], [1, 2, SEP, 3], [1, SEP, 2, SEP, 3, SEP, 4]]
+    q = task.value("look_ahead_reward")(torch.zeros(len(sequences), 8), sequences)
+    expected = [[task.reward.ahead([completed_values(task.codec, s + [a])])[0] for a in range(q.shape[1])]
+                for s in sequences]
+    np.testing.assert_allclose(q.numpy(), expected, rtol=0, atol=1e-12)
+    assert not np.allclose(q.numpy(), task.value("partial_reward")(torch.zeros(3, 8), sequences).numpy())
 
 
 @pytest.mark.parametrize("method", ["maxent_ts", "twisted_smc"])

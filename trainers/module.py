@@ -58,6 +58,10 @@ class FlowHeadModule(pl.LightningModule):
             has completed (sadt.partial_reward), rebuilt per prompt from the buffer's reward config.
         reward_weight_bins: with `partial_reward`, learn R's weight β per 1/n of the horizon's values
             completed (Q_φ = β(k/H)·R + residual; 0 keeps β = 1). β is never weight-decayed.
+        look_ahead: with `partial_reward`, R⁺ (`ForecastReward.ahead`: the completed values plus a
+            seasonal-naive fill of the rest, scored as a finished forecast) in place of R.
+        reward_weight_lr: β's learning rate. β is a handful of scales that start at 1, so at the
+            residual's lr Adam could move them by at most lr per step (0.2 over a 200-step fit).
     """
 
     def __init__(
@@ -67,7 +71,7 @@ class FlowHeadModule(pl.LightningModule):
         save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
         lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, partial_reward: bool = False,
-        reward_weight_bins: int = 0,
+        reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, look_ahead: bool = False,
     ) -> None:
         super().__init__()
         if not lam > 0:
@@ -86,7 +90,7 @@ class FlowHeadModule(pl.LightningModule):
         self.action_token_ids = Codec(self.tokenizer).action_token_ids
         embeddings = self.lm.head.weight[self.action_token_ids]
         head_config = FlowHeadConfig(hidden=hidden, layers=layers, partial_reward=partial_reward,
-                                     reward_weight_bins=reward_weight_bins)
+                                     reward_weight_bins=reward_weight_bins, look_ahead=look_ahead)
         self.head = MLPFlowHead(embeddings, head_config)
         self.lora_config = self.peft = None
         if adapter == "lora":
@@ -183,7 +187,7 @@ class FlowHeadModule(pl.LightningModule):
             path = tuple(actions[row][mask[row]].tolist())
             if (prompt, path) not in self.shaping_cache:
                 states = [path[:t] for t in range(len(path))]
-                r, share = partial_reward_q(self.codec, self.reward_of(prompt), states)
+                r, share = partial_reward_q(self.codec, self.reward_of(prompt), states, self.hparams.look_ahead)
                 self.shaping_cache[prompt, path] = torch.as_tensor(np.stack([r, share]), dtype=torch.float32)
             out[:, row, : len(path)] = self.shaping_cache[prompt, path]
         return out
@@ -265,7 +269,8 @@ class FlowHeadModule(pl.LightningModule):
             {"params": self.head.log_z_mlp.parameters(), "lr": self.hparams.log_z_lr},
         ]
         if self.hparams.reward_weight_bins:  # β is R's scale, not a feature map: no shrinkage towards 0
-            groups.append({"params": [self.head.reward_weight], "lr": self.hparams.lr, "weight_decay": 0.0})
+            beta = [self.head.reward_weight]
+            groups.append({"params": beta, "lr": self.hparams.reward_weight_lr, "weight_decay": 0.0})
         if self.peft is not None:
             groups.append({"params": list(self.lora_params), "lr": self.hparams.lora_lr})
         groups[1]["weight_decay"] = 0.0  # log Z_φ(c) is a level, not a feature map: no shrinkage towards 0
