@@ -7,6 +7,7 @@ oracle mode only: the truth is never available to a real search).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,14 +112,19 @@ class ForecastReward:
         `dominant_period`), so R⁺ guesses the finished forecast's reward where R (`partial`) scores
         the context's tail, and R⁺(x) = R(x) once the forecast is finished.
         """
-        period = dominant_period(self.context)
-        windows = []
-        for done in completed:
-            series = list(self.context) + list(np.asarray(done, dtype=np.float64)[: self.horizon])
-            for _ in range(self.horizon - min(len(done), self.horizon)):
-                series.append(series[-period])
-            windows.append(series[len(self.context) :])
-        return -self.config.gamma * self.spectral(np.asarray(windows))
+        windows = np.empty((len(completed), self.horizon))
+        for row, done in enumerate(completed):
+            done = np.asarray(done, dtype=np.float64)[: self.horizon]
+            series = np.concatenate([self.context[-self.season :], done, np.empty(self.horizon - done.size)])
+            for i in range(self.season + done.size, series.size):  # one season back, filled values included
+                series[i] = series[i - self.season]
+            windows[row] = series[self.season :]
+        return -self.config.gamma * self.spectral(windows)
+
+    @functools.cached_property
+    def season(self) -> int:
+        """The seasonal-naive period of `ahead`: the context's periodogram peak (`dominant_period`)."""
+        return dominant_period(self.context)
 
 
 def dominant_period(series: np.ndarray) -> int:
