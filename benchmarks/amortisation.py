@@ -310,6 +310,9 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
     boot = np.array([factor(hybrid[rng.integers(0, len(series), len(series))], config.hybrid_budgets)
                      for _ in range(config.bootstrap)])
     mc_budgets = config.budgets[:-1]
+    equal = [b for b in config.hybrid_budgets if b in mc_budgets]
+    paired = hybrid[:, [config.hybrid_budgets.index(b) for b in equal]] - gaps("maxent_ts", equal)  # (windows, b)
+    paired_boot = np.array([paired[rng.integers(0, len(series), len(series))].mean(0) for _ in range(config.bootstrap)])
     root_error = {f"{label}@{b}": round(float(np.mean([by[s, f"{label}@{b}"]["root_error"] for s in series])), 4)
                   for label, budgets in (("maxent_ts", mc_budgets), ("hybrid", config.hybrid_budgets)) for b in budgets}
     return {
@@ -319,6 +322,9 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
         "ci_high": float(np.percentile(boot, 97.5)),
         "boot_matched": float((boot > 0).mean()),  # share of resamples where some hybrid budget matched
         "hybrid_reward_gaps": dict(zip(config.hybrid_budgets, hybrid.mean(0).round(4).tolist())),
+        # hybrid@b − maxent_ts@b per window at equal rollouts: mean and bootstrap 95% interval
+        "equal_budget_reward_gain": {b: [round(float(x), 4) for x in (paired[:, i].mean(),
+                                         *np.percentile(paired_boot[:, i], [2.5, 97.5]))] for i, b in enumerate(equal)},
         "mc_self_factor": factor(gaps("maxent_ts", mc_budgets), mc_budgets),
         "mc_reward_gaps": dict(zip(mc_budgets, gaps("maxent_ts", mc_budgets).mean(0).round(4).tolist())),
         "mean_root_error_vs_reference": root_error,
