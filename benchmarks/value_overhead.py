@@ -6,7 +6,8 @@
 Each value is timed in the same process against MC-only MaxEnt-TS (no head) with the search
 settings of the config's hybrid rows (`benchmarks/amortisation.py`; its `head` is ignored), so
 the ratio is the value's overhead: the head's MLP, and for reward-aware heads the partial reward
-R(s·a) or look-ahead reward R⁺(s·a) of every live row at every step. Prints a Markdown table of wall seconds and ratios.
+R(s·a) or look-ahead reward R⁺(s·a) of every live row at every step. Prints a Markdown table of
+wall seconds and ratios.
 """
 
 from __future__ import annotations
