@@ -7,16 +7,18 @@ and the hybrid with (a) a head trained with TB on trajectories of one MC-only se
 and (b) the exact head, over budgets and seeds: total variation to π* of the `sampling: search`
 draw (its exact distribution) and of the in-tree sampler, and the root-value error.
 
-Part `real` (the forecasting task, held-out windows): for each series the window whose context
-is the last `context_length` steps of its history and whose horizon is the first `horizon` steps
-of LLMTime's test part (never harvested). Rows: base sampling, best-of-N, MCTS-UCT, DTS, SMC,
+Part `real` (the forecasting task, held-out windows): for each series, up to `windows_per_series`
+non-overlapping windows whose horizons tile LLMTime's test part (never harvested) from its start;
+each context is the `context_length` steps before its horizon. Window `k` of a series is labelled
+`<series>+<k·horizon>` (the first keeps the bare series name). Rows: base sampling, best-of-N, MCTS-UCT, DTS, SMC,
 twisted SMC, pure F_φ, MC-only MaxEnt-TS at every budget and the hybrid at every budget, with
 CRPS, scaled MAE, Spec-W1, the samples' mean reward, the root value's error against MC-only at
 the largest budget, NFE and wall time. The amortisation factor is `reference / b*`, b* the
 smallest hybrid budget whose mean sample reward is at least MC-only's at the reference budget
 (mean over windows); its interval comes from a bootstrap over windows.
 
-Writes `<output_dir>/toy.csv|png|md`, `real.csv|md` and `reward_vs_rollouts.png`.
+Writes `<output_dir>/toy.csv|png|md`, `real.csv|md` and `reward_vs_rollouts.png`. `real.csv` is
+rewritten after every window; `--resume` keeps its rows and runs only the missing ones.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR / "tests"))  # the toy problem lives with the tests
@@ -67,6 +70,8 @@ class RealPart:
     hybrid_offset: bool = False
     seed: int = 0
     bootstrap: int = 2000
+    windows_per_series: int = 1  # held-out windows tiling each test part; fewer where the test part is short
+    baselines: bool = True  # base sampling is always run; False skips best-of-N ... pure F_φ (the curves only)
 
 
 @dataclass(frozen=True)
@@ -202,14 +207,31 @@ def plot_toy(rows: list[dict], path: Path) -> None:
 # -- real series -------------------------------------------------------------------------------
 
 
-def heldout_window(name: str, config: RealPart):
-    """Context: the last `context_length` steps of the history; truth: the first `horizon` test steps."""
+def heldout_windows(name: str, config: RealPart) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(label, context, truth) for window k = 0, 1, ... of `name`'s test part.
+
+    Truth: test steps [k·horizon, (k+1)·horizon); context: the `context_length` steps before them.
+    """
     from data.series import load_builtin
 
     series = load_builtin(name)
-    if series.horizon < config.horizon:
+    n_fit = series.horizon // config.horizon
+    if n_fit == 0:
         raise ValueError(f"{name}: test part of {series.horizon} steps is shorter than horizon {config.horizon}")
-    return series.context[-config.context_length :], series.truth[: config.horizon]
+    start = len(series.context)
+    windows = []
+    for k in range(min(config.windows_per_series, n_fit)):
+        t = start + k * config.horizon
+        if t < config.context_length:
+            raise ValueError(f"{name}: {t} steps before window {k}, fewer than context_length {config.context_length}")
+        label = name if k == 0 else f"{name}+{k * config.horizon}"
+        windows.append((label, series.values[t - config.context_length : t], series.values[t : t + config.horizon]))
+    return windows
+
+
+def series_of(window: str) -> str:
+    """The series a window label belongs to: `Wine+12` → `Wine`."""
+    return window.split("+")[0]
 
 
 def real_rows(config: RealPart) -> list[tuple[str, str, SearchConfig | None, bool]]:
@@ -217,12 +239,13 @@ def real_rows(config: RealPart) -> list[tuple[str, str, SearchConfig | None, boo
     base = SearchConfig(lam=config.lam, batch_size=config.batch_size, n_samples=config.n_samples, seed=config.seed,
                         progress=False)
     rows = [("base sampling", "", None, False)]
-    for method in ("best_of_n", "mcts_uct", "dts", "smc", "twisted_smc"):
+    for method in ("best_of_n", "mcts_uct", "dts", "smc", "twisted_smc") if config.baselines else ():
         rows.append((f"{method}@{config.baseline_budget}", "",
                      dataclasses.replace(base, method=method, n_rollouts=config.baseline_budget),
                      method == "twisted_smc"))
-    rows.append((f"flow (pure F_φ)@{config.n_samples}", "",
-                 dataclasses.replace(base, method="flow", n_rollouts=config.n_samples), True))
+    if config.baselines:
+        rows.append((f"flow (pure F_φ)@{config.n_samples}", "",
+                     dataclasses.replace(base, method="flow", n_rollouts=config.n_samples), True))
     for b in config.budgets:
         rows.append((f"maxent_ts@{b}", "MC-only", dataclasses.replace(base, n_rollouts=b, sampling="search"), False))
     for b in config.hybrid_budgets:
@@ -232,9 +255,16 @@ def real_rows(config: RealPart) -> list[tuple[str, str, SearchConfig | None, boo
     return rows
 
 
-def run_real(config: RealPart, out: Path, keep: list[dict] | None = None) -> list[dict]:
-    """Every row of `real_rows` on every held-out window; with `keep` (rows of an earlier real.csv),
-    rows that do not read the head are taken from it rather than re-run (a new head, same references)."""
+def kept_row(keep: list[dict], window: str, label: str, reuse: bool) -> dict | None:
+    """The earlier row for (window, label) when it may be reused, else None (run it)."""
+    found = [r for r in keep if r["series"] == window and r["method"] == label]
+    return found[0] if found and reuse else None
+
+
+def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_head_rows: bool = False) -> list[dict]:
+    """Every row of `real_rows` on every held-out window. With `keep` (rows of an earlier real.csv),
+    rows found there are taken from it rather than re-run: all of them with `keep_head_rows` (resuming
+    a run), else only those that do not read the head (a new head against the same references)."""
     from sadt.codec import Codec
     from sadt.head_io import load_value_head
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
@@ -251,13 +281,13 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None) -> lis
         if meta.get("lam") != config.lam:
             print(f"warning: head trained at λ={meta.get('lam')}, benchmark λ={config.lam}")
     rows = []
-    for name in config.series:
-        context, truth = heldout_window(name, config)
+    windows = [w for name in config.series for w in heldout_windows(name, config)]
+    for name, context, truth in tqdm(windows, desc="held-out windows", unit="window"):
         task = ForecastTask.build(codec, context, config.horizon)
         for label, curve, search_config, uses_head in real_rows(config):
-            kept = [r for r in keep or [] if r["series"] == name and r["method"] == label]
-            if kept and not uses_head:
-                rows.append(kept[0])
+            kept = kept_row(keep or [], name, label, reuse=keep_head_rows or not uses_head)
+            if kept is not None:
+                rows.append(kept)
                 continue
             lm.stats.reset()
             start = time.perf_counter()
@@ -278,13 +308,13 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None) -> lis
                 "reward": float(np.mean(rewards)), "root_value": root,
                 "nfe_tokens": lm.stats.tokens, "wall_s": time.perf_counter() - start,
             })
-            print(f"{name:14s} {label:24s} reward {rows[-1]['reward']:8.3f} root {root:8.3f} "
-                  f"wall {rows[-1]['wall_s']:6.1f}s", flush=True)
+            tqdm.write(f"{name:17s} {label:24s} reward {rows[-1]['reward']:8.3f} root {root:8.3f} "
+                       f"wall {rows[-1]['wall_s']:6.1f}s")
         reference = next(r for r in rows if r["series"] == name and r["method"] == f"maxent_ts@{config.budgets[-1]}")
         for r in rows:
             if r["series"] == name:
                 r["root_error"] = abs(r["root_value"] - reference["root_value"])
-        write_csv(out / "real.csv", rows)  # after every series: a long run keeps what it finished
+        write_csv(out / "real.csv", rows)  # after every window: `--resume` goes on from here
     return rows
 
 
@@ -331,26 +361,49 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
     }
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
+def curve_rewards(rows: list[dict], windows: list[str], curve: str) -> tuple[list[int], np.ndarray]:
+    """The curve's budgets and its samples' mean reward per (window, budget)."""
+    by = {(r["series"], int(r["budget"])): r["reward"] for r in rows if r["curve"] == curve}
+    budgets = sorted({b for w, b in by if w in windows})
+    return budgets, np.array([[by[w, b] for b in budgets] for w in windows])
+
+
+def plot_curves(rows: list[dict], path: Path, rng: np.random.Generator, n_boot: int = 2000) -> None:
+    """One panel per series (mean over its windows), and one of every window's reward minus MC-only's
+    at the reference budget, with a bootstrap 95% band over windows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = sorted({r["series"] for r in rows})
-    fig, axes = plt.subplots(1, len(series), figsize=(3.4 * len(series), 3.4), squeeze=False)
+    windows = list(dict.fromkeys(r["series"] for r in rows))
+    series = list(dict.fromkeys(series_of(w) for w in windows))
+    fig, axes = plt.subplots(1, len(series) + 1, figsize=(3.4 * (len(series) + 1), 3.4), squeeze=False)
     for ax, name in zip(axes[0], series):
+        own = [w for w in windows if series_of(w) == name]
         for curve in ("MC-only", "hybrid"):
-            points = sorted((r["budget"], r["reward"]) for r in rows if r["series"] == name and r["curve"] == curve)
-            if points:
-                ax.plot(*zip(*points), marker="o", label=curve)
-        base = next(r["reward"] for r in rows if r["series"] == name and r["method"] == "base sampling")
+            budgets, rewards = curve_rewards(rows, own, curve)
+            if budgets:
+                ax.plot(budgets, rewards.mean(0), marker="o", label=curve)
+        base = np.mean([r["reward"] for r in rows if r["series"] in own and r["method"] == "base sampling"])
         ax.axhline(base, color="grey", linestyle=":", label="base sampling")
+        ax.set_title(name if len(own) == 1 else f"{name} ({len(own)} windows)")
+    ax = axes[0][-1]
+    mc_budgets, mc = curve_rewards(rows, windows, "MC-only")
+    reference = mc[:, -1:]  # MC-only at its largest budget
+    for curve in ("MC-only", "hybrid"):
+        budgets, rewards = curve_rewards(rows, windows, curve)
+        gaps = rewards - reference
+        boot = np.array([gaps[rng.integers(0, len(windows), len(windows))].mean(0) for _ in range(n_boot)])
+        ax.plot(budgets, gaps.mean(0), marker="o", label=curve)
+        ax.fill_between(budgets, *np.percentile(boot, [2.5, 97.5], axis=0), alpha=0.2)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_title(f"all {len(windows)} windows: minus MC-only@{mc_budgets[-1]}")
+    ax.set_ylabel("reward gap (95% bootstrap band)")
+    for ax in axes[0]:
         ax.set_xscale("log")
-        budgets = sorted({int(r["budget"]) for r in rows if r["curve"]})
-        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xticks(mc_budgets, [str(b) for b in mc_budgets])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_title(name)
         ax.set_xlabel("rollouts")
     axes[0][0].set_ylabel("mean reward of samples")
     axes[0][0].legend()
@@ -405,7 +458,7 @@ def real_summary(rows: list[dict]) -> str:
         lines.append(f"| {r['series']} | {r['method']} | {r['crps']:.3f} | {r['scaled_mae']:.3f} | "
                      f"{r['spec_w1']:.3f} | {r['reward']:.3f} | {r['root_error']:.3f} | {r['nfe_tokens']} | "
                      f"{r['wall_s']:.1f} |")
-    for name in sorted({r["series"] for r in rows}):
+    for name in sorted({series_of(r["series"]) for r in rows}):
         for ref in published_results(name):
             lines.append(f"| {name} | LLMTime published: {ref['method']} (full test horizon) | {ref['crps']:.3f} | "
                          f"{ref['mae']:.3f} | | | | | |")
@@ -434,7 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-rows-only", nargs="?", type=Path, const=True, metavar="REAL_CSV",
                         help="re-run only the rows that read the head; take the others from REAL_CSV (default: the "
                              "output_dir's real.csv), e.g. another head's run on the same windows")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep every row of the output_dir's real.csv and run only the missing ones")
     args = parser.parse_args(argv)
+    if args.resume and args.head_rows_only:
+        parser.error("--resume and --head-rows-only both choose the rows to keep: give one")
     config = load_config(args.config, AmortisationConfig)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -445,12 +502,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.summarise:
             rows = read_rows(out / "real.csv")
         else:
-            reference = out / "real.csv" if args.head_rows_only is True else args.head_rows_only
+            reference = out / "real.csv" if args.head_rows_only is True or args.resume else args.head_rows_only
             if reference is not None and not reference.is_file():
-                parser.error(f"--head-rows-only needs an earlier run's rows: no file {reference}")
+                parser.error(f"--{'resume' if args.resume else 'head-rows-only'} needs an earlier run's rows: "
+                             f"no file {reference}")
             keep = read_rows(reference) if reference is not None else None
-            rows = run_real(config.real, out, keep)
-        plot_curves(rows, out / "reward_vs_rollouts.png")
+            rows = run_real(config.real, out, keep, keep_head_rows=args.resume)
+        plot_curves(rows, out / "reward_vs_rollouts.png", np.random.default_rng(0), config.real.bootstrap)
         factor = amortisation_factor(rows, config.real, np.random.default_rng(0))
         write_summary(out / "real.md", [header, "## Held-out windows\n", real_summary(rows), "",
                                         f"Amortisation factor: {factor}"])

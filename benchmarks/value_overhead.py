@@ -22,7 +22,7 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
-from amortisation import AmortisationConfig, heldout_window  # noqa: E402
+from amortisation import AmortisationConfig, heldout_windows  # noqa: E402
 
 from sadt.codec import Codec  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     part = load_config(args.config, AmortisationConfig).real
     lm, tokenizer = load_base_lm()
     codec = Codec(tokenizer)
-    context, _ = heldout_window(args.series, part)
+    _, context, _ = heldout_windows(args.series, part)[0]
     task = ForecastTask.build(codec, context, part.horizon)
     mc = SearchConfig(lam=part.lam, batch_size=part.batch_size, n_samples=part.n_samples, seed=part.seed,
                       progress=False, n_rollouts=args.rollouts, sampling="search")

@@ -1,4 +1,5 @@
-"""The amortisation factor and the equal-budget gain, on rows whose answers are known."""
+"""The amortisation benchmark: its factor and equal-budget gain on rows whose answers are known, the
+held-out windows, the rows a resumed run keeps, and the reward plot."""
 
 import sys
 from pathlib import Path
@@ -8,7 +9,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from amortisation import RealPart, amortisation_factor  # noqa: E402
+from amortisation import (  # noqa: E402
+    RealPart,
+    amortisation_factor,
+    heldout_windows,
+    kept_row,
+    plot_curves,
+    real_rows,
+    series_of,
+)
+
+from data.series import load_builtin  # noqa: E402
 
 SERIES = ["A", "B", "C", "D"]
 
@@ -40,3 +51,42 @@ def test_no_matching_budget_gives_a_factor_of_zero():
     out = amortisation_factor(rows, config, np.random.default_rng(0))
     assert out["factor"] == 0.0 and out["ci_high"] == 0.0
     assert out["equal_budget_reward_gain"][20] == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_heldout_windows_tile_the_test_part_and_each_context_ends_where_its_truth_starts():
+    series = load_builtin("Wooly")  # a 24-step test part: two 12-step windows fit, a third does not
+    config = RealPart(context_length=48, horizon=12, windows_per_series=3)
+    windows = heldout_windows("Wooly", config)
+    assert [label for label, _, _ in windows] == ["Wooly", "Wooly+12"]
+    start = len(series.context)
+    for k, (label, context, truth) in enumerate(windows):
+        t = start + 12 * k
+        np.testing.assert_array_equal(truth, series.values[t : t + 12])
+        np.testing.assert_array_equal(context, series.values[t - 48 : t])
+        assert series_of(label) == "Wooly"
+    first_only = heldout_windows("Wooly", RealPart(context_length=48, horizon=12))
+    np.testing.assert_array_equal(first_only[0][1], series.context[-48:])  # the one-window default is unchanged
+    with pytest.raises(ValueError, match="Wooly: test part of 24 steps is shorter than horizon 30"):
+        heldout_windows("Wooly", RealPart(horizon=30))
+
+
+def test_resume_reuses_every_earlier_row_and_a_new_head_only_the_rows_without_it():
+    keep = [{"series": "Wine+12", "method": "hybrid@20", "reward": -0.4}]
+    assert kept_row(keep, "Wine+12", "hybrid@20", reuse=True) is keep[0]
+    assert kept_row(keep, "Wine+12", "hybrid@20", reuse=False) is None
+    assert kept_row(keep, "Wine", "hybrid@20", reuse=True) is None  # another window of the same series
+
+
+def test_curves_only_config_runs_base_sampling_and_the_two_curves():
+    labels = [label for label, *_ in real_rows(RealPart(budgets=[20, 200], hybrid_budgets=[20], baselines=False))]
+    assert labels == ["base sampling", "maxent_ts@20", "maxent_ts@200", "hybrid@20"]
+    assert len(real_rows(RealPart(budgets=[20, 200], hybrid_budgets=[20]))) == len(labels) + 6
+
+
+def test_reward_plot_groups_windows_by_series(tmp_path):
+    rows = [{"series": w, "method": m, "curve": c, "budget": b, "reward": -0.5 - 0.01 * i}
+            for i, w in enumerate(["A", "A+12", "B"])
+            for m, c, b in [("base sampling", "", 0), ("maxent_ts@20", "MC-only", 20),
+                            ("maxent_ts@200", "MC-only", 200), ("hybrid@20", "hybrid", 20)]]
+    plot_curves(rows, tmp_path / "curves.png", np.random.default_rng(0), n_boot=50)
+    assert (tmp_path / "curves.png").stat().st_size > 0
