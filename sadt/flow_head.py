@@ -23,10 +23,13 @@ class FlowHeadConfig:
     partial_reward: bool = False  # Q_φ(s, a) = β·R(s·a) + the MLP's residual (sadt.partial_reward.ShapedValue)
     reward_weight_bins: int = 0  # β: 1 if 0, else one learned weight per 1/n of the horizon completed (n + 1 in all)
     look_ahead: bool = False  # R⁺ (ForecastReward.ahead: a seasonal-naive fill of the rest) in place of R
+    residual: bool = True  # False: Q_φ = β·R + a per-action bias, no MLP on h(s) (needs partial_reward)
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.layers < 1:
             raise ValueError(f"flow head needs hidden >= 1 and layers >= 1, got {self.hidden}, {self.layers}")
+        if not self.residual and not self.partial_reward:
+            raise ValueError("a flow head without the `residual` MLP is β·R plus a bias: it needs `partial_reward`")
         if self.reward_weight_bins < 0 or ((self.reward_weight_bins or self.look_ahead) and not self.partial_reward):
             raise ValueError(f"`reward_weight_bins` (>= 0) and `look_ahead` need `partial_reward`, got "
                              f"{self.reward_weight_bins}, {self.look_ahead} with partial_reward={self.partial_reward}")
@@ -55,7 +58,8 @@ class MLPFlowHead(nn.Module):
         self.config = config or FlowHeadConfig()
         A, H = action_embeddings.shape
         self.register_buffer("action_embeddings", action_embeddings.detach().clone())
-        self.q_mlp = _mlp(H, self.config.hidden, self.config.layers, H)
+        if self.config.residual:
+            self.q_mlp = _mlp(H, self.config.hidden, self.config.layers, H)
         self.q_bias = nn.Parameter(torch.zeros(A))
         self.log_z_mlp = _mlp(H, self.config.hidden, self.config.layers, 1)
         self.scale = 1.0 / math.sqrt(H)
@@ -71,6 +75,8 @@ class MLPFlowHead(nn.Module):
 
     def q(self, hidden: torch.Tensor) -> torch.Tensor:
         """Q_φ(s, ·): (..., H) -> (..., A); with `partial_reward`, the residual over R(s·a)."""
+        if not self.config.residual:
+            return self.q_bias.expand(*hidden.shape[:-1], -1)
         u = self.q_mlp(hidden.to(self.action_embeddings.dtype))  # (..., H)
         return self.scale * u @ self.action_embeddings.T + self.q_bias
 

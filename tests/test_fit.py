@@ -131,9 +131,9 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     assert len(result.samples) == 2 and result.nfe_tokens > 2 * 4 * 8  # both models' forwards are counted
 
 
-@pytest.mark.parametrize("bins, look_ahead", [(0, False), (4, True)])
+@pytest.mark.parametrize("bins, look_ahead, residual", [(0, False, True), (4, True, True), (4, True, False)])
 def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path, bins,
-                                                                                  look_ahead):
+                                                                                  look_ahead, residual):
     from sadt.flow_head import MLPFlowHead
     from sadt.head_io import load_search_head, load_value_head
     from sadt.partial_reward import partial_reward_q
@@ -142,7 +142,7 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
 
     model = fit.main(fit_args(buffer_path, tmp_path, "--model.partial_reward", "true", "--trainer.max_steps", "3",
                               "--model.reward_weight_bins", str(bins), "--model.weight_decay", "0.5",
-                              "--model.look_ahead", str(look_ahead).lower()))
+                              "--model.look_ahead", str(look_ahead).lower(), "--model.residual", str(residual).lower()))
     batch = next(iter(model.trainer.datamodule.train_dataloader()))
     shaping, share = model.shaping(batch)
     last = batch["mask"].sum(1) - 1  # Q(s_{T-1}, a_{T-1}) adds R(x) = r(x) (context rounded in the prompt)
@@ -155,6 +155,7 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     head, sidecar = load_head(tmp_path / "head", lm_fingerprint(), meta_codec)
     assert head.config.partial_reward and sidecar["training"]["partial_reward"]
     assert head.config.reward_weight_bins == bins and head.config.look_ahead == look_ahead
+    assert head.config.residual == residual and hasattr(head, "q_mlp") == residual  # no residual: no MLP weights
     if bins:  # β is trained, from 1, at its own lr and without weight decay pulling it towards 0
         assert not torch.equal(head.reward_weight, torch.ones(bins + 1))
         groups = model.trainer.optimizers[0].param_groups

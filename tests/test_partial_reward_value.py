@@ -84,3 +84,14 @@ def test_the_hybrid_and_twisted_smc_run_with_the_partial_reward_value(task, meth
 def test_an_unknown_value_name_is_an_error_naming_it(task):
     with pytest.raises(ValueError, match="'partial_rewards'"):
         task.value("partial_rewards")
+
+
+def test_a_head_without_the_residual_is_beta_r_plus_a_per_action_bias():
+    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(partial_reward=True, reward_weight_bins=2, residual=False))
+    assert not any(name.startswith("q_mlp") for name, _ in head.named_parameters())
+    with torch.no_grad():
+        head.q_bias.copy_(torch.arange(12.0))
+    hidden = torch.randn(3, 5, 8)
+    torch.testing.assert_close(head.q(hidden), torch.arange(12.0).expand(3, 5, 12))  # reads no LM state
+    with pytest.raises(ValueError, match="without the `residual` MLP"):
+        FlowHeadConfig(residual=False)

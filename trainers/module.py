@@ -60,6 +60,8 @@ class FlowHeadModule(pl.LightningModule):
             completed (Q_φ = β(k/H)·R + residual; 0 keeps β = 1). β is never weight-decayed.
         look_ahead: with `partial_reward`, R⁺ (`ForecastReward.ahead`: the completed values plus a
             seasonal-naive fill of the rest, scored as a finished forecast) in place of R.
+        residual: False drops the MLP on h(s) (needs `partial_reward`): Q_φ = β(k/H)·R + a per-action
+            bias, reading no LM state; the ablation that asks what the residual adds.
         reward_weight_lr: β's learning rate. β is a handful of scales that start at 1, so at the
             residual's lr Adam could move them by at most lr per step (0.2 over a 200-step fit).
     """
@@ -71,7 +73,7 @@ class FlowHeadModule(pl.LightningModule):
         save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
         lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, partial_reward: bool = False,
-        reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, look_ahead: bool = False,
+        reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, look_ahead: bool = False, residual: bool = True,
     ) -> None:
         super().__init__()
         if not lam > 0:
@@ -90,7 +92,7 @@ class FlowHeadModule(pl.LightningModule):
         self.action_token_ids = Codec(self.tokenizer).action_token_ids
         embeddings = self.lm.head.weight[self.action_token_ids]
         head_config = FlowHeadConfig(hidden=hidden, layers=layers, partial_reward=partial_reward,
-                                     reward_weight_bins=reward_weight_bins, look_ahead=look_ahead)
+                                     reward_weight_bins=reward_weight_bins, look_ahead=look_ahead, residual=residual)
         self.head = MLPFlowHead(embeddings, head_config)
         self.lora_config = self.peft = None
         if adapter == "lora":
