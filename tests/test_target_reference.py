@@ -1,0 +1,48 @@
+"""The importance-sampling reference for π*: exact on a Gaussian reward, stable at large λ, and the
+per-method scores on rows whose answers are known."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from target_reference import importance_reference, score_rows  # noqa: E402
+
+
+def test_gaussian_rewards_give_the_closed_form_tilt_and_log_partition():
+    """r ~ N(μ, σ²) under p: π* ∝ p exp(λ r) is N(μ + λσ², σ²), log Z / λ = μ + λσ²/2, ESS / N = exp(−λ²σ²)."""
+    mu, sigma, lam = -0.7, 0.3, 2.0
+    rewards = np.random.default_rng(0).normal(mu, sigma, 400_000)
+    ref = importance_reference(rewards, lam)
+    assert ref["target_reward"] == pytest.approx(mu + lam * sigma**2, abs=3e-3)
+    assert ref["value_is"] == pytest.approx(mu + lam * sigma**2 / 2, abs=3e-3)
+    assert ref["prior_reward"] == pytest.approx(mu, abs=2e-3)
+    assert ref["ess"] / rewards.size == pytest.approx(np.exp(-(lam * sigma) ** 2), abs=0.02)
+
+
+def test_large_lambda_does_not_overflow_and_one_dominant_sample_has_ess_one():
+    ref = importance_reference(np.array([0.0, -1000.0]), lam=50.0)
+    assert ref["value_is"] == pytest.approx(-np.log(2) / 50.0)  # log((e^0 + e^-50000) / 2) / λ
+    assert ref["target_reward"] == 0.0 and ref["ess"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=">= 2 finite rewards"):
+        importance_reference(np.array([0.0, np.nan]), lam=1.0)
+
+
+def test_scores_are_the_share_of_the_gap_closed_and_the_root_error_against_v_is():
+    references = {"A": {"prior_reward": -1.0, "target_reward": 0.0, "value_is": -0.5},
+                  "B": {"prior_reward": -2.0, "target_reward": -1.0, "value_is": -1.5}}
+    rows = [{"series": w, "method": m, "curve": c, "reward": reward, "root_value": root}
+            for w, m, c, reward, root in [("A", "maxent_ts@20", "MC-only", -0.75, -0.4),
+                                          ("B", "maxent_ts@20", "MC-only", -1.75, -1.7),
+                                          ("A", "hybrid@20", "hybrid", -0.5, -0.5),
+                                          ("B", "hybrid@20", "hybrid", -1.0, -1.5),
+                                          ("C", "hybrid@20", "hybrid", 9.0, 9.0)]]  # C has no reference
+    scores = {s["method"]: s for s in score_rows(rows, references, np.random.default_rng(0), n_boot=200)}
+    assert scores["maxent_ts@20"]["share_closed"] == pytest.approx(0.25)
+    assert scores["maxent_ts@20"]["root_error_is"] == pytest.approx(0.15)
+    assert scores["hybrid@20"]["share_closed"] == pytest.approx(0.75) and scores["hybrid@20"]["windows"] == 2
+    assert scores["hybrid@20"]["root_error_is"] == pytest.approx(0.0)
+    assert scores["hybrid@20"]["share_low"] <= 0.75 <= scores["hybrid@20"]["share_high"]
