@@ -15,7 +15,9 @@ twisted SMC, pure F_φ, MC-only MaxEnt-TS at every budget and the hybrid at ever
 CRPS, scaled MAE, Spec-W1, the samples' mean reward, the root value's error against MC-only at
 the largest budget, NFE and wall time. The amortisation factor is `reference / b*`, b* the
 smallest hybrid budget whose mean sample reward is at least MC-only's at the reference budget
-(mean over windows); its interval comes from a bootstrap over windows.
+(mean over windows); its interval comes from a bootstrap over windows. MC-only at the reference
+budget need not be near π*: `benchmarks/target_reference.py` scores the same rows against an
+importance-sampling estimate of π*'s mean reward and log Z / λ.
 
 Writes `<output_dir>/toy.csv|png|md`, `real.csv|md` and `reward_vs_rollouts.png`. `real.csv` is
 rewritten after every window; `--resume` keeps its rows and runs only the missing ones.
