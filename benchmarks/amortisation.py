@@ -216,6 +216,8 @@ def heldout_windows(name: str, config: RealPart) -> list[tuple[str, np.ndarray, 
     """
     from data.series import load_builtin
 
+    if config.windows_per_series < 1:
+        raise ValueError(f"real.windows_per_series must be >= 1, got {config.windows_per_series}")
     series = load_builtin(name)
     n_fit = series.horizon // config.horizon
     if n_fit == 0:

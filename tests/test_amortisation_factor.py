@@ -68,6 +68,8 @@ def test_heldout_windows_tile_the_test_part_and_each_context_ends_where_its_trut
     np.testing.assert_array_equal(first_only[0][1], series.context[-48:])  # the one-window default is unchanged
     with pytest.raises(ValueError, match="Wooly: test part of 24 steps is shorter than horizon 30"):
         heldout_windows("Wooly", RealPart(horizon=30))
+    with pytest.raises(ValueError, match="windows_per_series must be >= 1, got 0"):
+        heldout_windows("Wooly", RealPart(windows_per_series=0))
 
 
 def test_resume_reuses_every_earlier_row_and_a_new_head_only_the_rows_without_it():
