@@ -74,6 +74,7 @@ class RealPart:
     bootstrap: int = 2000
     windows_per_series: int = 1  # held-out windows tiling each test part; fewer where the test part is short
     baselines: bool = True  # base sampling is always run; False skips best-of-N ... pure F_φ (the curves only)
+    in_tree: bool = False  # also both curves with in-tree samples (DTS Alg. 2), one anytime search per curve
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,30 @@ def real_rows(config: RealPart) -> list[tuple[str, str, SearchConfig | None, boo
     return rows
 
 
+IN_TREE = " in-tree"  # suffix of the in-tree curves' row labels and curve names
+
+
+def in_tree_curves(config: RealPart) -> list[tuple[str, str, SearchConfig, list[int], bool]]:
+    """(label prefix, curve, search config at the curve's largest budget, budgets, uses the head).
+
+    `sampling: search` makes each sample one more selection and rollout: below the first
+    unvisited child (at 48 tokens' depth, early) a sample is a fresh rollout from p (from P_F
+    under the hybrid), so an MC-only sample is mostly prior. In-tree samples (DTS Alg. 2) only
+    reweight the visited terminals. One search per curve serves all its budgets (`run(until)`).
+    """
+    if not config.in_tree:
+        return []
+    base = SearchConfig(lam=config.lam, batch_size=config.batch_size, n_samples=config.n_samples, seed=config.seed,
+                        progress=False, sampling="tree")
+    hybrid = dataclasses.replace(base, hybrid="visits", hybrid_n0=config.hybrid_n0, hybrid_offset=config.hybrid_offset)
+    return [
+        ("maxent_ts", "MC-only" + IN_TREE, dataclasses.replace(base, n_rollouts=max(config.budgets)),
+         sorted(config.budgets), False),
+        ("hybrid", "hybrid" + IN_TREE, dataclasses.replace(hybrid, n_rollouts=max(config.hybrid_budgets)),
+         sorted(config.hybrid_budgets), True),
+    ]
+
+
 def kept_row(keep: list[dict], window: str, label: str, reuse: bool) -> dict | None:
     """The earlier row for (window, label) when it may be reused, else None (run it)."""
     found = [r for r in keep if r["series"] == window and r["method"] == label]
@@ -266,14 +291,13 @@ def kept_row(keep: list[dict], window: str, label: str, reuse: bool) -> dict | N
 
 
 def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_head_rows: bool = False) -> list[dict]:
-    """Every row of `real_rows` on every held-out window. With `keep` (rows of an earlier real.csv),
-    rows found there are taken from it rather than re-run: all of them with `keep_head_rows` (resuming
-    a run), else only those that do not read the head (a new head against the same references)."""
+    """Every row of `real_rows` and `in_tree_curves` on every held-out window. With `keep` (rows of an
+    earlier real.csv), rows found there are taken from it rather than re-run: all of them with
+    `keep_head_rows` (resuming a run), else only those that do not read the head (a new head against
+    the same references)."""
     from sadt.codec import Codec
     from sadt.head_io import load_value_head
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
-    from sadt.metrics import crps, scaled_mae
-    from sadt.spectral import spec_w1
     from search.ancestral import sample_prior
     from search.forecast_task import ForecastTask
 
@@ -303,17 +327,24 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
                 result = task.search(lm, search_config, head if uses_head else None)
                 samples, rewards, root, n_rollouts = result.samples, result.sample_rewards, result.root_value, \
                     result.n_rollouts
-            forecasts = task.values(samples)
-            rows.append({
-                "series": name, "method": label, "curve": curve, "budget": search_config.n_rollouts if search_config
-                else 0, "rollouts_run": n_rollouts, "crps": crps(truth, forecasts),
-                "scaled_mae": scaled_mae(truth, forecasts),
-                "spec_w1": float(spec_w1(forecasts, truth, min(16, config.horizon)).mean()),
-                "reward": float(np.mean(rewards)), "root_value": root,
-                "nfe_tokens": lm.stats.tokens, "wall_s": time.perf_counter() - start,
-            })
-            tqdm.write(f"{name:17s} {label:24s} reward {rows[-1]['reward']:8.3f} root {root:8.3f} "
-                       f"wall {rows[-1]['wall_s']:6.1f}s")
+            rows.append(scored_row(task, truth, samples, rewards, {
+                "series": name, "method": label, "curve": curve,
+                "budget": search_config.n_rollouts if search_config else 0, "rollouts_run": n_rollouts,
+            }, root, lm.stats.tokens, time.perf_counter() - start))
+        for prefix, curve, search_config, budgets, uses_head in in_tree_curves(config):
+            labels = [f"{prefix}@{b}{IN_TREE}" for b in budgets]
+            kept = [kept_row(keep or [], name, label, reuse=keep_head_rows or not uses_head) for label in labels]
+            if all(r is not None for r in kept):
+                rows += kept
+                continue
+            lm.stats.reset()
+            search = task.sampler(lm, search_config, head if uses_head else None)
+            for label, budget in zip(labels, budgets):
+                result = search.run(until=budget)  # samples drawn from the tree as it stands at `budget`
+                rows.append(scored_row(task, truth, result.samples, result.sample_rewards, {
+                    "series": name, "method": label, "curve": curve, "budget": budget,
+                    "rollouts_run": result.n_rollouts,
+                }, result.root_value, result.nfe_tokens, result.wall_s))
         reference = next(r for r in rows if r["series"] == name and r["method"] == f"maxent_ts@{config.budgets[-1]}")
         for r in rows:
             if r["series"] == name:
@@ -322,18 +353,36 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
     return rows
 
 
-def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Generator) -> dict:
+def scored_row(task, truth: np.ndarray, samples: list[list[int]], rewards: np.ndarray, ids: dict, root: float,
+               nfe_tokens: int, wall_s: float) -> dict:
+    """`ids` plus the samples' CRPS, scaled MAE, Spec-W1 and mean reward, the root value and the cost."""
+    from sadt.metrics import crps, scaled_mae
+    from sadt.spectral import spec_w1
+
+    forecasts = task.values(samples)
+    row = {**ids, "crps": crps(truth, forecasts), "scaled_mae": scaled_mae(truth, forecasts),
+           "spec_w1": float(spec_w1(forecasts, truth, min(16, len(truth))).mean()),
+           "reward": float(np.mean(rewards)), "root_value": root, "nfe_tokens": nfe_tokens, "wall_s": wall_s}
+    tqdm.write(f"{ids['series']:17s} {ids['method']:24s} reward {row['reward']:8.3f} root {root:8.3f} "
+               f"wall {wall_s:6.1f}s")
+    return row
+
+
+def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Generator, sampler: str = "") -> dict:
     """reference / b*, b* the smallest hybrid budget whose mean reward ≥ MC-only's at the reference.
+
+    `sampler`: "" for the `sampling: search` rows, `IN_TREE` for the in-tree curves (each compared
+    with its own kind).
 
     The same rule applied to MC-only's own smaller budgets (`mc_self_factor`) is the control: when
     it also reports a factor > 1, the windows' reward noise is larger than the effect measured.
     """
     series = sorted({r["series"] for r in rows})
-    reference = f"maxent_ts@{config.budgets[-1]}"
+    reference = f"maxent_ts@{config.budgets[-1]}{sampler}"
     by = {(r["series"], r["method"]): r for r in rows}
 
     def gaps(label: str, budgets: list[int]) -> np.ndarray:  # (windows, budgets) reward − reference's
-        return np.array([[by[s, f"{label}@{b}"]["reward"] - by[s, reference]["reward"] for b in budgets]
+        return np.array([[by[s, f"{label}@{b}{sampler}"]["reward"] - by[s, reference]["reward"] for b in budgets]
                          for s in series])
 
     def factor(sample: np.ndarray, budgets: list[int]) -> float:
@@ -347,7 +396,8 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
     equal = [b for b in config.hybrid_budgets if b in mc_budgets]
     paired = hybrid[:, [config.hybrid_budgets.index(b) for b in equal]] - gaps("maxent_ts", equal)  # (windows, b)
     paired_boot = np.array([paired[rng.integers(0, len(series), len(series))].mean(0) for _ in range(config.bootstrap)])
-    root_error = {f"{label}@{b}": round(float(np.mean([by[s, f"{label}@{b}"]["root_error"] for s in series])), 4)
+    root_error = {f"{label}@{b}": round(float(np.mean([by[s, f"{label}@{b}{sampler}"]["root_error"]
+                                                       for s in series])), 4)
                   for label, budgets in (("maxent_ts", mc_budgets), ("hybrid", config.hybrid_budgets)) for b in budgets}
     return {
         "windows": len(series),
@@ -382,25 +432,28 @@ def plot_curves(rows: list[dict], path: Path, rng: np.random.Generator, n_boot: 
 
     windows = list(dict.fromkeys(r["series"] for r in rows))
     series = list(dict.fromkeys(series_of(w) for w in windows))
+    curves = list(dict.fromkeys(r["curve"] for r in rows if r["curve"]))  # MC-only, hybrid (and in-tree ones)
+    style = {c: {"linestyle": "--" if c.endswith(IN_TREE) else "-",
+                 "color": "C1" if c.startswith("hybrid") else "C0"} for c in curves}
     fig, axes = plt.subplots(1, len(series) + 1, figsize=(3.4 * (len(series) + 1), 3.4), squeeze=False)
     for ax, name in zip(axes[0], series):
         own = [w for w in windows if series_of(w) == name]
-        for curve in ("MC-only", "hybrid"):
+        for curve in curves:
             budgets, rewards = curve_rewards(rows, own, curve)
             if budgets:
-                ax.plot(budgets, rewards.mean(0), marker="o", label=curve)
+                ax.plot(budgets, rewards.mean(0), marker="o", label=curve, **style[curve])
         base = np.mean([r["reward"] for r in rows if r["series"] in own and r["method"] == "base sampling"])
         ax.axhline(base, color="grey", linestyle=":", label="base sampling")
         ax.set_title(name if len(own) == 1 else f"{name} ({len(own)} windows)")
     ax = axes[0][-1]
     mc_budgets, mc = curve_rewards(rows, windows, "MC-only")
     reference = mc[:, -1:]  # MC-only at its largest budget
-    for curve in ("MC-only", "hybrid"):
+    for curve in curves:
         budgets, rewards = curve_rewards(rows, windows, curve)
         gaps = rewards - reference
         boot = np.array([gaps[rng.integers(0, len(windows), len(windows))].mean(0) for _ in range(n_boot)])
-        ax.plot(budgets, gaps.mean(0), marker="o", label=curve)
-        ax.fill_between(budgets, *np.percentile(boot, [2.5, 97.5], axis=0), alpha=0.2)
+        ax.plot(budgets, gaps.mean(0), marker="o", label=curve, **style[curve])
+        ax.fill_between(budgets, *np.percentile(boot, [2.5, 97.5], axis=0), alpha=0.2, color=style[curve]["color"])
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_title(f"all {len(windows)} windows: minus MC-only@{mc_budgets[-1]}")
     ax.set_ylabel("reward gap (95% bootstrap band)")
@@ -513,9 +566,12 @@ def main(argv: list[str] | None = None) -> int:
             keep = read_rows(reference) if reference is not None else None
             rows = run_real(config.real, out, keep, keep_head_rows=args.resume)
         plot_curves(rows, out / "reward_vs_rollouts.png", np.random.default_rng(0), config.real.bootstrap)
-        factor = amortisation_factor(rows, config.real, np.random.default_rng(0))
-        write_summary(out / "real.md", [header, "## Held-out windows\n", real_summary(rows), "",
-                                        f"Amortisation factor: {factor}"])
+        factors = [f"Amortisation factor (sampling: search): "
+                   f"{amortisation_factor(rows, config.real, np.random.default_rng(0))}"]
+        if any(r["curve"].endswith(IN_TREE) for r in rows):
+            factors.append(f"\nAmortisation factor (in-tree samples): "
+                           f"{amortisation_factor(rows, config.real, np.random.default_rng(0), IN_TREE)}")
+        write_summary(out / "real.md", [header, "## Held-out windows\n", real_summary(rows), "", *factors])
     return 0
 
 

@@ -11,9 +11,9 @@ from sadt.grammar import DigitGrammar
 from sadt.lm.backend import LMBackend
 from sadt.partial_reward import PartialRewardValue, ShapedValue, completed_values
 from sadt.rewards import ForecastReward, RewardConfig
-from search.sampler import run_sampler
-from search.smc import SMCResult
-from search.tree_search import SearchConfig, SearchResult
+from search.sampler import make_sampler
+from search.smc import SMC, SMCResult
+from search.tree_search import SearchConfig, SearchResult, TreeSearch
 
 PARTIAL_REWARD = "partial_reward"  # as a value head: Q(s, a) = R(s·a), no trained head
 LOOK_AHEAD_REWARD = "look_ahead_reward"  # Q(s, a) = R⁺(s·a), the look-ahead reward
@@ -75,6 +75,13 @@ class ForecastTask:
         scaled, valid = self.decode(sequences)
         return self.scaler.inverse(scaled[valid])
 
+    def sampler(self, lm: LMBackend, config: SearchConfig, value_head=None) -> TreeSearch | SMC:
+        """The configured sampler on this task, not yet run (`run(until)` for an anytime curve)."""
+        return make_sampler(
+            lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config,
+            self.value(value_head),
+        )
+
     def search(self, lm: LMBackend, config: SearchConfig, value_head=None) -> SearchResult | SMCResult:
         """Run the configured sampler (MaxEnt-TS by default; any tree or SMC method) on this task.
 
@@ -82,7 +89,4 @@ class ForecastTask:
         the parameter-free Q(s, a) = R(s·a); see `value`) is needed by the hybrid,
         `flow` and `twisted_smc`. `task.values(result.samples)` gives the forecasts in series units.
         """
-        return run_sampler(
-            lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config,
-            self.value(value_head),
-        )
+        return self.sampler(lm, config, value_head).run()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sadt.lm.backend import LMBackend
-from search.smc import SMC, SMC_METHODS, SMCResult
-from search.tree_search import RewardFn, SearchConfig, SearchResult, TreeSearch
+from search.smc import SMC, SMC_METHODS
+from search.tree_search import RewardFn, SearchConfig, TreeSearch
 
 
 def make_sampler(
@@ -22,7 +22,3 @@ def make_sampler(
     sampler = SMC if config.method in SMC_METHODS else TreeSearch
     return sampler(lm, prompt_ids, action_token_ids, grammar, reward_fn, config, value_head=value_head)
 
-
-def run_sampler(*args, **kwargs) -> SearchResult | SMCResult:
-    """`make_sampler(...).run()`."""
-    return make_sampler(*args, **kwargs).run()

@@ -185,6 +185,8 @@ class TreeSearch:
         self.action_token_ids = list(action_token_ids)
         self.top_k = 1 if config.method == "greedy" else config.top_k
         self.rng = np.random.default_rng(config.seed)
+        self.sample_rng = np.random.default_rng([config.seed, 1])  # in-tree samples: drawing them mid-run
+        # (`run(until)` then `result()`) leaves the search's own random stream, and so its tree, unchanged
         self.generator = torch.Generator(device=lm.device).manual_seed(config.seed)
         self.tree = Tree(len(self.action_token_ids))
         self._start = time.perf_counter()
@@ -474,7 +476,7 @@ class TreeSearch:
             visited = children >= 0
             values = self._hybrid_values(node)[0] if self.config.method == "maxent_ts" else tree.value[children]
             logits = np.where(visited, self._child_log_weights(node) + lam * values, -np.inf)
-            node = int(children[np.argmax(logits + self.rng.gumbel(size=logits.shape))])
+            node = int(children[np.argmax(logits + self.sample_rng.gumbel(size=logits.shape))])
         return node
 
     def _greedy_path(self) -> int:
@@ -486,13 +488,22 @@ class TreeSearch:
             node = int(children[np.argmax(np.where(children >= 0, key[children], -np.inf))])
         return node
 
-    def run(self) -> SearchResult:
-        """Spend the rollout budget (Ctrl-C stops early and still returns the result so far)."""
+    def run(self, until: int | None = None) -> SearchResult:
+        """Spend the rollout budget, or go on up to `until` rollouts in all (Ctrl-C stops early and
+        still returns the result so far).
+
+        `run(20)`, `run(50)`, ... on one search gives the anytime curve of a single run: with
+        `sampling: tree` the samples are drawn from their own random stream, so drawing them does
+        not change the tree: after 50 rollouts it is the tree a 50-rollout search with this seed
+        grows, exactly so when every stop is a multiple of `batch_size`.
+        """
         config, interrupted = self.config, False
-        with tqdm(total=config.n_rollouts, desc=config.method, unit="rollout", disable=not config.progress) as bar:
+        until = config.n_rollouts if until is None else until
+        with tqdm(total=until, initial=self.rollouts_done, desc=config.method, unit="rollout",
+                  disable=not config.progress) as bar:
             try:
-                while self.rollouts_done < config.n_rollouts:
-                    batch = min(config.batch_size, config.n_rollouts - self.rollouts_done)
+                while self.rollouts_done < until:
+                    batch = min(config.batch_size, until - self.rollouts_done)
                     self.iterate(batch)
                     bar.update(batch)
                     bar.set_postfix(root_value=f"{self.tree.value[ROOT]:.4f}", nodes=self.tree.size)

@@ -10,9 +10,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from amortisation import (  # noqa: E402
+    IN_TREE,
     RealPart,
     amortisation_factor,
     heldout_windows,
+    in_tree_curves,
     kept_row,
     plot_curves,
     real_rows,
@@ -53,6 +55,28 @@ def test_no_matching_budget_gives_a_factor_of_zero():
     assert out["equal_budget_reward_gain"][20] == pytest.approx([0.5, 0.5, 0.5])
 
 
+def test_the_in_tree_factor_compares_in_tree_rows_with_in_tree_rows_only():
+    config = RealPart(budgets=[20, 200], hybrid_budgets=[20], bootstrap=200)
+    search_rows = rows_with({"maxent_ts@20": [-1.0] * 4, "maxent_ts@200": [0.0] * 4, "hybrid@20": [-0.5] * 4})
+    in_tree = rows_with({f"maxent_ts@20{IN_TREE}": [-0.6] * 4, f"maxent_ts@200{IN_TREE}": [-0.4] * 4,
+                         f"hybrid@20{IN_TREE}": [-0.3] * 4})
+    out = amortisation_factor(search_rows + in_tree, config, np.random.default_rng(0), IN_TREE)
+    assert out["factor"] == 10.0 and out["mc_self_factor"] == 0.0
+    assert out["equal_budget_reward_gain"][20] == pytest.approx([0.3, 0.3, 0.3])
+    assert amortisation_factor(search_rows + in_tree, config, np.random.default_rng(0))["factor"] == 0.0
+
+
+def test_in_tree_curves_are_one_search_each_at_the_largest_budget_sampling_the_tree():
+    assert in_tree_curves(RealPart()) == []  # off by default: the curves of earlier configs are unchanged
+    curves = in_tree_curves(RealPart(budgets=[50, 20, 200], hybrid_budgets=[20, 100], in_tree=True, hybrid_n0=1.0))
+    (mc_prefix, mc_curve, mc, mc_budgets, mc_head), (hy_prefix, hy_curve, hybrid, hy_budgets, hy_head) = curves
+    assert (mc_prefix, mc_curve, mc_budgets, mc_head) == ("maxent_ts", "MC-only in-tree", [20, 50, 200], False)
+    assert (hy_prefix, hy_curve, hy_budgets, hy_head) == ("hybrid", "hybrid in-tree", [20, 100], True)
+    assert mc.n_rollouts == 200 and mc.sampling == "tree" and mc.hybrid == "off"
+    assert hybrid.n_rollouts == 100 and hybrid.sampling == "tree" and hybrid.hybrid == "visits"
+    assert hybrid.hybrid_n0 == 1.0
+
+
 def test_heldout_windows_tile_the_test_part_and_each_context_ends_where_its_truth_starts():
     series = load_builtin("Wooly")  # a 24-step test part: two 12-step windows fit, a third does not
     config = RealPart(context_length=48, horizon=12, windows_per_series=3)
@@ -89,6 +113,7 @@ def test_reward_plot_groups_windows_by_series(tmp_path):
     rows = [{"series": w, "method": m, "curve": c, "budget": b, "reward": -0.5 - 0.01 * i}
             for i, w in enumerate(["A", "A+12", "B"])
             for m, c, b in [("base sampling", "", 0), ("maxent_ts@20", "MC-only", 20),
-                            ("maxent_ts@200", "MC-only", 200), ("hybrid@20", "hybrid", 20)]]
+                            ("maxent_ts@200", "MC-only", 200), ("hybrid@20", "hybrid", 20),
+                            (f"hybrid@20{IN_TREE}", f"hybrid{IN_TREE}", 20)]]
     plot_curves(rows, tmp_path / "curves.png", np.random.default_rng(0), n_boot=50)
     assert (tmp_path / "curves.png").stat().st_size > 0

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from toy_problem import Toy, total_variation, tree_distribution
+from toy_problem import ACTION_IDS, PROMPT, Toy, total_variation, tree_distribution
 
 from sadt.rewards import RewardError
 from search.backup import soft_backup
@@ -94,6 +94,20 @@ def test_batch_size_does_not_change_the_answer(toy):
         search = toy.search(lam, 3000, batch_size=batch_size, seed=1)
         assert total_variation(tree_distribution(search), target) < 0.03
         assert abs(search.tree.value[ROOT] - exact_root) < 0.01
+
+
+def test_an_anytime_run_grows_the_trees_of_shorter_searches(toy):
+    """`run(until)` then in-tree samples, then on: the samples do not touch the search's own stream."""
+    config = SearchConfig(lam=2.0, n_rollouts=64, batch_size=8, progress=False)
+    anytime = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config)
+    for budget in (32, 64):
+        snapshot = anytime.run(until=budget) if budget < 64 else anytime.run()
+        plain = toy.search(2.0, budget, batch_size=8).tree
+        n = plain.size
+        assert snapshot.n_rollouts == budget and anytime.tree.size == n
+        np.testing.assert_array_equal(anytime.tree.children[:n], plain.children[:n])
+        np.testing.assert_array_equal(anytime.tree.value[:n], plain.value[:n])
+        assert snapshot.root_value == plain.value[ROOT]
 
 
 def test_soft_backup_is_prior_weighted_log_mean_exp():
