@@ -48,6 +48,8 @@ from search.tree_search import SearchConfig  # noqa: E402
 @dataclass(frozen=True)
 class ToyPart:
     lam: float = 2.0
+    length: int = 5  # actions per sequence: 3**length terminals, all enumerated
+    exact_head: bool = True  # also the hybrid with the exact soft values as its head
     budgets: list[int] = field(default_factory=lambda: [20, 40, 80, 160, 320, 640, 1280])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     train_rollouts: int = 1000  # the MC-only search whose trajectories train the toy head
@@ -145,17 +147,19 @@ def run_toy(config: ToyPart, out: Path) -> list[dict]:
 
     from search.tree_search import TreeSearch
 
-    toy, lam = Toy(), config.lam
+    toy, lam = Toy(length=config.length), config.lam
     target, exact_root = toy.target(lam)
     trained, n_traj = train_toy_head(toy, lam, config.train_rollouts, config.train_steps)
-    exact = ExactHead(toy, lam)
     trained_completion = policy_step_log_probs(toy, lam, toy_head_q(toy, trained))
     variants = {"MC-only": (None, policy_step_log_probs(toy, lam), 0.0, False)}
     for offset in config.hybrid_offset:
         for n0 in config.hybrid_n0:
             label = f"hybrid n0={n0:g}{', offset' if offset else ''}, TB+DB head ({n_traj} traj.)"
             variants[label] = (trained, trained_completion, n0, offset)
-    variants["hybrid n0=10, exact head"] = (exact, policy_step_log_probs(toy, lam, toy.exact_q(lam)), 10.0, False)
+    if config.exact_head:
+        variants["hybrid n0=10, exact head"] = (ExactHead(toy, lam), policy_step_log_probs(toy, lam, toy.exact_q(lam)),
+                                                10.0, False)
+    share = reward_share(toy.table, np.exp(toy.log_p), target)
     rows = []
     for name, (head, completion, n0, offset) in variants.items():
         for budget in config.budgets:
@@ -165,42 +169,57 @@ def run_toy(config: ToyPart, out: Path) -> list[dict]:
                     hybrid="visits" if head is not None else "off", hybrid_n0=n0, hybrid_offset=offset,
                 )
                 search = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, search_config, head)
-                search.run()
+                root_is = search.run().root_value_is
+                by_search, in_tree = search_sampler_distribution(search, toy, completion), tree_distribution(search)
                 rows.append({
                     "variant": name, "rollouts": budget, "seed": seed,
-                    "tv_search_sampler": total_variation(search_sampler_distribution(search, toy, completion), target),
-                    "tv_tree_sampler": total_variation(tree_distribution(search), target),
+                    "tv_search_sampler": total_variation(by_search, target),
+                    "tv_tree_sampler": total_variation(in_tree, target),
                     "root_error": abs(float(search.tree.value[0]) - exact_root),
+                    "root_bias": float(search.tree.value[0]) - exact_root, "root_bias_is": root_is - exact_root,
+                    "share_search_sampler": share(by_search), "share_tree_sampler": share(in_tree),
                 })
         print(f"toy: {name} done", flush=True)
     write_csv(out / "toy.csv", rows)
-    plot_toy(rows, out / "toy.png")
+    plot_toy(rows, out / "toy.png", config.length)
     return rows
 
 
-def plot_toy(rows: list[dict], path: Path) -> None:
+def reward_share(reward: np.ndarray, prior: np.ndarray, target: np.ndarray):
+    """q ↦ (E_q[r] − E_p[r]) / (E_π*[r] − E_p[r]), exactly, for distributions over every sequence:
+    0 for the prior, 1 for π*."""
+    prior_reward = float(prior @ reward)
+    gap = float(target @ reward) - prior_reward
+    return lambda q: (float(q @ reward) - prior_reward) / gap
+
+
+def plot_toy(rows: list[dict], path: Path, length: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics = [("tv_search_sampler", "TV to π* (sampling: search)"), ("tv_tree_sampler", "TV to π* (in-tree sampler)"),
-               ("root_error", "|V̂(root) − V(root)|")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+               ("root_error", "|V̂(root) − V(root)|"),
+               ("share_search_sampler", "share of E_p→E_π* reward gap (search)"),
+               ("share_tree_sampler", "share of E_p→E_π* reward gap (in-tree)")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.2))
     for ax, (key, label) in zip(axes, metrics):
+        log_axis = not key.startswith("share")
         for variant in dict.fromkeys(r["variant"] for r in rows):
             budgets = sorted({r["rollouts"] for r in rows if r["variant"] == variant})
             sel = [r for r in rows if r["variant"] == variant]
             values = np.array([[r[key] for r in sel if r["rollouts"] == b] for b in budgets])  # (budgets, seeds)
-            values = np.maximum(values, 1e-9)  # the exact head's errors are ~1e-8: keep them on a log axis
+            if log_axis:
+                values = np.maximum(values, 1e-9)  # the exact head's errors are ~1e-8: keep them on a log axis
             ax.plot(budgets, values.mean(1), marker="o", label=variant)
             ax.fill_between(budgets, values.min(1), values.max(1), alpha=0.2)
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_yscale("log" if log_axis else "linear")
         ax.set_xlabel("rollouts")
         ax.set_title(label)
     axes[0].legend()
-    fig.suptitle("Exact toy (3 actions, length 5): mean and min-max over seeds")
+    fig.suptitle(f"Exact toy (3 actions, length {length}): mean and min-max over seeds")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -322,15 +341,15 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
             if search_config is None:
                 samples, _ = sample_prior(lm, task, n_samples=config.n_samples, batch_size=config.n_samples,
                                           seed=config.seed, progress=False)
-                rewards, root, n_rollouts = task.reward_fn(samples), float("nan"), config.n_samples
+                rewards, roots, n_rollouts = task.reward_fn(samples), (float("nan"),) * 2, config.n_samples
             else:
                 result = task.search(lm, search_config, head if uses_head else None)
-                samples, rewards, root, n_rollouts = result.samples, result.sample_rewards, result.root_value, \
-                    result.n_rollouts
+                samples, rewards, n_rollouts = result.samples, result.sample_rewards, result.n_rollouts
+                roots = result.root_value, getattr(result, "root_value_is", float("nan"))  # IS: maxent_ts only
             rows.append(scored_row(task, truth, samples, rewards, {
                 "series": name, "method": label, "curve": curve,
                 "budget": search_config.n_rollouts if search_config else 0, "rollouts_run": n_rollouts,
-            }, root, lm.stats.tokens, time.perf_counter() - start))
+            }, roots, lm.stats.tokens, time.perf_counter() - start))
         for prefix, curve, search_config, budgets, uses_head in in_tree_curves(config):
             labels = [f"{prefix}@{b}{IN_TREE}" for b in budgets]
             kept = [kept_row(keep or [], name, label, reuse=keep_head_rows or not uses_head) for label in labels]
@@ -344,7 +363,7 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
                 rows.append(scored_row(task, truth, result.samples, result.sample_rewards, {
                     "series": name, "method": label, "curve": curve, "budget": budget,
                     "rollouts_run": result.n_rollouts,
-                }, result.root_value, result.nfe_tokens, result.wall_s))
+                }, (result.root_value, result.root_value_is), result.nfe_tokens, result.wall_s))
         reference = next(r for r in rows if r["series"] == name and r["method"] == f"maxent_ts@{config.budgets[-1]}")
         for r in rows:
             if r["series"] == name:
@@ -353,18 +372,20 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
     return rows
 
 
-def scored_row(task, truth: np.ndarray, samples: list[list[int]], rewards: np.ndarray, ids: dict, root: float,
-               nfe_tokens: int, wall_s: float) -> dict:
-    """`ids` plus the samples' CRPS, scaled MAE, Spec-W1 and mean reward, the root value and the cost."""
+def scored_row(task, truth: np.ndarray, samples: list[list[int]], rewards: np.ndarray, ids: dict,
+               roots: tuple[float, float], nfe_tokens: int, wall_s: float) -> dict:
+    """`ids` plus the samples' CRPS, scaled MAE, Spec-W1 and mean reward, the root value (V̂(root) and
+    the draws' importance-sampling estimate, `SearchResult.root_value_is`) and the cost."""
     from sadt.metrics import crps, scaled_mae
     from sadt.spectral import spec_w1
 
     forecasts = task.values(samples)
     row = {**ids, "crps": crps(truth, forecasts), "scaled_mae": scaled_mae(truth, forecasts),
            "spec_w1": float(spec_w1(forecasts, truth, min(16, len(truth))).mean()),
-           "reward": float(np.mean(rewards)), "root_value": root, "nfe_tokens": nfe_tokens, "wall_s": wall_s}
-    tqdm.write(f"{ids['series']:17s} {ids['method']:24s} reward {row['reward']:8.3f} root {root:8.3f} "
-               f"wall {wall_s:6.1f}s")
+           "reward": float(np.mean(rewards)), "root_value": roots[0], "root_value_is": roots[1],
+           "nfe_tokens": nfe_tokens, "wall_s": wall_s}
+    tqdm.write(f"{ids['series']:17s} {ids['method']:24s} reward {row['reward']:8.3f} root {roots[0]:8.3f} "
+               f"(IS {roots[1]:8.3f}) wall {wall_s:6.1f}s")
     return row
 
 
@@ -473,9 +494,10 @@ def plot_curves(rows: list[dict], path: Path, rng: np.random.Generator, n_boot: 
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows as CSV; a column some rows lack (an earlier run's, resumed) is left empty there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -493,16 +515,20 @@ def mc_equivalent(rows: list[dict], key: str, value: float) -> float:
 
 
 def toy_summary(rows: list[dict]) -> str:
-    lines = ["| variant | rollouts | TV (sampling: search) | MC-only budget with this TV | TV (in-tree) | root error |",
-             "|---|---|---|---|---|---|"]
+    """Per variant and budget, mean ± sd over seeds; `share`: (E_q[r] − E_p[r]) / (E_π*[r] − E_p[r])."""
+    keys = ("tv_search_sampler", "tv_tree_sampler", "root_error", "root_bias", "root_bias_is", "share_search_sampler",
+            "share_tree_sampler")
+    lines = ["| variant | rollouts | TV (sampling: search) | MC-only budget with this TV | TV (in-tree) | root error | "
+             "root bias: V̂ | root bias: IS | share (search) | share (in-tree) |", "|---" * 10 + "|"]
     for variant in dict.fromkeys(r["variant"] for r in rows):
         for budget in sorted({r["rollouts"] for r in rows}):
             sel = [r for r in rows if r["variant"] == variant and r["rollouts"] == budget]
-            cells = [f"{np.mean([r[k] for r in sel]):.3g} ± {np.std([r[k] for r in sel]):.2g}"
-                     for k in ("tv_search_sampler", "tv_tree_sampler", "root_error")]
+            tv, tree_tv, root, bias, bias_is, share, tree_share = [
+                f"{np.mean([r[k] for r in sel]):.3g} ± {np.std([r[k] for r in sel]):.2g}" for k in keys]
             equivalent = mc_equivalent(rows, "tv_search_sampler", np.mean([r["tv_search_sampler"] for r in sel]))
             ratio = f"{equivalent:.0f} ({equivalent / budget:.1f}x)" if np.isfinite(equivalent) else "> all"
-            lines.append(f"| {variant} | {budget} | {cells[0]} | {ratio} | {cells[1]} | {cells[2]} |")
+            cells = [variant, budget, tv, ratio, tree_tv, root, bias, bias_is, share, tree_share]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
@@ -523,10 +549,10 @@ def real_summary(rows: list[dict]) -> str:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """real.csv back as rows (numbers parsed), for `--summarise` after an interrupted run."""
+    """real.csv back as rows (numbers parsed, empty cells NaN), for `--summarise` after an interrupted run."""
     rows = []
     for row in csv.DictReader(path.open()):
-        rows.append({k: v if k in ("series", "method", "curve") else float(v) for k, v in row.items()})
+        rows.append({k: v if k in ("series", "method", "curve") else float(v or "nan") for k, v in row.items()})
     return rows
 
 

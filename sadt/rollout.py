@@ -44,6 +44,7 @@ def head_q(value_head, hidden: torch.Tensor, sequences: Callable[[], list[list[i
 class Rollouts:
     actions: torch.Tensor  # (B, T) action indices after the prefix, -1 padded
     log_prior: torch.Tensor  # (B, T) log p(a_t|s_t) of each sampled action, 0 padded
+    log_proposal: torch.Tensor  # (B, T) log-probability of each sampled action under the policy that drew it
     lengths: torch.Tensor  # (B,) actions sampled per row
     step_log_probs: torch.Tensor | None = None  # (B, T, A) log p(.|s_t) over all actions, when asked for
     step_q: torch.Tensor | None = None  # (B, T, A) Q_φ(s_t, ·) from `value_head`, when one is given
@@ -94,6 +95,7 @@ def rollout(
     B, T = len(prefixes), grammar.max_tokens
     actions = torch.full((B, T), -1, dtype=torch.long, device=device)
     log_prior = torch.zeros(B, T, dtype=torch.float64, device=device)
+    log_proposal = torch.zeros(B, T, dtype=torch.float64, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     step_log_probs = step_q = None
     if value_head is not None:
@@ -118,6 +120,7 @@ def rollout(
         rows = batch.rows
         actions[rows, lengths[rows]] = chosen
         log_prior[rows, lengths[rows]] = logp.gather(1, chosen[:, None]).squeeze(1)
+        log_proposal[rows, lengths[rows]] = sample_logp.gather(1, chosen[:, None]).squeeze(1)
         if step_log_probs is not None:
             step_log_probs[rows, lengths[rows]] = logp
         if step_q is not None:
@@ -135,4 +138,5 @@ def rollout(
         step_log_probs = step_log_probs[:, :longest]
     if step_q is not None:
         step_q = step_q[:, :longest]
-    return Rollouts(actions[:, :longest], log_prior[:, :longest], lengths, step_log_probs, step_q)
+    return Rollouts(actions[:, :longest], log_prior[:, :longest], log_proposal[:, :longest], lengths, step_log_probs,
+                    step_q)

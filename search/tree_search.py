@@ -49,7 +49,7 @@ from sadt.lm.backend import LMBackend
 from sadt.rewards import checked_rewards
 from sadt.rollout import head_q, masked_log_softmax, rollout
 from search import selection
-from search.backup import mean_backup, soft_backup
+from search.backup import logsumexp, mean_backup, soft_backup
 from search.smc import SMC_METHODS  # particle samplers, configured by the same SearchConfig
 from search.tree import ROOT, Tree
 
@@ -146,10 +146,31 @@ class SearchResult:
     interrupted: bool = False
     tree_stats: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)  # seconds per phase: select, lm_rollout, reward, insert_backup
+    draw_log_weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # maxent_ts: see `root_value_is`
 
     @property
     def log_Z(self) -> float:
         return self.lam * self.root_value
+
+    @property
+    def root_value_is(self) -> float:
+        """(1/λ) log of the importance-sampling estimate of Z from every draw (maxent_ts; NaN otherwise):
+
+            Ẑ = (1/N) Σ_i p(x_i) exp(λ r(x_i)) / q_i(x_i),
+
+        q_i the probability that draw i's descent (Boltzmann choices) and rollout (p, or P_F under the
+        hybrid) gave x_i, computed when it was drawn. Each term has mean Z given the draws before it,
+        so Ẑ is unbiased however adaptive the search, and its log is low only by Jensen's gap; V̂(root)
+        has no such guarantee. Exact under full expansion (widening gives some actions q = 0).
+        """
+        w = self.draw_log_weights
+        return float((logsumexp(w) - np.log(w.size)) / self.lam) if w.size else float("nan")
+
+    @property
+    def draws_ess(self) -> float:
+        """Effective sample size (Σ w)² / Σ w² of the draws' importance weights."""
+        w = self.draw_log_weights
+        return float(np.exp(2 * logsumexp(w) - logsumexp(2 * w))) if w.size else float("nan")
 
 
 class TreeSearch:
@@ -199,6 +220,9 @@ class TreeSearch:
             self.tree.q[ROOT] = head_q(value_head, root.hidden, lambda: [[]])[0].double().cpu().numpy()
         self.rollouts_done = 0
         self._pending_leaves: dict[int, dict[int, int]] = {}  # node -> action -> picks this iteration
+        self._descent_log_ratio = 0.0  # Σ log p(a|s) − log q(a|s) over the current descent's Boltzmann choices
+        self._pick_log_ratios: list[float] = []  # one per selection of this iteration
+        self.draw_log_weights: list[float] = []  # maxent_ts: log [p(x) exp(λ r(x)) / q(x)] of every draw so far
         self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds
 
     # -- selection ---------------------------------------------------------------------------
@@ -318,13 +342,16 @@ class TreeSearch:
                 tree.visits[node] + tree.pending[node], config.uct_c,
             )
         values, _ = self._hybrid_values(node)  # unvisited children: V̂(s), or Q_φ under the hybrid
-        return selection.boltzmann(
-            self._eligible_log_prior(node), values, np.ones_like(visited), tree.value[node], config.lam, self.rng
-        )
+        log_prior = self._eligible_log_prior(node)
+        action = selection.boltzmann(log_prior, values, np.ones_like(visited), tree.value[node], config.lam, self.rng)
+        logits = log_prior + config.lam * values  # what Gumbel-max sampled from: q(a|s) = softmax(logits)_a
+        self._descent_log_ratio += tree.log_prior[node, action] - (logits[action] - logsumexp(logits))
+        return action
 
     def select(self) -> tuple[int, int]:
         """One descent: (parent, action) of a new leaf, or (terminal node, -1). Adds virtual visits."""
         tree, node = self.tree, ROOT
+        self._descent_log_ratio = 0.0
         while True:
             action = self._choose(node)
             tree.pending[node] += 1  # after choosing: a descent's own visit does not count for itself
@@ -332,9 +359,11 @@ class TreeSearch:
             if child < 0:
                 leaves = self._pending_leaves.setdefault(node, {})
                 leaves[action] = leaves.get(action, 0) + 1
+                self._pick_log_ratios.append(self._descent_log_ratio)
                 return node, action
             if tree.terminal[child]:
                 tree.pending[child] += 1
+                self._pick_log_ratios.append(self._descent_log_ratio)
                 return child, -1
             node = child
 
@@ -383,12 +412,15 @@ class TreeSearch:
         finally:
             self.tree.pending[: self.tree.size] = 0
             self._pending_leaves.clear()
+            self._pick_log_ratios.clear()
 
     def _iterate(self, batch: int) -> list[int]:
         clock = time.perf_counter()
         picks = [self.select() for _ in range(batch)]
         revisits = [node for node, action in picks if action < 0]  # known terminals: no LM call
         new = [(parent, action) for parent, action in picks if action >= 0]
+        log_ratios = [r for (_, a), r in zip(picks, self._pick_log_ratios) if a < 0] + \
+            [r for (_, a), r in zip(picks, self._pick_log_ratios) if a >= 0]  # in the order of `terminals` below
         suffixes = [[action] for _, action in new]  # actions below each parent: the new one, then the rollout's
         paths = [self.tree.actions_to(parent) + [action] for parent, action in new]
         step_log_probs: list[np.ndarray | None] = [None] * len(paths)  # (T, A) prior vectors along each rollout
@@ -407,6 +439,8 @@ class TreeSearch:
                 suffixes[i] += out.actions[row, :length].tolist()
                 paths[i] = paths[i] + suffixes[i][1:]
                 step_log_probs[i] = out.step_log_probs[row, :length].cpu().numpy()
+                rolled = out.log_prior[row, :length] - out.log_proposal[row, :length]  # 0 unless guided
+                log_ratios[len(revisits) + i] += float(rolled.sum())
                 if out.step_q is not None:
                     step_q[i] = out.step_q[row, :length].cpu().numpy()
         clock = self._tick("lm_rollout", clock)
@@ -417,6 +451,8 @@ class TreeSearch:
             for (parent, _), suffix, log_probs, q, reward in zip(new, suffixes, step_log_probs, step_q, rewards)
         ]
         self.backup(terminals)
+        if self.config.method == "maxent_ts":
+            self.draw_log_weights += (np.asarray(log_ratios) + self.config.lam * self.tree.reward[terminals]).tolist()
         self.rollouts_done += batch
         self._tick("insert_backup", clock)
         return terminals
@@ -535,4 +571,5 @@ class TreeSearch:
             interrupted=interrupted,
             tree_stats=tree.stats(),
             timings=dict(self.timings),
+            draw_log_weights=np.asarray(self.draw_log_weights, dtype=np.float64),
         )

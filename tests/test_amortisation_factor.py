@@ -18,6 +18,7 @@ from amortisation import (  # noqa: E402
     kept_row,
     plot_curves,
     real_rows,
+    reward_share,
     series_of,
 )
 
@@ -75,6 +76,13 @@ def test_in_tree_curves_are_one_search_each_at_the_largest_budget_sampling_the_t
     assert mc.n_rollouts == 200 and mc.sampling == "tree" and mc.hybrid == "off"
     assert hybrid.n_rollouts == 100 and hybrid.sampling == "tree" and hybrid.hybrid == "visits"
     assert hybrid.hybrid_n0 == 1.0
+
+
+def test_reward_share_is_zero_at_the_prior_and_one_at_the_target():
+    reward, prior, target = np.array([0.0, 1.0, 3.0]), np.array([0.5, 0.25, 0.25]), np.array([0.1, 0.2, 0.7])
+    share = reward_share(reward, prior, target)  # E_p[r] = 1.0, E_π*[r] = 2.3
+    assert share(prior) == pytest.approx(0.0) and share(target) == pytest.approx(1.0)
+    assert share(np.array([0.0, 0.0, 1.0])) == pytest.approx((3.0 - 1.0) / 1.3)
 
 
 def test_heldout_windows_tile_the_test_part_and_each_context_ends_where_its_truth_starts():
