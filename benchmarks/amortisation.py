@@ -76,7 +76,7 @@ class RealPart:
     bootstrap: int = 2000
     windows_per_series: int = 1  # held-out windows tiling each test part; fewer where the test part is short
     baselines: bool = True  # base sampling is always run; False skips best-of-N ... pure F_φ (the curves only)
-    in_tree: bool = False  # also both curves with in-tree samples (DTS Alg. 2), one anytime search per curve
+    in_tree: bool = False  # also both curves with in-tree and with resampled draws, one anytime search per curve
 
 
 @dataclass(frozen=True)
@@ -280,6 +280,7 @@ def real_rows(config: RealPart) -> list[tuple[str, str, SearchConfig | None, boo
 
 
 IN_TREE = " in-tree"  # suffix of the in-tree curves' row labels and curve names
+RESAMPLED = " resampled"  # ... and of the curves resampling the draws by their importance weights
 
 
 def in_tree_curves(config: RealPart) -> list[tuple[str, str, SearchConfig, list[int], bool]]:
@@ -296,9 +297,9 @@ def in_tree_curves(config: RealPart) -> list[tuple[str, str, SearchConfig, list[
                         progress=False, sampling="tree")
     hybrid = dataclasses.replace(base, hybrid="visits", hybrid_n0=config.hybrid_n0, hybrid_offset=config.hybrid_offset)
     return [
-        ("maxent_ts", "MC-only" + IN_TREE, dataclasses.replace(base, n_rollouts=max(config.budgets)),
-         sorted(config.budgets), False),
-        ("hybrid", "hybrid" + IN_TREE, dataclasses.replace(hybrid, n_rollouts=max(config.hybrid_budgets)),
+        ("maxent_ts", "MC-only", dataclasses.replace(base, n_rollouts=max(config.budgets)), sorted(config.budgets),
+         False),
+        ("hybrid", "hybrid", dataclasses.replace(hybrid, n_rollouts=max(config.hybrid_budgets)),
          sorted(config.hybrid_budgets), True),
     ]
 
@@ -351,19 +352,22 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
                 "budget": search_config.n_rollouts if search_config else 0, "rollouts_run": n_rollouts,
             }, roots, lm.stats.tokens, time.perf_counter() - start))
         for prefix, curve, search_config, budgets, uses_head in in_tree_curves(config):
-            labels = [f"{prefix}@{b}{IN_TREE}" for b in budgets]
+            labels = [f"{prefix}@{b}{suffix}" for b in budgets for suffix in (IN_TREE, RESAMPLED)]
             kept = [kept_row(keep or [], name, label, reuse=keep_head_rows or not uses_head) for label in labels]
             if all(r is not None for r in kept):
                 rows += kept
                 continue
             lm.stats.reset()
             search = task.sampler(lm, search_config, head if uses_head else None)
-            for label, budget in zip(labels, budgets):
-                result = search.run(until=budget)  # samples drawn from the tree as it stands at `budget`
-                rows.append(scored_row(task, truth, result.samples, result.sample_rewards, {
-                    "series": name, "method": label, "curve": curve, "budget": budget,
-                    "rollouts_run": result.n_rollouts,
-                }, (result.root_value, result.root_value_is), result.nfe_tokens, result.wall_s))
+            for budget in budgets:
+                result = search.run(until=budget)  # in-tree samples drawn from the tree as it stands at `budget`
+                resampled = search.resample_draws(config.n_samples)
+                for suffix, nodes in ((IN_TREE, result.sample_nodes), (RESAMPLED, resampled)):
+                    rows.append(scored_row(
+                        task, truth, [search.tree.actions_to(n) for n in nodes], search.tree.reward[nodes],
+                        {"series": name, "method": f"{prefix}@{budget}{suffix}", "curve": curve + suffix,
+                         "budget": budget, "rollouts_run": result.n_rollouts},
+                        (result.root_value, result.root_value_is), result.nfe_tokens, result.wall_s))
         reference = next(r for r in rows if r["series"] == name and r["method"] == f"maxent_ts@{config.budgets[-1]}")
         for r in rows:
             if r["series"] == name:
@@ -454,7 +458,7 @@ def plot_curves(rows: list[dict], path: Path, rng: np.random.Generator, n_boot: 
     windows = list(dict.fromkeys(r["series"] for r in rows))
     series = list(dict.fromkeys(series_of(w) for w in windows))
     curves = list(dict.fromkeys(r["curve"] for r in rows if r["curve"]))  # MC-only, hybrid (and in-tree ones)
-    style = {c: {"linestyle": "--" if c.endswith(IN_TREE) else "-",
+    style = {c: {"linestyle": "--" if c.endswith(IN_TREE) else ":" if c.endswith(RESAMPLED) else "-",
                  "color": "C1" if c.startswith("hybrid") else "C0"} for c in curves}
     fig, axes = plt.subplots(1, len(series) + 1, figsize=(3.4 * (len(series) + 1), 3.4), squeeze=False)
     for ax, name in zip(axes[0], series):
@@ -594,9 +598,10 @@ def main(argv: list[str] | None = None) -> int:
         plot_curves(rows, out / "reward_vs_rollouts.png", np.random.default_rng(0), config.real.bootstrap)
         factors = [f"Amortisation factor (sampling: search): "
                    f"{amortisation_factor(rows, config.real, np.random.default_rng(0))}"]
-        if any(r["curve"].endswith(IN_TREE) for r in rows):
-            factors.append(f"\nAmortisation factor (in-tree samples): "
-                           f"{amortisation_factor(rows, config.real, np.random.default_rng(0), IN_TREE)}")
+        for suffix in (IN_TREE, RESAMPLED):
+            if any(r["curve"].endswith(suffix) for r in rows):
+                factors.append(f"\nAmortisation factor (samples {suffix.strip()}): "
+                               f"{amortisation_factor(rows, config.real, np.random.default_rng(0), suffix)}")
         write_summary(out / "real.md", [header, "## Held-out windows\n", real_summary(rows), "", *factors])
     return 0
 

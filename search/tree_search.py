@@ -81,7 +81,8 @@ class SearchConfig:
     guided_rollouts: bool = True  # hybrid: roll out from P_F ∝ p exp(λ Q_φ) rather than p (values stay unbiased)
     sampling: str = "tree"  # maxent_ts: "tree" draws samples from the finished tree without model calls (DTS
     # Alg. 2, visited children only); "search" makes each sample one more selection + rollout (it may leave the
-    # tree, as the hybrid's Q_φ invites; costs n_samples rollouts, counted)
+    # tree, as the hybrid's Q_φ invites; costs n_samples rollouts, counted); "resample" resamples the search's
+    # draws by their importance weights p e^{λr} / q (`TreeSearch.resample_draws`; no model calls)
     ess_threshold: float = 0.5  # smc / twisted_smc: resample when ESS < ess_threshold · particles (n_rollouts)
     seed: int = 0
     progress: bool = True
@@ -115,10 +116,10 @@ class SearchConfig:
             )
         if self.uct_c < 0:
             raise ValueError(f"search `uct_c` must be >= 0, got {self.uct_c}")
-        if self.sampling not in ("tree", "search"):
-            raise ValueError(f"search `sampling` must be 'tree' or 'search', got {self.sampling!r}")
-        if self.sampling == "search" and self.method != "maxent_ts":
-            raise ValueError(f"search `sampling: search` needs method maxent_ts, got {self.method!r}")
+        if self.sampling not in ("tree", "search", "resample"):
+            raise ValueError(f"search `sampling` must be 'tree', 'search' or 'resample', got {self.sampling!r}")
+        if self.sampling != "tree" and self.method != "maxent_ts":
+            raise ValueError(f"search `sampling: {self.sampling}` needs method maxent_ts, got {self.method!r}")
         if not 0 <= self.ess_threshold <= 1:
             raise ValueError(f"search `ess_threshold` must be in [0, 1], got {self.ess_threshold}")
 
@@ -223,6 +224,7 @@ class TreeSearch:
         self._descent_log_ratio = 0.0  # Σ log p(a|s) − log q(a|s) over the current descent's Boltzmann choices
         self._pick_log_ratios: list[float] = []  # one per selection of this iteration
         self.draw_log_weights: list[float] = []  # maxent_ts: log [p(x) exp(λ r(x)) / q(x)] of every draw so far
+        self.draw_terminals: list[int] = []  # the terminal node of each draw
         self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds
 
     # -- selection ---------------------------------------------------------------------------
@@ -453,6 +455,7 @@ class TreeSearch:
         self.backup(terminals)
         if self.config.method == "maxent_ts":
             self.draw_log_weights += (np.asarray(log_ratios) + self.config.lam * self.tree.reward[terminals]).tolist()
+            self.draw_terminals += terminals
         self.rollouts_done += batch
         self._tick("insert_backup", clock)
         return terminals
@@ -484,6 +487,8 @@ class TreeSearch:
     def sample(self, n: int) -> list[int]:
         """Terminal node ids from the finished tree, without model calls (unless `sampling: search`).
 
+        `sampling: resample` (maxent_ts): `resample_draws`.
+
         `sampling: search` (maxent_ts): each sample is one more Boltzmann selection, rolled out
         (guided by P_F under the hybrid) when it reaches an unvisited child, and backed up.
         Otherwise, Boltzmann methods descend among visited children with weights `w(c) exp(λ V̂(c))` (DTS
@@ -491,6 +496,8 @@ class TreeSearch:
         follows the argmax-V̂ path, mcts_uct the most visited one, best_of_n returns its n best.
         """
         method = self.config.method
+        if self.config.sampling == "resample":
+            return self.resample_draws(n)
         if self.config.sampling == "search":
             terminals: list[int] = []
             while len(terminals) < n:
@@ -504,6 +511,16 @@ class TreeSearch:
             return [self._greedy_path()] * n
         lam = 0.0 if method in ("ancestral", "greedy", "flow") else self.config.lam
         return [self._boltzmann_descent(lam) for _ in range(n)]
+
+    def resample_draws(self, n: int) -> list[int]:
+        """n terminal node ids drawn with replacement from the search's draws ∝ p(x) exp(λ r(x)) / q(x)
+        (sampling importance resampling; maxent_ts). Consistent for π* as the draws grow, whatever the
+        selection did, where the in-tree sampler's prior-weighted values are biased at small budgets."""
+        if not self.draw_log_weights:
+            raise RuntimeError("resample_draws needs method maxent_ts and at least one finished rollout")
+        log_w = np.asarray(self.draw_log_weights)
+        probs = np.exp(log_w - logsumexp(log_w))
+        return self.sample_rng.choice(np.asarray(self.draw_terminals), size=n, p=probs / probs.sum()).tolist()
 
     def _boltzmann_descent(self, lam: float) -> int:
         tree, node = self.tree, ROOT
