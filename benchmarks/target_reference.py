@@ -68,7 +68,9 @@ def score_rows(rows: list[dict], references: dict[str, dict], rng: np.random.Gen
             continue
         idx = np.array(present)
         gain = np.array([by[windows[i], method]["reward"] for i in present]) - prior[idx]
-        error = np.abs(np.array([by[windows[i], method]["root_value"] for i in present]) - value[idx])
+        bias = np.array([by[windows[i], method]["root_value"] for i in present]) - value[idx]
+        bias_is = np.array([by[windows[i], method].get("root_value_is", np.nan) for i in present]) - value[idx]
+        error = np.abs(bias)
         boot = rng.integers(0, len(idx), (n_boot, len(idx)))
         shares = gain[boot].mean(1) / gap[idx][boot].mean(1)
         errors = error[boot].mean(1)
@@ -76,8 +78,11 @@ def score_rows(rows: list[dict], references: dict[str, dict], rng: np.random.Gen
             "method": method, "windows": len(idx), "reward_gain": float(gain.mean()),
             "target_gain": float(gap[idx].mean()), "share_closed": float(gain.mean() / gap[idx].mean()),
             "share_low": float(np.percentile(shares, 2.5)), "share_high": float(np.percentile(shares, 97.5)),
-            "root_error_is": float(error.mean()), "root_error_low": float(np.percentile(errors, 2.5)),
+            "root_error": float(error.mean()), "root_error_low": float(np.percentile(errors, 2.5)),
             "root_error_high": float(np.percentile(errors, 97.5)),
+            "root_bias": float(bias.mean()),  # NaN where a row has no root value (base sampling) or, below, no
+            "is_estimate_bias": float(bias_is.mean()),  # importance-sampling estimate (runs before root_value_is)
+            "is_estimate_error": float(np.abs(bias_is).mean()),
         })
     return out
 
@@ -111,11 +116,13 @@ def summary(references: list[dict], scores: list[dict], header: str) -> str:
         lines.append(f"| {r['series']} | {r['prior_reward']:.3f} | {r['target_reward']:.3f} | {r['value_is']:.3f} | "
                      f"{r['ess']:.1f} / {int(r['n_prior'])} |")
     lines += ["", "| method | windows | reward − E_p[r] | share of the gap to E_π*[r] closed (95% CI) | "
-              "root error vs V_IS (95% CI) |", "|---|---|---|---|---|"]
+              "V̂(root) error vs V_IS (95% CI) | V̂(root) bias | IS root estimate: error | bias |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in scores:
         lines.append(f"| {s['method']} | {s['windows']} | {s['reward_gain']:+.3f} | {s['share_closed']:.2f} "
-                     f"[{s['share_low']:.2f}, {s['share_high']:.2f}] | {s['root_error_is']:.3f} "
-                     f"[{s['root_error_low']:.3f}, {s['root_error_high']:.3f}] |")
+                     f"[{s['share_low']:.2f}, {s['share_high']:.2f}] | {s['root_error']:.3f} "
+                     f"[{s['root_error_low']:.3f}, {s['root_error_high']:.3f}] | {s['root_bias']:+.3f} | "
+                     f"{s['is_estimate_error']:.3f} | {s['is_estimate_bias']:+.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -42,7 +42,22 @@ def test_scores_are_the_share_of_the_gap_closed_and_the_root_error_against_v_is(
                                           ("C", "hybrid@20", "hybrid", 9.0, 9.0)]]  # C has no reference
     scores = {s["method"]: s for s in score_rows(rows, references, np.random.default_rng(0), n_boot=200)}
     assert scores["maxent_ts@20"]["share_closed"] == pytest.approx(0.25)
-    assert scores["maxent_ts@20"]["root_error_is"] == pytest.approx(0.15)
+    assert scores["maxent_ts@20"]["root_error"] == pytest.approx(0.15)
     assert scores["hybrid@20"]["share_closed"] == pytest.approx(0.75) and scores["hybrid@20"]["windows"] == 2
-    assert scores["hybrid@20"]["root_error_is"] == pytest.approx(0.0)
+    assert scores["hybrid@20"]["root_error"] == pytest.approx(0.0)
     assert scores["hybrid@20"]["share_low"] <= 0.75 <= scores["hybrid@20"]["share_high"]
+    assert scores["maxent_ts@20"]["root_bias"] == pytest.approx(-0.05)  # signed: (+0.1 − 0.2) / 2
+
+
+def test_the_importance_sampling_root_estimate_is_scored_where_a_row_has_one():
+    references = {"A": {"prior_reward": -1.0, "target_reward": 0.0, "value_is": -0.5},
+                  "B": {"prior_reward": -2.0, "target_reward": -1.0, "value_is": -1.5}}
+    rows = [{"series": "A", "method": "hybrid@20", "curve": "hybrid", "reward": -0.5, "root_value": -0.5,
+             "root_value_is": -0.6},
+            {"series": "B", "method": "hybrid@20", "curve": "hybrid", "reward": -1.0, "root_value": -1.5,
+             "root_value_is": -1.3},
+            {"series": "A", "method": "maxent_ts@20", "curve": "MC-only", "reward": -1.0, "root_value": -0.5}]
+    scores = {s["method"]: s for s in score_rows(rows, references, np.random.default_rng(0), n_boot=50)}
+    assert scores["hybrid@20"]["is_estimate_bias"] == pytest.approx(0.05)  # (−0.1 + 0.2) / 2
+    assert scores["hybrid@20"]["is_estimate_error"] == pytest.approx(0.15)
+    assert np.isnan(scores["maxent_ts@20"]["is_estimate_error"])  # an older row without the estimate
