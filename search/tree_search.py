@@ -162,7 +162,8 @@ class SearchResult:
         q_i the probability that draw i's descent (Boltzmann choices) and rollout (p, or P_F under the
         hybrid) gave x_i, computed when it was drawn. Each term has mean Z given the draws before it,
         so Ẑ is unbiased however adaptive the search, and its log is low only by Jensen's gap; V̂(root)
-        has no such guarantee. Exact under full expansion (widening gives some actions q = 0).
+        has no such guarantee. Exact under full expansion; widening, or top_k with guided rollouts, give
+        some actions of p's support q = 0.
         """
         w = self.draw_log_weights
         return float((logsumexp(w) - np.log(w.size)) / self.lam) if w.size else float("nan")
