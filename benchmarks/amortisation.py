@@ -140,6 +140,7 @@ def run_toy(config: ToyPart, out: Path) -> list[dict]:
         ExactHead,
         Toy,
         policy_step_log_probs,
+        resample_distribution,
         search_sampler_distribution,
         total_variation,
         tree_distribution,
@@ -171,6 +172,7 @@ def run_toy(config: ToyPart, out: Path) -> list[dict]:
                 search = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, search_config, head)
                 root_is = search.run().root_value_is
                 by_search, in_tree = search_sampler_distribution(search, toy, completion), tree_distribution(search)
+                resampled = resample_distribution(search, toy)
                 rows.append({
                     "variant": name, "rollouts": budget, "seed": seed,
                     "tv_search_sampler": total_variation(by_search, target),
@@ -178,6 +180,7 @@ def run_toy(config: ToyPart, out: Path) -> list[dict]:
                     "root_error": abs(float(search.tree.value[0]) - exact_root),
                     "root_bias": float(search.tree.value[0]) - exact_root, "root_bias_is": root_is - exact_root,
                     "share_search_sampler": share(by_search), "share_tree_sampler": share(in_tree),
+                    "tv_resampled": total_variation(resampled, target), "share_resampled": share(resampled),
                 })
         print(f"toy: {name} done", flush=True)
     write_csv(out / "toy.csv", rows)
@@ -202,7 +205,8 @@ def plot_toy(rows: list[dict], path: Path, length: int) -> None:
     metrics = [("tv_search_sampler", "TV to π* (sampling: search)"), ("tv_tree_sampler", "TV to π* (in-tree sampler)"),
                ("root_error", "|V̂(root) − V(root)|"),
                ("share_search_sampler", "share of E_p→E_π* reward gap (search)"),
-               ("share_tree_sampler", "share of E_p→E_π* reward gap (in-tree)")]
+               ("share_tree_sampler", "share of E_p→E_π* reward gap (in-tree)"),
+               ("share_resampled", "share of E_p→E_π* reward gap (resampled)")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.2))
     for ax, (key, label) in zip(axes, metrics):
         log_axis = not key.startswith("share")
@@ -520,18 +524,21 @@ def mc_equivalent(rows: list[dict], key: str, value: float) -> float:
 
 def toy_summary(rows: list[dict]) -> str:
     """Per variant and budget, mean ± sd over seeds; `share`: (E_q[r] − E_p[r]) / (E_π*[r] − E_p[r])."""
-    keys = ("tv_search_sampler", "tv_tree_sampler", "root_error", "root_bias", "root_bias_is", "share_search_sampler",
-            "share_tree_sampler")
-    lines = ["| variant | rollouts | TV (sampling: search) | MC-only budget with this TV | TV (in-tree) | root error | "
-             "root bias: V̂ | root bias: IS | share (search) | share (in-tree) |", "|---" * 10 + "|"]
+    keys = ("tv_search_sampler", "tv_tree_sampler", "tv_resampled", "root_error", "root_bias", "root_bias_is",
+            "share_search_sampler", "share_tree_sampler", "share_resampled")
+    lines = ["| variant | rollouts | TV (sampling: search) | MC-only budget with this TV | TV (in-tree) | "
+             "TV (resampled) | root error | root bias: V̂ | root bias: IS | share (search) | share (in-tree) | "
+             "share (resampled) |",
+             "|---" * 12 + "|"]
     for variant in dict.fromkeys(r["variant"] for r in rows):
         for budget in sorted({r["rollouts"] for r in rows}):
             sel = [r for r in rows if r["variant"] == variant and r["rollouts"] == budget]
-            tv, tree_tv, root, bias, bias_is, share, tree_share = [
+            tv, tree_tv, resampled_tv, root, bias, bias_is, share, tree_share, resampled_share = [
                 f"{np.mean([r[k] for r in sel]):.3g} ± {np.std([r[k] for r in sel]):.2g}" for k in keys]
             equivalent = mc_equivalent(rows, "tv_search_sampler", np.mean([r["tv_search_sampler"] for r in sel]))
             ratio = f"{equivalent:.0f} ({equivalent / budget:.1f}x)" if np.isfinite(equivalent) else "> all"
-            cells = [variant, budget, tv, ratio, tree_tv, root, bias, bias_is, share, tree_share]
+            cells = [variant, budget, tv, ratio, tree_tv, resampled_tv, root, bias, bias_is, share, tree_share,
+                     resampled_share]
             lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 

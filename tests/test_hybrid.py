@@ -10,6 +10,7 @@ from toy_problem import (
     ExactHead,
     Toy,
     policy_step_log_probs,
+    resample_distribution,
     search_sampler_distribution,
     total_variation,
     tree_distribution,
@@ -168,24 +169,15 @@ def test_importance_root_value_is_unbiased_where_the_tree_backup_is_not(toy):
     assert np.mean(tree_errors) < -3 * np.std(tree_errors, ddof=1) / np.sqrt(len(tree_errors))
 
 
-def importance_distribution(search, toy) -> np.ndarray:
-    """Σ over draws of each terminal's normalised weight p e^{λr} / q: what `resample_draws` draws from."""
-    log_w = np.asarray(search.draw_log_weights)
-    weights = np.exp(log_w - logsumexp(log_w))
-    q = np.zeros(len(toy.sequences))
-    np.add.at(q, [toy.index(search.tree.actions_to(t)) for t in search.draw_terminals], weights)
-    return q
-
-
 def test_resampled_draws_follow_their_importance_weights_and_approach_the_target(toy):
     target, _ = toy.target(LAM)
     small, large = run(toy, 80), run(toy, 640)
-    q = importance_distribution(small, toy)
+    q = resample_distribution(small, toy)
     draws = [toy.index(small.tree.actions_to(t)) for t in small.resample_draws(8000)]
     # 8000 draws over the <= 80 terminals drawn: TV ~0.04 from noise alone.
     assert total_variation(np.bincount(draws, minlength=q.size) / len(draws), q) < 0.08
     # Measured (seed 3): TV to π* 0.61 at 80 draws, 0.34 at 320, 0.17 at 1280 (the in-tree sampler: 0.57, 0.19, 0.05).
-    assert total_variation(importance_distribution(large, toy), target) < total_variation(q, target) - 0.15
+    assert total_variation(resample_distribution(large, toy), target) < total_variation(q, target) - 0.15
     resampled = run(toy, 80, sampling="resample")
     assert len(resampled.result().samples) == resampled.config.n_samples
     with pytest.raises(ValueError, match="`sampling: resample` needs method maxent_ts"):

@@ -129,6 +129,16 @@ def tree_distribution(search: TreeSearch) -> np.ndarray:
     return q
 
 
+def resample_distribution(search: TreeSearch, toy: Toy) -> np.ndarray:
+    """The exact distribution of `TreeSearch.resample_draws` over all sequences: each draw's normalised
+    importance weight p e^{λr} / q, summed per terminal."""
+    log_w = np.asarray(search.draw_log_weights)
+    weights = np.exp(log_w - logsumexp(log_w))
+    q = np.zeros(len(toy.sequences))
+    np.add.at(q, [toy.index(search.tree.actions_to(t)) for t in search.draw_terminals], weights)
+    return q
+
+
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * float(np.abs(p - q).sum())
 
