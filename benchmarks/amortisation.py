@@ -287,13 +287,14 @@ IN_TREE = " in-tree"  # suffix of the in-tree curves' row labels and curve names
 RESAMPLED = " resampled"  # ... and of the curves resampling the draws by their importance weights
 
 
-def in_tree_curves(config: RealPart) -> list[tuple[str, str, SearchConfig, list[int], bool]]:
+def anytime_curves(config: RealPart) -> list[tuple[str, str, SearchConfig, list[int], bool]]:
     """(label prefix, curve, search config at the curve's largest budget, budgets, uses the head).
 
     `sampling: search` makes each sample one more selection and rollout: below the first
     unvisited child (at 48 tokens' depth, early) a sample is a fresh rollout from p (from P_F
     under the hybrid), so an MC-only sample is mostly prior. In-tree samples (DTS Alg. 2) only
-    reweight the visited terminals. One search per curve serves all its budgets (`run(until)`).
+    reweight the visited terminals; resampled ones (`TreeSearch.resample_draws`) reweight every draw
+    by p e^{λr} / q. One search per curve serves all its budgets and both samplers (`run(until)`).
     """
     if not config.in_tree:
         return []
@@ -315,7 +316,7 @@ def kept_row(keep: list[dict], window: str, label: str, reuse: bool) -> dict | N
 
 
 def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_head_rows: bool = False) -> list[dict]:
-    """Every row of `real_rows` and `in_tree_curves` on every held-out window. With `keep` (rows of an
+    """Every row of `real_rows` and `anytime_curves` on every held-out window. With `keep` (rows of an
     earlier real.csv), rows found there are taken from it rather than re-run: all of them with
     `keep_head_rows` (resuming a run), else only those that do not read the head (a new head against
     the same references)."""
@@ -355,7 +356,7 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
                 "series": name, "method": label, "curve": curve,
                 "budget": search_config.n_rollouts if search_config else 0, "rollouts_run": n_rollouts,
             }, roots, lm.stats.tokens, time.perf_counter() - start))
-        for prefix, curve, search_config, budgets, uses_head in in_tree_curves(config):
+        for prefix, curve, search_config, budgets, uses_head in anytime_curves(config):
             labels = [f"{prefix}@{b}{suffix}" for b in budgets for suffix in (IN_TREE, RESAMPLED)]
             kept = [kept_row(keep or [], name, label, reuse=keep_head_rows or not uses_head) for label in labels]
             if all(r is not None for r in kept):
@@ -400,8 +401,8 @@ def scored_row(task, truth: np.ndarray, samples: list[list[int]], rewards: np.nd
 def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Generator, sampler: str = "") -> dict:
     """reference / b*, b* the smallest hybrid budget whose mean reward ≥ MC-only's at the reference.
 
-    `sampler`: "" for the `sampling: search` rows, `IN_TREE` for the in-tree curves (each compared
-    with its own kind).
+    `sampler`: "" for the `sampling: search` rows, `IN_TREE` or `RESAMPLED` for the anytime curves
+    (each compared with its own kind).
 
     The same rule applied to MC-only's own smaller budgets (`mc_self_factor`) is the control: when
     it also reports a factor > 1, the windows' reward noise is larger than the effect measured.

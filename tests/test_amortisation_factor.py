@@ -13,8 +13,8 @@ from amortisation import (  # noqa: E402
     IN_TREE,
     RealPart,
     amortisation_factor,
+    anytime_curves,
     heldout_windows,
-    in_tree_curves,
     kept_row,
     plot_curves,
     real_rows,
@@ -68,8 +68,8 @@ def test_the_in_tree_factor_compares_in_tree_rows_with_in_tree_rows_only():
 
 
 def test_anytime_curves_are_one_search_each_at_the_largest_budget_sampling_the_tree():
-    assert in_tree_curves(RealPart()) == []  # off by default: the curves of earlier configs are unchanged
-    curves = in_tree_curves(RealPart(budgets=[50, 20, 200], hybrid_budgets=[20, 100], in_tree=True, hybrid_n0=1.0))
+    assert anytime_curves(RealPart()) == []  # off by default: the curves of earlier configs are unchanged
+    curves = anytime_curves(RealPart(budgets=[50, 20, 200], hybrid_budgets=[20, 100], in_tree=True, hybrid_n0=1.0))
     (mc_prefix, mc_curve, mc, mc_budgets, mc_head), (hy_prefix, hy_curve, hybrid, hy_budgets, hy_head) = curves
     assert (mc_prefix, mc_curve, mc_budgets, mc_head) == ("maxent_ts", "MC-only", [20, 50, 200], False)
     assert (hy_prefix, hy_curve, hy_budgets, hy_head) == ("hybrid", "hybrid", [20, 100], True)
