@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from search.backup import boltzmann_logits
+from search.backup import boltzmann_logits, logsumexp
 
 
 def boltzmann(
     log_w: np.ndarray, values: np.ndarray, visited: np.ndarray, parent_value: float, lam: float,
     rng: np.random.Generator,
-) -> int:
-    """Sample `a ∝ w_a exp(λ Ṽ(s·a))` by Gumbel-max (unvisited children valued at V̂(s))."""
+) -> tuple[int, float]:
+    """Sample `a ∝ w_a exp(λ Ṽ(s·a))` by Gumbel-max (unvisited children valued at V̂(s)); returns the
+    action and its log-probability under that softmax (the proposal's share of an importance weight)."""
     logits = boltzmann_logits(values, log_w, visited, parent_value, lam)
-    return int(np.argmax(logits + rng.gumbel(size=logits.shape)))
+    action = int(np.argmax(logits + rng.gumbel(size=logits.shape)))
+    return action, float(logits[action] - logsumexp(logits))
 
 
 def uct(values: np.ndarray, visits: np.ndarray, visited: np.ndarray, parent_visits: float, c: float) -> int:

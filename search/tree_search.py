@@ -332,7 +332,9 @@ class TreeSearch:
                 return self._draw_from_prior(node)
             if method == "dts":
                 log_w = self._child_log_weights(node)
-                return selection.boltzmann(log_w, tree.value[children], visited, tree.value[node], config.lam, self.rng)
+                action, _ = selection.boltzmann(log_w, tree.value[children], visited, tree.value[node], config.lam,
+                                                self.rng)
+                return action
             visits = tree.visits[children] + tree.pending[children]
             parent_visits = tree.visits[node] + tree.pending[node]
             return selection.uct(tree.value[children], visits, visited, parent_visits, config.uct_c)
@@ -345,10 +347,10 @@ class TreeSearch:
                 tree.visits[node] + tree.pending[node], config.uct_c,
             )
         values, _ = self._hybrid_values(node)  # unvisited children: V̂(s), or Q_φ under the hybrid
-        log_prior = self._eligible_log_prior(node)
-        action = selection.boltzmann(log_prior, values, np.ones_like(visited), tree.value[node], config.lam, self.rng)
-        logits = log_prior + config.lam * values  # what Gumbel-max sampled from: q(a|s) = softmax(logits)_a
-        self._descent_log_ratio += tree.log_prior[node, action] - (logits[action] - logsumexp(logits))
+        action, log_q = selection.boltzmann(
+            self._eligible_log_prior(node), values, np.ones_like(visited), tree.value[node], config.lam, self.rng
+        )
+        self._descent_log_ratio += tree.log_prior[node, action] - log_q
         return action
 
     def select(self) -> tuple[int, int]:

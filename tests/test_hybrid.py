@@ -152,6 +152,7 @@ def test_each_draw_carries_its_exact_importance_weight(toy, hybrid):
         expected = toy.log_p[x] + LAM * toy.table[x] - np.log(q[x])
         assert search.draw_log_weights[-1] == pytest.approx(expected, abs=1e-6)
     assert len(search.draw_log_weights) == 24 + 6
+    assert 1.0 <= search.result().draws_ess <= 24 + 6  # in-tree samples (the default) add no draws
 
 
 def test_importance_root_value_is_unbiased_where_the_tree_backup_is_not(toy):
