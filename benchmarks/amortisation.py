@@ -560,11 +560,11 @@ def real_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path, text_columns: tuple[str, ...] = ("series", "method", "curve", "proposal")) -> list[dict]:
     """real.csv back as rows (numbers parsed, empty cells NaN), for `--summarise` after an interrupted run."""
     rows = []
     for row in csv.DictReader(path.open()):
-        rows.append({k: v if k in ("series", "method", "curve") else float(v or "nan") for k, v in row.items()})
+        rows.append({k: v if k in text_columns else float(v or "nan") for k, v in row.items()})
     return rows
 
 

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.special import logsumexp
 from tqdm import tqdm
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
@@ -34,21 +33,18 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 from amortisation import AmortisationConfig, RealPart, heldout_windows, read_rows, write_csv  # noqa: E402
 
 from sadt.config import load_config  # noqa: E402
+from sadt.importance import importance_summary  # noqa: E402
 
 
 def importance_reference(rewards: np.ndarray, lam: float) -> dict:
-    """V_IS, E_π*[r] (self-normalised), E_p[r] and the ESS from prior samples' rewards (float64)."""
+    """V_IS, E_π*[r] (self-normalised), E_p[r] and the ESS from prior samples' rewards (float64): the
+    proposal is p itself, so log w = λ r (`sadt.importance.importance_summary`)."""
     r = np.asarray(rewards, dtype=np.float64)
     if r.ndim != 1 or r.size < 2 or not np.isfinite(r).all():
         raise ValueError(f"need a 1-D array of >= 2 finite rewards, got shape {r.shape}")
-    log_w = lam * r
-    w = np.exp(log_w - log_w.max())  # normalised weights are invariant to the shift
-    return {
-        "value_is": float((logsumexp(log_w) - np.log(r.size)) / lam),
-        "target_reward": float(np.sum(w * r) / np.sum(w)),
-        "prior_reward": float(r.mean()),
-        "ess": float(w.sum() ** 2 / np.sum(w**2)),
-    }
+    summary = importance_summary(lam * r, r, lam)
+    return {"value_is": summary["value_is"], "target_reward": summary["target_reward"],
+            "prior_reward": summary["proposal_reward"], "ess": summary["ess_fraction"] * r.size}
 
 
 def score_rows(rows: list[dict], references: dict[str, dict], rng: np.random.Generator,

@@ -14,7 +14,14 @@ from sadt.rollout import rollout
 from search.forecast_task import ForecastTask
 
 
-def sample_prior(
+@dataclass
+class PolicyDraws:
+    actions: list[list[int]]  # N action sequences
+    log_prior: np.ndarray  # (N,) log p(x) under the restricted prior
+    log_proposal: np.ndarray  # (N,) log q(x) under the policy that drew x (= log_prior for p itself)
+
+
+def sample_policy(
     lm: LMBackend,
     task: ForecastTask,
     *,
@@ -22,26 +29,36 @@ def sample_prior(
     batch_size: int = 16,
     temperature: float = 1.0,
     top_k: int | None = None,
+    value_head=None,
+    guide_lam: float = 0.0,
     seed: int = 0,
     progress: bool = True,
-) -> tuple[list[list[int]], np.ndarray]:
-    """N action sequences from p(x|c) and their log p(x), (N,); the prompt is prefilled once."""
+) -> PolicyDraws:
+    """N action sequences drawn token by token from p(x|c), or with a value head and `guide_lam` > 0
+    from P_F(a|s) ∝ p(a|s) exp(guide_lam · Q_φ(s, a)) (`sadt.rollout.rollout`); the prompt is prefilled once."""
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"need n_samples >= 1 and batch_size >= 1, got {n_samples} and {batch_size}")
     generator = torch.Generator(device=lm.device).manual_seed(seed)
     prompt = lm.prefill(task.prompt_ids)
-    actions, log_prior = [], []
+    actions, log_prior, log_proposal = [], [], []
     with tqdm(total=n_samples, desc="sampling", unit="forecast", disable=not progress) as bar:
         while len(actions) < n_samples:
             b = min(batch_size, n_samples - len(actions))
             out = rollout(
                 lm, prompt, task.codec.action_token_ids, task.grammar, [[]] * b,
-                temperature=temperature, top_k=top_k, generator=generator,
+                temperature=temperature, top_k=top_k, generator=generator, value_head=value_head, guide_lam=guide_lam,
             )
             actions += out.full_sequences([[]] * b)
             log_prior.append(out.log_prior.sum(dim=1).cpu().numpy())
+            log_proposal.append(out.log_proposal.sum(dim=1).cpu().numpy())
             bar.update(b)
-    return actions, np.concatenate(log_prior)
+    return PolicyDraws(actions, np.concatenate(log_prior), np.concatenate(log_proposal))
+
+
+def sample_prior(lm: LMBackend, task: ForecastTask, *, n_samples: int, **kwargs) -> tuple[list[list[int]], np.ndarray]:
+    """N action sequences from p(x|c) and their log p(x), (N,) (`sample_policy` without a head)."""
+    draws = sample_policy(lm, task, n_samples=n_samples, **kwargs)
+    return draws.actions, draws.log_prior
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""Proposal diagnostics: the importance summary against exact KLs, and guided draws' log-weights on the
+enumerable toy (constant, = log Z, when P_F comes from the exact soft values)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy, policy_step_log_probs
+
+from sadt.importance import importance_summary
+from search.ancestral import sample_policy
+
+
+def test_summary_matches_exact_kls_on_a_discrete_target():
+    rng = np.random.default_rng(0)
+    lam, prior, reward = 2.0, rng.dirichlet(np.ones(6)), rng.uniform(-1, 0, 6)
+    target = prior * np.exp(lam * reward)
+    z = target.sum()
+    target /= z
+    proposal = 0.5 * prior + 0.5 * rng.dirichlet(np.ones(6))
+    draws = rng.choice(6, size=400_000, p=proposal)
+    log_w = np.log(prior[draws]) + lam * reward[draws] - np.log(proposal[draws])
+    got = importance_summary(log_w, reward[draws], lam)
+    assert got["value_is"] == pytest.approx(np.log(z) / lam, abs=2e-3)
+    assert got["target_reward"] == pytest.approx(target @ reward, abs=3e-3)
+    assert got["proposal_reward"] == pytest.approx(proposal @ reward, abs=3e-3)
+    assert got["kl_target_proposal"] == pytest.approx(target @ np.log(target / proposal), abs=5e-3)
+    assert got["kl_proposal_target"] == pytest.approx(proposal @ np.log(proposal / target), abs=5e-3)
+    assert got["ess_fraction"] == pytest.approx(1 / (target**2 / proposal).sum(), abs=5e-3)  # N / (1 + χ²)
+
+
+def test_equal_weights_mean_the_proposal_is_the_target():
+    got = importance_summary(np.full(5, -1.3), np.arange(5.0), lam=1.0)
+    assert got["ess_fraction"] == pytest.approx(1.0)
+    assert got["kl_target_proposal"] == pytest.approx(0.0, abs=1e-12)
+    assert got["kl_proposal_target"] == pytest.approx(0.0, abs=1e-12)
+    assert got["value_is"] == pytest.approx(-1.3)
+
+
+@pytest.mark.parametrize("log_w, rewards, match", [
+    (np.array([0.0, -np.inf]), np.zeros(2), "finite"),
+    (np.zeros(3), np.zeros(2), "same length"),
+    (np.zeros(1), np.zeros(1), ">= 2"),
+])
+def test_bad_input_is_named(log_w, rewards, match):
+    with pytest.raises(ValueError, match=match):
+        importance_summary(log_w, rewards, lam=1.0)
+
+
+def toy_task(toy: Toy) -> SimpleNamespace:
+    return SimpleNamespace(prompt_ids=PROMPT, codec=SimpleNamespace(action_token_ids=ACTION_IDS), grammar=toy.grammar)
+
+
+def test_prior_draws_record_their_own_probability_as_the_proposal():
+    toy = Toy(length=4)
+    draws = sample_policy(toy.lm, toy_task(toy), n_samples=40, batch_size=16, progress=False)
+    exact = toy.log_p[[toy.index(s) for s in draws.actions]]
+    np.testing.assert_allclose(draws.log_prior, exact, atol=1e-6)
+    np.testing.assert_array_equal(draws.log_proposal, draws.log_prior)
+
+
+def test_guided_draws_carry_exact_proposal_probabilities_and_the_exact_head_has_constant_weights():
+    toy, lam = Toy(length=4), 2.0
+    head = ExactHead(toy, lam)
+    draws = sample_policy(toy.lm, toy_task(toy), n_samples=64, batch_size=16, value_head=head, guide_lam=lam,
+                          seed=3, progress=False)
+    index = [toy.index(s) for s in draws.actions]
+    exact_log_q = policy_step_log_probs(toy, lam, toy.exact_q(lam)).sum(1)[index]
+    np.testing.assert_allclose(draws.log_proposal, exact_log_q, atol=1e-6)
+    rewards = toy.reward(draws.actions)
+    log_w = draws.log_prior + lam * rewards - draws.log_proposal
+    _, exact_root = toy.target(lam)
+    np.testing.assert_allclose(log_w, lam * exact_root, atol=1e-6)  # p e^{λr} / π* = Z for every draw
+    got = importance_summary(log_w, rewards, lam)
+    assert got["ess_fraction"] == pytest.approx(1.0, abs=1e-6)
+    assert got["kl_target_proposal"] == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,71 @@
+"""The proposal benchmark's windows sit between the head's training windows, and its paired scores are
+the differences from p on the same windows."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from proposal_quality import (  # noqa: E402
+    PRIOR,
+    ProposalConfig,
+    paired_scores,
+    plot,
+    proposals,
+    summary,
+    validation_windows,
+)
+
+from data.series import load_builtin  # noqa: E402
+from search.harvest import HarvestConfig, task_set  # noqa: E402
+
+
+def test_validation_windows_end_strictly_between_the_harvest_windows():
+    config = ProposalConfig(windows_per_series=3, harvest_windows_per_series=8)
+    harvest = HarvestConfig(series=["Wine"], windows_per_series=8, context_length=48, horizon=12)
+    harvested = sorted(t.end for t in task_set(harvest))
+    history = load_builtin("Wine").context
+    windows = validation_windows("Wine", config)
+    assert len(windows) == 3
+    for label, context in windows:
+        end = int(label.split("@")[1])
+        assert end not in harvested
+        assert any(a < end < b for a, b in zip(harvested, harvested[1:], strict=False))
+        np.testing.assert_array_equal(context, history[end - 48 : end])
+
+
+def test_proposals_always_include_the_prior_and_bad_config_is_named():
+    labels = [label for label, _, _ in proposals(ProposalConfig(guide_scales=[0.5], look_ahead_reward=False))]
+    assert labels == [PRIOR, "P_F head s=0.5"]
+    with pytest.raises(ValueError, match="guide_scales"):
+        ProposalConfig(guide_scales=[0.0])
+    with pytest.raises(ValueError, match="windows"):
+        ProposalConfig(windows="test")
+
+
+def synthetic_rows() -> list[dict]:
+    rows = []
+    for i, window in enumerate(["A@1", "B@2", "C@3"]):
+        for name, shift in ((PRIOR, 0.0), ("P_F head s=1", 0.1 * (i + 1))):
+            rows.append({"series": window, "proposal": name, "ess_fraction": 0.3 + shift,
+                         "kl_target_proposal": 1.0 - shift, "kl_proposal_target": 1.0 + shift,
+                         "proposal_reward": -1.0 + shift, "value_is": -0.7})
+    return rows
+
+
+def test_paired_scores_are_the_mean_difference_from_p_with_an_interval_around_it(tmp_path):
+    scores = {s["proposal"]: s for s in paired_scores(synthetic_rows(), 500, np.random.default_rng(0))}
+    head, prior = scores["P_F head s=1"], scores[PRIOR]
+    assert head["windows"] == 3
+    assert head["ess_fraction_vs_p"] == pytest.approx(0.2)
+    assert head["kl_target_proposal_vs_p"] == pytest.approx(-0.2)
+    assert prior["ess_fraction_vs_p"] == 0.0
+    low, high = head["ess_fraction_vs_p_ci"]
+    assert 0.1 - 1e-9 <= low <= 0.2 <= high <= 0.3 + 1e-9  # the bootstrap means of 0.1, 0.2, 0.3
+    text = summary(list(scores.values()), "# header")
+    assert "| − p, same windows | | +0.200 [" in text
+    plot(synthetic_rows(), tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
