@@ -79,6 +79,8 @@ class SearchConfig:
     hybrid_alpha: float = 0.5  # the fixed mixing weight
     hybrid_offset: bool = False  # visits: correct Q_φ(s, ·) by the MC-minus-head gap on s's visited children
     guided_rollouts: bool = True  # hybrid: roll out from P_F ∝ p exp(λ Q_φ) rather than p (values stay unbiased)
+    guide_scale: float = 1.0  # guided rollouts and method flow draw from P_F ∝ p exp(guide_scale · λ Q_φ): below 1
+    # a tempered P_F, wider than the head's own (benchmarks/proposal_quality.py measures which covers π* best)
     sampling: str = "tree"  # maxent_ts: "tree" draws samples from the finished tree without model calls (DTS
     # Alg. 2, visited children only); "search" makes each sample one more selection + rollout (it may leave the
     # tree, as the hybrid's Q_φ invites; costs n_samples rollouts, counted); "resample" resamples the search's
@@ -114,6 +116,9 @@ class SearchConfig:
             raise ValueError(
                 f"search needs hybrid_n0 >= 0 and hybrid_alpha in [0, 1], got {self.hybrid_n0}, {self.hybrid_alpha}"
             )
+        if not self.guide_scale > 0:
+            raise ValueError(f"search `guide_scale` must be > 0 (guided_rollouts: false rolls out from p), "
+                             f"got {self.guide_scale}")
         if self.uct_c < 0:
             raise ValueError(f"search `uct_c` must be >= 0, got {self.uct_c}")
         if self.sampling not in ("tree", "search", "resample"):
@@ -238,10 +243,10 @@ class TreeSearch:
         return self.tree.log_prior[node]
 
     def _draw_from_prior(self, node: int) -> int:
-        """A draw from p(·|s), or from P_F ∝ p exp(λ Q_φ) for method flow; counted in `draws`."""
+        """A draw from p(·|s), or from P_F ∝ p exp(guide_scale · λ Q_φ) for method flow; counted in `draws`."""
         log_prior = self.tree.log_prior[node]
         if self.config.method == "flow":
-            log_prior = log_prior + self.config.lam * self.tree.q[node]
+            log_prior = log_prior + self.config.guide_scale * self.config.lam * self.tree.q[node]
         action = int(np.argmax(log_prior + self.rng.gumbel(size=log_prior.shape)))
         self.tree.draws[node, action] += 1
         return action
@@ -437,7 +442,8 @@ class TreeSearch:
             out = rollout(
                 self.lm, self.prompt, self.action_token_ids, self.grammar, [paths[i] for i in to_roll],
                 top_k=self.top_k, generator=self.generator, return_step_log_probs=True, value_head=self.value_head,
-                guide_lam=self.config.lam if self.config.guided_rollouts or self.config.method == "flow" else 0.0,
+                guide_lam=self.config.guide_scale * self.config.lam
+                if self.config.guided_rollouts or self.config.method == "flow" else 0.0,
             )
             for row, i in enumerate(to_roll):
                 length = int(out.lengths[row])

@@ -61,6 +61,8 @@ def test_hybrid_needs_a_head_and_maxent(toy):
         SearchConfig(method="dts", hybrid="visits")
     with pytest.raises(ValueError, match="hybrid_offset` needs hybrid: visits"):
         SearchConfig(hybrid="fixed", hybrid_offset=True)
+    with pytest.raises(ValueError, match="guide_scale` must be > 0"):
+        SearchConfig(hybrid="visits", guide_scale=0.0)
     with pytest.raises(ValueError, match="value_head"):
         run(toy, 8, None, hybrid="visits")
 
@@ -139,13 +141,13 @@ def test_head_offset_removes_a_constant_bias_of_the_head(toy):
     assert total_variation(search_sampler_distribution(corrected, toy, completion), target) < 1e-6
 
 
-@pytest.mark.parametrize("hybrid", [False, True])
-def test_each_draw_carries_its_exact_importance_weight(toy, hybrid):
+@pytest.mark.parametrize("hybrid, guide_scale", [(False, 1.0), (True, 1.0), (True, 0.5)])
+def test_each_draw_carries_its_exact_importance_weight(toy, hybrid, guide_scale):
     """draw_log_weights[i] = log p(x) + λ r(x) − log q(x), q the exact `sampling: search` distribution
-    of the tree the draw saw (the descent's Boltzmann choices, then the rollout: p, or P_F guided by Q)."""
+    of the tree the draw saw (the descent's Boltzmann choices, then the rollout: p, or P_F ∝ p e^{sλQ})."""
     head = ExactHead(toy, LAM) if hybrid else None
-    completion = policy_step_log_probs(toy, LAM, toy.exact_q(LAM) if hybrid else None)
-    search = run(toy, 24, head, hybrid="visits" if hybrid else "off", hybrid_n0=1.0)
+    completion = policy_step_log_probs(toy, guide_scale * LAM, toy.exact_q(LAM) if hybrid else None)
+    search = run(toy, 24, head, hybrid="visits" if hybrid else "off", hybrid_n0=1.0, guide_scale=guide_scale)
     for _ in range(6):
         q = search_sampler_distribution(search, toy, completion)
         x = toy.index(search.tree.actions_to(search.iterate(1)[0]))
