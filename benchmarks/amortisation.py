@@ -72,6 +72,7 @@ class RealPart:
     batch_size: int = 16
     hybrid_n0: float = 10.0
     hybrid_offset: bool = False
+    hybrid_guide_scale: float = 1.0  # the hybrid's rollouts draw from P_F ∝ p exp(s·λ·Q_φ) (SearchConfig.guide_scale)
     seed: int = 0
     bootstrap: int = 2000
     windows_per_series: int = 1  # held-out windows tiling each test part; fewer where the test part is short
@@ -278,7 +279,7 @@ def real_rows(config: RealPart) -> list[tuple[str, str, SearchConfig | None, boo
         rows.append((f"maxent_ts@{b}", "MC-only", dataclasses.replace(base, n_rollouts=b, sampling="search"), False))
     for b in config.hybrid_budgets:
         hybrid = dataclasses.replace(base, n_rollouts=b, sampling="search", hybrid="visits", hybrid_n0=config.hybrid_n0,
-                                     hybrid_offset=config.hybrid_offset)
+                                     hybrid_offset=config.hybrid_offset, guide_scale=config.hybrid_guide_scale)
         rows.append((f"hybrid@{b}", "hybrid", hybrid, True))
     return rows
 
@@ -300,7 +301,8 @@ def anytime_curves(config: RealPart) -> list[tuple[str, str, SearchConfig, list[
         return []
     base = SearchConfig(lam=config.lam, batch_size=config.batch_size, n_samples=config.n_samples, seed=config.seed,
                         progress=False, sampling="tree")
-    hybrid = dataclasses.replace(base, hybrid="visits", hybrid_n0=config.hybrid_n0, hybrid_offset=config.hybrid_offset)
+    hybrid = dataclasses.replace(base, hybrid="visits", hybrid_n0=config.hybrid_n0, hybrid_offset=config.hybrid_offset,
+                                 guide_scale=config.hybrid_guide_scale)
     return [
         ("maxent_ts", "MC-only", dataclasses.replace(base, n_rollouts=max(config.budgets)), sorted(config.budgets),
          False),

@@ -69,13 +69,14 @@ def test_the_in_tree_factor_compares_in_tree_rows_with_in_tree_rows_only():
 
 def test_anytime_curves_are_one_search_each_at_the_largest_budget_sampling_the_tree():
     assert anytime_curves(RealPart()) == []  # off by default: the curves of earlier configs are unchanged
-    curves = anytime_curves(RealPart(budgets=[50, 20, 200], hybrid_budgets=[20, 100], in_tree=True, hybrid_n0=1.0))
+    curves = anytime_curves(RealPart(budgets=[50, 20, 200], hybrid_budgets=[20, 100], in_tree=True, hybrid_n0=1.0,
+                                     hybrid_guide_scale=0.5))
     (mc_prefix, mc_curve, mc, mc_budgets, mc_head), (hy_prefix, hy_curve, hybrid, hy_budgets, hy_head) = curves
     assert (mc_prefix, mc_curve, mc_budgets, mc_head) == ("maxent_ts", "MC-only", [20, 50, 200], False)
     assert (hy_prefix, hy_curve, hy_budgets, hy_head) == ("hybrid", "hybrid", [20, 100], True)
     assert mc.n_rollouts == 200 and mc.sampling == "tree" and mc.hybrid == "off"
     assert hybrid.n_rollouts == 100 and hybrid.sampling == "tree" and hybrid.hybrid == "visits"
-    assert hybrid.hybrid_n0 == 1.0
+    assert hybrid.hybrid_n0 == 1.0 and hybrid.guide_scale == 0.5 and mc.guide_scale == 1.0
 
 
 def test_reward_share_is_zero_at_the_prior_and_one_at_the_target():
