@@ -178,7 +178,7 @@ def summary(scores: list[dict], header: str) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """One panel per metric: each window's value per proposal (dots, a line per window) and the mean (bar)."""
+    """One panel per metric: each window's value per proposal (dots, a line per window) and the mean (black bar)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,9 +193,9 @@ def plot(rows: list[dict], path: Path) -> None:
     x = np.arange(len(names))
     for ax, metric, title in zip(axes, METRICS[:4], titles, strict=True):
         values = np.array([[by.get((w, n), {}).get(metric, np.nan) for n in names] for w in windows])
-        ax.bar(x, np.nanmean(values, axis=0), color="0.85")
         for row in values:
             ax.plot(x, row, "-o", color="tab:blue", alpha=0.3, markersize=3)
+        ax.plot(x, np.nanmean(values, axis=0), "_", color="k", markersize=28, markeredgewidth=3)
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
