@@ -69,3 +69,15 @@ def test_paired_scores_are_the_mean_difference_from_p_with_an_interval_around_it
     assert "| − p, same windows | | +0.200 [" in text
     plot(synthetic_rows(), tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_heldout_windows_are_the_amortisation_benchmarks():
+    from amortisation import RealPart, heldout_windows
+    from proposal_quality import windows_of
+
+    config = ProposalConfig(windows="heldout", series=["Wine", "Wooly"], windows_per_series=3)
+    expected = [w for name in config.series for w in heldout_windows(name, RealPart(windows_per_series=3))]
+    got = windows_of(config)
+    assert [label for label, _ in got] == [label for label, _, _ in expected]
+    for (_, context), (_, want, _) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(context, want)
