@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from target_reference import importance_reference, score_rows  # noqa: E402
+from target_reference import equal_budget_differences, importance_reference, score_rows  # noqa: E402
 
 
 def test_gaussian_rewards_give_the_closed_form_tilt_and_log_partition():
@@ -61,3 +61,19 @@ def test_the_importance_sampling_root_estimate_is_scored_where_a_row_has_one():
     assert scores["hybrid@20"]["is_estimate_bias"] == pytest.approx(0.05)  # (−0.1 + 0.2) / 2
     assert scores["hybrid@20"]["is_estimate_error"] == pytest.approx(0.15)
     assert np.isnan(scores["maxent_ts@20"]["is_estimate_error"])  # an older row without the estimate
+
+
+def test_equal_budget_differences_pair_each_hybrid_row_with_mc_only_at_its_budget_and_sampler():
+    references = {"A": {"value_is": -0.5}, "B": {"value_is": -1.5}}
+    rows = [{"series": w, "method": m, "reward": reward, "root_value_is": root}
+            for w, m, reward, root in [("A", "maxent_ts@20 resampled", -1.0, -0.6),  # IS error 0.1
+                                       ("B", "maxent_ts@20 resampled", -2.0, -1.2),  # 0.3
+                                       ("A", "hybrid@20 resampled", -0.8, -0.45),  # 0.05
+                                       ("B", "hybrid@20 resampled", -1.6, -1.5),  # 0.0
+                                       ("A", "maxent_ts@20", -3.0, np.nan),  # another sampler: not a twin
+                                       ("A", "hybrid@50 resampled", 0.0, -0.5)]]  # no MC-only twin
+    [diff] = equal_budget_differences(rows, references, np.random.default_rng(0), n_boot=200)
+    assert (diff["hybrid"], diff["mc_only"], diff["windows"]) == ("hybrid@20 resampled", "maxent_ts@20 resampled", 2)
+    assert diff["reward_diff"] == pytest.approx(0.3)  # (0.2 + 0.4) / 2
+    assert diff["is_error_diff"] == pytest.approx(-0.175)  # ((0.05 − 0.1) + (0.0 − 0.3)) / 2
+    assert diff["reward_diff_ci"][0] <= 0.3 <= diff["reward_diff_ci"][1]
