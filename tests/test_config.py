@@ -10,17 +10,20 @@ CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*/*.ya
 FIT_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "fit").glob("*.yaml"))
 
 
-def benchmark_schema():
-    """The amortisation benchmark's config class (benchmarks/ holds scripts, not a package)."""
+def benchmark_schema(path: Path):
+    """The config class of the benchmark script a configs/benchmarks/ file is for (benchmarks/ holds
+    scripts, not a package): `proposal_*.yaml` is benchmarks/proposal_quality.py's, the rest amortisation.py's."""
     import importlib.util
     import sys
 
-    path = Path(__file__).parents[1] / "benchmarks" / "amortisation.py"
-    spec = importlib.util.spec_from_file_location("amortisation_benchmark", path)
+    script, name = ("proposal_quality", "ProposalConfig") if path.name.startswith("proposal_") else \
+        ("amortisation", "AmortisationConfig")
+    spec = importlib.util.spec_from_file_location(f"{script}_benchmark", Path(__file__).parents[1] / "benchmarks" /
+                                                  f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
-    return module.AmortisationConfig
+    return getattr(module, name)
 
 
 SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig, "benchmarks": benchmark_schema}
@@ -30,7 +33,7 @@ SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig, "be
 def test_every_shipped_config_loads(path):
     assert path.parent.name in SCHEMAS, f"{path}: no schema known for configs/{path.parent.name}/"
     schema = SCHEMAS[path.parent.name]
-    config = load_config(path, schema if isinstance(schema, type) else schema())
+    config = load_config(path, schema if isinstance(schema, type) else schema(path))
     if hasattr(config, "search"):
         assert config.search.n_rollouts >= 1
 
