@@ -78,7 +78,7 @@ class SearchConfig:
     hybrid_n0: float = 10.0  # visits at which Monte-Carlo and Q_φ weigh equally
     hybrid_alpha: float = 0.5  # the fixed mixing weight
     hybrid_offset: bool = False  # visits: correct Q_φ(s, ·) by the MC-minus-head gap on s's visited children
-    guided_rollouts: bool = True  # hybrid: roll out from P_F ∝ p exp(λ Q_φ) rather than p (values stay unbiased)
+    guided_rollouts: bool = True  # hybrid: roll out from P_F (below) rather than p (values stay unbiased)
     guide_scale: float = 1.0  # guided rollouts and method flow draw from P_F ∝ p exp(guide_scale · λ Q_φ): below 1
     # a tempered P_F, wider than the head's own (benchmarks/proposal_quality.py measures which covers π* best)
     sampling: str = "tree"  # maxent_ts: "tree" draws samples from the finished tree without model calls (DTS
@@ -127,6 +127,11 @@ class SearchConfig:
             raise ValueError(f"search `sampling: {self.sampling}` needs method maxent_ts, got {self.method!r}")
         if not 0 <= self.ess_threshold <= 1:
             raise ValueError(f"search `ess_threshold` must be in [0, 1], got {self.ess_threshold}")
+
+    @property
+    def guide_lam(self) -> float:
+        """The inverse temperature of P_F ∝ p exp(guide_lam · Q_φ): guide_scale · λ."""
+        return self.guide_scale * self.lam
 
     @property
     def needs_head(self) -> bool:
@@ -246,7 +251,7 @@ class TreeSearch:
         """A draw from p(·|s), or from P_F ∝ p exp(guide_scale · λ Q_φ) for method flow; counted in `draws`."""
         log_prior = self.tree.log_prior[node]
         if self.config.method == "flow":
-            log_prior = log_prior + self.config.guide_scale * self.config.lam * self.tree.q[node]
+            log_prior = log_prior + self.config.guide_lam * self.tree.q[node]
         action = int(np.argmax(log_prior + self.rng.gumbel(size=log_prior.shape)))
         self.tree.draws[node, action] += 1
         return action
@@ -442,8 +447,7 @@ class TreeSearch:
             out = rollout(
                 self.lm, self.prompt, self.action_token_ids, self.grammar, [paths[i] for i in to_roll],
                 top_k=self.top_k, generator=self.generator, return_step_log_probs=True, value_head=self.value_head,
-                guide_lam=self.config.guide_scale * self.config.lam
-                if self.config.guided_rollouts or self.config.method == "flow" else 0.0,
+                guide_lam=self.config.guide_lam if self.config.guided_rollouts or self.config.method == "flow" else 0.0,
             )
             for row, i in enumerate(to_roll):
                 length = int(out.lengths[row])
