@@ -30,7 +30,9 @@ import h5py
 import numpy as np
 
 SCHEMA_VERSION = 1
-SOURCES = {"tree_path": 0, "rollout": 1, "tree_sample": 2}
+# tree_path: a root-to-leaf path of the search tree; tree_sample: a draw from the finished tree;
+# prior_sample: an ancestral draw from p(x|c), no tree (`search.harvest` with `sampler: prior`).
+SOURCES = {"tree_path": 0, "rollout": 1, "tree_sample": 2, "prior_sample": 3}
 KEY_BYTES = 200
 
 STEP_FIELDS = {"actions": np.int8, "log_prior": np.float32, "values": np.float32, "visits": np.int32}

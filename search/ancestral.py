@@ -19,6 +19,7 @@ class PolicyDraws:
     actions: list[list[int]]  # N action sequences
     log_prior: np.ndarray  # (N,) log p(x) under the restricted prior
     log_proposal: np.ndarray  # (N,) log q(x) under the policy that drew x (= log_prior for p itself)
+    step_log_prior: list[np.ndarray]  # N arrays of log p(a_t|s_t), one per action (what a buffer stores)
 
 
 def sample_policy(
@@ -40,7 +41,7 @@ def sample_policy(
         raise ValueError(f"need n_samples >= 1 and batch_size >= 1, got {n_samples} and {batch_size}")
     generator = torch.Generator(device=lm.device).manual_seed(seed)
     prompt = lm.prefill(task.prompt_ids)
-    actions, log_prior, log_proposal = [], [], []
+    actions, log_prior, log_proposal, step_log_prior = [], [], [], []
     with tqdm(total=n_samples, desc="sampling", unit="forecast", disable=not progress) as bar:
         while len(actions) < n_samples:
             b = min(batch_size, n_samples - len(actions))
@@ -51,8 +52,10 @@ def sample_policy(
             actions += out.full_sequences([[]] * b)
             log_prior.append(out.log_prior.sum(dim=1).cpu().numpy())
             log_proposal.append(out.log_proposal.sum(dim=1).cpu().numpy())
+            steps = out.log_prior.cpu().numpy()
+            step_log_prior += [steps[i, :n] for i, n in enumerate(out.lengths.tolist())]
             bar.update(b)
-    return PolicyDraws(actions, np.concatenate(log_prior), np.concatenate(log_proposal))
+    return PolicyDraws(actions, np.concatenate(log_prior), np.concatenate(log_proposal), step_log_prior)
 
 
 def sample_prior(lm: LMBackend, task: ForecastTask, *, n_samples: int, **kwargs) -> tuple[list[list[int]], np.ndarray]:

@@ -4,8 +4,11 @@ The task set is every (series, context window, seed): windows slide over each se
 never its LLMTime test horizon, so the held-out part stays unseen by training. Each task runs
 the configured tree search and appends, as one committed prompt, every root-to-terminal path of
 the tree (source `tree_path`, with per-step prior log-probs, tree values and visits) and the
-samples drawn from the finished tree (source `tree_sample`). Rewards are stored raw (total, task
-and spectral parts): λ is applied at training time.
+samples drawn from the finished tree (source `tree_sample`). With `sampler: prior` there is no
+tree: each task stores `search.n_samples` ancestral draws from p(x|c) (source `prior_sample`), the
+on-prior data that lets a fit see where p goes, not only where the search went, and weigh it by
+exp(λ r) (the importance-weighted cross-entropy of `trainers.module`). Rewards are stored raw
+(total, task and spectral parts): λ is applied at training time.
 
 Resumable: tasks already committed in the output file are skipped. Scale-out: `--shard i/n`
 (or torchrun's RANK / WORLD_SIZE) takes every n-th task starting at i and writes its own file;
@@ -30,6 +33,7 @@ from data.series import load_builtin
 from sadt.codec import Codec, CodecConfig
 from sadt.config import ConfigError, load_config, to_dict
 from sadt.rewards import RewardConfig
+from search.ancestral import sample_policy
 from search.forecast_task import ForecastTask
 from search.tree_search import SearchConfig
 
@@ -44,6 +48,7 @@ class HarvestConfig:
     output: str = "data/buffers/harvest.h5"  # shard i/n writes `<stem>.shard<i>of<n>.h5`
     device: str = "cpu"
     dtype: str = "float32"
+    sampler: str = "tree"  # "tree": MaxEnt-TS paths and samples; "prior": `search.n_samples` draws from p, no tree
     wandb: bool = False  # log per-prompt reward statistics to W&B (offline unless logged in)
     codec: CodecConfig = field(default_factory=CodecConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -54,6 +59,8 @@ class HarvestConfig:
             raise ValueError(f"need context_length >= 8 and horizon >= 4, got {self.context_length}, {self.horizon}")
         if self.windows_per_series < 1 or not self.seeds:
             raise ValueError("need windows_per_series >= 1 and at least one seed")
+        if self.sampler not in ("tree", "prior"):
+            raise ValueError(f"harvest `sampler` must be 'tree' or 'prior', got {self.sampler!r}")
 
 
 @dataclass(frozen=True)
@@ -101,11 +108,13 @@ def shard_path(output: str, shard: tuple[int, int]) -> Path:
 
 
 def harvest_task(lm, codec: Codec, task: Task, config: HarvestConfig) -> PromptRecord:
-    """Search one task and turn its tree into a prompt record."""
+    """Search one task (or, with `sampler: prior`, draw from p) and turn the result into a prompt record."""
     history = load_builtin(task.series).context
     context = history[task.end - config.context_length : task.end]
     forecast = ForecastTask.build(codec, context, config.horizon, config.reward)
     search_config = dataclasses.replace(config.search, seed=task.seed * 100_003 + task.index, progress=False)
+    if config.sampler == "prior":
+        return _prior_record(lm, forecast, task, search_config)
     result = forecast.search(lm, search_config)
     if result.interrupted:
         raise KeyboardInterrupt
@@ -124,6 +133,19 @@ def harvest_task(lm, codec: Codec, task: Task, config: HarvestConfig) -> PromptR
         visits=np.concatenate([paths.visits, samples.visits]),
         reward=parts.total, reward_task=parts.task, reward_spectral=parts.spectral, source=source,
         root_value=result.root_value,
+    )
+
+
+def _prior_record(lm, forecast: ForecastTask, task: Task, search: SearchConfig) -> PromptRecord:
+    """`search.n_samples` ancestral draws from p(x|c); no tree, so no per-step values or visits."""
+    draws = sample_policy(lm, forecast, n_samples=search.n_samples, batch_size=search.batch_size,
+                          seed=search.seed, progress=False)
+    parts = forecast.reward(*forecast.decode(draws.actions))
+    return PromptRecord(
+        key=task.key, task_index=task.index, prompt_tokens=np.asarray(forecast.prompt_ids),
+        lengths=np.array([len(a) for a in draws.actions]), actions=np.concatenate(draws.actions),
+        log_prior=np.concatenate(draws.step_log_prior), reward=parts.total, reward_task=parts.task,
+        reward_spectral=parts.spectral, source=np.full(len(draws.actions), SOURCES["prior_sample"]),
     )
 
 

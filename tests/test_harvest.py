@@ -1,7 +1,10 @@
 """Harvest on a tiny model: every field lands, resume skips done prompts, shards merge to one harvest."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_llama
 
 from data.buffer import SOURCES, merge, read_buffer
@@ -9,6 +12,7 @@ from data.series import load_builtin
 from sadt.codec import Codec
 from sadt.config import from_dict
 from sadt.lm.backend import TorchLM
+from sadt.rollout import masked_log_softmax
 from search.forecast_task import ForecastTask
 from search.harvest import HarvestConfig, harvest, parse_shard, task_set
 
@@ -85,3 +89,43 @@ def test_shard_argument_and_bad_windows_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="too short"):
         task_set(from_dict({"series": ["Wooly"], "context_length": 200}, HarvestConfig))
 
+
+
+def step_log_prior(lm, forecast: ForecastTask, sequences: list[list[int]]) -> np.ndarray:
+    """log p(a_t|s_t) of every step, flat, from one teacher-forced forward (as the trainer computes it)."""
+    action_ids = forecast.codec.action_token_ids
+    paths = [[action_ids[a] for a in seq] for seq in sequences]
+    _, logits = lm.path_states(lm.prefill(forecast.prompt_ids), paths, action_ids)
+    out = []
+    for row, seq in enumerate(sequences):
+        state = forecast.grammar.initial(1)
+        for t, a in enumerate(seq):
+            log_p = masked_log_softmax(logits[row, t][None], forecast.grammar.mask(state))
+            out.append(float(log_p[0, a]))
+            state = forecast.grammar.advance(state, torch.tensor([a]))
+    return np.array(out)
+
+
+def test_prior_sampler_stores_draws_from_p_with_their_step_log_probs(tmp_path, setup):
+    lm, codec = setup
+    cfg = dataclasses.replace(config(tmp_path), sampler="prior")
+    buffer = read_buffer(harvest(lm, codec, cfg, FINGERPRINT), FINGERPRINT)
+    a = buffer.arrays
+    assert buffer.prompt_keys() == [t.key for t in task_set(cfg)]  # same keys as a tree harvest: same split
+    assert np.all(a["source"] == SOURCES["prior_sample"]) and buffer.n_trajectories == 4 * 3
+    assert np.all(np.isnan(a["values"])) and np.all(a["visits"] == 0)
+    # Each stored step's log p(a_t|s_t) is the prior's: their sum is the sequence's log p under the LM.
+    task = task_set(cfg)[1]
+    context = load_builtin(task.series).context[task.end - 16 : task.end]
+    forecast = ForecastTask.build(codec, context, 4, cfg.reward)
+    rows = np.flatnonzero(a["prompt_index"] == 1)
+    trajectories = [buffer.trajectory(int(i)) for i in rows]
+    sequences = [t["actions"].tolist() for t in trajectories]
+    np.testing.assert_allclose(np.concatenate([t["log_prior"] for t in trajectories]),
+                               step_log_prior(lm, forecast, sequences), atol=1e-4)
+    np.testing.assert_allclose(a["reward"][rows], forecast.reward_fn(sequences))
+
+
+def test_unknown_sampler_is_named(tmp_path):
+    with pytest.raises(ValueError, match="sampler"):
+        dataclasses.replace(config(tmp_path), sampler="beam")
