@@ -55,6 +55,7 @@ class ProposalConfig:
     context_length: int = 48
     horizon: int = 12
     head: str = "checkpoints/heads/look_ahead"
+    other_heads: dict[str, str] = field(default_factory=dict)  # name -> head folder, each also at every guide scale
     lam: float = 5.0
     n_draws: int = 96
     batch_size: int = 48
@@ -95,8 +96,9 @@ def windows_of(config: ProposalConfig) -> list[tuple[str, np.ndarray]]:
 
 
 def proposals(config: ProposalConfig) -> list[tuple[str, str | None, float]]:
-    """(label, head: "trained" / LOOK_AHEAD_REWARD / None, guide scale s) for every proposal."""
-    out = [(PRIOR, None, 0.0)] + [(f"P_F head s={s:g}", "trained", s) for s in config.guide_scales]
+    """(label, head: "head" / a name of `other_heads` / LOOK_AHEAD_REWARD / None, guide scale s) for every proposal."""
+    out = [(PRIOR, None, 0.0)] + [(f"P_F {name} s={s:g}", name, s)
+                                  for name in ("head", *config.other_heads) for s in config.guide_scales]
     if config.look_ahead_reward:
         out.append(("P_F look-ahead R⁺ s=1", LOOK_AHEAD_REWARD, 1.0))
     return out
@@ -112,9 +114,11 @@ def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
 
     lm, tokenizer = load_base_lm()
     codec = Codec(tokenizer)
-    trained, meta = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
-    if meta.get("lam") != config.lam:
-        print(f"warning: head trained at λ={meta.get('lam')}, benchmark λ={config.lam}")
+    heads = {}
+    for name, path in {"head": config.head, **config.other_heads}.items():
+        heads[name], meta = load_value_head(path, lm_fingerprint(), to_dict(codec.config))
+        if meta.get("lam") != config.lam:
+            print(f"warning: head {path} trained at λ={meta.get('lam')}, benchmark λ={config.lam}")
     done = {(r["series"], r["proposal"]): r for r in keep}
     rows = []
     for label, context in tqdm(windows_of(config), desc=f"{config.windows} windows", unit="window"):
@@ -125,7 +129,7 @@ def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
                 continue
             start = time.perf_counter()
             draws = sample_policy(lm, task, n_samples=config.n_draws, batch_size=config.batch_size,
-                                  value_head=task.value(trained if head == "trained" else head),
+                                  value_head=task.value(heads.get(head, head)),
                                   guide_lam=scale * config.lam, seed=config.seed, progress=False)
             rewards = task.reward_fn(draws.actions)
             log_w = draws.log_prior + config.lam * rewards - draws.log_proposal

@@ -11,6 +11,7 @@ The flow is `log F(s_t) = log p(s_t) + U_t`, and every balance residual is `U_i 
 trajectory balance (Malkin et al. 2022) is the pair (0, T), detailed balance (Bengio et al. 2023)
 the pairs (t, t+1), sub-trajectory balance (Madan et al. 2023) all pairs i < j weighted by
 `w^(j-i)`. At the optimum (Q_φ = V(s·a), log Z_φ = λ V(s_0)) every residual is zero.
+`weighted_cross_entropy` is the forward-KL counterpart on draws from p, importance-weighted.
 
 Shapes: B trajectories, T steps (padded), A actions. `mask` (B, T) marks real steps.
 """
@@ -93,6 +94,23 @@ def vargrad(q, log_prior, actions, mask, reward, prompt_index: torch.Tensor, lam
     count = implied.new_zeros(len(groups)).index_add_(0, inverse, torch.ones_like(implied))  # (P,)
     mean = implied.new_zeros(len(groups)).index_add_(0, inverse, implied) / count
     return ((implied - mean[inverse]) ** 2).mean()
+
+
+def weighted_cross_entropy(
+    q: torch.Tensor, log_prior: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
+    lam: float,
+) -> torch.Tensor:
+    """Per-trajectory `−ω_i log P_F^φ(x_i)/p(x_i) = −ω_i Σ_t λ (Q_φ(s_t,a_t) − V_φ(s_t))`: (B,).
+
+    With x_1..x_n ~ p(x|c) and ω_i = n exp(λ r_i) / Σ_j exp(λ r_j), the mean over the n draws is the
+    self-normalised estimate of `−E_π*[log P_F^φ(x)/p(x)] = KL(π*‖P_F^φ) − KL(π*‖p)`: the forward KL
+    that importance weights pay for, less a φ-free constant. It is mass-covering, unlike the
+    balance losses on search trajectories: every action's Q_φ enters V_φ(s_t), so raising Q_φ where
+    π* has no mass costs here. Minimised, with exact weights, at P_F^φ = π* (value −KL(π*‖p)).
+    """
+    log_prior = _finite_padding(log_prior, mask)
+    ratio = torch.where(mask, log_pf_ratio(q, log_prior, actions, lam), 0.0).sum(dim=1)  # (B,)
+    return -weights.to(ratio.dtype) * ratio
 
 
 def value_regression(

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.buffer import read_buffer
+from data.buffer import SOURCES, read_buffer
 from sadt.codec import Codec
 from sadt.config import from_dict
 from sadt.head_io import HeadMismatchError, head_state_equal, load_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from search.harvest import HarvestConfig, harvest
 from trainers import fit
+from trainers.data import collate
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +179,44 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
     frozen_head, _ = load_value_head(tmp_path / "head", lm_fingerprint(), meta_codec)
     assert len(task.search(lm, config, frozen_head).samples) == 2
+
+
+@pytest.fixture(scope="module")
+def prior_buffer_path(tmp_path_factory, buffer_path):
+    """Draws from p on the same windows as `buffer_path` (same prompt keys), 6 per window."""
+    tmp = tmp_path_factory.mktemp("fit_prior")
+    config = from_dict({
+        "series": ["Wooly"], "context_length": 16, "horizon": 4, "windows_per_series": 3, "sampler": "prior",
+        "output": str(tmp / "p.h5"), "search": {"batch_size": 6, "n_samples": 6, "lam": 2.0},
+    }, HarvestConfig)
+    lm, tokenizer = load_base_lm()
+    return harvest(lm, Codec(tokenizer), config, lm_fingerprint())
+
+
+def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_down(
+    tmp_path, buffer_path, prior_buffer_path
+):
+    model = fit.main(fit_args(f"{buffer_path},{prior_buffer_path}", tmp_path, "--trainer.max_epochs", "3",
+                              "--model.tb", "0", "--model.forward_kl", "1", "--model.lr", "0.01"))
+    items = model.trainer.datamodule.train_set.items
+    prior = [x for x in items if x["source"] == SOURCES["prior_sample"]]
+    assert len(prior) == 3 * 6 and len(items) > len(prior)
+    batch = collate(prior)
+    weights = model.prior_draw_weights(batch)
+    for prompt in batch["prompt_index"].unique():
+        rows = batch["prompt_index"] == prompt
+        reward = batch["reward"][rows].double()
+        # Self-normalised: ω = n exp(λ r) / Σ exp(λ r), so a prompt's weights average 1.
+        torch.testing.assert_close(weights[rows], rows.sum() * torch.softmax(2.0 * reward, 0), rtol=1e-5, atol=0)
+    tree = collate([x for x in items if x["source"] != SOURCES["prior_sample"]][:4])
+    assert (model.prior_draw_weights(tree) == 0).all()
+    (metrics,) = tmp_path.glob("lightning_logs/*/metrics.csv")
+    assert any(r.get("train/forward_kl") for r in csv.DictReader(metrics.open()))
+    # Over all the training draws, KL(π*‖P_F) − KL(π*‖p) is 0 for P_F = p; the trained head is below it.
+    with torch.no_grad():
+        assert model.losses(batch)["forward_kl"].item() < -0.05
+
+
+def test_forward_kl_without_draws_from_p_is_a_clear_error(tmp_path, buffer_path):
+    with pytest.raises(ValueError, match="prior_sample"):
+        fit.main(fit_args(buffer_path, tmp_path, "--trainer.max_epochs", "1", "--model.forward_kl", "1"))

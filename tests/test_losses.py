@@ -12,6 +12,7 @@ from sadt.losses import (
     trajectory_balance,
     value_regression,
     vargrad,
+    weighted_cross_entropy,
 )
 
 LAM = 2.0
@@ -84,3 +85,37 @@ def test_value_regression_targets_the_next_states_tree_value(optimum):
     targets[:, 1] = np.nan  # unknown values are skipped
     assert value_regression(q, actions, optimum["mask"], targets).item() == 0.0
     assert value_regression(q + 0.5, actions, optimum["mask"], targets).item() == pytest.approx(0.25)
+
+
+def test_weighted_cross_entropy_is_minus_kl_to_p_with_zero_gradient_at_the_optimum(optimum):
+    # Exact expectation under π*: every sequence once, with ω = S π*(x) (mean 1, as n exp(λr)/Σ exp(λr)).
+    toy = Toy(length=4)
+    target, root_value = toy.target(LAM)
+    weights = torch.tensor(len(target) * target)
+    q = optimum["q"].clone().requires_grad_(True)
+    args = (optimum["log_prior"], optimum["actions"], optimum["mask"], weights, LAM)
+    loss = weighted_cross_entropy(q, *args).mean()
+    kl_target_prior = LAM * float(target @ toy.table) - LAM * root_value  # E_π*[log π*/p] = λ E_π*[r] − log Z
+    assert loss.item() == pytest.approx(-kl_target_prior, abs=1e-10)
+    # Rows hold their own copy of each shared state's Q: P_F = π* is stationary once a state's rows are summed.
+    loss.backward()
+    per_state: dict[tuple, torch.Tensor] = {}
+    for row, actions in enumerate(optimum["actions"].tolist()):
+        for t in range(toy.length):
+            key = tuple(actions[:t])
+            per_state[key] = per_state.get(key, 0) + q.grad[row, t]
+    assert max(g.abs().max().item() for g in per_state.values()) < 1e-12
+    # A perturbation that is a function of (depth, action) keeps one Q per state: a proper P_F ≠ π*.
+    noisy = optimum["q"] + 0.1 * torch.randn(1, *optimum["q"].shape[1:], dtype=torch.float64)
+    assert weighted_cross_entropy(noisy, *args).mean().item() > -kl_target_prior + 1e-4  # KL(π*‖P_F) > 0
+
+
+def test_weighted_cross_entropy_charges_raising_an_untaken_action(optimum):
+    # Trajectories that start with action 0: raising Q(s_0, 1) raises V(s_0), and every one of them pays.
+    rows = optimum["actions"][:, 0] == 0
+    args = [optimum[k][rows] for k in ("log_prior", "actions", "mask")]
+    weights = torch.ones(int(rows.sum()), dtype=torch.float64)
+    q = optimum["q"][rows].clone()
+    base = weighted_cross_entropy(q, *args, weights, LAM)
+    q[:, 0, 1] += 1.0
+    assert (weighted_cross_entropy(q, *args, weights, LAM) > base + 1e-3).all()

@@ -40,6 +40,10 @@ def test_validation_windows_end_strictly_between_the_harvest_windows():
 def test_proposals_always_include_the_prior_and_bad_config_is_named():
     labels = [label for label, _, _ in proposals(ProposalConfig(guide_scales=[0.5], look_ahead_reward=False))]
     assert labels == [PRIOR, "P_F head s=0.5"]
+    config = ProposalConfig(guide_scales=[0.25, 1.0], other_heads={"fkl": "somewhere"}, look_ahead_reward=False)
+    assert [(label, head) for label, head, _ in proposals(config)] == [
+        (PRIOR, None), ("P_F head s=0.25", "head"), ("P_F head s=1", "head"),
+        ("P_F fkl s=0.25", "fkl"), ("P_F fkl s=1", "fkl")]
     with pytest.raises(ValueError, match="guide_scales"):
         ProposalConfig(guide_scales=[0.0])
     with pytest.raises(ValueError, match="windows"):

@@ -45,6 +45,7 @@ def collate(items: list[dict]) -> dict:
         "actions": actions,
         "mask": torch.arange(T)[None] < lengths[:, None],
         "reward": torch.tensor([x["reward"] for x in items], dtype=torch.float32),
+        "source": torch.tensor([x["source"] for x in items]),
         "tree_values": values,
     }
 
@@ -64,6 +65,7 @@ def _items(buffer: Buffer, buffer_id: int, sources: list[int] | None) -> list[di
             "prompt": tuple(int(t) for t in prompt_tokens[row]), "key": keys[row],
             "prompt_id": buffer_id * 1_000_000 + row, "actions": trajectory["actions"].astype(np.int64),
             "values": trajectory["values"], "visits": trajectory["visits"], "reward": float(a["reward"][i]),
+            "source": int(a["source"][i]),
         })
     return items
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from data.buffer import SOURCES
 from sadt import losses
 from sadt.codec import Codec, CodecConfig
 from sadt.config import from_dict
@@ -43,6 +44,12 @@ class FlowHeadModule(pl.LightningModule):
         lr, log_z_lr: learning rates of Q_φ and of the conditional log Z_φ(c).
         tb, subtb, db, vargrad, value: weights of trajectory balance, sub-trajectory balance,
             detailed balance, VarGrad and regression of Q_φ(s_t, a_t) on the tree's V̂(s_{t+1}).
+        forward_kl: weight of the importance-weighted cross-entropy on the buffers' draws from p
+            (source `prior_sample`, `search.harvest` with `sampler: prior`): per prompt, the
+            self-normalised estimate of KL(π*‖P_F) − KL(π*‖p) (`losses.weighted_cross_entropy`),
+            the mass-covering term the balance losses on search trajectories lack. Logged as
+            `forward_kl` whenever a batch holds such draws, weighted in or not: below 0 on the
+            validation prompts means P_F covers π* better than p there.
         subtb_weight: the geometric weight w of SubTB.
         save_to: where the final head (safetensors + JSON sidecar) is written.
         feature_cache_mb: memory for the frozen LM's per-trajectory hidden states and logits, so
@@ -69,7 +76,7 @@ class FlowHeadModule(pl.LightningModule):
     def __init__(
         self, lam: float = 5.0, base_model: str | None = None, hidden: int = 256, layers: int = 2,
         lr: float = 1e-3, log_z_lr: float = 1e-2, tb: float = 1.0, subtb: float = 0.0, db: float = 0.0,
-        vargrad: float = 0.0, value: float = 0.0, subtb_weight: float = 0.9,
+        vargrad: float = 0.0, value: float = 0.0, forward_kl: float = 0.0, subtb_weight: float = 0.9,
         save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
         lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, partial_reward: bool = False,
@@ -78,7 +85,8 @@ class FlowHeadModule(pl.LightningModule):
         super().__init__()
         if not lam > 0:
             raise ValueError(f"`lam` must be > 0, got {lam}")
-        if min(tb, subtb, db, vargrad, value) < 0 or max(tb, subtb, db, vargrad, value) == 0:
+        weights = (tb, subtb, db, vargrad, value, forward_kl)
+        if min(weights) < 0 or max(weights) == 0:
             raise ValueError("loss weights must be >= 0 with at least one > 0")
         if adapter not in ("none", "lora"):
             raise ValueError(f"`adapter` must be 'none' or 'lora', got {adapter!r}")
@@ -107,6 +115,7 @@ class FlowHeadModule(pl.LightningModule):
         self.rewards: dict[tuple, ForecastReward] = {}  # prompt -> its reward (reward_of)
         self.shaping_cache: dict[tuple, torch.Tensor] = {}  # (prompt, actions) -> R(s_t·a), k(s_t·a)/H (2, T, A)
         self.buffer_meta: dict = {}
+        self.prior_draws: dict[int, tuple[float, int]] = {}  # prompt id -> (log Σ_j exp(λ r_j), n) over its p draws
         self.best: dict | None = None  # {"epoch", "val_loss", "state"}: the kept head (keep_best)
         self.val_sums = torch.zeros(2, dtype=torch.float64)  # Σ batch loss · B, Σ B over this validation epoch
 
@@ -118,6 +127,30 @@ class FlowHeadModule(pl.LightningModule):
         self.grammar = DigitGrammar(horizon=config["horizon"], max_digits=config["codec"]["max_digits"])
         self.codec = Codec(self.tokenizer, from_dict(config["codec"], CodecConfig))
         self.buffer_meta = meta
+        self.prior_draws = self._prior_draw_normalisers(self.trainer.datamodule)
+        if self.hparams.forward_kl and not self.prior_draws:
+            raise ValueError(f"`forward_kl` needs draws from p (source 'prior_sample') in the buffers "
+                             f"{self.trainer.datamodule.paths}: harvest them with `sampler: prior`")
+
+    def _prior_draw_normalisers(self, datamodule) -> dict[int, tuple[float, int]]:
+        """Per prompt, log Σ_j exp(λ r_j) and n over its draws from p, for the self-normalised weights."""
+        rewards: dict[int, list[float]] = {}
+        for dataset in (datamodule.train_set, datamodule.val_set):
+            for x in dataset.items:
+                if x["source"] == SOURCES["prior_sample"]:
+                    rewards.setdefault(x["prompt_id"], []).append(x["reward"])
+        lam = self.hparams.lam
+        return {k: (float(torch.logsumexp(lam * torch.tensor(r, dtype=torch.float64), 0)), len(r))
+                for k, r in rewards.items()}
+
+    def prior_draw_weights(self, batch: dict) -> torch.Tensor:
+        """ω_i = n exp(λ r_i) / Σ_j exp(λ r_j) over the prompt's n draws from p; 0 for other trajectories: (B,)."""
+        is_prior = batch["source"] == SOURCES["prior_sample"]
+        weights = torch.zeros(len(is_prior), dtype=torch.float64)
+        for row in is_prior.nonzero().flatten().tolist():
+            log_norm, n = self.prior_draws[int(batch["prompt_index"][row])]
+            weights[row] = n * torch.exp(self.hparams.lam * batch["reward"][row].double() - log_norm)
+        return weights
 
     # -- features from the frozen LM ---------------------------------------------------------
 
@@ -227,6 +260,11 @@ class FlowHeadModule(pl.LightningModule):
         if hp.value:
             out["value"] = losses.value_regression(q, batch["actions"], batch["mask"], batch["tree_values"])
             total = total + hp.value * out["value"]
+        n_prior = int((batch["source"] == SOURCES["prior_sample"]).sum())
+        if n_prior:  # mean over the batch's draws from p: each prompt's draws average its SNIS estimate
+            weights = self.prior_draw_weights(batch).to(q)
+            out["forward_kl"] = losses.weighted_cross_entropy(*args, weights, lam).sum() / n_prior
+            total = total + hp.forward_kl * out["forward_kl"]
         out["loss"] = total
         return out
 
