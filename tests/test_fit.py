@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,9 @@ from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from search.harvest import HarvestConfig, harvest
 from trainers import fit
 from trainers.data import collate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from forward_kl_scan import ScanConfig, load_module, scan_head  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +218,16 @@ def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_dow
     assert any(r.get("train/forward_kl") for r in csv.DictReader(metrics.open()))
     # Over all the training draws, KL(π*‖P_F) − KL(π*‖p) is 0 for P_F = p; the trained head is below it.
     with torch.no_grad():
-        assert model.losses(batch)["forward_kl"].item() < -0.05
+        trained_kl = model.losses(batch)["forward_kl"].item()
+    assert trained_kl < -0.05
+    # benchmarks/forward_kl_scan.py rebuilds the module from the written head and finds the same value per
+    # prompt (3 prompts, 6 draws each: the mean of their means is the batch mean); s -> 0 gives P_F = p.
+    dm = model.trainer.datamodule
+    rebuilt = load_module(str(tmp_path / "head"), dm)
+    rows = scan_head("h", rebuilt, dm, ScanConfig(lam=2.0, guide_scales=[1e-6, 1.0]))
+    assert [r["split"] for r in rows] == ["train"] * 6  # val_fraction 0: no validation prompts
+    assert np.mean([r["forward_kl"] for r in rows if r["guide_scale"] == 1.0]) == pytest.approx(trained_kl, abs=1e-5)
+    assert max(abs(r["forward_kl"]) for r in rows if r["guide_scale"] < 1) < 1e-4
 
 
 def test_forward_kl_without_draws_from_p_is_a_clear_error(tmp_path, buffer_path):

@@ -120,17 +120,22 @@ class FlowHeadModule(pl.LightningModule):
         self.val_sums = torch.zeros(2, dtype=torch.float64)  # Σ batch loss · B, Σ B over this validation epoch
 
     def setup(self, stage: str) -> None:
-        meta = self.trainer.datamodule.meta
+        self.attach(self.trainer.datamodule)
+
+    def attach(self, datamodule) -> None:
+        """Read the buffers' grammar, codec and reward config, and the normalisers of their draws from p
+        (`setup` calls this; outside a Trainer, call it with a set-up `BufferDataModule`)."""
+        meta = datamodule.meta
         if meta.get("action_token_ids") != self.action_token_ids:
             raise ValueError("the buffer's action tokens differ from this LM's codec; harvest with this LM")
         config = meta["config"]
         self.grammar = DigitGrammar(horizon=config["horizon"], max_digits=config["codec"]["max_digits"])
         self.codec = Codec(self.tokenizer, from_dict(config["codec"], CodecConfig))
         self.buffer_meta = meta
-        self.prior_draws = self._prior_draw_normalisers(self.trainer.datamodule)
+        self.prior_draws = self._prior_draw_normalisers(datamodule)
         if self.hparams.forward_kl and not self.prior_draws:
             raise ValueError(f"`forward_kl` needs draws from p (source 'prior_sample') in the buffers "
-                             f"{self.trainer.datamodule.paths}: harvest them with `sampler: prior`")
+                             f"{datamodule.paths}: harvest them with `sampler: prior`")
 
     def _prior_draw_normalisers(self, datamodule) -> dict[int, tuple[float, int]]:
         """Per prompt, log Σ_j exp(λ r_j) and n over its draws from p, for the self-normalised weights."""
@@ -237,13 +242,17 @@ class FlowHeadModule(pl.LightningModule):
 
     # -- losses ------------------------------------------------------------------------------
 
-    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def q_values(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q_φ(s_t, ·) (B, T, A) along the batch's trajectories, log p(·|s_t) (B, T, A) and log Z_φ(c) (B,)."""
         hidden, prompt_hidden, log_prior = self.features(batch)
-        q = self.head.q(hidden)  # (B, T, A)
+        q = self.head.q(hidden)
         if self.hparams.partial_reward:
             r, share = self.shaping(batch).to(q)
             q = q + self.head.weigh_reward(r, share)
-        log_z = self.head.log_z(prompt_hidden)  # (B,)
+        return q, log_prior, self.head.log_z(prompt_hidden)
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        q, log_prior, log_z = self.q_values(batch)
         lam, hp = self.hparams.lam, self.hparams
         args = (q, log_prior, batch["actions"], batch["mask"])
         out = {"tb": losses.trajectory_balance(*args, log_z, batch["reward"], lam).mean(), "log_z": log_z.mean()}

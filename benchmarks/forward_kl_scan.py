@@ -1,0 +1,196 @@
+"""Does a head's P_F cover π* better than p on the fit's own prompts? The forward KL from stored draws, no sampling.
+
+    python benchmarks/forward_kl_scan.py --config configs/benchmarks/forward_kl_scan.yaml
+
+For each prompt of the buffers with draws from p (source `prior_sample`, `search.harvest` with
+`sampler: prior`), the self-normalised estimate of
+
+    KL(π*‖P_F^s) − KL(π*‖p) = −E_π*[log P_F^s(x)/p(x)],   P_F^s(a|s) ∝ p(a|s) exp(s·λ·Q_φ(s, a)),
+
+(`sadt.losses.weighted_cross_entropy` with weights ∝ exp(λ r)), for every head and guide scale s.
+Below 0: P_F^s is closer to π* than p in the divergence importance weights pay for. Prompts are
+split as the fit split them (`val_fraction`, `trainers.data`), so the training prompts show what
+the head learned and the validation prompts what generalises; a guide scale may be chosen on the
+latter, never on the amortisation benchmark's held-out windows. It reads only the buffers and one
+teacher-forced forward per draw, so it runs in minutes where `proposal_quality.py` samples.
+
+Writes `<output_dir>/scan.csv` (one row per head, split, prompt and s), `scan.md` (means over
+prompts with bootstrap 95% intervals, and the s that minimises each head's validation mean) and
+`scan.png` (the mean against s, one panel per split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT_DIR))
+sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
+
+from amortisation import read_rows, write_csv  # noqa: E402
+
+from sadt.config import load_config  # noqa: E402
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    output_dir: str = "benchmarks/results/forward_kl_scan"
+    buffers: list[str] = field(default_factory=lambda: ["data/buffers/recipe.h5", "data/buffers/recipe_prior.h5"])
+    val_fraction: float = 0.2  # the fits' split (configs/fit/*.yaml), so "val" prompts are ones no head trained on
+    heads: dict[str, str] = field(default_factory=lambda: {"look_ahead": "checkpoints/heads/look_ahead"})
+    lam: float = 5.0
+    guide_scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    bootstrap: int = 2000
+
+    def __post_init__(self) -> None:
+        if not self.heads or not self.buffers:
+            raise ValueError("forward_kl_scan needs at least one head and one buffer")
+        if not all(s > 0 for s in self.guide_scales):
+            raise ValueError(f"`guide_scales` must be > 0 (s = 0 is p itself), got {self.guide_scales}")
+
+
+def load_module(head_dir: str, datamodule):
+    """A FlowHeadModule built from the head's sidecar (its training settings), holding the head's weights."""
+    from sadt.head_io import load_head
+    from sadt.lm.base_model import lm_fingerprint
+    from trainers.module import FlowHeadModule
+
+    head, meta = load_head(head_dir, lm_fingerprint())
+    accepted = inspect.signature(FlowHeadModule).parameters
+    module = FlowHeadModule(**{k: v for k, v in meta["training"].items() if k in accepted})
+    module.head.load_state_dict(head.state_dict())
+    module.attach(datamodule)
+    return module.eval()
+
+
+def scan_head(name: str, module, datamodule, config: ScanConfig) -> list[dict]:
+    """Per split, prompt and s: the SNIS estimate of KL(π*‖P_F^s) − KL(π*‖p) over the prompt's draws from p."""
+    import torch
+
+    from data.buffer import SOURCES
+    from sadt.losses import weighted_cross_entropy
+    from trainers.data import collate
+
+    if module.hparams.lam != config.lam:
+        raise ValueError(f"head {name!r} was trained at λ = {module.hparams.lam}, the scan's `lam` is {config.lam}")
+    rows = []
+    for split, dataset in zip(SPLITS, (datamodule.train_set, datamodule.val_set), strict=True):
+        by_prompt: dict[int, list[dict]] = {}
+        for x in dataset.items:
+            if x["source"] == SOURCES["prior_sample"]:
+                by_prompt.setdefault(x["prompt_id"], []).append(x)
+        for items in tqdm(by_prompt.values(), desc=f"{name} ({split})", unit="prompt"):
+            batch = collate(items)
+            with torch.no_grad():
+                q, log_prior, _ = module.q_values(batch)
+                weights = module.prior_draw_weights(batch).to(q)
+                for s in config.guide_scales:
+                    args = (q, log_prior, batch["actions"], batch["mask"], weights, s * config.lam)
+                    rows.append({"head": name, "split": split, "prompt": items[0]["key"], "guide_scale": s,
+                                 "draws": len(items), "forward_kl": float(weighted_cross_entropy(*args).mean())})
+    return rows
+
+
+def run(config: ScanConfig) -> list[dict]:
+    from sadt.lm.base_model import lm_fingerprint
+    from trainers.data import BufferDataModule
+
+    datamodule = BufferDataModule(config.buffers, val_fraction=config.val_fraction, lm_fingerprint=lm_fingerprint())
+    datamodule.setup()
+    rows = []
+    for name, path in config.heads.items():
+        rows += scan_head(name, load_module(path, datamodule), datamodule, config)
+    return rows
+
+
+def summarise(rows: list[dict], n_boot: int, rng: np.random.Generator) -> list[dict]:
+    """Mean over prompts and its bootstrap 95% interval, per head, split and s."""
+    out = []
+    for key in dict.fromkeys((r["head"], r["split"], r["guide_scale"]) for r in rows):
+        values = np.array([r["forward_kl"] for r in rows if (r["head"], r["split"], r["guide_scale"]) == key])
+        boot = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        out.append({"head": key[0], "split": key[1], "guide_scale": key[2], "prompts": len(values),
+                    "mean": float(values.mean()), "low": float(low), "high": float(high)})
+    return out
+
+
+def best_scales(scores: list[dict]) -> dict[str, float]:
+    """Per head, the guide scale with the lowest validation mean (the rule for choosing s)."""
+    val = [s for s in scores if s["split"] == "val"]
+    return {head: min((s for s in val if s["head"] == head), key=lambda s: s["mean"])["guide_scale"]
+            for head in dict.fromkeys(s["head"] for s in val)}
+
+
+def report(scores: list[dict], header: str) -> str:
+    lines = [header, "", "KL(π*‖P_F^s) − KL(π*‖p), mean over the split's prompts (bootstrap 95% interval); "
+             "below 0, P_F^s covers π* better than p.", "", "| head | split | prompts | s | mean | 95% CI |",
+             "|---|---|---|---|---|---|"]
+    for s in scores:
+        lines.append(f"| {s['head']} | {s['split']} | {s['prompts']} | {s['guide_scale']:g} | {s['mean']:+.3f} | "
+                     f"[{s['low']:+.3f}, {s['high']:+.3f}] |")
+    chosen = best_scales(scores)
+    if chosen:
+        lines += ["", "Lowest validation mean: " + ", ".join(f"{h} s = {s:g}" for h, s in chosen.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(scores: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(11, 4), sharey=True)
+    for ax, split in zip(axes, SPLITS, strict=True):
+        for head in dict.fromkeys(s["head"] for s in scores):
+            pts = [s for s in scores if s["head"] == head and s["split"] == split]
+            pts.sort(key=lambda s: s["guide_scale"])
+            if not pts:
+                continue
+            x = [0.0] + [p["guide_scale"] for p in pts]  # s = 0 is p: exactly 0
+            ax.plot(x, [0.0] + [p["mean"] for p in pts], "-o", label=head)
+            ax.fill_between(x, [0.0] + [p["low"] for p in pts], [0.0] + [p["high"] for p in pts], alpha=0.2)
+        ax.axhline(0.0, color="k", linewidth=0.8)
+        ax.set_title(f"{split} prompts", fontsize=10)
+        ax.set_xlabel("guide scale s")
+    axes[0].set_ylabel("KL(π*‖P_F^s) − KL(π*‖p)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT_DIR / "configs/benchmarks/forward_kl_scan.yaml")
+    parser.add_argument("--summarise", action="store_true", help="rebuild scan.md and the plot from scan.csv")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, ScanConfig)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.summarise:
+        rows = read_rows(out / "scan.csv", text_columns=("head", "split", "prompt"))
+    else:
+        rows = run(config)
+        write_csv(out / "scan.csv", rows)
+    scores = summarise(rows, config.bootstrap, np.random.default_rng(0))
+    header = f"# Forward KL of each head's P_F against p ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)"
+    (out / "scan.md").write_text(report(scores, header))
+    plot(scores, out / "scan.png")
+    print((out / "scan.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The forward-KL scan's summary: means and intervals per head, split and scale; s chosen on validation prompts only."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from forward_kl_scan import ScanConfig, best_scales, report, summarise  # noqa: E402
+
+
+def synthetic_rows() -> list[dict]:
+    """Head "a" is best at s = 0.5 on validation prompts but at s = 1 on training ones (it over-fits)."""
+    rng = np.random.default_rng(0)
+    truth = {("a", "train"): {0.5: -0.2, 1.0: -0.4}, ("a", "val"): {0.5: -0.1, 1.0: 0.2},
+             ("b", "train"): {0.5: 0.1, 1.0: 0.3}, ("b", "val"): {0.5: 0.05, 1.0: 0.0}}
+    return [{"head": h, "split": split, "prompt": f"p{i}", "guide_scale": s, "forward_kl": m + 0.01 * rng.normal()}
+            for (h, split), means in truth.items() for s, m in means.items() for i in range(8)]
+
+
+def test_summary_means_and_intervals_per_head_split_and_scale():
+    scores = summarise(synthetic_rows(), 500, np.random.default_rng(1))
+    assert len(scores) == 8 and all(s["prompts"] == 8 for s in scores)
+    a_val_1 = next(s for s in scores if (s["head"], s["split"], s["guide_scale"]) == ("a", "val", 1.0))
+    assert a_val_1["mean"] == pytest.approx(0.2, abs=0.01) and a_val_1["low"] < a_val_1["mean"] < a_val_1["high"]
+
+
+def test_the_scale_is_chosen_on_validation_prompts_never_training_ones():
+    scores = summarise(synthetic_rows(), 200, np.random.default_rng(1))
+    assert best_scales(scores) == {"a": 0.5, "b": 1.0}
+    assert "a s = 0.5, b s = 1" in report(scores, "# scan")
+
+
+def test_bad_scan_config_is_named():
+    with pytest.raises(ValueError, match="guide_scales"):
+        ScanConfig(guide_scales=[0.0, 1.0])
+    with pytest.raises(ValueError, match="head"):
+        ScanConfig(heads={})
