@@ -140,7 +140,9 @@ def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
             tqdm.write(f"{label:18s} {name:24s} ESS/N {summary['ess_fraction']:.3f}  KL(π*‖q) "
                        f"{summary['kl_target_proposal']:.3f}  KL(q‖π*) {summary['kl_proposal_target']:.3f}  "
                        f"E_q[r] {summary['proposal_reward']:7.3f}")
-        write_csv(out / "proposals.csv", rows)
+        # The earlier run's rows for windows not reached yet stay in the file: a second interruption loses nothing.
+        ran = {(r["series"], r["proposal"]) for r in rows}
+        write_csv(out / "proposals.csv", rows + [r for r in keep if (r["series"], r["proposal"]) not in ran])
     return rows
 
 
