@@ -101,15 +101,18 @@ def scan_head(name: str, module, datamodule, config: ScanConfig) -> list[dict]:
     return rows
 
 
-def run(config: ScanConfig) -> list[dict]:
+def run(config: ScanConfig, keep: list[dict]) -> list[dict]:
+    """Scan every head of the config that `keep` (an earlier run's rows) has no rows for."""
     from sadt.lm.base_model import lm_fingerprint
     from trainers.data import BufferDataModule
 
     datamodule = BufferDataModule(config.buffers, val_fraction=config.val_fraction, lm_fingerprint=lm_fingerprint())
     datamodule.setup()
-    rows = []
+    done = {r["head"] for r in keep}
+    rows = [r for r in keep if r["head"] in config.heads]
     for name, path in config.heads.items():
-        rows += scan_head(name, load_module(path, datamodule), datamodule, config)
+        if name not in done:
+            rows += scan_head(name, load_module(path, datamodule), datamodule, config)
     return rows
 
 
@@ -174,16 +177,21 @@ def plot(scores: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT_DIR / "configs/benchmarks/forward_kl_scan.yaml")
+    parser.add_argument("--resume", action="store_true", help="keep scan.csv's rows; scan only the heads it lacks")
     parser.add_argument("--summarise", action="store_true", help="rebuild scan.md and the plot from scan.csv")
     args = parser.parse_args(argv)
     config = load_config(args.config, ScanConfig)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "scan.csv"
+    if (args.resume or args.summarise) and not csv_path.is_file():
+        parser.error(f"--{'resume' if args.resume else 'summarise'} needs an earlier run's rows: no file {csv_path}")
+    keep = read_rows(csv_path, text_columns=("head", "split", "prompt")) if args.resume or args.summarise else []
     if args.summarise:
-        rows = read_rows(out / "scan.csv", text_columns=("head", "split", "prompt"))
+        rows = keep
     else:
-        rows = run(config)
-        write_csv(out / "scan.csv", rows)
+        rows = run(config, keep)
+        write_csv(csv_path, rows)
     scores = summarise(rows, config.bootstrap, np.random.default_rng(0))
     header = f"# Forward KL of each head's P_F against p ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)"
     (out / "scan.md").write_text(report(scores, header))
