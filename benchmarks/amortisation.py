@@ -570,6 +570,15 @@ def read_rows(path: Path, text_columns: tuple[str, ...] = ("series", "method", "
     return rows
 
 
+def earlier_rows(parser: argparse.ArgumentParser, args: argparse.Namespace, path: Path, **read_kwargs) -> list[dict]:
+    """The rows of `path` when `--resume` or `--summarise` asks for them (a clear error if it is missing), else []."""
+    if not (args.resume or args.summarise):
+        return []
+    if not path.is_file():
+        parser.error(f"--{'resume' if args.resume else 'summarise'} needs an earlier run's rows: no file {path}")
+    return read_rows(path, **read_kwargs)
+
+
 def write_summary(path: Path, parts: list[str]) -> None:
     text = "\n".join(parts) + "\n"
     path.write_text(text)

@@ -35,7 +35,7 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
-from amortisation import read_rows, write_csv  # noqa: E402
+from amortisation import earlier_rows, write_csv  # noqa: E402
 
 from sadt.config import load_config  # noqa: E402
 
@@ -184,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "scan.csv"
-    if (args.resume or args.summarise) and not csv_path.is_file():
-        parser.error(f"--{'resume' if args.resume else 'summarise'} needs an earlier run's rows: no file {csv_path}")
-    keep = read_rows(csv_path, text_columns=("head", "split", "prompt")) if args.resume or args.summarise else []
+    keep = earlier_rows(parser, args, csv_path, text_columns=("head", "split", "prompt"))
     if args.summarise:
         rows = keep
     else:

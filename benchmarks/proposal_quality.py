@@ -36,7 +36,7 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
-from amortisation import RealPart, heldout_windows, read_rows, write_csv  # noqa: E402
+from amortisation import RealPart, earlier_rows, heldout_windows, write_csv  # noqa: E402
 
 from sadt.config import load_config, to_dict  # noqa: E402
 from search.forecast_task import LOOK_AHEAD_REWARD  # noqa: E402
@@ -218,10 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, ProposalConfig)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "proposals.csv"
-    if (args.resume or args.summarise) and not csv_path.is_file():
-        parser.error(f"--{'resume' if args.resume else 'summarise'} needs an earlier run's rows: no file {csv_path}")
-    keep = read_rows(csv_path) if args.resume or args.summarise else []
+    keep = earlier_rows(parser, args, out / "proposals.csv")
     rows = keep if args.summarise else run(config, out, keep)
     header = f"# Proposal quality on {config.windows} windows ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)"
     (out / "proposals.md").write_text(summary(paired_scores(rows, config.bootstrap, np.random.default_rng(0)), header))
