@@ -66,6 +66,8 @@ def load_module(head_dir: str, datamodule):
     from trainers.module import FlowHeadModule
 
     head, meta = load_head(head_dir, lm_fingerprint())
+    if meta.get("adapter"):  # its adapter's weights live beside the head; this rebuild would leave them random
+        raise ValueError(f"{head_dir}: forward_kl_scan reads MLP heads on the frozen LM, not LoRA heads")
     accepted = inspect.signature(FlowHeadModule).parameters
     module = FlowHeadModule(**{k: v for k, v in meta["training"].items() if k in accepted})
     module.head.load_state_dict(head.state_dict())
