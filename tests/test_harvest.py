@@ -90,7 +90,6 @@ def test_shard_argument_and_bad_windows_are_clear_errors(tmp_path):
         task_set(from_dict({"series": ["Wooly"], "context_length": 200}, HarvestConfig))
 
 
-
 def step_log_prior(lm, forecast: ForecastTask, sequences: list[list[int]]) -> np.ndarray:
     """log p(a_t|s_t) of every step, flat, from one teacher-forced forward (as the trainer computes it)."""
     action_ids = forecast.codec.action_token_ids
@@ -114,7 +113,7 @@ def test_prior_sampler_stores_draws_from_p_with_their_step_log_probs(tmp_path, s
     assert buffer.prompt_keys() == [t.key for t in task_set(cfg)]  # same keys as a tree harvest: same split
     assert np.all(a["source"] == SOURCES["prior_sample"]) and buffer.n_trajectories == 4 * 3
     assert np.all(np.isnan(a["values"])) and np.all(a["visits"] == 0)
-    # Each stored step's log p(a_t|s_t) is the prior's: their sum is the sequence's log p under the LM.
+    # Each stored step's log p(a_t|s_t) is the prior's, recomputed by one teacher-forced forward.
     task = task_set(cfg)[1]
     context = load_builtin(task.series).context[task.end - 16 : task.end]
     forecast = ForecastTask.build(codec, context, 4, cfg.reward)

@@ -150,11 +150,12 @@ class FlowHeadModule(pl.LightningModule):
 
     def prior_draw_weights(self, batch: dict) -> torch.Tensor:
         """ω_i = n exp(λ r_i) / Σ_j exp(λ r_j) over the prompt's n draws from p; 0 for other trajectories: (B,)."""
-        is_prior = batch["source"] == SOURCES["prior_sample"]
-        weights = torch.zeros(len(is_prior), dtype=torch.float64)
-        for row in is_prior.nonzero().flatten().tolist():
-            log_norm, n = self.prior_draws[int(batch["prompt_index"][row])]
-            weights[row] = n * torch.exp(self.hparams.lam * batch["reward"][row].double() - log_norm)
+        rows = (batch["source"] == SOURCES["prior_sample"]).nonzero().flatten()
+        weights = torch.zeros(len(batch["source"]), dtype=torch.float64)
+        if len(rows):
+            norm = torch.tensor([self.prior_draws[int(p)] for p in batch["prompt_index"][rows]], dtype=torch.float64)
+            log_norm, n = norm.unbind(dim=1)  # (k,), (k,)
+            weights[rows] = n * torch.exp(self.hparams.lam * batch["reward"][rows].double() - log_norm)
         return weights
 
     # -- features from the frozen LM ---------------------------------------------------------
