@@ -14,6 +14,10 @@ the head learned and the validation prompts what generalises; a guide scale may 
 latter, never on the amortisation benchmark's held-out windows. It reads only the buffers and one
 teacher-forced forward per draw, so it runs in minutes where `proposal_quality.py` samples.
 
+Heads fitted on other buffers than the scan's (`trained_on`) get their own split: a prompt is "train"
+for a head when its fit trained on it, "val" otherwise. "common_val" repeats the rows of the prompts
+that are "val" for every head, so heads fitted on different data are compared on the same prompts.
+
 Writes `<output_dir>/scan.csv` (one row per head, split, prompt and s), `scan.md` (means over
 prompts with bootstrap 95% intervals, and the s that minimises each head's validation mean) and
 `scan.png` (the mean against s, one panel per split).
@@ -39,7 +43,7 @@ from amortisation import earlier_rows, write_csv  # noqa: E402
 
 from sadt.config import load_config  # noqa: E402
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "common_val")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class ScanConfig:
     buffers: list[str] = field(default_factory=lambda: ["data/buffers/recipe.h5", "data/buffers/recipe_prior.h5"])
     val_fraction: float = 0.2  # the fits' split (configs/fit/*.yaml), so "val" prompts are ones no head trained on
     heads: dict[str, str] = field(default_factory=lambda: {"look_ahead": "checkpoints/heads/look_ahead"})
+    # head -> the buffers its fit read (split there by `val_fraction`); a head not named here trained on `buffers`
+    trained_on: dict[str, list[str]] = field(default_factory=dict)
     lam: float = 5.0
     guide_scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     bootstrap: int = 2000
@@ -57,6 +63,9 @@ class ScanConfig:
             raise ValueError("forward_kl_scan needs at least one head and one buffer")
         if not all(s > 0 for s in self.guide_scales):
             raise ValueError(f"`guide_scales` must be > 0 (s = 0 is p itself), got {self.guide_scales}")
+        unknown = sorted(set(self.trained_on) - set(self.heads))
+        if unknown:
+            raise ValueError(f"`trained_on` names heads that `heads` lacks: {unknown}")
 
 
 def load_module(head_dir: str, datamodule):
@@ -75,8 +84,11 @@ def load_module(head_dir: str, datamodule):
     return module.eval()
 
 
-def scan_head(name: str, module, datamodule, config: ScanConfig) -> list[dict]:
-    """Per split, prompt and s: the SNIS estimate of KL(π*‖P_F^s) − KL(π*‖p) over the prompt's draws from p."""
+def scan_head(name: str, module, datamodule, config: ScanConfig, train_keys: set[str] | None = None) -> list[dict]:
+    """Per prompt and s: the SNIS estimate of KL(π*‖P_F^s) − KL(π*‖p) over the prompt's draws from p.
+
+    Every prompt of `datamodule` with draws from p is scored; its split is "train" when its key is in
+    `train_keys` (default: the datamodule's own training prompts), else "val"."""
     import torch
 
     from data.buffer import SOURCES
@@ -85,22 +97,34 @@ def scan_head(name: str, module, datamodule, config: ScanConfig) -> list[dict]:
 
     if module.hparams.lam != config.lam:
         raise ValueError(f"head {name!r} was trained at λ = {module.hparams.lam}, the scan's `lam` is {config.lam}")
+    if train_keys is None:
+        train_keys = {x["key"] for x in datamodule.train_set.items}
+    by_prompt: dict[str, list[dict]] = {}
+    for x in datamodule.train_set.items + datamodule.val_set.items:
+        if x["source"] == SOURCES["prior_sample"]:
+            by_prompt.setdefault(x["key"], []).append(x)
     rows = []
-    for split, dataset in zip(SPLITS, (datamodule.train_set, datamodule.val_set), strict=True):
-        by_prompt: dict[int, list[dict]] = {}
-        for x in dataset.items:
-            if x["source"] == SOURCES["prior_sample"]:
-                by_prompt.setdefault(x["prompt_id"], []).append(x)
-        for items in tqdm(by_prompt.values(), desc=f"{name} ({split})", unit="prompt"):
-            batch = collate(items)
-            with torch.no_grad():
-                q, log_prior, _ = module.q_values(batch)
-                weights = module.prior_draw_weights(batch).to(q)
-                for s in config.guide_scales:
-                    args = (q, log_prior, batch["actions"], batch["mask"], weights, s * config.lam)
-                    rows.append({"head": name, "split": split, "prompt": items[0]["key"], "guide_scale": s,
-                                 "draws": len(items), "forward_kl": float(weighted_cross_entropy(*args).mean())})
+    for key, items in tqdm(by_prompt.items(), desc=name, unit="prompt"):
+        batch = collate(items)
+        with torch.no_grad():
+            q, log_prior, _ = module.q_values(batch)
+            weights = module.prior_draw_weights(batch).to(q)
+            for s in config.guide_scales:
+                args = (q, log_prior, batch["actions"], batch["mask"], weights, s * config.lam)
+                rows.append({"head": name, "split": "train" if key in train_keys else "val", "prompt": key,
+                             "guide_scale": s, "draws": len(items),
+                             "forward_kl": float(weighted_cross_entropy(*args).mean())})
     return rows
+
+
+def training_keys(buffers: list[str], val_fraction: float) -> set[str]:
+    """The prompt keys a fit on `buffers` trains on (trainers.data's split by key hash)."""
+    from sadt.lm.base_model import lm_fingerprint
+    from trainers.data import BufferDataModule
+
+    datamodule = BufferDataModule(buffers, val_fraction=val_fraction, lm_fingerprint=lm_fingerprint())
+    datamodule.setup()
+    return {x["key"] for x in datamodule.train_set.items}
 
 
 def run(config: ScanConfig, keep: list[dict]) -> list[dict]:
@@ -111,11 +135,24 @@ def run(config: ScanConfig, keep: list[dict]) -> list[dict]:
     datamodule = BufferDataModule(config.buffers, val_fraction=config.val_fraction, lm_fingerprint=lm_fingerprint())
     datamodule.setup()
     done = {r["head"] for r in keep}
-    rows = [r for r in keep if r["head"] in config.heads]
+    rows = [r for r in keep if r["head"] in config.heads and r["split"] != "common_val"]
     for name, path in config.heads.items():
         if name not in done:
-            rows += scan_head(name, load_module(path, datamodule), datamodule, config)
-    return rows
+            keys = training_keys(config.trained_on[name], config.val_fraction) if name in config.trained_on else None
+            rows += scan_head(name, load_module(path, datamodule), datamodule, config, keys)
+    return with_common_validation(rows)
+
+
+def with_common_validation(rows: list[dict]) -> list[dict]:
+    """`rows` plus, split "common_val", the rows of the prompts that are "val" for every head."""
+    rows = [r for r in rows if r["split"] != "common_val"]
+    heads = set(r["head"] for r in rows)
+    val_heads: dict[str, set[str]] = {}
+    for r in rows:
+        if r["split"] == "val":
+            val_heads.setdefault(r["prompt"], set()).add(r["head"])
+    common = {prompt for prompt, named in val_heads.items() if named == heads}
+    return rows + [{**r, "split": "common_val"} for r in rows if r["prompt"] in common and r["split"] == "val"]
 
 
 def summarise(rows: list[dict], n_boot: int, rng: np.random.Generator) -> list[dict]:
@@ -156,7 +193,7 @@ def plot(scores: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SPLITS), figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(15, 4), sharey=True)
     for ax, split in zip(axes, SPLITS, strict=True):
         for head in dict.fromkeys(s["head"] for s in scores):
             pts = [s for s in scores if s["head"] == head and s["split"] == split]
@@ -167,7 +204,7 @@ def plot(scores: list[dict], path: Path) -> None:
             ax.plot(x, [0.0] + [p["mean"] for p in pts], "-o", label=head)
             ax.fill_between(x, [0.0] + [p["low"] for p in pts], [0.0] + [p["high"] for p in pts], alpha=0.2)
         ax.axhline(0.0, color="k", linewidth=0.8)
-        ax.set_title(f"{split} prompts", fontsize=10)
+        ax.set_title(f"{split.replace('_', ' ')} prompts", fontsize=10)
         ax.set_xlabel("guide scale s")
     axes[0].set_ylabel("KL(π*‖P_F^s) − KL(π*‖p)")
     axes[0].legend(fontsize=8)
@@ -188,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     csv_path = out / "scan.csv"
     keep = earlier_rows(parser, args, csv_path, text_columns=("head", "split", "prompt"))
     if args.summarise:
-        rows = keep
+        rows = with_common_validation(keep)
     else:
         rows = run(config, keep)
         write_csv(csv_path, rows)

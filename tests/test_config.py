@@ -13,7 +13,7 @@ FIT_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "fit").glob("*.yam
 def benchmark_schema(path: Path):
     """The config class of the benchmark script a configs/benchmarks/ file is for (benchmarks/ holds
     scripts, not a package): `proposal_*.yaml` is benchmarks/proposal_quality.py's, `forward_kl_scan*.yaml`
-    forward_kl_scan.py's, the rest amortisation.py's."""
+    forward_kl_scan.py's, `tilt_room*.yaml` tilt_room.py's, the rest amortisation.py's."""
     import importlib.util
     import sys
 
@@ -21,6 +21,8 @@ def benchmark_schema(path: Path):
         script, name = "proposal_quality", "ProposalConfig"
     elif path.name.startswith("forward_kl_scan"):
         script, name = "forward_kl_scan", "ScanConfig"
+    elif path.name.startswith("tilt_room"):
+        script, name = "tilt_room", "RoomConfig"
     else:
         script, name = "amortisation", "AmortisationConfig"
     spec = importlib.util.spec_from_file_location(f"{script}_benchmark", Path(__file__).parents[1] / "benchmarks" /

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from forward_kl_scan import ScanConfig, best_scales, report, summarise  # noqa: E402
+from forward_kl_scan import ScanConfig, best_scales, report, summarise, with_common_validation  # noqa: E402
 
 
 def synthetic_rows() -> list[dict]:
@@ -38,3 +38,18 @@ def test_bad_scan_config_is_named():
         ScanConfig(guide_scales=[0.0, 1.0])
     with pytest.raises(ValueError, match="head"):
         ScanConfig(heads={})
+    with pytest.raises(ValueError, match="trained_on.*'other'"):
+        ScanConfig(heads={"a": "x"}, trained_on={"other": ["b.h5"]})
+
+
+def test_heads_fitted_on_different_prompts_are_compared_on_the_prompts_none_trained_on():
+    # Head "a" trained on p0, p1; head "b" on p1, p2: only p3 is unseen by both.
+    trained = {"a": {"p0", "p1"}, "b": {"p1", "p2"}}
+    rows = [{"head": h, "split": "train" if f"p{i}" in seen else "val", "prompt": f"p{i}", "guide_scale": 1.0,
+             "forward_kl": float(i)} for h, seen in trained.items() for i in range(4)]
+    rows = with_common_validation(rows)
+    common = [r for r in rows if r["split"] == "common_val"]
+    assert sorted((r["head"], r["prompt"]) for r in common) == [("a", "p3"), ("b", "p3")]
+    assert with_common_validation(rows) == rows  # recomputed, never stacked (a resumed scan re-derives it)
+    means = {(s["head"], s["split"]): s["mean"] for s in summarise(rows, 50, np.random.default_rng(0))}
+    assert means[("a", "val")] == 2.5 and means[("b", "val")] == 1.5 and means[("a", "common_val")] == 3.0
