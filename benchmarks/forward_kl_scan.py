@@ -54,6 +54,7 @@ class ScanConfig:
     heads: dict[str, str] = field(default_factory=lambda: {"look_ahead": "checkpoints/heads/look_ahead"})
     # head -> the buffers its fit read (split there by `val_fraction`); a head not named here trained on `buffers`
     trained_on: dict[str, list[str]] = field(default_factory=dict)
+    prompts: str = "all"  # "val": score only the buffers' validation prompts (skips the LM passes over training ones)
     lam: float = 5.0
     guide_scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     bootstrap: int = 2000
@@ -63,6 +64,8 @@ class ScanConfig:
             raise ValueError("forward_kl_scan needs at least one head and one buffer")
         if not all(s > 0 for s in self.guide_scales):
             raise ValueError(f"`guide_scales` must be > 0 (s = 0 is p itself), got {self.guide_scales}")
+        if self.prompts not in ("all", "val"):
+            raise ValueError(f"scan `prompts` must be 'all' or 'val', got {self.prompts!r}")
         unknown = sorted(set(self.trained_on) - set(self.heads))
         if unknown:
             raise ValueError(f"`trained_on` names heads that `heads` lacks: {unknown}")
@@ -87,8 +90,9 @@ def load_module(head_dir: str, datamodule):
 def scan_head(name: str, module, datamodule, config: ScanConfig, train_keys: set[str] | None = None) -> list[dict]:
     """Per prompt and s: the SNIS estimate of KL(π*‖P_F^s) − KL(π*‖p) over the prompt's draws from p.
 
-    Every prompt of `datamodule` with draws from p is scored; its split is "train" when its key is in
-    `train_keys` (default: the datamodule's own training prompts), else "val"."""
+    Every prompt of `datamodule` with draws from p is scored (its validation prompts only, with
+    `prompts: val`); its split is "train" when its key is in `train_keys` (default: the datamodule's
+    own training prompts), else "val"."""
     import torch
 
     from data.buffer import SOURCES
@@ -100,7 +104,8 @@ def scan_head(name: str, module, datamodule, config: ScanConfig, train_keys: set
     if train_keys is None:
         train_keys = {x["key"] for x in datamodule.train_set.items}
     by_prompt: dict[str, list[dict]] = {}
-    for x in datamodule.train_set.items + datamodule.val_set.items:
+    scored = datamodule.val_set.items + ([] if config.prompts == "val" else datamodule.train_set.items)
+    for x in scored:
         if x["source"] == SOURCES["prior_sample"]:
             by_prompt.setdefault(x["key"], []).append(x)
     rows = []

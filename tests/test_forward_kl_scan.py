@@ -38,6 +38,8 @@ def test_bad_scan_config_is_named():
         ScanConfig(guide_scales=[0.0, 1.0])
     with pytest.raises(ValueError, match="head"):
         ScanConfig(heads={})
+    with pytest.raises(ValueError, match="prompts"):
+        ScanConfig(prompts="some")
     with pytest.raises(ValueError, match="trained_on.*'other'"):
         ScanConfig(heads={"a": "x"}, trained_on={"other": ["b.h5"]})
 
