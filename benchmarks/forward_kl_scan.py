@@ -172,6 +172,26 @@ def summarise(rows: list[dict], n_boot: int, rng: np.random.Generator) -> list[d
     return out
 
 
+def paired_differences(rows: list[dict], n_boot: int, rng: np.random.Generator) -> list[dict]:
+    """Each head minus the first head, per s, prompt by prompt over the "common_val" prompts, with a
+    bootstrap 95% interval: heads fitted on different data, compared on the same unseen prompts."""
+    common = [r for r in rows if r["split"] == "common_val"]
+    heads = list(dict.fromkeys(r["head"] for r in common))
+    value = {(r["head"], r["prompt"], r["guide_scale"]): r["forward_kl"] for r in common}
+    out = []
+    for head in heads[1:]:
+        for scale in dict.fromkeys(r["guide_scale"] for r in common if r["head"] == head):
+            prompts = [r["prompt"] for r in common if (r["head"], r["guide_scale"]) == (heads[0], scale)
+                       and (head, r["prompt"], scale) in value]
+            if not prompts:
+                continue
+            diff = np.array([value[head, q, scale] - value[heads[0], q, scale] for q in prompts])
+            low, high = np.percentile(diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1), [2.5, 97.5])
+            out.append({"head": head, "reference": heads[0], "guide_scale": scale, "prompts": len(prompts),
+                        "mean": float(diff.mean()), "low": float(low), "high": float(high)})
+    return out
+
+
 def best_scales(scores: list[dict]) -> dict[str, float]:
     """Per head, the guide scale with the lowest validation mean (the rule for choosing s)."""
     val = [s for s in scores if s["split"] == "val"]
@@ -179,13 +199,19 @@ def best_scales(scores: list[dict]) -> dict[str, float]:
             for head in dict.fromkeys(s["head"] for s in val)}
 
 
-def report(scores: list[dict], header: str) -> str:
+def report(scores: list[dict], header: str, paired: list[dict] | None = None) -> str:
     lines = [header, "", "KL(π*‖P_F^s) − KL(π*‖p), mean over the split's prompts (bootstrap 95% interval); "
              "below 0, P_F^s covers π* better than p.", "", "| head | split | prompts | s | mean | 95% CI |",
              "|---|---|---|---|---|---|"]
     for s in scores:
         lines.append(f"| {s['head']} | {s['split']} | {s['prompts']} | {s['guide_scale']:g} | {s['mean']:+.3f} | "
                      f"[{s['low']:+.3f}, {s['high']:+.3f}] |")
+    if paired:
+        lines += ["", f"Paired on the common validation prompts: each head minus {paired[0]['reference']} at the "
+                  "same s (below 0: closer to π*).", "", "| head | s | prompts | difference | 95% CI |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {d['head']} | {d['guide_scale']:g} | {d['prompts']} | {d['mean']:+.3f} | "
+                  f"[{d['low']:+.3f}, {d['high']:+.3f}] |" for d in paired]
     chosen = best_scales(scores)
     if chosen:
         lines += ["", "Lowest validation mean: " + ", ".join(f"{h} s = {s:g}" for h, s in chosen.items()) + "."]
@@ -236,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(csv_path, rows)
     scores = summarise(rows, config.bootstrap, np.random.default_rng(0))
     header = f"# Forward KL of each head's P_F against p ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)"
-    (out / "scan.md").write_text(report(scores, header))
+    paired = paired_differences(rows, config.bootstrap, np.random.default_rng(0))
+    (out / "scan.md").write_text(report(scores, header, paired))
     plot(scores, out / "scan.png")
     print((out / "scan.md").read_text())
     return 0

@@ -8,7 +8,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from forward_kl_scan import ScanConfig, best_scales, report, summarise, with_common_validation  # noqa: E402
+from forward_kl_scan import (  # noqa: E402
+    ScanConfig,
+    best_scales,
+    paired_differences,
+    report,
+    summarise,
+    with_common_validation,
+)
 
 
 def synthetic_rows() -> list[dict]:
@@ -48,10 +55,14 @@ def test_heads_fitted_on_different_prompts_are_compared_on_the_prompts_none_trai
     # Head "a" trained on p0, p1; head "b" on p1, p2: only p3 is unseen by both.
     trained = {"a": {"p0", "p1"}, "b": {"p1", "p2"}}
     rows = [{"head": h, "split": "train" if f"p{i}" in seen else "val", "prompt": f"p{i}", "guide_scale": 1.0,
-             "forward_kl": float(i)} for h, seen in trained.items() for i in range(4)]
+             "forward_kl": i + (0.5 if h == "b" else 0.0)} for h, seen in trained.items() for i in range(4)]
     rows = with_common_validation(rows)
     common = [r for r in rows if r["split"] == "common_val"]
     assert sorted((r["head"], r["prompt"]) for r in common) == [("a", "p3"), ("b", "p3")]
     assert with_common_validation(rows) == rows  # recomputed, never stacked (a resumed scan re-derives it)
     means = {(s["head"], s["split"]): s["mean"] for s in summarise(rows, 50, np.random.default_rng(0))}
-    assert means[("a", "val")] == 2.5 and means[("b", "val")] == 1.5 and means[("a", "common_val")] == 3.0
+    assert means[("a", "val")] == 2.5 and means[("b", "val")] == 2.0 and means[("a", "common_val")] == 3.0
+    # b − a on the common prompt p3 only (3.5 − 3.0), not on either head's own validation prompts.
+    (diff,) = paired_differences(rows, 50, np.random.default_rng(0))
+    assert (diff["head"], diff["reference"], diff["prompts"], diff["mean"]) == ("b", "a", 1, 0.5)
+    assert "each head minus a" in report(summarise(rows, 50, np.random.default_rng(0)), "# scan", [diff])
