@@ -224,8 +224,10 @@ def plot(scores: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SPLITS), figsize=(15, 4), sharey=True)
-    for ax, split in zip(axes, SPLITS, strict=True):
+    splits = [split for split in SPLITS if any(s["split"] == split for s in scores)]  # `prompts: val` has no train
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, split in zip(axes, splits, strict=True):
         for head in dict.fromkeys(s["head"] for s in scores):
             pts = [s for s in scores if s["head"] == head and s["split"] == split]
             pts.sort(key=lambda s: s["guide_scale"])
