@@ -163,6 +163,10 @@ def paired_scores(rows: list[dict], n_boot: int, rng: np.random.Generator) -> li
             score[f"{metric}_ci"] = tuple(np.percentile(values[boot].mean(1), [2.5, 97.5]))
             score[f"{metric}_vs_p"] = float(diff.mean())
             score[f"{metric}_vs_p_ci"] = tuple(np.percentile(diff[boot].mean(1), [2.5, 97.5]))
+        # The proposal's amortisation factor in effective samples per draw: ESS_q / ESS_p, geometric mean.
+        log_gain = np.log([by[w, name]["ess_fraction"] / by[w, PRIOR]["ess_fraction"] for w in present])
+        score["ess_gain"] = float(np.exp(log_gain.mean()))
+        score["ess_gain_ci"] = tuple(np.exp(np.percentile(log_gain[boot].mean(1), [2.5, 97.5])))
         out.append(score)
     return out
 
@@ -171,15 +175,17 @@ def summary(scores: list[dict], header: str) -> str:
     names = {"ess_fraction": "ESS / N", "kl_target_proposal": "KL(π*‖q)", "kl_proposal_target": "KL(q‖π*)",
              "proposal_reward": "E_q[r]"}
     lines = [header, "", "Means over windows (bootstrap 95% interval); below each, the difference from p on the "
-             "same windows.", "", "| proposal | windows | " + " | ".join(names.values()) + " |",
-             "|---|---|" + "---|" * len(names)]
+             "same windows. ESS_q / ESS_p: the geometric mean over windows of the proposal's effective samples "
+             "per draw over p's.", "", "| proposal | windows | " + " | ".join(names.values()) + " | ESS_q / ESS_p |",
+             "|---|---|" + "---|" * (len(names) + 1)]
     for s in scores:
         cells = [f"{s[m]:.3f} [{s[m + '_ci'][0]:.3f}, {s[m + '_ci'][1]:.3f}]" for m in names]
-        lines.append(f"| {s['proposal']} | {s['windows']} | " + " | ".join(cells) + " |")
+        gain = f"{s['ess_gain']:.2f} [{s['ess_gain_ci'][0]:.2f}, {s['ess_gain_ci'][1]:.2f}]"
+        lines.append(f"| {s['proposal']} | {s['windows']} | " + " | ".join(cells) + f" | {gain} |")
         if s["proposal"] != PRIOR:
             cells = [f"{s[m + '_vs_p']:+.3f} [{s[m + '_vs_p_ci'][0]:+.3f}, {s[m + '_vs_p_ci'][1]:+.3f}]"
                      for m in names]
-            lines.append("| − p, same windows | | " + " | ".join(cells) + " |")
+            lines.append("| − p, same windows | | " + " | ".join(cells) + " | |")
     return "\n".join(lines) + "\n"
 
 

@@ -69,6 +69,9 @@ def test_paired_scores_are_the_mean_difference_from_p_with_an_interval_around_it
     assert prior["ess_fraction_vs_p"] == 0.0
     low, high = head["ess_fraction_vs_p_ci"]
     assert 0.1 - 1e-9 <= low <= 0.2 <= high <= 0.3 + 1e-9  # the bootstrap means of 0.1, 0.2, 0.3
+    # ESS ratios 0.4/0.3, 0.5/0.3, 0.6/0.3: their geometric mean, and exactly 1 for p against itself.
+    assert head["ess_gain"] == pytest.approx((4 / 3 * 5 / 3 * 2) ** (1 / 3)) and prior["ess_gain"] == pytest.approx(1.0)
+    assert 4 / 3 - 1e-9 <= head["ess_gain_ci"][0] <= head["ess_gain"] <= head["ess_gain_ci"][1] <= 2 + 1e-9
     text = summary(list(scores.values()), "# header")
     assert "| − p, same windows | | +0.200 [" in text
     plot(synthetic_rows(), tmp_path / "p.png")
