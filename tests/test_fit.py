@@ -71,14 +71,16 @@ def test_fit_trains_logs_and_writes_a_head_that_loads_back(tmp_path, buffer_path
     assert sidecar["codec"] == read_buffer(buffer_path).meta["config"]["codec"]
     with pytest.raises(HeadMismatchError, match="trained for LM"):
         load_head(tmp_path / "head", "another-lm")
-    # Epochs after the first read the LM's features from the cache: identical to recomputing them.
+    # Epochs after the first read the LM's features from the cache: the same as recomputing them. The cache was
+    # filled from other batches (other padding), so float32 attention may differ in the last digits (transformers
+    # 5.24: up to 1.6e-5); a feature of the wrong trajectory would differ by O(1).
     batch = next(iter(model.trainer.datamodule.train_dataloader()))
     assert model.feature_cache and all((p, tuple(a[m].tolist())) in model.feature_cache
                                        for p, a, m in zip(batch["prompts"], batch["actions"], batch["mask"]))
     cached = model.features(batch)
     model.feature_cache.clear()
     for x, y in zip(cached, model.features(batch)):
-        torch.testing.assert_close(x, y)
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
 
 
 def fit_args(buffer_path, out, *extra):
