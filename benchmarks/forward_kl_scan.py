@@ -140,7 +140,7 @@ def run(config: ScanConfig, keep: list[dict]) -> list[dict]:
     datamodule = BufferDataModule(config.buffers, val_fraction=config.val_fraction, lm_fingerprint=lm_fingerprint())
     datamodule.setup()
     done = {r["head"] for r in keep}
-    rows = [r for r in keep if r["head"] in config.heads and r["split"] != "common_val"]
+    rows = [r for r in keep if r["head"] in config.heads]  # with_common_validation re-derives "common_val"
     for name, path in config.heads.items():
         if name not in done:
             keys = training_keys(config.trained_on[name], config.val_fraction) if name in config.trained_on else None

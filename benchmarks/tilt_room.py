@@ -60,21 +60,18 @@ def prior_rewards(buffers: list[str]) -> dict[str, np.ndarray]:
     """Prompt key -> the rewards of its draws from p, pooled over the buffers."""
     from data.buffer import SOURCES, read_buffer
 
-    by_key: dict[str, list[np.ndarray]] = {}
+    by_key: dict[str, list[float]] = {}
     for path in buffers:
         buffer = read_buffer(path)
         a = buffer.arrays
         keys = buffer.prompt_keys()
-        ends = a["prompt_traj_end"]
-        starts = np.concatenate([[0], ends[:-1]])
-        for key, start, end in zip(keys, starts, ends):
-            rows = slice(start, end)
-            drawn = a["source"][rows] == SOURCES["prior_sample"]
-            if drawn.any():
-                by_key.setdefault(key, []).append(a["reward"][rows][drawn])
+        row_of_task = {int(t): row for row, t in enumerate(a["prompt_task_index"])}  # as trainers.data maps them
+        drawn = a["source"] == SOURCES["prior_sample"]
+        for task, reward in zip(a["prompt_index"][drawn], a["reward"][drawn]):
+            by_key.setdefault(keys[row_of_task[int(task)]], []).append(float(reward))
     if not by_key:
         raise ValueError(f"no draws from p (source 'prior_sample') in {buffers}: harvest with `sampler: prior`")
-    return {key: np.concatenate(parts) for key, parts in by_key.items()}
+    return {key: np.asarray(rewards) for key, rewards in by_key.items()}
 
 
 def room_rows(rewards: dict[str, np.ndarray], lams: list[float]) -> list[dict]:
