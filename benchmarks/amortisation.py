@@ -41,7 +41,7 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR / "tests"))  # the toy problem lives with the tests
 
 from sadt.config import load_config, to_dict  # noqa: E402
-from search.forecast_task import LOOK_AHEAD_REWARD, PARTIAL_REWARD  # noqa: E402
+from search.forecast_task import PARAMETER_FREE_VALUES  # noqa: E402
 from search.tree_search import SearchConfig  # noqa: E402
 
 
@@ -63,7 +63,7 @@ class RealPart:
     series: list[str] = field(default_factory=lambda: ["AirPassengers", "AusBeer", "Sunspots", "Wine", "Wooly"])
     context_length: int = 48
     horizon: int = 12
-    head: str = "checkpoints/heads/recipe"  # a trained head's directory, "partial_reward" or "look_ahead_reward"
+    head: str = "checkpoints/heads/recipe"  # a trained head's directory or a parameter-free value (forecast_task.PARAMETER_FREE_VALUES)
     lam: float = 5.0
     n_samples: int = 16
     budgets: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])  # MC-only curve; last = reference
@@ -330,8 +330,8 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
 
     lm, tokenizer = load_base_lm()
     codec = Codec(tokenizer)
-    head = config.head  # the parameter-free Q(s, a) = R(s·a) or R⁺(s·a), bound to each window by `task.search`
-    if config.head not in (PARTIAL_REWARD, LOOK_AHEAD_REWARD):
+    head = config.head  # a parameter-free Q(s, a) = R(s·a), R⁺(s·a) or R⁺ᵈ(s·a), bound to each window by `task.search`
+    if config.head not in PARAMETER_FREE_VALUES:
         head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
         if meta.get("lam") != config.lam:
             print(f"warning: head trained at λ={meta.get('lam')}, benchmark λ={config.lam}")

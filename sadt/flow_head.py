@@ -23,6 +23,7 @@ class FlowHeadConfig:
     partial_reward: bool = False  # Q_φ(s, a) = β·R(s·a) + the MLP's residual (sadt.partial_reward.ShapedValue)
     reward_weight_bins: int = 0  # β: 1 if 0, else one learned weight per 1/n of the horizon completed (n + 1 in all)
     look_ahead: bool = False  # R⁺ (ForecastReward.ahead: a seasonal-naive fill of the rest) in place of R
+    digit_ahead: bool = False  # R⁺ᵈ: R⁺ that also completes the value being written (sadt.partial_reward.digit_ahead_q)
     residual: bool = True  # False: Q_φ = β·R + a per-action bias, no MLP on h(s) (needs partial_reward)
 
     def __post_init__(self) -> None:
@@ -33,6 +34,8 @@ class FlowHeadConfig:
         if self.reward_weight_bins < 0 or ((self.reward_weight_bins or self.look_ahead) and not self.partial_reward):
             raise ValueError(f"`reward_weight_bins` (>= 0) and `look_ahead` need `partial_reward`, got "
                              f"{self.reward_weight_bins}, {self.look_ahead} with partial_reward={self.partial_reward}")
+        if self.digit_ahead and not self.look_ahead:
+            raise ValueError("`digit_ahead` refines the look-ahead reward R⁺: it needs `look_ahead` (and `partial_reward`)")
 
 
 def _mlp(d_in: int, width: int, layers: int, d_out: int) -> nn.Sequential:

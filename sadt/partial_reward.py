@@ -12,7 +12,12 @@ explains 60%), so a head on those states alone cannot learn it. Two values use R
   credit and incomplete trajectories"; `--model.partial_reward true` in the trainer), with β = 1 or
   one learned weight per share k/H of the horizon's values completed (`--model.reward_weight_bins`):
   R is near pure noise about the soft value early in a forecast and exact at its end; or with R⁺,
-  the look-ahead reward (`ForecastReward.ahead`), in place of R (`--model.look_ahead`).
+  the look-ahead reward (`ForecastReward.ahead`), in place of R (`--model.look_ahead`); or with
+  R⁺ᵈ, R⁺ that also reads the value being written (`digit_ahead_q`, `--model.digit_ahead`).
+
+R and R⁺ change only at a separator, so they tell digits apart only once a value is finished: the
+choice between the digits of a value, where the tilt acts first, they leave to the residual. R⁺ᵈ
+scores each digit by the value it commits to (`nearest_completion`).
 
 Both are called as `value(hidden, sequences)` (`reads_sequences`, see `sadt.rollout.head_q`).
 """
@@ -40,13 +45,16 @@ def completed_values(codec: Codec, actions: Sequence[int]) -> np.ndarray:
 
 
 def partial_reward_q(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]],
-                     look_ahead: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """R(s·a) (R⁺(s·a) with `look_ahead`) and the share k(s·a)/H of the horizon's values s·a has
-    completed, for every action a of each action sequence s: two (B, A) arrays.
+                     look_ahead: bool = False, digit_ahead: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """R(s·a) (R⁺(s·a) with `look_ahead`, R⁺ᵈ(s·a) with `digit_ahead`: `digit_ahead_q`) and the share
+    k(s·a)/H of the horizon's values s·a has completed, for every action a of each action sequence s:
+    two (B, A) arrays.
 
     Only the separator completes a value, so R(s·a) = R(s) and k(s·a) = k(s) for every other action
     (a digit extends the unfinished value, END stops the text), and R(s·SEP) includes the finished value.
     """
+    if digit_ahead:
+        return digit_ahead_q(codec, reward, sequences)
     B, A = len(sequences), len(codec.action_token_ids)
     done = [completed_values(codec, s) for s in sequences] + [completed_values(codec, [*s, SEP]) for s in sequences]
     r = (reward.ahead if look_ahead else reward.partial)(done)
@@ -56,9 +64,58 @@ def partial_reward_q(codec: Codec, reward: ForecastReward, sequences: Sequence[S
     return q, k
 
 
+def nearest_completion(prefix: str, target: int, max_digits: int) -> int:
+    """The integer nearest `target` among those whose spelling starts with `prefix`, at most
+    `max_digits` digits long: e.g. prefix "4", target 452 -> 452; "5" -> 500; "1", target 950 -> 1000.
+
+    A prefix of length m completed to length L covers [int(prefix)·10^(L−m), (int(prefix)+1)·10^(L−m) − 1];
+    "0" is a whole value (the grammar allows no leading zeros).
+    """
+    if prefix == "0":
+        return 0
+    best = int(prefix)
+    for pad in range(max_digits - len(prefix) + 1):
+        low = int(prefix) * 10**pad
+        candidate = min(max(target, low), low + 10**pad - 1)
+        if abs(candidate - target) < abs(best - target):
+            best = candidate
+    return best
+
+
+def digit_ahead_q(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """R⁺ᵈ(s·a), the look-ahead reward with the value being written completed, and k(s·a)/H: two (B, A) arrays.
+
+    For a digit a, s·a's unfinished value u·a is completed to the `nearest_completion` of the
+    seasonal-naive value y_k at its position k (the one R⁺ would fill in): the closest forecast
+    consistent with u·a, so R⁺ᵈ(s·a) = R⁺(s' ) for s' = s's completed values plus that value, and
+    its share is (k + 1)/H. SEP finishes u, as in R⁺; END and digits the grammar forbids (past
+    `max_digits`, after a leading 0, past the horizon) get R⁺(s), their Q is masked anyway.
+    """
+    scale, max_digits, sep = 10**codec.config.precision, codec.config.max_digits, codec.config.separator
+    n_actions, H = len(codec.action_token_ids), reward.horizon
+    windows: list[np.ndarray] = []  # B · n_actions completed-value lists, row-major
+    for actions in sequences:
+        done = completed_values(codec, actions)
+        unfinished = codec.actions_to_text(np.asarray(actions, dtype=np.int64)).rpartition(sep)[2]
+        here = [done] * n_actions
+        if done.size < H:
+            series = np.concatenate([reward.context, done])
+            target = int(round(series[series.size - reward.season] * scale))
+            for digit in range(SEP):
+                prefix = unfinished + str(digit)
+                if len(prefix) <= max_digits and unfinished != "0":
+                    here[digit] = np.append(done, nearest_completion(prefix, target, max_digits) / scale)
+            if unfinished:
+                here[SEP] = np.append(done, int(unfinished) / scale)
+        windows += here
+    r = reward.ahead(windows).reshape(len(sequences), n_actions)
+    share = np.array([min(w.size, H) / H for w in windows]).reshape(len(sequences), n_actions)
+    return r, share
+
+
 class PartialRewardValue:
-    """Q(s, a) = R(s·a) (or R⁺(s·a) with `look_ahead`): a value without parameters for the hybrid,
-    twisted SMC or the flow sampler.
+    """Q(s, a) = R(s·a) (or R⁺(s·a) with `look_ahead`, R⁺ᵈ(s·a) with `digit_ahead`): a value without
+    parameters for the hybrid, twisted SMC or the flow sampler.
 
     It reads no LM state (`hidden` only sets the device); use it with `hybrid_offset`, which
     supplies the level that R, a score of the completed values only, lacks.
@@ -66,12 +123,13 @@ class PartialRewardValue:
 
     reads_sequences = True
 
-    def __init__(self, codec: Codec, reward: ForecastReward, look_ahead: bool = False) -> None:
-        self.codec, self.reward, self.look_ahead = codec, reward, look_ahead
+    def __init__(self, codec: Codec, reward: ForecastReward, look_ahead: bool = False,
+                 digit_ahead: bool = False) -> None:
+        self.codec, self.reward, self.look_ahead, self.digit_ahead = codec, reward, look_ahead, digit_ahead
 
     def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """(B, H) hidden states, B action sequences -> Q (B, A) float64."""
-        q, _ = partial_reward_q(self.codec, self.reward, sequences, self.look_ahead)
+        q, _ = partial_reward_q(self.codec, self.reward, sequences, self.look_ahead, self.digit_ahead)
         return torch.as_tensor(q, dtype=torch.float64, device=hidden.device)
 
 
@@ -80,7 +138,7 @@ class ShapedValue:
 
     β_φ is 1 unless the head learned one weight per share k/H of the values completed
     (`FlowHeadConfig.reward_weight_bins`, `MLPFlowHead.weigh_reward`); R is R⁺ for a head
-    trained with `look_ahead`.
+    trained with `look_ahead`, R⁺ᵈ with `digit_ahead`.
     """
 
     reads_sequences = True
@@ -89,6 +147,7 @@ class ShapedValue:
         self.head, self.codec, self.reward = head, codec, reward
 
     def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-        r, share = partial_reward_q(self.codec, self.reward, sequences, self.head.config.look_ahead)
+        config = self.head.config
+        r, share = partial_reward_q(self.codec, self.reward, sequences, config.look_ahead, config.digit_ahead)
         r, share = torch.as_tensor(r, device=hidden.device), torch.as_tensor(share, device=hidden.device)
         return self.head.q(hidden).double() + self.head.weigh_reward(r, share).double()

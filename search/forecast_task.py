@@ -17,6 +17,8 @@ from search.tree_search import SearchConfig, SearchResult, TreeSearch
 
 PARTIAL_REWARD = "partial_reward"  # as a value head: Q(s, a) = R(s·a), no trained head
 LOOK_AHEAD_REWARD = "look_ahead_reward"  # Q(s, a) = R⁺(s·a), the look-ahead reward
+DIGIT_AHEAD_REWARD = "digit_ahead_reward"  # Q(s, a) = R⁺ᵈ(s·a): R⁺ with the value being written completed
+PARAMETER_FREE_VALUES = (PARTIAL_REWARD, LOOK_AHEAD_REWARD, DIGIT_AHEAD_REWARD)
 
 
 @dataclass
@@ -55,17 +57,17 @@ class ForecastTask:
 
     def value(self, head) -> object:
         """The value the search reads for `head`: a trained head, `PARTIAL_REWARD` (Q = R(s·a)),
-        `LOOK_AHEAD_REWARD` (Q = R⁺(s·a)), or None.
+        `LOOK_AHEAD_REWARD` (Q = R⁺(s·a)), `DIGIT_AHEAD_REWARD` (Q = R⁺ᵈ(s·a)), or None.
 
         A head trained with `partial_reward` is wrapped so that it adds this task's R(s·a).
         """
         if head is None:
             return None
         if isinstance(head, str):
-            if head not in (PARTIAL_REWARD, LOOK_AHEAD_REWARD):
-                raise ValueError(f"value head must be a loaded head, {PARTIAL_REWARD!r} or {LOOK_AHEAD_REWARD!r}, "
-                                 f"got {head!r}")
-            return PartialRewardValue(self.codec, self.reward, look_ahead=head == LOOK_AHEAD_REWARD)
+            if head not in PARAMETER_FREE_VALUES:
+                raise ValueError(f"value head must be a loaded head or one of {PARAMETER_FREE_VALUES}, got {head!r}")
+            return PartialRewardValue(self.codec, self.reward, look_ahead=head != PARTIAL_REWARD,
+                                      digit_ahead=head == DIGIT_AHEAD_REWARD)
         if getattr(getattr(head, "config", None), "partial_reward", False):
             return ShapedValue(head, self.codec, self.reward)
         return head

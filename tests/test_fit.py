@@ -138,9 +138,10 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     assert len(result.samples) == 2 and result.nfe_tokens > 2 * 4 * 8  # both models' forwards are counted
 
 
-@pytest.mark.parametrize("bins, look_ahead, residual", [(0, False, True), (4, True, True), (4, True, False)])
+@pytest.mark.parametrize("bins, look_ahead, residual, digit_ahead",
+                         [(0, False, True, False), (4, True, True, False), (4, True, False, False), (4, True, False, True)])
 def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path, bins,
-                                                                                  look_ahead, residual):
+                                                                                  look_ahead, residual, digit_ahead):
     from sadt.flow_head import MLPFlowHead
     from sadt.head_io import load_search_head, load_value_head
     from sadt.partial_reward import partial_reward_q
@@ -149,7 +150,8 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
 
     model = fit.main(fit_args(buffer_path, tmp_path, "--model.partial_reward", "true", "--trainer.max_steps", "3",
                               "--model.reward_weight_bins", str(bins), "--model.weight_decay", "0.5",
-                              "--model.look_ahead", str(look_ahead).lower(), "--model.residual", str(residual).lower()))
+                              "--model.look_ahead", str(look_ahead).lower(), "--model.residual", str(residual).lower(),
+                              "--model.digit_ahead", str(digit_ahead).lower()))
     batch = next(iter(model.trainer.datamodule.train_dataloader()))
     shaping, share = model.shaping(batch)
     last = batch["mask"].sum(1) - 1  # Q(s_{T-1}, a_{T-1}) adds R(x) = r(x) (context rounded in the prompt)
@@ -163,6 +165,7 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     assert head.config.partial_reward and sidecar["training"]["partial_reward"]
     assert head.config.reward_weight_bins == bins and head.config.look_ahead == look_ahead
     assert head.config.residual == residual and hasattr(head, "q_mlp") == residual  # no residual: no MLP weights
+    assert head.config.digit_ahead == digit_ahead
     if bins:  # β is trained, from 1, at its own lr and without weight decay pulling it towards 0
         assert not torch.equal(head.reward_weight, torch.ones(bins + 1))
         groups = model.trainer.optimizers[0].param_groups
@@ -176,9 +179,11 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     task = ForecastTask.build(Codec(tokenizer), torch.linspace(1, 3, 16).numpy(), 4)
     value = task.value(head)
     hidden, sequences = torch.randn(3, head.action_embeddings.shape[1]), [[], [1], [1, 10]]
-    r, done = (torch.as_tensor(x) for x in partial_reward_q(task.codec, task.reward, sequences, look_ahead))
+    r, done = (torch.as_tensor(x) for x in partial_reward_q(task.codec, task.reward, sequences, look_ahead,
+                                                            digit_ahead))
     torch.testing.assert_close(value(hidden, sequences), head.q(hidden).double() + head.weigh_reward(r, done).double())
-    parameter_free = task.value("look_ahead_reward" if look_ahead else "partial_reward")
+    parameter_free = task.value("digit_ahead_reward" if digit_ahead else
+                                "look_ahead_reward" if look_ahead else "partial_reward")
     torch.testing.assert_close(r, parameter_free(hidden, sequences))
     untrained = task.value(MLPFlowHead(head.action_embeddings, head.config))  # zero output layer, β = 1: Q = R
     torch.testing.assert_close(untrained(hidden, sequences), parameter_free(hidden, sequences))

@@ -9,7 +9,7 @@ from data.series import load_builtin
 from sadt.codec import SEP, Codec
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.lm.backend import TorchLM
-from sadt.partial_reward import completed_values, partial_reward_q
+from sadt.partial_reward import completed_values, digit_ahead_q, nearest_completion, partial_reward_q
 from search.forecast_task import ForecastTask
 from search.tree_search import SearchConfig
 
@@ -95,3 +95,59 @@ def test_a_head_without_the_residual_is_beta_r_plus_a_per_action_bias():
     torch.testing.assert_close(head.q(hidden), torch.arange(12.0).expand(3, 5, 12))  # reads no LM state
     with pytest.raises(ValueError, match="without the `residual` MLP"):
         FlowHeadConfig(residual=False)
+
+
+def spellings_from(prefix: str, max_digits: int) -> list[int]:
+    """Every value the grammar can write that starts with `prefix`, by brute force."""
+    return [v for v in range(10**max_digits) if str(v).startswith(prefix)]
+
+
+@pytest.mark.parametrize("prefix, target", [("4", 452), ("45", 452), ("5", 452), ("9", 452), ("1", 950),
+                                            ("1", 9), ("0", 5), ("123", 5000), ("7777", 12)])
+def test_nearest_completion_is_the_closest_value_written_with_the_prefix(prefix, target):
+    best = min(abs(v - target) for v in spellings_from(prefix, 4))
+    assert abs(nearest_completion(prefix, target, 4) - target) == best
+    assert str(nearest_completion(prefix, target, 4)).startswith(prefix)
+
+
+def test_digit_ahead_scores_each_digit_by_its_nearest_completion_and_sep_as_the_look_ahead(task):
+    sequences = [[], [1], [1, 2, SEP, 3], [1, SEP, 0], [1, SEP, 2, SEP, 3, SEP, 4, 5]]
+    r, share = digit_ahead_q(task.codec, task.reward, sequences)
+    scale, sep = 10**task.codec.config.precision, task.codec.config.separator
+    look_ahead = task.value("look_ahead_reward")(torch.zeros(len(sequences), 8), sequences).numpy()
+    for row, s in enumerate(sequences):
+        done = completed_values(task.codec, s)
+        unfinished = task.codec.actions_to_text(np.array(s, dtype=np.int64)).rpartition(sep)[2]
+        series = np.concatenate([task.reward.context, done])
+        target = round(series[series.size - task.reward.season] * scale)
+        for digit in range(SEP):
+            spellings = spellings_from(unfinished + str(digit), task.codec.config.max_digits)
+            if unfinished == "0" or not spellings:  # a digit the grammar forbids: R⁺(s)
+                assert r[row, digit] == pytest.approx(task.reward.ahead([done])[0], abs=1e-12)
+                continue
+            nearest = min(spellings, key=lambda v: abs(v - target))
+            expected = task.reward.ahead([np.append(done, nearest / scale)])[0]
+            assert r[row, digit] == pytest.approx(expected, abs=1e-12), (s, digit)
+            assert share[row, digit] == (done.size + 1) / 4
+        np.testing.assert_allclose(r[row, SEP:], look_ahead[row, SEP:], rtol=0, atol=1e-12)  # SEP and END as R⁺
+
+
+def test_digit_ahead_along_the_seasonal_guess_keeps_the_look_ahead_reward(task):
+    """Writing y_k, the value R⁺ fills in at position k, digit by digit commits to y_k all along: R⁺ᵈ = R⁺(s·y_k),
+    which is R⁺(s) up to y_k's rounding to the codec's precision."""
+    done = [1, 2, SEP]
+    values = completed_values(task.codec, done)
+    series = np.concatenate([task.reward.context, values])
+    target = str(round(series[series.size - task.reward.season] * 10**task.codec.config.precision))
+    states = [done + [int(c) for c in target[:i]] for i in range(len(target))]
+    r, _ = digit_ahead_q(task.codec, task.reward, states)
+    along = [r[i, int(target[i])] for i in range(len(target))]
+    guessed = np.append(values, int(target) / 10**task.codec.config.precision)
+    np.testing.assert_allclose(along, task.reward.ahead([guessed])[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(along, task.reward.ahead([values])[0], rtol=0, atol=5e-3)
+    assert not np.allclose(r[0, :SEP], r[0, int(target[0])])  # other leading digits commit to other values
+
+
+def test_digit_ahead_without_the_look_ahead_is_an_error():
+    with pytest.raises(ValueError, match="needs `look_ahead`"):
+        FlowHeadConfig(partial_reward=True, digit_ahead=True)

@@ -67,6 +67,9 @@ class FlowHeadModule(pl.LightningModule):
             completed (Q_φ = β(k/H)·R + residual; 0 keeps β = 1). β is never weight-decayed.
         look_ahead: with `partial_reward`, R⁺ (`ForecastReward.ahead`: the completed values plus a
             seasonal-naive fill of the rest, scored as a finished forecast) in place of R.
+        digit_ahead: with `look_ahead`, R⁺ᵈ (`sadt.partial_reward.digit_ahead_q`: R⁺ with the value being
+            written completed to the one nearest the seasonal-naive guess) in place of R⁺, so that R
+            tells the digits of a value apart.
         residual: False drops the MLP on h(s) (needs `partial_reward`): Q_φ = β(k/H)·R + a per-action
             bias, reading no LM state; the ablation that asks what the residual adds.
         reward_weight_lr: β's learning rate. β is a handful of scales that start at 1, so at the
@@ -81,6 +84,7 @@ class FlowHeadModule(pl.LightningModule):
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
         lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, partial_reward: bool = False,
         reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, look_ahead: bool = False, residual: bool = True,
+        digit_ahead: bool = False,
     ) -> None:
         super().__init__()
         if not lam > 0:
@@ -100,7 +104,8 @@ class FlowHeadModule(pl.LightningModule):
         self.action_token_ids = Codec(self.tokenizer).action_token_ids
         embeddings = self.lm.head.weight[self.action_token_ids]
         head_config = FlowHeadConfig(hidden=hidden, layers=layers, partial_reward=partial_reward,
-                                     reward_weight_bins=reward_weight_bins, look_ahead=look_ahead, residual=residual)
+                                     reward_weight_bins=reward_weight_bins, look_ahead=look_ahead, residual=residual,
+                                     digit_ahead=digit_ahead)
         self.head = MLPFlowHead(embeddings, head_config)
         self.lora_config = self.peft = None
         if adapter == "lora":
@@ -228,7 +233,8 @@ class FlowHeadModule(pl.LightningModule):
             path = tuple(actions[row][mask[row]].tolist())
             if (prompt, path) not in self.shaping_cache:
                 states = [path[:t] for t in range(len(path))]
-                r, share = partial_reward_q(self.codec, self.reward_of(prompt), states, self.hparams.look_ahead)
+                r, share = partial_reward_q(self.codec, self.reward_of(prompt), states, self.hparams.look_ahead,
+                                            self.hparams.digit_ahead)
                 self.shaping_cache[prompt, path] = torch.as_tensor(np.stack([r, share]), dtype=torch.float32)
             out[:, row, : len(path)] = self.shaping_cache[prompt, path]
         return out
