@@ -35,7 +35,7 @@ class FlowHeadConfig:
             raise ValueError(f"`reward_weight_bins` (>= 0) and `look_ahead` need `partial_reward`, got "
                              f"{self.reward_weight_bins}, {self.look_ahead} with partial_reward={self.partial_reward}")
         if self.digit_ahead and not self.look_ahead:
-            raise ValueError("`digit_ahead` refines the look-ahead reward R⁺: it needs `look_ahead` (and `partial_reward`)")
+            raise ValueError("`digit_ahead` refines the look-ahead reward R⁺: it needs `look_ahead`")
 
 
 def _mlp(d_in: int, width: int, layers: int, d_out: int) -> nn.Sequential:

@@ -82,7 +82,8 @@ def nearest_completion(prefix: str, target: int, max_digits: int) -> int:
     return best
 
 
-def digit_ahead_q(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def digit_ahead_q(codec: Codec, reward: ForecastReward,
+                  sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """R⁺ᵈ(s·a), the look-ahead reward with the value being written completed, and k(s·a)/H: two (B, A) arrays.
 
     For a digit a, s·a's unfinished value u·a is completed to the `nearest_completion` of the

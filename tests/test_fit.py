@@ -139,7 +139,8 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
 
 
 @pytest.mark.parametrize("bins, look_ahead, residual, digit_ahead",
-                         [(0, False, True, False), (4, True, True, False), (4, True, False, False), (4, True, False, True)])
+                         [(0, False, True, False), (4, True, True, False), (4, True, False, False),
+                          (4, True, False, True)])
 def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path, bins,
                                                                                   look_ahead, residual, digit_ahead):
     from sadt.flow_head import MLPFlowHead
