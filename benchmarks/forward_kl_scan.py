@@ -51,6 +51,7 @@ class ScanConfig:
     output_dir: str = "benchmarks/results/forward_kl_scan"
     buffers: list[str] = field(default_factory=lambda: ["data/buffers/recipe.h5", "data/buffers/recipe_prior.h5"])
     val_fraction: float = 0.2  # the fits' split (configs/fit/*.yaml), so "val" prompts are ones no head trained on
+    # name -> a head's folder, or a parameter-free value (search.forecast_task.PARAMETER_FREE_VALUES)
     heads: dict[str, str] = field(default_factory=lambda: {"look_ahead": "checkpoints/heads/look_ahead"})
     # head -> the buffers its fit read (split there by `val_fraction`); a head not named here trained on `buffers`
     trained_on: dict[str, list[str]] = field(default_factory=dict)
@@ -71,12 +72,20 @@ class ScanConfig:
             raise ValueError(f"`trained_on` names heads that `heads` lacks: {unknown}")
 
 
-def load_module(head_dir: str, datamodule):
-    """A FlowHeadModule built from the head's sidecar (its training settings), holding the head's weights."""
+def load_module(head_dir: str, datamodule, lam: float):
+    """A FlowHeadModule built from the head's sidecar (its training settings), holding the head's weights;
+    for a parameter-free value's name (`forecast_task.PARAMETER_FREE_VALUES`), an untrained module
+    whose Q is that value exactly (β = 1, no residual, zero bias)."""
     from sadt.head_io import load_head
     from sadt.lm.base_model import lm_fingerprint
+    from search.forecast_task import DIGIT_AHEAD_REWARD, PARAMETER_FREE_VALUES, PARTIAL_REWARD
     from trainers.module import FlowHeadModule
 
+    if head_dir in PARAMETER_FREE_VALUES:
+        module = FlowHeadModule(lam=lam, tb=1.0, partial_reward=True, residual=False,
+                                look_ahead=head_dir != PARTIAL_REWARD, digit_ahead=head_dir == DIGIT_AHEAD_REWARD)
+        module.attach(datamodule)
+        return module.eval()
     head, meta = load_head(head_dir, lm_fingerprint())
     if meta.get("adapter"):  # its adapter's weights live beside the head; this rebuild would leave them random
         raise ValueError(f"{head_dir}: forward_kl_scan reads MLP heads on the frozen LM, not LoRA heads")
@@ -144,7 +153,7 @@ def run(config: ScanConfig, keep: list[dict]) -> list[dict]:
     for name, path in config.heads.items():
         if name not in done:
             keys = training_keys(config.trained_on[name], config.val_fraction) if name in config.trained_on else None
-            rows += scan_head(name, load_module(path, datamodule), datamodule, config, keys)
+            rows += scan_head(name, load_module(path, datamodule, config.lam), datamodule, config, keys)
     return with_common_validation(rows)
 
 

@@ -15,6 +15,7 @@ from sadt.codec import Codec
 from sadt.config import from_dict
 from sadt.head_io import HeadMismatchError, head_state_equal, load_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
+from sadt.partial_reward import digit_ahead_q
 from search.harvest import HarvestConfig, harvest
 from trainers import fit
 from trainers.data import collate
@@ -231,11 +232,21 @@ def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_dow
     # benchmarks/forward_kl_scan.py rebuilds the module from the written head and finds the same value per
     # prompt (3 prompts, 6 draws each: the mean of their means is the batch mean); s -> 0 gives P_F = p.
     dm = model.trainer.datamodule
-    rebuilt = load_module(str(tmp_path / "head"), dm)
+    rebuilt = load_module(str(tmp_path / "head"), dm, 2.0)
     rows = scan_head("h", rebuilt, dm, ScanConfig(lam=2.0, guide_scales=[1e-6, 1.0]))
     assert [r["split"] for r in rows] == ["train"] * 6  # val_fraction 0: no validation prompts
     assert np.mean([r["forward_kl"] for r in rows if r["guide_scale"] == 1.0]) == pytest.approx(trained_kl, abs=1e-5)
     assert max(abs(r["forward_kl"]) for r in rows if r["guide_scale"] < 1) < 1e-4
+    # A parameter-free value scans as a module whose Q is that value along every trajectory.
+    free = load_module("digit_ahead_reward", dm, 2.0)
+    with torch.no_grad():
+        q = free.q_values(batch)[0]
+    for row in range(len(batch["prompts"])):
+        path = batch["actions"][row, : int(batch["mask"][row].sum())].tolist()
+        expected, _ = digit_ahead_q(free.codec, free.reward_of(batch["prompts"][row]),
+                                    [path[:t] for t in range(len(path))])
+        torch.testing.assert_close(q[row, : len(path)].double(), torch.as_tensor(expected), atol=1e-5, rtol=0)
+    assert np.isfinite([r["forward_kl"] for r in scan_head("free", free, dm, ScanConfig(lam=2.0))]).all()
 
 
 def test_forward_kl_without_draws_from_p_is_a_clear_error(tmp_path, buffer_path):
