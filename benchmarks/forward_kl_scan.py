@@ -150,10 +150,15 @@ def run(config: ScanConfig, keep: list[dict]) -> list[dict]:
     datamodule.setup()
     done = {r["head"] for r in keep}
     rows = [r for r in keep if r["head"] in config.heads]  # with_common_validation re-derives "common_val"
+    lm_features: dict | None = None  # the frozen LM's states of each draw: the same for every head, so computed once
     for name, path in config.heads.items():
         if name not in done:
             keys = training_keys(config.trained_on[name], config.val_fraction) if name in config.trained_on else None
-            rows += scan_head(name, load_module(path, datamodule, config.lam), datamodule, config, keys)
+            module = load_module(path, datamodule, config.lam)
+            if lm_features is None:
+                lm_features = module.feature_cache
+            module.feature_cache = lm_features
+            rows += scan_head(name, module, datamodule, config, keys)
     return with_common_validation(rows)
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 from amortisation import RealPart, earlier_rows, heldout_windows, write_csv  # noqa: E402
 
 from sadt.config import load_config, to_dict  # noqa: E402
-from search.forecast_task import LOOK_AHEAD_REWARD  # noqa: E402
+from search.forecast_task import LOOK_AHEAD_REWARD, PARAMETER_FREE_VALUES  # noqa: E402
 
 PRIOR = "p (prior)"
 METRICS = ("ess_fraction", "kl_target_proposal", "kl_proposal_target", "proposal_reward", "value_is")
@@ -55,7 +55,8 @@ class ProposalConfig:
     context_length: int = 48
     horizon: int = 12
     head: str = "checkpoints/heads/look_ahead"
-    other_heads: dict[str, str] = field(default_factory=dict)  # name -> head folder, each also at every guide scale
+    # name -> a head's folder or a parameter-free value (forecast_task.PARAMETER_FREE_VALUES), each at every guide scale
+    other_heads: dict[str, str] = field(default_factory=dict)
     lam: float = 5.0
     n_draws: int = 96
     batch_size: int = 48
@@ -116,6 +117,9 @@ def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
     codec = Codec(tokenizer)
     heads = {}
     for name, path in {"head": config.head, **config.other_heads}.items():
+        if path in PARAMETER_FREE_VALUES:  # bound to each window by `task.value`
+            heads[name] = path
+            continue
         heads[name], meta = load_value_head(path, lm_fingerprint(), to_dict(codec.config))
         if meta.get("lam") != config.lam:
             print(f"warning: head {path} trained at λ={meta.get('lam')}, benchmark λ={config.lam}")

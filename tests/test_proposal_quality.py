@@ -88,3 +88,14 @@ def test_heldout_windows_are_the_amortisation_benchmarks():
     assert [label for label, _ in got] == [label for label, _, _ in expected]
     for (_, context), (_, want, _) in zip(got, expected, strict=True):
         np.testing.assert_array_equal(context, want)
+
+
+def test_parameter_free_values_run_as_proposals_on_the_base_model(tmp_path):
+    from proposal_quality import run
+
+    config = ProposalConfig(series=["Wine"], windows_per_series=1, head="look_ahead_reward",
+                            other_heads={"digit": "digit_ahead_reward"}, n_draws=2, batch_size=2,
+                            guide_scales=[1.0], look_ahead_reward=False)
+    rows = run(config, tmp_path, keep=[])
+    assert [r["proposal"] for r in rows] == [PRIOR, "P_F head s=1", "P_F digit s=1"]
+    assert all(np.isfinite(r["ess_fraction"]) and r["n_draws"] == 2 for r in rows)
