@@ -88,7 +88,7 @@ def digit_ahead_q(codec: Codec, reward: ForecastReward,
 
     For a digit a, s·a's unfinished value u·a is completed to the `nearest_completion` of the
     seasonal-naive value y_k at its position k (the one R⁺ would fill in): the closest forecast
-    consistent with u·a, so R⁺ᵈ(s·a) = R⁺(s' ) for s' = s's completed values plus that value, and
+    consistent with u·a, so R⁺ᵈ(s·a) is R⁺ of s's completed values plus that value, and
     its share is (k + 1)/H. SEP finishes u, as in R⁺; END and digits the grammar forbids (past
     `max_digits`, after a leading 0, past the horizon) get R⁺(s), their Q is masked anyway.
     """
