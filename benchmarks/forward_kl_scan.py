@@ -82,7 +82,7 @@ def load_module(head_dir: str, datamodule, lam: float):
     from trainers.module import FlowHeadModule
 
     if head_dir in PARAMETER_FREE_VALUES:
-        module = FlowHeadModule(lam=lam, tb=1.0, partial_reward=True, residual=False,
+        module = FlowHeadModule(lam=lam, partial_reward=True, residual=False,
                                 look_ahead=head_dir != PARTIAL_REWARD, digit_ahead=head_dir == DIGIT_AHEAD_REWARD)
         module.attach(datamodule)
         return module.eval()
@@ -150,15 +150,15 @@ def run(config: ScanConfig, keep: list[dict]) -> list[dict]:
     datamodule.setup()
     done = {r["head"] for r in keep}
     rows = [r for r in keep if r["head"] in config.heads]  # with_common_validation re-derives "common_val"
-    lm_features: dict | None = None  # the frozen LM's states of each draw: the same for every head, so computed once
+    previous = None  # the frozen LM's states of each draw are the same for every head: computed once, then handed on
     for name, path in config.heads.items():
         if name not in done:
             keys = training_keys(config.trained_on[name], config.val_fraction) if name in config.trained_on else None
             module = load_module(path, datamodule, config.lam)
-            if lm_features is None:
-                lm_features = module.feature_cache
-            module.feature_cache = lm_features
+            if previous is not None:  # the cache and its size together, so the memory budget stays one budget
+                module.feature_cache, module.feature_cache_bytes = previous.feature_cache, previous.feature_cache_bytes
             rows += scan_head(name, module, datamodule, config, keys)
+            previous = module
     return with_common_validation(rows)
 
 

@@ -96,8 +96,8 @@ def digit_ahead_q(codec: Codec, reward: ForecastReward,
     n_actions, H = len(codec.action_token_ids), reward.horizon
     windows: list[np.ndarray] = []  # B · n_actions completed-value lists, row-major
     for actions in sequences:
-        done = completed_values(codec, actions)
-        unfinished = codec.actions_to_text(np.asarray(actions, dtype=np.int64)).rpartition(sep)[2]
+        text = codec.actions_to_text(np.asarray(actions, dtype=np.int64))  # decoded once: values and the tail
+        done, unfinished = codec.text_to_values(text), text.rpartition(sep)[2]
         here = [done] * n_actions
         if done.size < H:
             series = np.concatenate([reward.context, done])

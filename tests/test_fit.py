@@ -22,6 +22,7 @@ from trainers.data import collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from forward_kl_scan import ScanConfig, load_module, scan_head  # noqa: E402
+from forward_kl_scan import run as run_scan  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +247,15 @@ def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_dow
         expected, _ = digit_ahead_q(free.codec, free.reward_of(batch["prompts"][row]),
                                     [path[:t] for t in range(len(path))])
         torch.testing.assert_close(q[row, : len(path)].double(), torch.as_tensor(expected), atol=1e-5, rtol=0)
-    assert np.isfinite([r["forward_kl"] for r in scan_head("free", free, dm, ScanConfig(lam=2.0))]).all()
+    scales = ScanConfig(lam=2.0, guide_scales=[1e-6, 1.0])
+    free_rows = scan_head("free", free, dm, scales)
+    assert np.isfinite([r["forward_kl"] for r in free_rows]).all()
+    # The scan's run hands the LM states of the first head on to the next: the same rows as each head alone.
+    config = ScanConfig(buffers=[str(buffer_path), str(prior_buffer_path)], val_fraction=0.0, lam=2.0,
+                        guide_scales=[1e-6, 1.0], heads={"h": str(tmp_path / "head"), "free": "digit_ahead_reward"})
+    together = {(r["head"], r["prompt"], r["guide_scale"]): r["forward_kl"] for r in run_scan(config, keep=[])}
+    for r in rows + free_rows:  # named "h" and "free" above too
+        assert together[r["head"], r["prompt"], r["guide_scale"]] == pytest.approx(r["forward_kl"], abs=1e-6)
 
 
 def test_forward_kl_without_draws_from_p_is_a_clear_error(tmp_path, buffer_path):
