@@ -78,6 +78,12 @@ class RealPart:
     windows_per_series: int = 1  # held-out windows tiling each test part; fewer where the test part is short
     baselines: bool = True  # base sampling is always run; False skips best-of-N ... pure F_φ (the curves only)
     in_tree: bool = False  # also both curves with in-tree and with resampled draws, one anytime search per curve
+    search_sampler: bool = True  # the `sampling: search` curves (one search per budget); False keeps only the
+    # anytime curves (needs in_tree), so a 2000-rollout reference costs one search per window, not two
+
+    def __post_init__(self) -> None:
+        if not (self.search_sampler or self.in_tree):
+            raise ValueError("real `search_sampler: false` needs `in_tree: true` (no curve would be left)")
 
 
 @dataclass(frozen=True)
@@ -275,9 +281,9 @@ def real_rows(config: RealPart) -> list[tuple[str, str, SearchConfig | None, boo
     if config.baselines:
         rows.append((f"flow (pure F_φ)@{config.n_samples}", "",
                      dataclasses.replace(base, method="flow", n_rollouts=config.n_samples), True))
-    for b in config.budgets:
+    for b in config.budgets if config.search_sampler else ():
         rows.append((f"maxent_ts@{b}", "MC-only", dataclasses.replace(base, n_rollouts=b, sampling="search"), False))
-    for b in config.hybrid_budgets:
+    for b in config.hybrid_budgets if config.search_sampler else ():
         hybrid = dataclasses.replace(base, n_rollouts=b, sampling="search", hybrid="visits", hybrid_n0=config.hybrid_n0,
                                      hybrid_offset=config.hybrid_offset, guide_scale=config.hybrid_guide_scale)
         rows.append((f"hybrid@{b}", "hybrid", hybrid, True))
@@ -375,12 +381,17 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
                         {"series": name, "method": f"{prefix}@{budget}{suffix}", "curve": curve + suffix,
                          "budget": budget, "rollouts_run": result.n_rollouts},
                         (result.root_value, result.root_value_is), result.nfe_tokens, result.wall_s))
-        reference = next(r for r in rows if r["series"] == name and r["method"] == f"maxent_ts@{config.budgets[-1]}")
+        reference = next(r for r in rows if r["series"] == name and r["method"] == reference_label(config))
         for r in rows:
             if r["series"] == name:
                 r["root_error"] = abs(r["root_value"] - reference["root_value"])
         write_csv(out / "real.csv", rows)  # after every window: `--resume` goes on from here
     return rows
+
+
+def reference_label(config: RealPart) -> str:
+    """The row whose root value the others' root error is measured against: MC-only at the largest budget."""
+    return f"maxent_ts@{config.budgets[-1]}" + ("" if config.search_sampler else IN_TREE)
 
 
 def scored_row(task, truth: np.ndarray, samples: list[list[int]], rewards: np.ndarray, ids: dict,
@@ -447,6 +458,11 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
     }
 
 
+def sampler_suffix(curve: str) -> str:
+    """`IN_TREE`, `RESAMPLED` or "" (sampling: search) for a curve name such as `hybrid in-tree`."""
+    return next((suffix for suffix in (IN_TREE, RESAMPLED) if curve.endswith(suffix)), "")
+
+
 def curve_rewards(rows: list[dict], windows: list[str], curve: str) -> tuple[list[int], np.ndarray]:
     """The curve's budgets and its samples' mean reward per (window, budget)."""
     by = {(r["series"], int(r["budget"])): r["reward"] for r in rows if r["curve"] == curve}
@@ -456,7 +472,7 @@ def curve_rewards(rows: list[dict], windows: list[str], curve: str) -> tuple[lis
 
 def plot_curves(rows: list[dict], path: Path, rng: np.random.Generator, n_boot: int = 2000) -> None:
     """One panel per series (mean over its windows), and one of every window's reward minus MC-only's
-    at the reference budget, with a bootstrap 95% band over windows."""
+    at the reference budget with the same sampler, with a bootstrap 95% band over windows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -478,11 +494,13 @@ def plot_curves(rows: list[dict], path: Path, rng: np.random.Generator, n_boot: 
         ax.axhline(base, color="grey", linestyle=":", label="base sampling")
         ax.set_title(name if len(own) == 1 else f"{name} ({len(own)} windows)")
     ax = axes[0][-1]
-    mc_budgets, mc = curve_rewards(rows, windows, "MC-only")
-    reference = mc[:, -1:]  # MC-only at its largest budget
+    mc_budgets = sorted({int(r["budget"]) for r in rows if r["curve"].startswith("MC-only")})
     for curve in curves:
         budgets, rewards = curve_rewards(rows, windows, curve)
-        gaps = rewards - reference
+        _, mc = curve_rewards(rows, windows, "MC-only" + sampler_suffix(curve))
+        if not mc.size:
+            continue  # no MC-only curve with this sampler to measure against
+        gaps = rewards - mc[:, -1:]  # minus MC-only at its largest budget, same sampler
         boot = np.array([gaps[rng.integers(0, len(windows), len(windows))].mean(0) for _ in range(n_boot)])
         ax.plot(budgets, gaps.mean(0), marker="o", label=curve, **style[curve])
         ax.fill_between(budgets, *np.percentile(boot, [2.5, 97.5], axis=0), alpha=0.2, color=style[curve]["color"])
@@ -616,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_real(config.real, out, keep, keep_head_rows=args.resume)
         plot_curves(rows, out / "reward_vs_rollouts.png", np.random.default_rng(0), config.real.bootstrap)
         factors = [f"Amortisation factor (sampling: search): "
-                   f"{amortisation_factor(rows, config.real, np.random.default_rng(0))}"]
+                   f"{amortisation_factor(rows, config.real, np.random.default_rng(0))}"] if config.real.search_sampler else []
         for suffix in (IN_TREE, RESAMPLED):
             if any(r["curve"].endswith(suffix) for r in rows):
                 factors.append(f"\nAmortisation factor (samples {suffix.strip()}): "

@@ -18,6 +18,7 @@ from amortisation import (  # noqa: E402
     kept_row,
     plot_curves,
     real_rows,
+    reference_label,
     reward_share,
     series_of,
 )
@@ -118,11 +119,23 @@ def test_curves_only_config_runs_base_sampling_and_the_two_curves():
     assert len(real_rows(RealPart(budgets=[20, 200], hybrid_budgets=[20]))) == len(labels) + 6
 
 
+def test_anytime_only_config_drops_the_search_sampler_rows_and_needs_the_anytime_curves():
+    config = RealPart(budgets=[20, 2000], hybrid_budgets=[20, 200], baselines=False, in_tree=True,
+                      search_sampler=False)
+    assert [label for label, *_ in real_rows(config)] == ["base sampling"]
+    assert [(prefix, budgets) for prefix, _, _, budgets, _ in anytime_curves(config)] == [
+        ("maxent_ts", [20, 2000]), ("hybrid", [20, 200])]
+    assert reference_label(config) == f"maxent_ts@2000{IN_TREE}"
+    with pytest.raises(ValueError, match="search_sampler: false` needs `in_tree: true"):
+        RealPart(search_sampler=False)
+
+
 def test_reward_plot_groups_windows_by_series(tmp_path):
     rows = [{"series": w, "method": m, "curve": c, "budget": b, "reward": -0.5 - 0.01 * i}
             for i, w in enumerate(["A", "A+12", "B"])
             for m, c, b in [("base sampling", "", 0), ("maxent_ts@20", "MC-only", 20),
                             ("maxent_ts@200", "MC-only", 200), ("hybrid@20", "hybrid", 20),
-                            (f"hybrid@20{IN_TREE}", f"hybrid{IN_TREE}", 20)]]
+                            (f"hybrid@20{IN_TREE}", f"hybrid{IN_TREE}", 20),
+                            (f"maxent_ts@200{IN_TREE}", f"MC-only{IN_TREE}", 200)]]
     plot_curves(rows, tmp_path / "curves.png", np.random.default_rng(0), n_boot=50)
     assert (tmp_path / "curves.png").stat().st_size > 0
