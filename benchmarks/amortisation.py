@@ -439,9 +439,14 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
     equal = [b for b in config.hybrid_budgets if b in mc_budgets]
     paired = hybrid[:, [config.hybrid_budgets.index(b) for b in equal]] - gaps("maxent_ts", equal)  # (windows, b)
     paired_boot = np.array([paired[rng.integers(0, len(series), len(series))].mean(0) for _ in range(config.bootstrap)])
+    curves = (("maxent_ts", mc_budgets), ("hybrid", config.hybrid_budgets))
     root_error = {f"{label}@{b}": round(float(np.mean([by[s, f"{label}@{b}{sampler}"]["root_error"]
                                                        for s in series])), 4)
-                  for label, budgets in (("maxent_ts", mc_budgets), ("hybrid", config.hybrid_budgets)) for b in budgets}
+                  for label, budgets in curves for b in budgets}
+    # the same for the draws' unbiased IS estimate of Z (`SearchResult.root_value_is`), against the reference's
+    root_is_error = {f"{label}@{b}": round(float(np.mean([abs(by[s, f"{label}@{b}{sampler}"]["root_value_is"]
+                                                              - by[s, reference]["root_value_is"]) for s in series])), 4)
+                     for label, budgets in curves for b in budgets}
     return {
         "windows": len(series),
         "factor": factor(hybrid, config.hybrid_budgets),
@@ -455,6 +460,7 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
         "mc_self_factor": factor(gaps("maxent_ts", mc_budgets), mc_budgets),
         "mc_reward_gaps": dict(zip(mc_budgets, gaps("maxent_ts", mc_budgets).mean(0).round(4).tolist())),
         "mean_root_error_vs_reference": root_error,
+        "mean_root_is_error_vs_reference": root_is_error,
     }
 
 
