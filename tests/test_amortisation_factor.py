@@ -16,6 +16,7 @@ from amortisation import (  # noqa: E402
     anytime_curves,
     heldout_windows,
     kept_row,
+    method_means,
     plot_curves,
     real_rows,
     reference_label,
@@ -143,3 +144,14 @@ def test_reward_plot_groups_windows_by_series(tmp_path):
                             (f"maxent_ts@200{IN_TREE}", f"MC-only{IN_TREE}", 200)]]
     plot_curves(rows, tmp_path / "curves.png", np.random.default_rng(0), n_boot=50)
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_method_means_average_each_method_over_windows_and_skip_missing_root_errors():
+    rows = [{"series": w, "method": m, "crps": c, "scaled_mae": 1.0, "spec_w1": 0.5, "reward": r, "root_error": e,
+             "nfe_tokens": 100.0, "wall_s": 2.0}
+            for w, m, c, r, e in [("A", "base sampling", 0.2, -1.0, float("nan")), ("B", "base sampling", 0.4, -0.5,
+                                  float("nan")), ("A", "hybrid@20", 0.1, -0.2, 0.3), ("B", "hybrid@20", 0.3, -0.4, 0.1)]]
+    lines = method_means(rows).splitlines()
+    assert lines[0].startswith("| method (mean of 2 windows) |") and len(lines) == 4
+    assert lines[2] == "| base sampling | 0.300 | 1.000 | 0.500 | -0.750 | nan | 100 | 2.0 |"
+    assert lines[3] == "| hybrid@20 | 0.200 | 1.000 | 0.500 | -0.300 | 0.200 | 100 | 2.0 |"
