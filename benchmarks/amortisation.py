@@ -511,11 +511,12 @@ def plot_curves(rows: list[dict], path: Path, rng: np.random.Generator, n_boot: 
         ax.plot(budgets, gaps.mean(0), marker="o", label=curve, **style[curve])
         ax.fill_between(budgets, *np.percentile(boot, [2.5, 97.5], axis=0), alpha=0.2, color=style[curve]["color"])
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_title(f"all {len(windows)} windows: minus MC-only@{mc_budgets[-1]}")
+    ax.set_title(f"{len(windows)} windows, minus MC-only@{mc_budgets[-1]}")
     ax.set_ylabel("reward gap (95% bootstrap band)")
     for ax in axes[0]:
         ax.set_xscale("log")
         ax.set_xticks(mc_budgets, [str(b) for b in mc_budgets])
+        ax.tick_params(axis="x", labelrotation=45)  # 500 and 1000 overlap on a log axis otherwise
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("rollouts")
     axes[0][0].set_ylabel("mean reward of samples")
