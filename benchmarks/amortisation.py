@@ -356,14 +356,16 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
                 samples, _ = sample_prior(lm, task, n_samples=config.n_samples, batch_size=config.n_samples,
                                           seed=config.seed, progress=False)
                 rewards, roots, n_rollouts = task.reward_fn(samples), (float("nan"),) * 2, config.n_samples
+                ess = float("nan")
             else:
                 result = task.search(lm, search_config, head if uses_head else None)
                 samples, rewards, n_rollouts = result.samples, result.sample_rewards, result.n_rollouts
                 roots = result.root_value, getattr(result, "root_value_is", float("nan"))  # IS: maxent_ts only
+                ess = getattr(result, "draws_ess", float("nan"))  # maxent_ts only
             rows.append(scored_row(task, truth, samples, rewards, {
                 "series": name, "method": label, "curve": curve,
                 "budget": search_config.n_rollouts if search_config else 0, "rollouts_run": n_rollouts,
-            }, roots, lm.stats.tokens, time.perf_counter() - start))
+            }, roots, lm.stats.tokens, time.perf_counter() - start, ess))
         for prefix, curve, search_config, budgets, uses_head in anytime_curves(config):
             labels = [f"{prefix}@{b}{suffix}" for b in budgets for suffix in (IN_TREE, RESAMPLED)]
             kept = [kept_row(keep or [], name, label, reuse=keep_head_rows or not uses_head) for label in labels]
@@ -380,7 +382,8 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
                         task, truth, [search.tree.actions_to(n) for n in nodes], search.tree.reward[nodes],
                         {"series": name, "method": f"{prefix}@{budget}{suffix}", "curve": curve + suffix,
                          "budget": budget, "rollouts_run": result.n_rollouts},
-                        (result.root_value, result.root_value_is), result.nfe_tokens, result.wall_s))
+                        (result.root_value, result.root_value_is), result.nfe_tokens, result.wall_s,
+                        result.draws_ess))
         reference = next(r for r in rows if r["series"] == name and r["method"] == reference_label(config))
         for r in rows:
             if r["series"] == name:
@@ -395,9 +398,11 @@ def reference_label(config: RealPart) -> str:
 
 
 def scored_row(task, truth: np.ndarray, samples: list[list[int]], rewards: np.ndarray, ids: dict,
-               roots: tuple[float, float], nfe_tokens: int, wall_s: float) -> dict:
+               roots: tuple[float, float], nfe_tokens: int, wall_s: float, draws_ess: float = float("nan")) -> dict:
     """`ids` plus the samples' CRPS, scaled MAE, Spec-W1 and mean reward, the root value (V̂(root) and
-    the draws' importance-sampling estimate, `SearchResult.root_value_is`) and the cost."""
+    the draws' importance-sampling estimate, `SearchResult.root_value_is`), the cost and, for maxent_ts,
+    the draws' effective sample size (`SearchResult.draws_ess`: how many independent π* draws the
+    resampled samples are worth)."""
     from sadt.metrics import crps, scaled_mae
     from sadt.spectral import spec_w1
 
@@ -405,7 +410,7 @@ def scored_row(task, truth: np.ndarray, samples: list[list[int]], rewards: np.nd
     row = {**ids, "crps": crps(truth, forecasts), "scaled_mae": scaled_mae(truth, forecasts),
            "spec_w1": float(spec_w1(forecasts, truth, min(16, len(truth))).mean()),
            "reward": float(np.mean(rewards)), "root_value": roots[0], "root_value_is": roots[1],
-           "nfe_tokens": nfe_tokens, "wall_s": wall_s}
+           "nfe_tokens": nfe_tokens, "wall_s": wall_s, "draws_ess": draws_ess}
     tqdm.write(f"{ids['series']:17s} {ids['method']:24s} reward {row['reward']:8.3f} root {roots[0]:8.3f} "
                f"(IS {roots[1]:8.3f}) wall {wall_s:6.1f}s")
     return row
@@ -444,8 +449,10 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
                                                        for s in series])), 4)
                   for label, budgets in curves for b in budgets}
     # the same for the draws' unbiased IS estimate of Z (`SearchResult.root_value_is`), against the reference's
-    root_is_error = {f"{label}@{b}": round(float(np.mean([abs(by[s, f"{label}@{b}{sampler}"]["root_value_is"]
-                                                              - by[s, reference]["root_value_is"]) for s in series])), 4)
+    def is_error(label: str) -> float:
+        return float(np.mean([abs(by[s, label]["root_value_is"] - by[s, reference]["root_value_is"]) for s in series]))
+
+    root_is_error = {f"{label}@{b}": round(is_error(f"{label}@{b}{sampler}"), 4)
                      for label, budgets in curves for b in budgets}
     return {
         "windows": len(series),
@@ -461,6 +468,40 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
         "mc_reward_gaps": dict(zip(mc_budgets, gaps("maxent_ts", mc_budgets).mean(0).round(4).tolist())),
         "mean_root_error_vs_reference": root_error,
         "mean_root_is_error_vs_reference": root_is_error,
+    }
+
+
+def ess_ratios(rows: list[dict], config: RealPart, rng: np.random.Generator) -> dict:
+    """How many effective π* samples the searches' draws are worth (`draws_ess`, the anytime curves),
+    compared as per-window ratios: geometric mean over windows and bootstrap 95% interval.
+
+    - `hybrid_vs_mc_equal_budget`: ESS(hybrid@b) / ESS(MC-only@b), the gain per rollout;
+    - `hybrid_vs_mc_reference`: ESS(hybrid@b) / ESS(MC-only@reference); ≥ 1 at b = 200 means 200
+      hybrid rollouts give the resampled sampler as many effective draws as 2000 MC-only ones;
+    - `mc_growth`: ESS(MC-only@b) / ESS(MC-only@first budget), the control for how ESS grows with rollouts.
+    """
+    windows = sorted({r["series"] for r in rows})
+    ess = {(r["series"], r["method"]): r.get("draws_ess", np.nan) for r in rows}
+
+    def log_ess(label: str, budgets: list[int]) -> np.ndarray:  # (windows, budgets)
+        return np.log([[ess[w, f"{label}@{b}{RESAMPLED}"] for b in budgets] for w in windows])
+
+    def summary(log_ratio: np.ndarray, budgets: list[int]) -> dict:
+        boot = np.array([log_ratio[rng.integers(0, len(windows), len(windows))].mean(0)
+                         for _ in range(config.bootstrap)])
+        low, high = np.percentile(boot, [2.5, 97.5], axis=0)
+        return {b: [round(float(np.exp(x)), 3) for x in (log_ratio[:, i].mean(), low[i], high[i])]
+                for i, b in enumerate(budgets)}
+
+    mc, hybrid = log_ess("maxent_ts", config.budgets), log_ess("hybrid", config.hybrid_budgets)
+    equal = [b for b in config.hybrid_budgets if b in config.budgets]
+    mc_at_equal = mc[:, [config.budgets.index(b) for b in equal]]
+    hybrid_at_equal = hybrid[:, [config.hybrid_budgets.index(b) for b in equal]]
+    return {
+        "windows": len(windows),
+        "hybrid_vs_mc_equal_budget": summary(hybrid_at_equal - mc_at_equal, equal),
+        "hybrid_vs_mc_reference": summary(hybrid - mc[:, -1:], config.hybrid_budgets),
+        "mc_growth": summary(mc - mc[:, :1], config.budgets),
     }
 
 
@@ -658,12 +699,18 @@ def main(argv: list[str] | None = None) -> int:
             keep = read_rows(reference) if reference is not None else None
             rows = run_real(config.real, out, keep, keep_head_rows=args.resume)
         plot_curves(rows, out / "reward_vs_rollouts.png", np.random.default_rng(0), config.real.bootstrap)
-        factors = [f"Amortisation factor (sampling: search): "
-                   f"{amortisation_factor(rows, config.real, np.random.default_rng(0))}"] if config.real.search_sampler else []
+        factors = []
+        if config.real.search_sampler:
+            factors.append(f"Amortisation factor (sampling: search): "
+                           f"{amortisation_factor(rows, config.real, np.random.default_rng(0))}")
         for suffix in (IN_TREE, RESAMPLED):
             if any(r["curve"].endswith(suffix) for r in rows):
                 factors.append(f"\nAmortisation factor (samples {suffix.strip()}): "
                                f"{amortisation_factor(rows, config.real, np.random.default_rng(0), suffix)}")
+        if config.real.in_tree and all(np.isfinite(r.get("draws_ess", np.nan)) for r in rows
+                                       if r["curve"].endswith(RESAMPLED)):
+            factors.append(f"\nEffective samples of the draws (ratios, geometric mean [95% CI] over windows): "
+                           f"{ess_ratios(rows, config.real, np.random.default_rng(0))}")
         write_summary(out / "real.md", [header, "## Mean over the held-out windows\n", method_means(rows), "",
                                              "## Held-out windows\n", real_summary(rows), "", *factors])
     return 0

@@ -11,9 +11,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from amortisation import (  # noqa: E402
     IN_TREE,
+    RESAMPLED,
     RealPart,
     amortisation_factor,
     anytime_curves,
+    ess_ratios,
     heldout_windows,
     kept_row,
     method_means,
@@ -147,11 +149,27 @@ def test_reward_plot_groups_windows_by_series(tmp_path):
 
 
 def test_method_means_average_each_method_over_windows_and_skip_missing_root_errors():
+    nan = float("nan")
+    cells = [("A", "base sampling", 0.2, -1.0, nan), ("B", "base sampling", 0.4, -0.5, nan),
+             ("A", "hybrid@20", 0.1, -0.2, 0.3), ("B", "hybrid@20", 0.3, -0.4, 0.1)]
     rows = [{"series": w, "method": m, "crps": c, "scaled_mae": 1.0, "spec_w1": 0.5, "reward": r, "root_error": e,
-             "nfe_tokens": 100.0, "wall_s": 2.0}
-            for w, m, c, r, e in [("A", "base sampling", 0.2, -1.0, float("nan")), ("B", "base sampling", 0.4, -0.5,
-                                  float("nan")), ("A", "hybrid@20", 0.1, -0.2, 0.3), ("B", "hybrid@20", 0.3, -0.4, 0.1)]]
+             "nfe_tokens": 100.0, "wall_s": 2.0} for w, m, c, r, e in cells]
     lines = method_means(rows).splitlines()
     assert lines[0].startswith("| method (mean of 2 windows) |") and len(lines) == 4
     assert lines[2] == "| base sampling | 0.300 | 1.000 | 0.500 | -0.750 | nan | 100 | 2.0 |"
     assert lines[3] == "| hybrid@20 | 0.200 | 1.000 | 0.500 | -0.300 | 0.200 | 100 | 2.0 |"
+
+
+def test_ess_ratios_are_per_window_geometric_means_of_the_draws_effective_samples():
+    config = RealPart(budgets=[20, 200, 2000], hybrid_budgets=[20, 200], bootstrap=200)
+    mc = {20: [4.0, 8.0], 200: [20.0, 40.0], 2000: [100.0, 400.0]}
+    hybrid = {20: [8.0, 8.0], 200: [80.0, 40.0]}
+    rows = [{"series": w, "method": f"{label}@{b}{RESAMPLED}", "curve": "", "draws_ess": ess[b][i]}
+            for label, ess in (("maxent_ts", mc), ("hybrid", hybrid)) for b in ess for i, w in enumerate("AB")]
+    out = ess_ratios(rows, config, np.random.default_rng(0))
+    gain_20, low, high = out["hybrid_vs_mc_equal_budget"][20]
+    assert gain_20 == pytest.approx(np.sqrt(2.0 * 1.0), abs=1e-3) and low <= gain_20 <= high  # 8/4, 8/8
+    assert out["hybrid_vs_mc_equal_budget"][200][0] == pytest.approx(np.sqrt(4.0 * 1.0), abs=1e-3)
+    assert out["hybrid_vs_mc_reference"][200][0] == pytest.approx(np.sqrt(0.8 * 0.1), abs=1e-3)
+    assert out["mc_growth"][2000][0] == pytest.approx(np.sqrt(25.0 * 50.0), abs=1e-2)
+    assert out["mc_growth"][20] == [1.0, 1.0, 1.0]
