@@ -444,16 +444,13 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
     equal = [b for b in config.hybrid_budgets if b in mc_budgets]
     paired = hybrid[:, [config.hybrid_budgets.index(b) for b in equal]] - gaps("maxent_ts", equal)  # (windows, b)
     paired_boot = np.array([paired[rng.integers(0, len(series), len(series))].mean(0) for _ in range(config.bootstrap)])
-    curves = (("maxent_ts", mc_budgets), ("hybrid", config.hybrid_budgets))
-    root_error = {f"{label}@{b}": round(float(np.mean([by[s, f"{label}@{b}{sampler}"]["root_error"]
-                                                       for s in series])), 4)
-                  for label, budgets in curves for b in budgets}
-    # the same for the draws' unbiased IS estimate of Z (`SearchResult.root_value_is`), against the reference's
-    def is_error(label: str) -> float:
-        return float(np.mean([abs(by[s, label]["root_value_is"] - by[s, reference]["root_value_is"]) for s in series]))
+    labels = [f"{label}@{b}" for label, budgets in (("maxent_ts", mc_budgets), ("hybrid", config.hybrid_budgets))
+              for b in budgets]
 
-    root_is_error = {f"{label}@{b}": round(is_error(f"{label}@{b}{sampler}"), 4)
-                     for label, budgets in curves for b in budgets}
+    def root_error(key: str) -> dict[str, float]:  # |row[key] − the same sampler's reference's|, mean over windows
+        return {label: round(float(np.mean([abs(by[s, label + sampler][key] - by[s, reference][key])
+                                            for s in series])), 4) for label in labels}
+
     return {
         "windows": len(series),
         "factor": factor(hybrid, config.hybrid_budgets),
@@ -466,8 +463,9 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
                                          *np.percentile(paired_boot[:, i], [2.5, 97.5]))] for i, b in enumerate(equal)},
         "mc_self_factor": factor(gaps("maxent_ts", mc_budgets), mc_budgets),
         "mc_reward_gaps": dict(zip(mc_budgets, gaps("maxent_ts", mc_budgets).mean(0).round(4).tolist())),
-        "mean_root_error_vs_reference": root_error,
-        "mean_root_is_error_vs_reference": root_is_error,
+        "mean_root_error_vs_reference": root_error("root_value"),  # V̂(root)
+        # the draws' IS estimate of Z (`SearchResult.root_value_is`): unbiased for Z, unlike V̂
+        "mean_root_is_error_vs_reference": root_error("root_value_is"),
     }
 
 

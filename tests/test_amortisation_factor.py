@@ -32,9 +32,9 @@ SERIES = ["A", "B", "C", "D"]
 
 
 def rows_with(rewards: dict[str, list[float]]) -> list[dict]:
-    """One row per (window, method) with the given mean rewards, a root error of 0 and an IS root value
+    """One row per (window, method) with the given mean rewards, a V̂ root value of 0 and an IS root value
     equal to the reward (so IS root errors are reward gaps)."""
-    return [{"series": s, "method": m, "reward": r[i], "root_error": 0.0, "root_value_is": r[i]}
+    return [{"series": s, "method": m, "reward": r[i], "root_value": 0.0, "root_value_is": r[i]}
             for m, r in rewards.items() for i, s in enumerate(SERIES)]
 
 
@@ -51,6 +51,7 @@ def test_factor_is_the_reference_over_the_first_hybrid_budget_that_matches_and_g
     assert gain_20 == pytest.approx(np.mean([0.1, 0.2, 0.0, 0.5]))
     assert low_20 <= gain_20 <= high_20 and low_20 >= 0.0  # every window gains: no resample goes below 0
     assert out["equal_budget_reward_gain"][50][0] == pytest.approx(np.mean([0.5, 0.2, 0.2, 0.7]))
+    assert out["mean_root_error_vs_reference"]["hybrid@50"] == 0.0
     is_error = out["mean_root_is_error_vs_reference"]  # |IS root − the reference's| per window, averaged
     assert is_error["hybrid@50"] == pytest.approx(np.mean([0.1, 0.0, 0.1, 0.2]), abs=1e-4)
     assert is_error["maxent_ts@20"] == pytest.approx(np.mean([0.5, 0.3, 0.4, 0.6]), abs=1e-4)
