@@ -476,7 +476,8 @@ def ess_ratios(rows: list[dict], config: RealPart, rng: np.random.Generator) -> 
     - `hybrid_vs_mc_equal_budget`: ESS(hybrid@b) / ESS(MC-only@b), the gain per rollout;
     - `hybrid_vs_mc_reference`: ESS(hybrid@b) / ESS(MC-only@reference); ≥ 1 at b = 200 means 200
       hybrid rollouts give the resampled sampler as many effective draws as 2000 MC-only ones;
-    - `mc_growth`: ESS(MC-only@b) / ESS(MC-only@first budget), the control for how ESS grows with rollouts.
+    - `mc_growth`: ESS(MC-only@b) / ESS(MC-only@first budget), the control for how ESS grows with rollouts;
+    - `factor`: per hybrid budget, the MC-only budget with as many effective samples, over b (`ess_factor`).
     """
     windows = sorted({r["series"] for r in rows})
     ess = {(r["series"], r["method"]): r.get("draws_ess", np.nan) for r in rows}
@@ -500,7 +501,30 @@ def ess_ratios(rows: list[dict], config: RealPart, rng: np.random.Generator) -> 
         "hybrid_vs_mc_equal_budget": summary(hybrid_at_equal - mc_at_equal, equal),
         "hybrid_vs_mc_reference": summary(hybrid - mc[:, -1:], config.hybrid_budgets),
         "mc_growth": summary(mc - mc[:, :1], config.budgets),
+        "factor": ess_factor(mc, hybrid, config, rng),
     }
+
+
+def ess_factor(log_mc: np.ndarray, log_hybrid: np.ndarray, config: RealPart, rng: np.random.Generator) -> dict:
+    """The amortisation factor on effective samples: for each hybrid budget b, b_MC / b, where b_MC is the
+    MC-only budget whose draws have as many effective samples (geometric mean over windows) as the hybrid's
+    at b, interpolated in log budget along MC-only's curve. `log_mc`, `log_hybrid`: log ESS, (windows, budgets).
+
+    Point value on all windows, bootstrap 95% interval over windows; inf when the hybrid beats MC-only's
+    largest budget (`censored`: the share of resamples where it did), so the interval's top may be inf.
+    """
+    def factors(rows: np.ndarray) -> np.ndarray:
+        mc_curve, hybrid_mean = log_mc[rows].mean(0), log_hybrid[rows].mean(0)
+        return np.array([budget_reaching(config.budgets, mc_curve, h) / b
+                         for h, b in zip(hybrid_mean, config.hybrid_budgets)])
+
+    windows = len(log_mc)
+    boot = np.array([factors(rng.integers(0, windows, windows)) for _ in range(config.bootstrap)])
+    low, high = np.percentile(boot, [2.5, 97.5], axis=0, method="inverted_cdf")  # no interpolation towards inf
+    point = factors(np.arange(windows))
+    return {b: {"factor": round(float(point[i]), 2), "ci": [round(float(low[i]), 2), round(float(high[i]), 2)],
+                "censored": round(float(np.isinf(boot[:, i]).mean()), 3)}
+            for i, b in enumerate(config.hybrid_budgets)}
 
 
 def sampler_suffix(curve: str) -> str:
@@ -577,16 +601,25 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def budget_reaching(budgets: list[int], rising: np.ndarray, value: float) -> float:
+    """The budget at which a rising curve (values at `budgets`) reaches `value`, interpolated linearly in
+    log budget: `budgets[0]` if `value` is at or below the curve's start, inf if above its end. The curve is
+    first made monotone (its running maximum), so a noisy dip cannot give two answers."""
+    curve = np.maximum.accumulate(np.asarray(rising, dtype=float))
+    if value <= curve[0]:
+        return float(budgets[0])
+    if value > curve[-1]:
+        return float("inf")
+    return float(np.exp(np.interp(value, curve, np.log(budgets))))
+
+
 def mc_equivalent(rows: list[dict], key: str, value: float) -> float:
-    """The MC-only budget at which its mean `key` would equal `value` (log-log interpolation of its curve)."""
+    """The MC-only budget at which its mean `key` (falling with budget, e.g. TV) would equal `value`
+    (log-log interpolation of its curve); MC-only's smallest budget if `value` is no better than it."""
     budgets = sorted({r["rollouts"] for r in rows if r["variant"] == "MC-only"})
     curve = np.array([np.mean([r[key] for r in rows if r["variant"] == "MC-only" and r["rollouts"] == b])
                       for b in budgets])
-    if value > curve[0]:
-        return float(budgets[0])  # no better than MC-only's smallest budget
-    if value < curve[-1]:
-        return float("inf")  # better than MC-only's largest budget
-    return float(np.exp(np.interp(-np.log(value), -np.log(curve), np.log(budgets))))  # curve falls with budget
+    return budget_reaching(budgets, -np.log(curve), -np.log(value))
 
 
 def toy_summary(rows: list[dict]) -> str:

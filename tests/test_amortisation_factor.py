@@ -15,6 +15,8 @@ from amortisation import (  # noqa: E402
     RealPart,
     amortisation_factor,
     anytime_curves,
+    budget_reaching,
+    ess_factor,
     ess_ratios,
     heldout_windows,
     kept_row,
@@ -174,3 +176,26 @@ def test_ess_ratios_are_per_window_geometric_means_of_the_draws_effective_sample
     assert out["hybrid_vs_mc_reference"][200][0] == pytest.approx(np.sqrt(0.8 * 0.1), abs=1e-3)
     assert out["mc_growth"][2000][0] == pytest.approx(np.sqrt(25.0 * 50.0), abs=1e-2)
     assert out["mc_growth"][20] == [1.0, 1.0, 1.0]
+
+
+def test_ess_factor_interpolates_mc_budget_in_log_budget_and_flags_hybrids_beyond_mc():
+    config = RealPart(budgets=[20, 200, 2000], hybrid_budgets=[20, 200], bootstrap=200)
+    log_mc = np.log([[4.0, 40.0, 400.0]] * 3)  # ESS ∝ budget: log ESS linear in log budget
+    log_hybrid = np.log([[8.0, 800.0]] * 3)  # at 20: MC's ESS at 40; at 200: beyond MC@2000
+    out = ess_factor(log_mc, log_hybrid, config, np.random.default_rng(0))
+    assert out[20]["factor"] == pytest.approx(2.0, abs=0.01) and out[20]["ci"] == [2.0, 2.0]
+    assert out[20]["censored"] == 0.0
+    assert np.isinf(out[200]["factor"]) and out[200]["censored"] == 1.0
+
+
+def test_ess_factor_is_at_most_mc_first_budget_over_b_when_the_hybrid_is_below_mc_start():
+    config = RealPart(budgets=[20, 200, 2000], hybrid_budgets=[200], bootstrap=50)
+    out = ess_factor(np.log([[4.0, 40.0, 400.0]]), np.log([[2.0]]), config, np.random.default_rng(0))
+    assert out[200]["factor"] == pytest.approx(0.1)  # clamped to 20 / 200
+
+
+def test_budget_reaching_uses_the_running_maximum_of_a_noisy_curve():
+    # The dip at 200 must not make 1.5 reachable twice: the monotone curve is [1, 2, 2, 3].
+    assert budget_reaching([20, 50, 200, 2000], np.array([1.0, 2.0, 1.2, 3.0]), 1.5) == pytest.approx(
+        np.exp((np.log(20) + np.log(50)) / 2))
+    assert budget_reaching([20, 50], np.array([1.0, 2.0]), 2.5) == float("inf")
