@@ -22,6 +22,7 @@ class FlowHeadConfig:
     layers: int = 2  # hidden layers per MLP
     partial_reward: bool = False  # Q_φ(s, a) = β·R(s·a) + the MLP's residual (sadt.partial_reward.ShapedValue)
     reward_weight_bins: int = 0  # β: 1 if 0, else one learned weight per 1/n of the horizon completed (n + 1 in all)
+    reward_weight_positions: int = 0  # > 0: β also per digit of the value being written (MLPFlowHead.weigh_reward)
     look_ahead: bool = False  # R⁺ (ForecastReward.ahead: a seasonal-naive fill of the rest) in place of R
     digit_ahead: bool = False  # R⁺ᵈ: R⁺ that also completes the value being written (sadt.partial_reward.digit_ahead_q)
     residual: bool = True  # False: Q_φ = β·R + a per-action bias, no MLP on h(s) (needs partial_reward)
@@ -34,6 +35,10 @@ class FlowHeadConfig:
         if self.reward_weight_bins < 0 or ((self.reward_weight_bins or self.look_ahead) and not self.partial_reward):
             raise ValueError(f"`reward_weight_bins` (>= 0) and `look_ahead` need `partial_reward`, got "
                              f"{self.reward_weight_bins}, {self.look_ahead} with partial_reward={self.partial_reward}")
+        if self.reward_weight_positions < 0 or (self.reward_weight_positions and not self.reward_weight_bins):
+            raise ValueError(f"`reward_weight_positions` (>= 0) splits β's bins by digit position: it needs "
+                             f"`reward_weight_bins`, got {self.reward_weight_positions} with "
+                             f"reward_weight_bins={self.reward_weight_bins}")
         if self.digit_ahead and not self.look_ahead:
             raise ValueError("`digit_ahead` refines the look-ahead reward R⁺: it needs `look_ahead`")
 
@@ -67,7 +72,8 @@ class MLPFlowHead(nn.Module):
         self.log_z_mlp = _mlp(H, self.config.hidden, self.config.layers, 1)
         self.scale = 1.0 / math.sqrt(H)
         if self.config.reward_weight_bins:  # starts at β = 1: an untrained head's Q is R exactly
-            self.reward_weight = nn.Parameter(torch.ones(self.config.reward_weight_bins + 1))
+            positions = (self.config.reward_weight_positions,) if self.config.reward_weight_positions else ()
+            self.reward_weight = nn.Parameter(torch.ones(self.config.reward_weight_bins + 1, *positions))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Q_φ(s, ·): the `value_head` callable the search reads."""
@@ -83,16 +89,25 @@ class MLPFlowHead(nn.Module):
         u = self.q_mlp(hidden.to(self.action_embeddings.dtype))  # (..., H)
         return self.scale * u @ self.action_embeddings.T + self.q_bias
 
-    def weigh_reward(self, partial_reward: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
-        """β(k/H)·R: the partial reward R(s·a) weighted by the bin of the share k/H of values s·a completed.
+    def weigh_reward(self, partial_reward: torch.Tensor, share: torch.Tensor,
+                     position: torch.Tensor | None = None) -> torch.Tensor:
+        """β(k/H, d)·R: the partial reward R(s·a) weighted by the bin of the share k/H of values s·a completed
+        and, with `reward_weight_positions` m, by d, the digits of the unfinished value already written at s
+        (`sadt.partial_reward.digits_written`, same shape as R): the leading digit of a value commits to its
+        magnitude and the last ones barely move R⁺ᵈ, so one scale for both is a compromise.
 
-        β ≡ 1 without `reward_weight_bins`; with n bins, β[⌊n·k/H⌋] (k = H, the finished forecast, has its own).
+        β ≡ 1 without `reward_weight_bins`; with n bins, β[⌊n·k/H⌋] (k = H, the finished forecast, has its
+        own), or β[⌊n·k/H⌋, min(d, m − 1)].
         """
         if not self.config.reward_weight_bins:
             return partial_reward
         n = self.config.reward_weight_bins
-        bins = torch.floor(share * n + 1e-6).long().clamp(0, n)  # + 1e-6: k/H·n on a bin edge
-        return self.reward_weight.to(partial_reward)[bins] * partial_reward
+        index: tuple[torch.Tensor, ...] = (torch.floor(share * n + 1e-6).long().clamp(0, n),)  # + 1e-6: bin edges
+        if self.config.reward_weight_positions:
+            if position is None:
+                raise ValueError("this head weighs R per digit position (`reward_weight_positions`): pass `position`")
+            index += (position.long().clamp(0, self.config.reward_weight_positions - 1),)
+        return self.reward_weight.to(partial_reward)[index] * partial_reward
 
     def log_z(self, prompt_hidden: torch.Tensor) -> torch.Tensor:
         """log Z_φ(c): (B, H) -> (B,)."""

@@ -114,6 +114,14 @@ def digit_ahead_q(codec: Codec, reward: ForecastReward,
     return r, share
 
 
+def digits_written(codec: Codec, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    """For each action sequence s, how many digits of its unfinished value it has written: (B,) ints,
+    0 at the start of a value (where the next digit is its leading one)."""
+    sep = codec.config.separator
+    return np.array([len(codec.actions_to_text(np.asarray(s, dtype=np.int64)).rpartition(sep)[2])
+                     for s in sequences], dtype=np.int64)
+
+
 class PartialRewardValue:
     """Q(s, a) = R(s·a) (or R⁺(s·a) with `look_ahead`, R⁺ᵈ(s·a) with `digit_ahead`): a value without
     parameters for the hybrid, twisted SMC or the flow sampler.
@@ -138,7 +146,8 @@ class ShapedValue:
     """Q_φ(s, a) = β_φ(k/H)·R(s·a) + g_φ(h(s))_a: a head trained with `partial_reward` on this task's reward.
 
     β_φ is 1 unless the head learned one weight per share k/H of the values completed
-    (`FlowHeadConfig.reward_weight_bins`, `MLPFlowHead.weigh_reward`); R is R⁺ for a head
+    (`FlowHeadConfig.reward_weight_bins`, `MLPFlowHead.weigh_reward`), and per digit of the value
+    being written (`reward_weight_positions`); R is R⁺ for a head
     trained with `look_ahead`, R⁺ᵈ with `digit_ahead`.
     """
 
@@ -151,4 +160,7 @@ class ShapedValue:
         config = self.head.config
         r, share = partial_reward_q(self.codec, self.reward, sequences, config.look_ahead, config.digit_ahead)
         r, share = torch.as_tensor(r, device=hidden.device), torch.as_tensor(share, device=hidden.device)
-        return self.head.q(hidden).double() + self.head.weigh_reward(r, share).double()
+        position = None
+        if config.reward_weight_positions:
+            position = torch.as_tensor(digits_written(self.codec, sequences), device=hidden.device)[:, None]
+        return self.head.q(hidden).double() + self.head.weigh_reward(r, share, position).double()

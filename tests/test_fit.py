@@ -140,23 +140,27 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     assert len(result.samples) == 2 and result.nfe_tokens > 2 * 4 * 8  # both models' forwards are counted
 
 
-@pytest.mark.parametrize("bins, look_ahead, residual, digit_ahead",
-                         [(0, False, True, False), (4, True, True, False), (4, True, False, False),
-                          (4, True, False, True)])
+@pytest.mark.parametrize("bins, look_ahead, residual, digit_ahead, positions",
+                         [(0, False, True, False, 0), (4, True, True, False, 0), (4, True, False, False, 0),
+                          (4, True, False, True, 5)])
 def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path, bins,
-                                                                                  look_ahead, residual, digit_ahead):
+                                                                                  look_ahead, residual, digit_ahead,
+                                                                                  positions):
     from sadt.flow_head import MLPFlowHead
     from sadt.head_io import load_search_head, load_value_head
-    from sadt.partial_reward import partial_reward_q
+    from sadt.partial_reward import digits_written, partial_reward_q
     from search.forecast_task import ForecastTask
     from search.tree_search import SearchConfig
 
     model = fit.main(fit_args(buffer_path, tmp_path, "--model.partial_reward", "true", "--trainer.max_steps", "3",
                               "--model.reward_weight_bins", str(bins), "--model.weight_decay", "0.5",
                               "--model.look_ahead", str(look_ahead).lower(), "--model.residual", str(residual).lower(),
-                              "--model.digit_ahead", str(digit_ahead).lower()))
+                              "--model.digit_ahead", str(digit_ahead).lower(),
+                              "--model.reward_weight_positions", str(positions)))
     batch = next(iter(model.trainer.datamodule.train_dataloader()))
-    shaping, share = model.shaping(batch)
+    shaping, share, position = model.shaping(batch)
+    first = position[:, 0, 0]  # every forecast starts a value: no digit written yet
+    torch.testing.assert_close(first, torch.zeros_like(first))
     last = batch["mask"].sum(1) - 1  # Q(s_{T-1}, a_{T-1}) adds R(x) = r(x) (context rounded in the prompt)
     finished = shaping[torch.arange(len(last)), last, batch["actions"][torch.arange(len(last)), last]]
     torch.testing.assert_close(finished, batch["reward"], atol=0.01, rtol=0)
@@ -168,9 +172,10 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     assert head.config.partial_reward and sidecar["training"]["partial_reward"]
     assert head.config.reward_weight_bins == bins and head.config.look_ahead == look_ahead
     assert head.config.residual == residual and hasattr(head, "q_mlp") == residual  # no residual: no MLP weights
-    assert head.config.digit_ahead == digit_ahead
+    assert head.config.digit_ahead == digit_ahead and head.config.reward_weight_positions == positions
     if bins:  # β is trained, from 1, at its own lr and without weight decay pulling it towards 0
-        assert not torch.equal(head.reward_weight, torch.ones(bins + 1))
+        assert head.reward_weight.shape == ((bins + 1, positions) if positions else (bins + 1,))
+        assert not torch.equal(head.reward_weight, torch.ones_like(head.reward_weight))
         groups = model.trainer.optimizers[0].param_groups
         beta = [g for g in groups if any(p is model.head.reward_weight for p in g["params"])]
         assert [(g["weight_decay"], g["lr"]) for g in beta] == [(0, model.hparams.reward_weight_lr)]
@@ -184,7 +189,9 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     hidden, sequences = torch.randn(3, head.action_embeddings.shape[1]), [[], [1], [1, 10]]
     r, done = (torch.as_tensor(x) for x in partial_reward_q(task.codec, task.reward, sequences, look_ahead,
                                                             digit_ahead))
-    torch.testing.assert_close(value(hidden, sequences), head.q(hidden).double() + head.weigh_reward(r, done).double())
+    position = torch.as_tensor(digits_written(task.codec, sequences))[:, None] if positions else None
+    torch.testing.assert_close(value(hidden, sequences),
+                               head.q(hidden).double() + head.weigh_reward(r, done, position).double())
     parameter_free = task.value("digit_ahead_reward" if digit_ahead else
                                 "look_ahead_reward" if look_ahead else "partial_reward")
     torch.testing.assert_close(r, parameter_free(hidden, sequences))

@@ -9,7 +9,7 @@ from data.series import load_builtin
 from sadt.codec import SEP, Codec
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.lm.backend import TorchLM
-from sadt.partial_reward import completed_values, digit_ahead_q, nearest_completion, partial_reward_q
+from sadt.partial_reward import completed_values, digit_ahead_q, digits_written, nearest_completion, partial_reward_q
 from search.forecast_task import ForecastTask
 from search.tree_search import SearchConfig
 
@@ -55,6 +55,25 @@ def test_a_learned_reward_weight_is_read_from_the_bin_of_the_share_completed(sha
     with torch.no_grad():
         head.reward_weight.copy_(torch.tensor([1.5, -2.0, 0.5, 3.0, 7.0]))  # bins [0, ¼) [¼, ½) [½, ¾) [¾, 1) {1}
     torch.testing.assert_close(head.weigh_reward(r, torch.full((2,), share)), weight * r)
+
+
+def test_a_per_position_reward_weight_is_read_from_the_bin_and_the_digits_written():
+    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(hidden=4, partial_reward=True, reward_weight_bins=2,
+                                                          reward_weight_positions=3))
+    with torch.no_grad():
+        head.reward_weight.copy_(torch.arange(9.0).reshape(3, 3))  # β[bin, position] = 3·bin + position
+    r = torch.ones(2, 2)
+    share, position = torch.tensor([[0.0, 0.5], [1.0, 0.4]]), torch.tensor([[0], [5]])  # 5: clamped to column 2
+    torch.testing.assert_close(head.weigh_reward(r, share, position), torch.tensor([[0.0, 3.0], [8.0, 2.0]]))
+    with pytest.raises(ValueError, match="pass `position`"):
+        head.weigh_reward(r, share)
+    with pytest.raises(ValueError, match="needs `reward_weight_bins`"):
+        FlowHeadConfig(partial_reward=True, reward_weight_positions=3)
+
+
+def test_digits_written_counts_the_unfinished_value_only(task):
+    sequences = [[], [1], [1, 2], [1, SEP], [1, 2, SEP, 3], [1, SEP, 2, 0, 4]]
+    assert digits_written(task.codec, sequences).tolist() == [0, 1, 2, 0, 1, 3]
 
 
 @pytest.mark.parametrize("options", [{"reward_weight_bins": 4}, {"look_ahead": True}])

@@ -29,7 +29,7 @@ from sadt.grammar import DigitGrammar
 from sadt.head_io import save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from sadt.lora_head import LoRAHeadConfig, adapted_path_states, add_lora, frozen, lora_parameters, save_adapter
-from sadt.partial_reward import partial_reward_q, prompt_reward
+from sadt.partial_reward import digits_written, partial_reward_q, prompt_reward
 from sadt.rewards import ForecastReward, RewardConfig
 from sadt.rollout import masked_log_softmax
 
@@ -72,6 +72,9 @@ class FlowHeadModule(pl.LightningModule):
             tells the digits of a value apart.
         residual: False drops the MLP on h(s) (needs `partial_reward`): Q_φ = β(k/H)·R + a per-action
             bias, reading no LM state; the ablation that asks what the residual adds.
+        reward_weight_positions: with `reward_weight_bins`, split each β by the digits of the unfinished
+            value written so far, clamped to this many columns (0: one β per bin). The codec's
+            `max_digits` + 1 gives every digit position and a full value its own weight.
         reward_weight_lr: β's learning rate. β is a handful of scales that start at 1, so at the
             residual's lr Adam could move them by at most lr per step (0.2 over a 200-step fit).
     """
@@ -84,7 +87,7 @@ class FlowHeadModule(pl.LightningModule):
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
         lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, partial_reward: bool = False,
         reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, look_ahead: bool = False, residual: bool = True,
-        digit_ahead: bool = False,
+        digit_ahead: bool = False, reward_weight_positions: int = 0,
     ) -> None:
         super().__init__()
         if not lam > 0:
@@ -105,7 +108,7 @@ class FlowHeadModule(pl.LightningModule):
         embeddings = self.lm.head.weight[self.action_token_ids]
         head_config = FlowHeadConfig(hidden=hidden, layers=layers, partial_reward=partial_reward,
                                      reward_weight_bins=reward_weight_bins, look_ahead=look_ahead, residual=residual,
-                                     digit_ahead=digit_ahead)
+                                     digit_ahead=digit_ahead, reward_weight_positions=reward_weight_positions)
         self.head = MLPFlowHead(embeddings, head_config)
         self.lora_config = self.peft = None
         if adapter == "lora":
@@ -118,7 +121,7 @@ class FlowHeadModule(pl.LightningModule):
         self.grammar: DigitGrammar | None = None
         self.codec: Codec | None = None
         self.rewards: dict[tuple, ForecastReward] = {}  # prompt -> its reward (reward_of)
-        self.shaping_cache: dict[tuple, torch.Tensor] = {}  # (prompt, actions) -> R(s_t·a), k(s_t·a)/H (2, T, A)
+        self.shaping_cache: dict[tuple, torch.Tensor] = {}  # (prompt, actions) -> (3, T, A): `shaping` rows
         self.buffer_meta: dict = {}
         self.prior_draws: dict[int, tuple[float, int]] = {}  # prompt id -> (log Σ_j exp(λ r_j), n) over its p draws
         self.best: dict | None = None  # {"epoch", "val_loss", "state"}: the kept head (keep_best)
@@ -226,16 +229,18 @@ class FlowHeadModule(pl.LightningModule):
             self.feature_cache_bytes += size
 
     def shaping(self, batch: dict) -> torch.Tensor:
-        """R(s_t·a) and k(s_t·a)/H for every step and action, (2, B, T, A); 0 on padded steps (sadt.partial_reward)."""
+        """R(s_t·a), k(s_t·a)/H and the digits of s_t's unfinished value for every step and action,
+        (3, B, T, A); 0 on padded steps (sadt.partial_reward)."""
         actions, mask = batch["actions"], batch["mask"]
-        out = torch.zeros(2, *actions.shape, len(self.action_token_ids))
+        out = torch.zeros(3, *actions.shape, len(self.action_token_ids))
         for row, prompt in enumerate(batch["prompts"]):
             path = tuple(actions[row][mask[row]].tolist())
             if (prompt, path) not in self.shaping_cache:
                 states = [path[:t] for t in range(len(path))]
                 r, share = partial_reward_q(self.codec, self.reward_of(prompt), states, self.hparams.look_ahead,
                                             self.hparams.digit_ahead)
-                self.shaping_cache[prompt, path] = torch.as_tensor(np.stack([r, share]), dtype=torch.float32)
+                position = np.broadcast_to(digits_written(self.codec, states)[:, None], r.shape)
+                self.shaping_cache[prompt, path] = torch.as_tensor(np.stack([r, share, position]), dtype=torch.float32)
             out[:, row, : len(path)] = self.shaping_cache[prompt, path]
         return out
 
@@ -254,8 +259,8 @@ class FlowHeadModule(pl.LightningModule):
         hidden, prompt_hidden, log_prior = self.features(batch)
         q = self.head.q(hidden)
         if self.hparams.partial_reward:
-            r, share = self.shaping(batch).to(q)
-            q = q + self.head.weigh_reward(r, share)
+            r, share, position = self.shaping(batch).to(q)
+            q = q + self.head.weigh_reward(r, share, position)
         return q, log_prior, self.head.log_z(prompt_hidden)
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
