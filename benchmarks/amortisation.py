@@ -480,10 +480,9 @@ def ess_ratios(rows: list[dict], config: RealPart, rng: np.random.Generator) -> 
     - `factor`: per hybrid budget, the MC-only budget with as many effective samples, over b (`ess_factor`).
     """
     windows = sorted({r["series"] for r in rows})
-    ess = {(r["series"], r["method"]): r.get("draws_ess", np.nan) for r in rows}
 
-    def log_ess(label: str, budgets: list[int]) -> np.ndarray:  # (windows, budgets)
-        return np.log([[ess[w, f"{label}@{b}{RESAMPLED}"] for b in budgets] for w in windows])
+    def log_ess(label: str, budgets: list[int]) -> np.ndarray:
+        return log_draws_ess(rows, windows, label, budgets)
 
     def summary(log_ratio: np.ndarray, budgets: list[int]) -> dict:
         boot = np.array([log_ratio[rng.integers(0, len(windows), len(windows))].mean(0)
@@ -503,6 +502,47 @@ def ess_ratios(rows: list[dict], config: RealPart, rng: np.random.Generator) -> 
         "mc_growth": summary(mc - mc[:, :1], config.budgets),
         "factor": ess_factor(mc, hybrid, config, rng),
     }
+
+
+def log_draws_ess(rows: list[dict], windows: list[str], label: str, budgets: list[int]) -> np.ndarray:
+    """log ESS of the draws of `label`'s anytime search (e.g. "hybrid") per window and budget: (windows, budgets)."""
+    ess = {(r["series"], r["method"]): r.get("draws_ess", np.nan) for r in rows}
+    return np.log([[ess[w, f"{label}@{b}{RESAMPLED}"] for b in budgets] for w in windows])
+
+
+def plot_ess(rows: list[dict], config: RealPart, factor: dict, path: Path, rng: np.random.Generator) -> None:
+    """The draws' effective samples against rollouts, MC-only and hybrid: geometric mean over windows with
+    a bootstrap 95% band, each window faint; the title gives the factor at the hybrid's largest budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    windows = sorted({r["series"] for r in rows})
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    for label, name, budgets, color in (("maxent_ts", "MC-only", config.budgets, "C0"),
+                                        ("hybrid", "hybrid", config.hybrid_budgets, "C1")):
+        log_ess = log_draws_ess(rows, windows, label, budgets)
+        boot = np.array([log_ess[rng.integers(0, len(windows), len(windows))].mean(0)
+                         for _ in range(config.bootstrap)])
+        ax.plot(budgets, np.exp(log_ess.T), color=color, alpha=0.2, linewidth=0.8)
+        ax.plot(budgets, np.exp(log_ess.mean(0)), color=color, marker="o", label=f"{name} (geometric mean)")
+        ax.fill_between(budgets, *np.exp(np.percentile(boot, [2.5, 97.5], axis=0)), color=color, alpha=0.2)
+    last = config.hybrid_budgets[-1]
+    (low, high), point = factor[last]["ci"], factor[last]["factor"]
+    ax.set_title(f"{len(windows)} windows; hybrid@{last} ≈ MC-only@{point * last:.0f}: "
+                 f"factor {point:.1f} [{low:.1f}, {high:.1f}]", fontsize=9)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(config.budgets, [str(b) for b in config.budgets])
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("rollouts")
+    ax.set_ylabel("effective samples of the draws")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def ess_factor(log_mc: np.ndarray, log_hybrid: np.ndarray, config: RealPart, rng: np.random.Generator) -> dict:
@@ -740,8 +780,10 @@ def main(argv: list[str] | None = None) -> int:
                                f"{amortisation_factor(rows, config.real, np.random.default_rng(0), suffix)}")
         if config.real.in_tree and all(np.isfinite(r.get("draws_ess", np.nan)) for r in rows
                                        if r["curve"].endswith(RESAMPLED)):
-            factors.append(f"\nEffective samples of the draws (ratios, geometric mean [95% CI] over windows): "
-                           f"{ess_ratios(rows, config.real, np.random.default_rng(0))}")
+            ratios = ess_ratios(rows, config.real, np.random.default_rng(0))
+            plot_ess(rows, config.real, ratios["factor"], out / "ess_vs_rollouts.png", np.random.default_rng(0))
+            factors.append(f"\nEffective samples of the draws (ratios, geometric mean [95% CI] over windows; "
+                           f"plot: ess_vs_rollouts.png): {ratios}")
         write_summary(out / "real.md", [header, "## Mean over the held-out windows\n", method_means(rows), "",
                                              "## Held-out windows\n", real_summary(rows), "", *factors])
     return 0
