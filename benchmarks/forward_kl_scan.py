@@ -78,12 +78,13 @@ def load_module(head_dir: str, datamodule, lam: float):
     whose Q is that value exactly (β = 1, no residual, zero bias)."""
     from sadt.head_io import load_head
     from sadt.lm.base_model import lm_fingerprint
-    from search.forecast_task import DIGIT_AHEAD_REWARD, PARAMETER_FREE_VALUES, PARTIAL_REWARD
+    from search.forecast_task import DIGIT_AHEAD_REWARD, PARAMETER_FREE_VALUES, PARTIAL_REWARD, SOFT_AHEAD_REWARD
     from trainers.module import FlowHeadModule
 
     if head_dir in PARAMETER_FREE_VALUES:
-        module = FlowHeadModule(lam=lam, partial_reward=True, residual=False,
-                                look_ahead=head_dir != PARTIAL_REWARD, digit_ahead=head_dir == DIGIT_AHEAD_REWARD)
+        module = FlowHeadModule(lam=lam, partial_reward=True, residual=False, look_ahead=head_dir != PARTIAL_REWARD,
+                                digit_ahead=head_dir in (DIGIT_AHEAD_REWARD, SOFT_AHEAD_REWARD),
+                                soft_ahead=head_dir == SOFT_AHEAD_REWARD)
         module.attach(datamodule)
         return module.eval()
     head, meta = load_head(head_dir, lm_fingerprint())

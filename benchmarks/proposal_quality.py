@@ -133,7 +133,7 @@ def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
                 continue
             start = time.perf_counter()
             draws = sample_policy(lm, task, n_samples=config.n_draws, batch_size=config.batch_size,
-                                  value_head=task.value(heads.get(head, head)),
+                                  value_head=task.value(heads.get(head, head), config.lam),
                                   guide_lam=scale * config.lam, seed=config.seed, progress=False)
             rewards = task.reward_fn(draws.actions)
             log_w = draws.log_prior + config.lam * rewards - draws.log_proposal

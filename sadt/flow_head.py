@@ -25,6 +25,7 @@ class FlowHeadConfig:
     reward_weight_positions: int = 0  # > 0: β also per digit of the value being written (MLPFlowHead.weigh_reward)
     look_ahead: bool = False  # R⁺ (ForecastReward.ahead: a seasonal-naive fill of the rest) in place of R
     digit_ahead: bool = False  # R⁺ᵈ: R⁺ that also completes the value being written (sadt.partial_reward.digit_ahead_q)
+    soft_ahead: bool = False  # V⁺ᵈ: R⁺ᵈ averaged over noisy guesses of the rest (ForecastReward.soft_ahead); needs λ
     residual: bool = True  # False: Q_φ = β·R + a per-action bias, no MLP on h(s) (needs partial_reward)
 
     def __post_init__(self) -> None:
@@ -41,6 +42,8 @@ class FlowHeadConfig:
                              f"reward_weight_bins={self.reward_weight_bins}")
         if self.digit_ahead and not self.look_ahead:
             raise ValueError("`digit_ahead` refines the look-ahead reward R⁺: it needs `look_ahead`")
+        if self.soft_ahead and not self.digit_ahead:
+            raise ValueError("`soft_ahead` averages R⁺ᵈ over guesses of the rest: it needs `digit_ahead`")
 
 
 def _mlp(d_in: int, width: int, layers: int, d_out: int) -> nn.Sequential:

@@ -13,7 +13,9 @@ explains 60%), so a head on those states alone cannot learn it. Two values use R
   one learned weight per share k/H of the horizon's values completed (`--model.reward_weight_bins`):
   R is near pure noise about the soft value early in a forecast and exact at its end; or with R⁺,
   the look-ahead reward (`ForecastReward.ahead`), in place of R (`--model.look_ahead`); or with
-  R⁺ᵈ, R⁺ that also reads the value being written (`digit_ahead_q`, `--model.digit_ahead`).
+  R⁺ᵈ, R⁺ that also reads the value being written (`digit_ahead_q`, `--model.digit_ahead`), or with
+  V⁺ᵈ, R⁺ᵈ's soft version averaged over noisy guesses of the rest (`ForecastReward.soft_ahead`,
+  `--model.soft_ahead`).
 
 R and R⁺ change only at a separator, so they tell digits apart only once a value is finished: the
 choice between the digits of a value, where the tilt acts first, they leave to the residual. R⁺ᵈ
@@ -45,16 +47,19 @@ def completed_values(codec: Codec, actions: Sequence[int]) -> np.ndarray:
 
 
 def partial_reward_q(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]],
-                     look_ahead: bool = False, digit_ahead: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """R(s·a) (R⁺(s·a) with `look_ahead`, R⁺ᵈ(s·a) with `digit_ahead`: `digit_ahead_q`) and the share
-    k(s·a)/H of the horizon's values s·a has completed, for every action a of each action sequence s:
-    two (B, A) arrays.
+                     look_ahead: bool = False, digit_ahead: bool = False,
+                     soft_lam: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """R(s·a) (R⁺(s·a) with `look_ahead`, R⁺ᵈ(s·a) with `digit_ahead`: `digit_ahead_q`, or its soft
+    version V⁺ᵈ(s·a) at λ = `soft_lam`) and the share k(s·a)/H of the horizon's values s·a has
+    completed, for every action a of each action sequence s: two (B, A) arrays.
 
     Only the separator completes a value, so R(s·a) = R(s) and k(s·a) = k(s) for every other action
     (a digit extends the unfinished value, END stops the text), and R(s·SEP) includes the finished value.
     """
+    if soft_lam is not None and not digit_ahead:
+        raise ValueError("the soft look-ahead value (`soft_lam`) averages R⁺ᵈ's guesses: it needs `digit_ahead`")
     if digit_ahead:
-        return digit_ahead_q(codec, reward, sequences)
+        return digit_ahead_q(codec, reward, sequences, soft_lam)
     B, A = len(sequences), len(codec.action_token_ids)
     done = [completed_values(codec, s) for s in sequences] + [completed_values(codec, [*s, SEP]) for s in sequences]
     r = (reward.ahead if look_ahead else reward.partial)(done)
@@ -82,9 +87,11 @@ def nearest_completion(prefix: str, target: int, max_digits: int) -> int:
     return best
 
 
-def digit_ahead_q(codec: Codec, reward: ForecastReward,
-                  sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def digit_ahead_q(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]],
+                  soft_lam: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """R⁺ᵈ(s·a), the look-ahead reward with the value being written completed, and k(s·a)/H: two (B, A) arrays.
+    With `soft_lam` = λ, V⁺ᵈ(s·a) in place of R⁺ᵈ: the same completions scored by `ForecastReward.soft_ahead`,
+    which averages exp(λ r) over noisy guesses of the values not yet written.
 
     For a digit a, s·a's unfinished value u·a is completed to the `nearest_completion` of the
     seasonal-naive value y_k at its position k (the one R⁺ would fill in): the closest forecast
@@ -109,7 +116,8 @@ def digit_ahead_q(codec: Codec, reward: ForecastReward,
             if unfinished:
                 here[SEP] = np.append(done, int(unfinished) / scale)
         windows += here
-    r = reward.ahead(windows).reshape(len(sequences), n_actions)
+    scored = reward.ahead(windows) if soft_lam is None else reward.soft_ahead(windows, soft_lam)
+    r = scored.reshape(len(sequences), n_actions)
     share = np.array([min(w.size, H) / H for w in windows]).reshape(len(sequences), n_actions)
     return r, share
 
@@ -133,12 +141,13 @@ class PartialRewardValue:
     reads_sequences = True
 
     def __init__(self, codec: Codec, reward: ForecastReward, look_ahead: bool = False,
-                 digit_ahead: bool = False) -> None:
+                 digit_ahead: bool = False, soft_lam: float | None = None) -> None:
         self.codec, self.reward, self.look_ahead, self.digit_ahead = codec, reward, look_ahead, digit_ahead
+        self.soft_lam = soft_lam
 
     def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """(B, H) hidden states, B action sequences -> Q (B, A) float64."""
-        q, _ = partial_reward_q(self.codec, self.reward, sequences, self.look_ahead, self.digit_ahead)
+        q, _ = partial_reward_q(self.codec, self.reward, sequences, self.look_ahead, self.digit_ahead, self.soft_lam)
         return torch.as_tensor(q, dtype=torch.float64, device=hidden.device)
 
 
@@ -153,12 +162,16 @@ class ShapedValue:
 
     reads_sequences = True
 
-    def __init__(self, head, codec: Codec, reward: ForecastReward) -> None:
+    def __init__(self, head, codec: Codec, reward: ForecastReward, lam: float | None = None) -> None:
+        if head.config.soft_ahead and lam is None:
+            raise ValueError("this head weighs the soft look-ahead value V⁺ᵈ, which needs the search's λ: pass `lam`")
         self.head, self.codec, self.reward = head, codec, reward
+        self.soft_lam = lam if head.config.soft_ahead else None
 
     def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         config = self.head.config
-        r, share = partial_reward_q(self.codec, self.reward, sequences, config.look_ahead, config.digit_ahead)
+        r, share = partial_reward_q(self.codec, self.reward, sequences, config.look_ahead, config.digit_ahead,
+                                    self.soft_lam)
         r, share = torch.as_tensor(r, device=hidden.device), torch.as_tensor(share, device=hidden.device)
         position = None
         if config.reward_weight_positions:

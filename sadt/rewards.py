@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.signal
+import scipy.special
 
 from sadt.spectral import SpectralConfig, SpectralPenalty
 
@@ -112,14 +113,49 @@ class ForecastReward:
         `dominant_period`), so R⁺ guesses the finished forecast's reward where R (`partial`) scores
         the context's tail, and R⁺(x) = R(x) once the forecast is finished.
         """
-        windows = np.empty((len(completed), self.horizon))
+        return -self.config.gamma * self.spectral(self.seasonal_fill(completed)[0])
+
+    def soft_ahead(self, completed: list[np.ndarray], lam: float, samples: int = 32, noise_scale: float = 1.0,
+                   seed: int = 0) -> np.ndarray:
+        """A soft look-ahead value of partial forecasts, (B,):
+
+            V⁺(s) = (1/λ) log (1/K) Σ_j exp(λ r(x̃(s) + σ ε_j ⊙ m(s))),
+
+        x̃(s) R⁺'s seasonal-naive completion, m(s) its filled (not yet written) steps, ε_j ~ N(0, I)
+        drawn once from `seed` (the same K draws for every s: differences between states are not
+        noise), σ = `noise_scale` × the context's seasonal-naive residual scale. Where R⁺ scores one
+        guess of the rest of the forecast, V⁺ averages exp(λ r) over K guesses, as the soft value
+        averages over p's futures: the more is left to write, the flatter V⁺ is across actions.
+        V⁺ = R⁺ for a finished forecast (nothing filled) and for `noise_scale` 0.
+        """
+        if not lam > 0 or samples < 1 or noise_scale < 0:
+            raise ValueError(f"soft_ahead needs lam > 0, samples >= 1 and noise_scale >= 0, got {lam}, {samples}, "
+                             f"{noise_scale}")
+        fills, written = self.seasonal_fill(completed)  # (B, H), (B,)
+        filled = np.arange(self.horizon)[None, :] >= written[:, None]
+        noise = np.random.default_rng(seed).standard_normal((samples, self.horizon))
+        sigma = noise_scale * self.seasonal_residual_scale
+        guesses = fills[:, None, :] + sigma * noise[None] * filled[:, None, :]  # (B, K, H)
+        r = -self.config.gamma * self.spectral(guesses.reshape(-1, self.horizon)).reshape(len(fills), samples)
+        return (scipy.special.logsumexp(lam * r, axis=1) - np.log(samples)) / lam
+
+    def seasonal_fill(self, completed: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Each partial forecast's k ≤ H completed values followed by a seasonal-naive continuation (`ahead`),
+        (B, H), and each k, (B,)."""
+        windows, written = np.empty((len(completed), self.horizon)), np.empty(len(completed), dtype=np.int64)
         for row, done in enumerate(completed):
             done = np.asarray(done, dtype=np.float64)[: self.horizon]
             series = np.concatenate([self.context[-self.season :], done, np.empty(self.horizon - done.size)])
             for i in range(self.season + done.size, series.size):  # one season back, filled values included
                 series[i] = series[i - self.season]
-            windows[row] = series[self.season :]
-        return -self.config.gamma * self.spectral(windows)
+            windows[row], written[row] = series[self.season :], done.size
+        return windows, written
+
+    @functools.cached_property
+    def seasonal_residual_scale(self) -> float:
+        """The standard deviation of the context's seasonal differences c_t − c_{t−period}: how far a
+        seasonal-naive guess typically misses, the noise scale of `soft_ahead`."""
+        return float(np.std(self.context[self.season :] - self.context[: -self.season]))
 
     @functools.cached_property
     def season(self) -> int:

@@ -18,7 +18,8 @@ from search.tree_search import SearchConfig, SearchResult, TreeSearch
 PARTIAL_REWARD = "partial_reward"  # as a value head: Q(s, a) = R(s·a), no trained head
 LOOK_AHEAD_REWARD = "look_ahead_reward"  # Q(s, a) = R⁺(s·a), the look-ahead reward
 DIGIT_AHEAD_REWARD = "digit_ahead_reward"  # Q(s, a) = R⁺ᵈ(s·a): R⁺ with the value being written completed
-PARAMETER_FREE_VALUES = (PARTIAL_REWARD, LOOK_AHEAD_REWARD, DIGIT_AHEAD_REWARD)
+SOFT_AHEAD_REWARD = "soft_ahead_reward"  # Q(s, a) = V⁺ᵈ(s·a): R⁺ᵈ averaged over noisy guesses of the rest, at λ
+PARAMETER_FREE_VALUES = (PARTIAL_REWARD, LOOK_AHEAD_REWARD, DIGIT_AHEAD_REWARD, SOFT_AHEAD_REWARD)
 
 
 @dataclass
@@ -55,21 +56,26 @@ class ForecastTask:
         """R(s) of each (possibly unfinished) action sequence from its completed values, (B,)."""
         return self.reward.partial([completed_values(self.codec, s) for s in sequences])
 
-    def value(self, head) -> object:
+    def value(self, head, lam: float | None = None) -> object:
         """The value the search reads for `head`: a trained head, `PARTIAL_REWARD` (Q = R(s·a)),
-        `LOOK_AHEAD_REWARD` (Q = R⁺(s·a)), `DIGIT_AHEAD_REWARD` (Q = R⁺ᵈ(s·a)), or None.
+        `LOOK_AHEAD_REWARD` (Q = R⁺(s·a)), `DIGIT_AHEAD_REWARD` (Q = R⁺ᵈ(s·a)), `SOFT_AHEAD_REWARD`
+        (Q = V⁺ᵈ(s·a) at λ = `lam`), or None.
 
-        A head trained with `partial_reward` is wrapped so that it adds this task's R(s·a).
+        A head trained with `partial_reward` is wrapped so that it adds this task's R(s·a); one trained
+        with `soft_ahead` needs the search's λ too.
         """
         if head is None:
             return None
         if isinstance(head, str):
             if head not in PARAMETER_FREE_VALUES:
                 raise ValueError(f"value head must be a loaded head or one of {PARAMETER_FREE_VALUES}, got {head!r}")
+            if head == SOFT_AHEAD_REWARD and lam is None:
+                raise ValueError(f"value {head!r} averages exp(λ r): pass the search's `lam`")
             return PartialRewardValue(self.codec, self.reward, look_ahead=head != PARTIAL_REWARD,
-                                      digit_ahead=head == DIGIT_AHEAD_REWARD)
+                                      digit_ahead=head in (DIGIT_AHEAD_REWARD, SOFT_AHEAD_REWARD),
+                                      soft_lam=lam if head == SOFT_AHEAD_REWARD else None)
         if getattr(getattr(head, "config", None), "partial_reward", False):
-            return ShapedValue(head, self.codec, self.reward)
+            return ShapedValue(head, self.codec, self.reward, lam)
         return head
 
     def values(self, sequences: list[list[int]]) -> np.ndarray:
@@ -81,7 +87,7 @@ class ForecastTask:
         """The configured sampler on this task, not yet run (`run(until)` for an anytime curve)."""
         return make_sampler(
             lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config,
-            self.value(value_head),
+            self.value(value_head, config.lam),
         )
 
     def search(self, lm: LMBackend, config: SearchConfig, value_head=None) -> SearchResult | SMCResult:

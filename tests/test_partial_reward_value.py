@@ -167,6 +167,26 @@ def test_digit_ahead_along_the_seasonal_guess_keeps_the_look_ahead_reward(task):
     assert not np.allclose(r[0, :SEP], r[0, int(target[0])])  # other leading digits commit to other values
 
 
+def test_soft_ahead_value_scores_digit_ahead_completions_softly_at_the_searchs_lam(task):
+    sequences = [[], [1], [1, 2, SEP, 3]]
+    hidden = torch.zeros(len(sequences), 8)
+    with pytest.raises(ValueError, match="pass the search's `lam`"):
+        task.value("soft_ahead_reward")
+    q = task.value("soft_ahead_reward", lam=15.0)(hidden, sequences).numpy()
+    soft, share = digit_ahead_q(task.codec, task.reward, sequences, soft_lam=15.0)
+    _, digit_share = digit_ahead_q(task.codec, task.reward, sequences)
+    np.testing.assert_array_equal(q, soft)
+    np.testing.assert_array_equal(share, digit_share)
+    # SEP finishes the value being written: its window is s·SEP's completed values, scored by soft_ahead.
+    finished = completed_values(task.codec, [1, 2, SEP, 3, SEP])
+    assert q[2, SEP] == pytest.approx(task.reward.soft_ahead([finished], 15.0)[0], abs=1e-12)
+    assert not np.allclose(q, digit_ahead_q(task.codec, task.reward, sequences)[0])
+    with pytest.raises(ValueError, match="needs `digit_ahead`"):
+        partial_reward_q(task.codec, task.reward, sequences, look_ahead=True, soft_lam=15.0)
+    with pytest.raises(ValueError, match="needs `digit_ahead`"):
+        FlowHeadConfig(partial_reward=True, look_ahead=True, soft_ahead=True)
+
+
 def test_digit_ahead_without_the_look_ahead_is_an_error():
     with pytest.raises(ValueError, match="needs `look_ahead`"):
         FlowHeadConfig(partial_reward=True, digit_ahead=True)

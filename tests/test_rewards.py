@@ -70,3 +70,31 @@ def test_dominant_period_finds_a_seasons_length_under_trend_and_noise(period):
     t = np.arange(96)
     series = np.sin(2 * np.pi * t / period) + 0.02 * t + 0.1 * np.random.default_rng(period).normal(size=96)
     assert dominant_period(series) == period
+
+
+def test_soft_look_ahead_is_the_log_mean_exp_of_the_reward_over_noisy_guesses_of_the_rest(context):
+    reward = ForecastReward(context, horizon=24, config=RewardConfig(gamma=2.0))
+    forecast = 1.0 + 0.1 * np.cos(np.arange(24))
+    lam, samples = 5.0, 16
+    soft = reward.soft_ahead([forecast[:10]], lam, samples=samples, seed=3)[0]
+    # Reference by another route: the season's fill written out, the noise on the 14 filled steps only,
+    # each guess scored as a finished forecast by the reward itself, the mean in float64 without logsumexp.
+    fill = np.r_[forecast[:10], context[-2:], forecast[:10], context[-2:]]  # period 12: one season back
+    sigma = np.std(context[12:] - context[:-12])
+    noise = np.random.default_rng(3).standard_normal((samples, 24))
+    guesses = fill + sigma * noise * (np.arange(24) >= 10)
+    r = reward(guesses, np.ones(samples, dtype=bool)).total
+    assert soft == pytest.approx(np.log(np.mean(np.exp(lam * r))) / lam, abs=1e-10)
+    assert r.mean() < soft < r.max()  # Jensen: above the mean reward, below the best guess
+
+
+def test_soft_look_ahead_is_the_look_ahead_reward_when_nothing_is_guessed(context):
+    reward = ForecastReward(context, horizon=24, config=RewardConfig(gamma=2.0))
+    forecast = 1.0 + 0.1 * np.cos(np.arange(24))
+    partial = [[], forecast[:7], forecast]
+    finished = reward.soft_ahead([forecast], lam=15.0)  # no step is guessed: V⁺(x) = r(x)
+    np.testing.assert_allclose(finished, reward(forecast[None], np.array([True])).total, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(reward.soft_ahead(partial, lam=15.0, noise_scale=0.0), reward.ahead(partial),
+                               rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="lam > 0"):
+        reward.soft_ahead(partial, lam=0.0)

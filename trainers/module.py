@@ -72,6 +72,8 @@ class FlowHeadModule(pl.LightningModule):
             tells the digits of a value apart.
         residual: False drops the MLP on h(s) (needs `partial_reward`): Q_φ = β(k/H)·R + a per-action
             bias, reading no LM state; the ablation that asks what the residual adds.
+        soft_ahead: with `digit_ahead`, V⁺ᵈ (`ForecastReward.soft_ahead` at the fit's λ: R⁺ᵈ averaged
+            over noisy guesses of the values not yet written) in place of R⁺ᵈ.
         reward_weight_positions: with `reward_weight_bins`, split each β by the digits of the unfinished
             value written so far, clamped to this many columns (0: one β per bin). The codec's
             `max_digits` + 1 gives every digit position and a full value its own weight.
@@ -87,7 +89,7 @@ class FlowHeadModule(pl.LightningModule):
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
         lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, partial_reward: bool = False,
         reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, look_ahead: bool = False, residual: bool = True,
-        digit_ahead: bool = False, reward_weight_positions: int = 0,
+        digit_ahead: bool = False, reward_weight_positions: int = 0, soft_ahead: bool = False,
     ) -> None:
         super().__init__()
         if not lam > 0:
@@ -108,7 +110,8 @@ class FlowHeadModule(pl.LightningModule):
         embeddings = self.lm.head.weight[self.action_token_ids]
         head_config = FlowHeadConfig(hidden=hidden, layers=layers, partial_reward=partial_reward,
                                      reward_weight_bins=reward_weight_bins, look_ahead=look_ahead, residual=residual,
-                                     digit_ahead=digit_ahead, reward_weight_positions=reward_weight_positions)
+                                     digit_ahead=digit_ahead, reward_weight_positions=reward_weight_positions,
+                                     soft_ahead=soft_ahead)
         self.head = MLPFlowHead(embeddings, head_config)
         self.lora_config = self.peft = None
         if adapter == "lora":
@@ -237,8 +240,9 @@ class FlowHeadModule(pl.LightningModule):
             path = tuple(actions[row][mask[row]].tolist())
             if (prompt, path) not in self.shaping_cache:
                 states = [path[:t] for t in range(len(path))]
-                r, share = partial_reward_q(self.codec, self.reward_of(prompt), states, self.hparams.look_ahead,
-                                            self.hparams.digit_ahead)
+                hp = self.hparams
+                r, share = partial_reward_q(self.codec, self.reward_of(prompt), states, hp.look_ahead, hp.digit_ahead,
+                                            hp.lam if hp.soft_ahead else None)
                 position = np.broadcast_to(digits_written(self.codec, states)[:, None], r.shape)
                 self.shaping_cache[prompt, path] = torch.as_tensor(np.stack([r, share, position]), dtype=torch.float32)
             out[:, row, : len(path)] = self.shaping_cache[prompt, path]

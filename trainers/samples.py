@@ -70,10 +70,11 @@ class SampleForecasts(pl.Callback):
         forecasts = {}
         for policy, guide in (("prior", 0.0), ("P_F", module.hparams.lam)):
             generator = torch.Generator().manual_seed(self.seed)
+            value = (ShapedValue(module.head, codec, reward, module.hparams.lam) if module.head.config.partial_reward
+                     else module.head.q)
             out = rollout(
                 lm, cache, module.action_token_ids, module.grammar, [[]] * self.n_samples, generator=generator,
-                value_head=ShapedValue(module.head, codec, reward) if module.head.config.partial_reward
-                else module.head.q, guide_lam=guide,
+                value_head=value, guide_lam=guide,
             )
             actions = out.actions.cpu().numpy()
             values, valid = codec.decode_actions(actions, horizon)
