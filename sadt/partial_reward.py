@@ -131,8 +131,8 @@ def digits_written(codec: Codec, sequences: Sequence[Sequence[int]]) -> np.ndarr
 
 
 class PartialRewardValue:
-    """Q(s, a) = R(s·a) (or R⁺(s·a) with `look_ahead`, R⁺ᵈ(s·a) with `digit_ahead`): a value without
-    parameters for the hybrid, twisted SMC or the flow sampler.
+    """Q(s, a) = R(s·a) (or R⁺(s·a) with `look_ahead`, R⁺ᵈ(s·a) with `digit_ahead`, V⁺ᵈ(s·a) at λ =
+    `soft_lam`): a value without parameters for the hybrid, twisted SMC or the flow sampler.
 
     It reads no LM state (`hidden` only sets the device); use it with `hybrid_offset`, which
     supplies the level that R, a score of the completed values only, lacks.
@@ -156,8 +156,8 @@ class ShapedValue:
 
     β_φ is 1 unless the head learned one weight per share k/H of the values completed
     (`FlowHeadConfig.reward_weight_bins`, `MLPFlowHead.weigh_reward`), and per digit of the value
-    being written (`reward_weight_positions`); R is R⁺ for a head
-    trained with `look_ahead`, R⁺ᵈ with `digit_ahead`.
+    being written (`reward_weight_positions`); R is R⁺ for a head trained with `look_ahead`, R⁺ᵈ with
+    `digit_ahead`, V⁺ᵈ at the search's λ (`lam`) with `soft_ahead`.
     """
 
     reads_sequences = True
