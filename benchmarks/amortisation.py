@@ -416,6 +416,12 @@ def scored_row(task, truth: np.ndarray, samples: list[list[int]], rewards: np.nd
     return row
 
 
+def bootstrap_means(per_window: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """Means over windows (axis 0) of `n_boot` resamples of the windows with replacement: (n_boot, ...)."""
+    n = len(per_window)
+    return np.array([per_window[rng.integers(0, n, n)].mean(0) for _ in range(n_boot)])
+
+
 def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Generator, sampler: str = "") -> dict:
     """reference / b*, b* the smallest hybrid budget whose mean reward ≥ MC-only's at the reference.
 
@@ -443,7 +449,7 @@ def amortisation_factor(rows: list[dict], config: RealPart, rng: np.random.Gener
     mc_budgets = config.budgets[:-1]
     equal = [b for b in config.hybrid_budgets if b in mc_budgets]
     paired = hybrid[:, [config.hybrid_budgets.index(b) for b in equal]] - gaps("maxent_ts", equal)  # (windows, b)
-    paired_boot = np.array([paired[rng.integers(0, len(series), len(series))].mean(0) for _ in range(config.bootstrap)])
+    paired_boot = bootstrap_means(paired, rng, config.bootstrap)
     labels = [f"{label}@{b}" for label, budgets in (("maxent_ts", mc_budgets), ("hybrid", config.hybrid_budgets))
               for b in budgets]
 
@@ -481,17 +487,14 @@ def ess_ratios(rows: list[dict], config: RealPart, rng: np.random.Generator) -> 
     """
     windows = sorted({r["series"] for r in rows})
 
-    def log_ess(label: str, budgets: list[int]) -> np.ndarray:
-        return log_draws_ess(rows, windows, label, budgets)
-
     def summary(log_ratio: np.ndarray, budgets: list[int]) -> dict:
-        boot = np.array([log_ratio[rng.integers(0, len(windows), len(windows))].mean(0)
-                         for _ in range(config.bootstrap)])
+        boot = bootstrap_means(log_ratio, rng, config.bootstrap)
         low, high = np.percentile(boot, [2.5, 97.5], axis=0)
         return {b: [round(float(np.exp(x)), 3) for x in (log_ratio[:, i].mean(), low[i], high[i])]
                 for i, b in enumerate(budgets)}
 
-    mc, hybrid = log_ess("maxent_ts", config.budgets), log_ess("hybrid", config.hybrid_budgets)
+    mc = log_draws_ess(rows, windows, "maxent_ts", config.budgets)
+    hybrid = log_draws_ess(rows, windows, "hybrid", config.hybrid_budgets)
     equal = [b for b in config.hybrid_budgets if b in config.budgets]
     mc_at_equal = mc[:, [config.budgets.index(b) for b in equal]]
     hybrid_at_equal = hybrid[:, [config.hybrid_budgets.index(b) for b in equal]]
@@ -523,8 +526,7 @@ def plot_ess(rows: list[dict], config: RealPart, factor: dict, path: Path, rng: 
     for label, name, budgets, color in (("maxent_ts", "MC-only", config.budgets, "C0"),
                                         ("hybrid", "hybrid", config.hybrid_budgets, "C1")):
         log_ess = log_draws_ess(rows, windows, label, budgets)
-        boot = np.array([log_ess[rng.integers(0, len(windows), len(windows))].mean(0)
-                         for _ in range(config.bootstrap)])
+        boot = bootstrap_means(log_ess, rng, config.bootstrap)
         ax.plot(budgets, np.exp(log_ess.T), color=color, alpha=0.2, linewidth=0.8)
         ax.plot(budgets, np.exp(log_ess.mean(0)), color=color, marker="o", label=f"{name} (geometric mean)")
         ax.fill_between(budgets, *np.exp(np.percentile(boot, [2.5, 97.5], axis=0)), color=color, alpha=0.2)
@@ -610,7 +612,7 @@ def plot_curves(rows: list[dict], path: Path, rng: np.random.Generator, n_boot: 
         if not mc.size:
             continue  # no MC-only curve with this sampler to measure against
         gaps = rewards - mc[:, -1:]  # minus MC-only at its largest budget, same sampler
-        boot = np.array([gaps[rng.integers(0, len(windows), len(windows))].mean(0) for _ in range(n_boot)])
+        boot = bootstrap_means(gaps, rng, n_boot)
         ax.plot(budgets, gaps.mean(0), marker="o", label=curve, **style[curve])
         ax.fill_between(budgets, *np.percentile(boot, [2.5, 97.5], axis=0), alpha=0.2, color=style[curve]["color"])
     ax.axhline(0.0, color="black", linewidth=0.8)
