@@ -243,7 +243,8 @@ class FlowHeadModule(pl.LightningModule):
                 hp = self.hparams
                 r, share = partial_reward_q(self.codec, self.reward_of(prompt), states, hp.look_ahead, hp.digit_ahead,
                                             hp.lam if hp.soft_ahead else None)
-                position = np.broadcast_to(digits_written(self.codec, states)[:, None], r.shape)
+                written = digits_written(self.codec, states) if hp.reward_weight_positions else np.zeros(len(states))
+                position = np.broadcast_to(written[:, None], r.shape)  # read only by a per-position β
                 self.shaping_cache[prompt, path] = torch.as_tensor(np.stack([r, share, position]), dtype=torch.float32)
             out[:, row, : len(path)] = self.shaping_cache[prompt, path]
         return out
