@@ -1,7 +1,8 @@
 """Harvest search trajectories into an HDF5 buffer: `python -m search.harvest --config configs/harvest/default.yaml`.
 
 The task set is every (series, context window, seed): windows slide over each series' history,
-never its LLMTime test horizon, so the held-out part stays unseen by training. Each task runs
+never its LLMTime test horizon, so the held-out part stays unseen by training; `generated: N` adds
+N synthetic contexts (`data.generator`, seed `generator_seed`), each its own prompt. Each task runs
 the configured tree search and appends, as one committed prompt, every root-to-terminal path of
 the tree (source `tree_path`, with per-step prior log-probs, tree values and visits) and the
 samples drawn from the finished tree (source `tree_sample`). With `sampler: prior` there is no
@@ -29,13 +30,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data.buffer import SOURCES, BufferWriter, PromptRecord
+from data.generator import generate_one
 from data.series import load_builtin
 from sadt.codec import Codec, CodecConfig
 from sadt.config import ConfigError, load_config, to_dict
 from sadt.rewards import RewardConfig
 from search.ancestral import sample_policy
+from search.config import SearchConfig
 from search.forecast_task import ForecastTask
-from search.tree_search import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class HarvestConfig:
     context_length: int = 48  # steps of context per window
     horizon: int = 12  # steps forecast per window
     windows_per_series: int = 2  # windows, evenly spaced over each series' history (test part excluded)
+    generated: int = 0  # synthetic contexts (data.generator) after the series' windows
+    generator_seed: int = 0  # the generator's seed: context i is the same whatever `generated` is
     seeds: list[int] = field(default_factory=lambda: [0])
     output: str = "data/buffers/harvest.h5"  # shard i/n writes `<stem>.shard<i>of<n>.h5`
     device: str = "cpu"
@@ -59,6 +63,8 @@ class HarvestConfig:
             raise ValueError(f"need context_length >= 8 and horizon >= 4, got {self.context_length}, {self.horizon}")
         if self.windows_per_series < 1 or not self.seeds:
             raise ValueError("need windows_per_series >= 1 and at least one seed")
+        if self.generated < 0:
+            raise ValueError(f"harvest `generated` must be >= 0, got {self.generated}")
         if self.sampler not in ("tree", "prior"):
             raise ValueError(f"harvest `sampler` must be 'tree' or 'prior', got {self.sampler!r}")
 
@@ -85,7 +91,22 @@ def task_set(config: HarvestConfig) -> list[Task]:
             raise ValueError(f"{name}: history of {history.size} steps is too short for the windows")
         for end in np.linspace(first, last, config.windows_per_series).round().astype(int):
             tasks.extend(Task(0, name, int(end), seed) for seed in config.seeds)
+    for i in range(config.generated):
+        tasks.extend(Task(0, f"{GENERATED_PREFIX}{config.generator_seed}-{i}", config.context_length, seed)
+                     for seed in config.seeds)
     return [dataclasses.replace(t, index=i) for i, t in enumerate(tasks)]
+
+
+GENERATED_PREFIX = "gen"  # a task whose series is "gen<seed>-<index>" reads data.generator's series
+
+
+def task_context(task: Task, config: HarvestConfig) -> np.ndarray:
+    """The context window of a task: a built-in series' history, or a generated series."""
+    if task.series.startswith(GENERATED_PREFIX):
+        seed, index = (int(x) for x in task.series[len(GENERATED_PREFIX):].split("-"))
+        return generate_one(seed, index, config.context_length).values
+    history = load_builtin(task.series).context
+    return history[task.end - config.context_length : task.end]
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -109,9 +130,7 @@ def shard_path(output: str, shard: tuple[int, int]) -> Path:
 
 def harvest_task(lm, codec: Codec, task: Task, config: HarvestConfig) -> PromptRecord:
     """Search one task (or, with `sampler: prior`, draw from p) and turn the result into a prompt record."""
-    history = load_builtin(task.series).context
-    context = history[task.end - config.context_length : task.end]
-    forecast = ForecastTask.build(codec, context, config.horizon, config.reward)
+    forecast = ForecastTask.build(codec, task_context(task, config), config.horizon, config.reward)
     search_config = dataclasses.replace(config.search, seed=task.seed * 100_003 + task.index, progress=False)
     if config.sampler == "prior":
         return _prior_record(lm, forecast, task, search_config)
