@@ -41,8 +41,8 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR / "tests"))  # the toy problem lives with the tests
 
 from sadt.config import load_config, to_dict  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
 from search.forecast_task import PARAMETER_FREE_VALUES  # noqa: E402
-from search.tree_search import SearchConfig  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from sadt.codec import Codec  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
 from sadt.head_io import load_value_head  # noqa: E402
 from sadt.lm.base_model import lm_fingerprint, load_base_lm  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
 from search.forecast_task import ForecastTask  # noqa: E402
-from search.tree_search import SearchConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

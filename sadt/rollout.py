@@ -1,9 +1,8 @@
 """Batched rollouts under the digit grammar: the prior p(a|s) renormalised over A(s), sampled.
 
-The prior of an action is the LM's softmax restricted to the allowed set (DESIGN §2):
-`log p(a|s) = logit_a - logsumexp_{b in A(s)} logit_b`. With `top_k`, the prior is truncated to
-the k most likely allowed actions and renormalised; the target distribution is then defined on
-that truncated prior.
+Each step is `sadt.policy.policy_step`: the LM's softmax restricted to the allowed set (and to
+its top k), optionally tilted by a value head into P_F. With `top_k` the target distribution is
+defined on the truncated prior.
 """
 
 from __future__ import annotations
@@ -14,18 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from sadt.lm.backend import LMBackend
-
-
-def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
-    """log p(a|s) over the allowed actions, (B, A) -> (B, A); disallowed actions get -inf.
-
-    Every row must allow at least one action.
-    """
-    masked = logits.masked_fill(~mask, float("-inf"))
-    if top_k is not None and top_k < masked.shape[-1]:
-        kth = masked.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
-        masked = masked.masked_fill(masked < kth, float("-inf"))
-    return masked - torch.logsumexp(masked, dim=-1, keepdim=True)
+from sadt.policy import policy_step
 
 
 def head_q(value_head, hidden: torch.Tensor, sequences: Callable[[], list[list[int]]]) -> torch.Tensor:
@@ -86,7 +74,7 @@ def rollout(
     The recorded `log_prior` is the temperature-1 prior, whatever `temperature` samples with.
     """
     if temperature <= 0:
-        raise ValueError(f"rollout `temperature` must be > 0, got {temperature}")
+        raise ValueError(f"rollout `temperature` must be > 0, got {temperature}")  # before any LM work
     device = lm.device
     token_prefixes = [[action_token_ids[a] for a in p] for p in prefixes]
     action_token_ids = torch.tensor(list(action_token_ids), device=device)
@@ -109,20 +97,15 @@ def rollout(
     live = (~state.done).nonzero().squeeze(1)
     batch, state = lm.select(batch, live), state.index(live)
     while batch.size > 0:
-        mask = grammar.mask(state)
-        logp = masked_log_softmax(batch.logits.double(), mask, top_k)
         q = head_q(value_head, batch.hidden, live_sequences).double() if value_head is not None else None
-        sample_logp = logp
-        if temperature != 1.0 or (q is not None and guide_lam > 0):
-            tilt = guide_lam * q if q is not None and guide_lam > 0 else 0.0
-            sample_logp = masked_log_softmax(batch.logits.double() / temperature + tilt, mask, top_k)
-        chosen = torch.multinomial(sample_logp.exp(), 1, generator=generator).squeeze(1)  # (B_live,)
-        rows = batch.rows
+        step = policy_step(batch.logits, grammar.mask(state), q, top_k=top_k, guide_lam=guide_lam,
+                           temperature=temperature, generator=generator)
+        chosen, rows = step.action, batch.rows
         actions[rows, lengths[rows]] = chosen
-        log_prior[rows, lengths[rows]] = logp.gather(1, chosen[:, None]).squeeze(1)
-        log_proposal[rows, lengths[rows]] = sample_logp.gather(1, chosen[:, None]).squeeze(1)
+        log_prior[rows, lengths[rows]] = step.chosen(step.log_prior)
+        log_proposal[rows, lengths[rows]] = step.chosen(step.log_proposal)
         if step_log_probs is not None:
-            step_log_probs[rows, lengths[rows]] = logp
+            step_log_probs[rows, lengths[rows]] = step.log_prior
         if step_q is not None:
             step_q[rows, lengths[rows]] = q
         lengths[rows] += 1

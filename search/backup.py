@@ -18,17 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """log Σ exp(x) along `axis` with the max shifted out; rows of all -inf give -inf.
-
-    scipy's version spends ~80 µs per call on array-API dispatch, which dominated the tree's
-    backups on 12-element rows.
-    """
-    peak = np.max(x, axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.log(np.sum(np.exp(x - peak), axis=axis)) + np.squeeze(peak, axis=axis)
+from sadt.importance import logsumexp
 
 
 def soft_backup(child_values: np.ndarray, child_log_prior: np.ndarray, visited: np.ndarray, lam: float) -> np.ndarray:

@@ -11,9 +11,10 @@ from sadt.grammar import DigitGrammar
 from sadt.lm.backend import LMBackend
 from sadt.partial_reward import PartialRewardValue, ShapedValue, completed_values
 from sadt.rewards import ForecastReward, RewardConfig
+from search.config import SearchConfig, SearchResult
 from search.sampler import make_sampler
 from search.smc import SMC, SMCResult
-from search.tree_search import SearchConfig, SearchResult, TreeSearch
+from search.tree_search import TreeSearch
 
 PARTIAL_REWARD = "partial_reward"  # as a value head: Q(s, a) = R(s·a), no trained head
 LOOK_AHEAD_REWARD = "look_ahead_reward"  # Q(s, a) = R⁺(s·a), the look-ahead reward

@@ -46,10 +46,10 @@ from sadt.plots import fan_chart, psd_comparison
 from sadt.rewards import RewardConfig
 from sadt.spectral import spec_w1
 from search.ancestral import sample_prior
+from search.config import METHODS as TREE_METHODS
+from search.config import SearchConfig
 from search.forecast_task import ForecastTask
 from search.smc import SMC_METHODS
-from search.tree_search import METHODS as TREE_METHODS
-from search.tree_search import SearchConfig
 
 METHODS = ("base", *TREE_METHODS, *SMC_METHODS)  # `base`: plain batched sampling without a tree
 

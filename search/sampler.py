@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sadt.lm.backend import LMBackend
+from search.config import RewardFn, SearchConfig
 from search.smc import SMC, SMC_METHODS
-from search.tree_search import RewardFn, SearchConfig, TreeSearch
+from search.tree_search import TreeSearch
 
 
 def make_sampler(

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from search.backup import boltzmann_logits, logsumexp
+from sadt.importance import logsumexp
+from search.backup import boltzmann_logits
 
 
 def boltzmann(

@@ -4,11 +4,12 @@ N particles grow one token per LM forward, all in one batch with the prompt's KV
 Targets along the way are `γ_t(s) = p(s) ψ(s)` with the twist ψ:
 
 - `smc`: ψ = 1 until a particle ends, then exp(λ r(x)). Proposal p; the only weight is the reward.
-- `twisted_smc`: ψ(s) = exp(λ V_φ(s)), `V_φ(s) = (1/λ) log Σ_a p(a|s) exp(λ Q_φ(s,a))`, and the
-  proposal is the head's own policy `P_F(a|s) = p(a|s) exp(λ (Q_φ(s,a) − V_φ(s)))`. The
-  incremental weight `γ_{t+1} / (γ_t P_F)` is then `exp(λ (V_φ(s·a) − Q_φ(s,a)))`, with
-  `V_φ(x) = r(x)` at a terminal: zero for an exact head, so every particle is an exact draw of π*
-  and the estimate of log Z is exact.
+- `twisted_smc`: ψ(s) = exp(g V_φ(s)), `V_φ(s) = (1/g) log Σ_a p(a|s) exp(g Q_φ(s,a))`, and the
+  proposal is the head's own policy `P_F(a|s) = p(a|s) exp(g (Q_φ(s,a) − V_φ(s)))`, with
+  g = guide_scale · λ. The incremental weight `γ_{t+1} / (γ_t P_F)` is then
+  `exp(g (V_φ(s·a) − Q_φ(s,a)))`, with `g V_φ(x) = λ r(x)` at a terminal. With g = λ it is zero
+  for an exact head, so every particle is an exact draw of π* and the estimate of log Z is exact;
+  g < λ twists less (a wider proposal) and stays unbiased for Z.
 
 When the effective sample size `(Σw)² / Σw²` falls below `ess_threshold · N`, the particles are
 resampled (systematic) and `log Ẑ` collects `log mean w`; the product of those means is an
@@ -28,9 +29,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sadt.importance import effective_sample_size, log_mean_exp
 from sadt.lm.backend import LMBackend
+from sadt.policy import draw, policy_log_probs
 from sadt.rewards import checked_rewards
-from sadt.rollout import head_q, masked_log_softmax
+from sadt.rollout import head_q
 
 SMC_METHODS = ("smc", "twisted_smc")
 
@@ -56,18 +59,6 @@ class SMCResult:
     @property
     def log_Z(self) -> float:
         return self.lam * self.root_value
-
-
-def effective_sample_size(log_w: np.ndarray) -> float:
-    """(Σw)² / Σw², computed in log space."""
-    log_w = log_w - log_w.max()
-    w = np.exp(log_w)
-    return float(w.sum() ** 2 / (w**2).sum())
-
-
-def log_mean_exp(log_w: np.ndarray) -> float:
-    top = log_w.max()
-    return float(top + np.log(np.mean(np.exp(log_w - top))))
 
 
 def systematic_resample(log_w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -123,13 +114,12 @@ class SMC:
 
         with tqdm(total=n, desc=config.method, unit="particle done", disable=not config.progress) as bar:
             while live.size:
-                mask = self.grammar.mask(state)
-                log_p = masked_log_softmax(batch.logits.double(), mask, config.top_k)  # (B, A)
-                proposal = log_p
+                q = head_q(self.value_head, batch.hidden, live_sequences) if self.value_head is not None else None
+                log_p, proposal = policy_log_probs(batch.logits, self.grammar.mask(state), q, top_k=config.top_k,
+                                                   guide_lam=config.guide_lam)  # (B, A)
                 if self.value_head is not None:
-                    lam_q = lam * head_q(self.value_head, batch.hidden, live_sequences).double()
-                    lam_v = torch.logsumexp(log_p + lam_q, dim=-1)  # λ V_φ(s)
-                    proposal = log_p + lam_q - lam_v[:, None]
+                    lam_q = config.guide_lam * q.double()  # g Q_φ(s, ·)
+                    lam_v = torch.logsumexp(log_p + lam_q, dim=-1)  # g V_φ(s) at the twist's own g
                     log_w[live] += lam_v.cpu().numpy() - pending[live]
                 if effective_sample_size(log_w) < config.ess_threshold * n:
                     log_z += log_mean_exp(log_w)
@@ -146,7 +136,7 @@ class SMC:
                     resamples += 1
                     if not live.size:
                         break
-                chosen = torch.multinomial(proposal.exp(), 1, generator=generator).squeeze(1)  # (B,)
+                chosen = draw(proposal, generator)  # (B,)
                 if self.value_head is not None:
                     pending[live] = lam_q.gather(1, chosen[:, None]).squeeze(1).cpu().numpy()
                 for particle, action in zip(live.tolist(), chosen.tolist()):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from toy_problem import Toy, total_variation, tree_distribution
 
-from search.tree_search import METHODS
+from search.config import METHODS
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_virtual_visits_spread_a_batch_of_argmax_selections(toy):
     picks = {search.select() for _ in range(8)}
     assert len(picks) > 1  # without virtual visits all 8 PUCT descents would pick one leaf
     search.tree.pending[: search.tree.size] = 0
-    search._pending_leaves.clear()
+    search.pending_leaves.clear()
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "flow"])  # flow needs a head: test_hybrid.py

@@ -119,8 +119,8 @@ def test_fit_runs_ddp_on_two_cpu_processes(tmp_path, buffer_path):
 def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     from sadt.head_io import load_search_head
     from sadt.lora_head import LoRALM
+    from search.config import SearchConfig
     from search.forecast_task import ForecastTask
-    from search.tree_search import SearchConfig
 
     model = fit.main(fit_args(buffer_path, tmp_path, "--model.adapter", "lora", "--model.lora_top_layers", "1",
                               "--model.lora_lr", "1e-3", "--trainer.max_steps", "4"))
@@ -149,8 +149,8 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     from sadt.flow_head import MLPFlowHead
     from sadt.head_io import load_search_head, load_value_head
     from sadt.partial_reward import digits_written, partial_reward_q
+    from search.config import SearchConfig
     from search.forecast_task import ForecastTask
-    from search.tree_search import SearchConfig
 
     model = fit.main(fit_args(buffer_path, tmp_path, "--model.partial_reward", "true", "--trainer.max_steps", "3",
                               "--model.reward_weight_bins", str(bins), "--model.weight_decay", "0.5",

@@ -12,7 +12,7 @@ from data.series import load_builtin
 from sadt.codec import Codec
 from sadt.config import from_dict
 from sadt.lm.backend import TorchLM
-from sadt.rollout import masked_log_softmax
+from sadt.policy import masked_log_softmax
 from search.forecast_task import ForecastTask
 from search.harvest import HarvestConfig, harvest, parse_shard, task_set
 

@@ -22,7 +22,7 @@ from sadt.head_io import HeadMismatchError, save_head  # noqa: E402
 from sadt.lm.backend import TorchLM  # noqa: E402
 from sadt.mlx.backend import MLXLM  # noqa: E402  (installed by the `mlx` extra, which `make test` installs)
 from sadt.mlx.flow_head import MLXFlowHead  # noqa: E402
-from sadt.rollout import masked_log_softmax  # noqa: E402
+from sadt.policy import masked_log_softmax  # noqa: E402
 from search.tree import ROOT  # noqa: E402
 from search.tree_search import SearchConfig, TreeSearch  # noqa: E402
 

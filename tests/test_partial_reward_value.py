@@ -10,8 +10,8 @@ from sadt.codec import SEP, Codec
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.lm.backend import TorchLM
 from sadt.partial_reward import completed_values, digit_ahead_q, digits_written, nearest_completion, partial_reward_q
+from search.config import SearchConfig
 from search.forecast_task import ForecastTask
-from search.tree_search import SearchConfig
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import torch
 
 from sadt.codec import END, SEP, Codec
 from sadt.grammar import DigitGrammar
-from sadt.rollout import masked_log_softmax, rollout
+from sadt.policy import masked_log_softmax
+from sadt.rollout import rollout
 
 PROMPT = [33, 28, 34, 28, 35, 28]  # "1,2,3," in the shipped tokenizer's ids
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy, total_variation
 
+from sadt.importance import effective_sample_size
 from search.sampler import make_sampler
-from search.smc import SMC, effective_sample_size, systematic_resample
+from search.smc import SMC, systematic_resample
 from search.tree_search import SearchConfig, TreeSearch
 
 LAM = 2.0

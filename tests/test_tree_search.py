@@ -183,7 +183,7 @@ def test_widening_limits_early_branching_and_still_converges(toy):
 def test_lean_logsumexp_matches_scipy_including_empty_rows():
     from scipy.special import logsumexp as scipy_logsumexp
 
-    from search.backup import logsumexp
+    from sadt.importance import logsumexp
 
     x = np.array([[0.5, -np.inf, 3.0], [-np.inf, -np.inf, -np.inf], [1e3, 1e3 - 1.0, -2.0]])
     expected = scipy_logsumexp(x, axis=-1)

@@ -14,7 +14,7 @@ from scipy.special import logsumexp
 
 from sadt.grammar import FixedLengthGrammar
 from sadt.lm.backend import TorchLM
-from sadt.rollout import masked_log_softmax
+from sadt.policy import masked_log_softmax
 from search.tree import ROOT
 from search.tree_search import SearchConfig, TreeSearch
 
@@ -123,7 +123,7 @@ def tree_distribution(search: TreeSearch) -> np.ndarray:
             continue
         children = tree.children[node]
         visited = children >= 0
-        logits = np.where(visited, search._child_log_weights(node) + lam * tree.value[children], -np.inf)
+        logits = np.where(visited, search.child_log_weights(node) + lam * tree.value[children], -np.inf)
         logits -= logsumexp(logits)
         stack += [(int(children[a]), log_q + logits[a]) for a in np.flatnonzero(visited)]
     return q
@@ -169,8 +169,8 @@ def search_sampler_distribution(search: TreeSearch, toy: Toy, completion: np.nda
         if tree.terminal[node]:
             q[toy.index(tree.actions_to(node))] += np.exp(log_q)
             continue
-        values, _ = search._hybrid_values(node)
-        logits = search._eligible_log_prior(node) + lam * values
+        values = search.values.selection(node)
+        logits = search.eligible_log_prior(node) + lam * values
         logits = logits - logsumexp(logits)
         prefix = tree.actions_to(node)
         for a in np.flatnonzero(np.isfinite(logits)):

@@ -30,8 +30,8 @@ from sadt.head_io import save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from sadt.lora_head import LoRAHeadConfig, adapted_path_states, add_lora, frozen, lora_parameters, save_adapter
 from sadt.partial_reward import digits_written, partial_reward_q, prompt_reward
+from sadt.policy import masked_log_softmax
 from sadt.rewards import ForecastReward, RewardConfig
-from sadt.rollout import masked_log_softmax
 
 
 class FlowHeadModule(pl.LightningModule):
