@@ -158,7 +158,7 @@ def harvest_task(lm, codec: Codec, task: Task, config: HarvestConfig) -> PromptR
 def _prior_record(lm, forecast: ForecastTask, task: Task, search: SearchConfig) -> PromptRecord:
     """`search.n_samples` ancestral draws from p(x|c); no tree, so no per-step values or visits."""
     draws = sample_policy(lm, forecast, n_samples=search.n_samples, batch_size=search.batch_size,
-                          seed=search.seed, progress=False)
+                          top_k=search.top_k, seed=search.seed, progress=False)
     parts = forecast.reward(*forecast.decode(draws.actions))
     return PromptRecord(
         key=task.key, task_index=task.index, prompt_tokens=np.asarray(forecast.prompt_ids),

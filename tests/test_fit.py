@@ -271,3 +271,34 @@ def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_dow
 def test_forward_kl_without_draws_from_p_is_a_clear_error(tmp_path, buffer_path):
     with pytest.raises(ValueError, match="prior_sample"):
         fit.main(fit_args(buffer_path, tmp_path, "--trainer.max_epochs", "1", "--model.forward_kl", "1"))
+
+
+def test_the_trainer_recomputes_the_truncated_prior_the_search_sampled_under(tmp_path, base_tokenizer):
+    """With `search.top_k` the buffer's per-step log p is the truncated prior's; the trainer's must match it
+    (before, it renormalised over every allowed action, so TB fitted another p than the search sampled)."""
+    from trainers.data import BufferDataModule
+    from trainers.module import FlowHeadModule
+
+    config = from_dict({
+        "series": ["Wooly"], "context_length": 16, "horizon": 4, "windows_per_series": 1,
+        "output": str(tmp_path / "k.h5"),
+        "search": {"n_rollouts": 6, "batch_size": 6, "n_samples": 2, "lam": 2.0, "top_k": 3},
+    }, HarvestConfig)
+    lm, tokenizer = load_base_lm()
+    path = harvest(lm, Codec(tokenizer), config, lm_fingerprint())
+    buffer = read_buffer(path)
+    stored = {tuple(buffer.trajectory(i)["actions"].tolist()): buffer.trajectory(i)["log_prior"]
+              for i in range(buffer.n_trajectories)}
+    dm = BufferDataModule([str(path)], val_fraction=0.0)
+    dm.setup()
+    module = FlowHeadModule(lam=2.0, hidden=8)
+    module.attach(dm)
+    assert module.top_k == 3
+    batch = collate(dm.train_set.items)
+    _, _, log_prior = module.features(batch)
+    chosen = log_prior.gather(-1, batch["actions"].clamp(min=0)[..., None])[..., 0]
+    for row in range(len(batch["prompts"])):
+        n = int(batch["mask"][row].sum())
+        expected = stored[tuple(batch["actions"][row, :n].tolist())]
+        np.testing.assert_allclose(chosen[row, :n].numpy(), expected, atol=2e-4)
+    assert (torch.isfinite(log_prior) & batch["mask"][..., None]).sum(-1).max() <= 3

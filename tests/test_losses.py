@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy.special import logsumexp
 from toy_problem import Toy
 
 from sadt.losses import (
@@ -45,7 +46,9 @@ def test_balance_losses_vanish_at_the_optimum(optimum, loss):
 def test_balance_losses_are_positive_away_from_it(optimum, loss):
     wrong_z = {**optimum, "log_z": optimum["log_z"] + 0.3}
     assert (loss(lam=LAM, **wrong_z) > 1e-4).all()  # every trajectory passes through the root
-    noisy = {**optimum, "q": optimum["q"] + 0.1 * torch.randn_like(optimum["q"])}
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(optimum["q"].shape, generator=generator, dtype=torch.float64)
+    noisy = {**optimum, "q": optimum["q"] + 0.1 * noise}
     assert loss(lam=LAM, **noisy).mean() > 1e-4
 
 
@@ -119,3 +122,71 @@ def test_weighted_cross_entropy_charges_raising_an_untaken_action(optimum):
     base = weighted_cross_entropy(q, *args, weights, LAM)
     q[:, 0, 1] += 1.0
     assert (weighted_cross_entropy(q, *args, weights, LAM) > base + 1e-3).all()
+
+
+def hand_potentials(q, log_prior, actions, length, log_z, reward, lam):
+    """One trajectory in plain float64 loops: F̃_t (log Z at t = 0, λ V_φ(s_t) inside, λ r at the end) and
+    the per-step log P_F(a_t|s_t) − log p(a_t|s_t), straight from DESIGN §2's definitions."""
+    log_f, step = [log_z], []
+    for t in range(length):
+        scores = [log_prior[t][a] + lam * q[t][a] for a in range(len(q[t]))]
+        lam_v = float(logsumexp(scores))  # λ V_φ(s_t) = log Σ_a p(a|s_t) e^{λ Q(s_t, a)}
+        log_pf = scores[actions[t]] - lam_v
+        step.append(log_pf - log_prior[t][actions[t]])
+        if t > 0:
+            log_f.append(lam_v)
+    log_f.append(lam * reward)
+    return log_f, step
+
+
+@pytest.fixture(scope="module")
+def off_optimum(optimum):
+    """A head away from the optimum (seeded noise on Q and log Z), with some trajectories cut short."""
+    generator = torch.Generator().manual_seed(0)
+    q = optimum["q"] + 0.4 * torch.randn(optimum["q"].shape, generator=generator, dtype=torch.float64)
+    mask = optimum["mask"].clone()
+    mask[::3, 3:] = False  # every third trajectory ends after 3 steps (its reward then scores that prefix)
+    log_z = optimum["log_z"] + 0.2 * torch.randn(optimum["log_z"].shape, generator=generator, dtype=torch.float64)
+    return {**optimum, "q": q, "mask": mask, "log_z": log_z}
+
+
+def hand_residuals(batch, row):
+    length = int(batch["mask"][row].sum())
+    log_f, step = hand_potentials(batch["q"][row].tolist(), batch["log_prior"][row].tolist(),
+                                  batch["actions"][row].tolist(), length, float(batch["log_z"][row]),
+                                  float(batch["reward"][row]), LAM)
+    return log_f, step, length
+
+
+@pytest.mark.parametrize("row", [0, 1, 5, 77])
+def test_balance_losses_match_hand_computed_residuals_away_from_the_optimum(off_optimum, row):
+    log_f, step, length = hand_residuals(off_optimum, row)
+    tb = (log_f[0] + sum(step) - log_f[length]) ** 2
+    db = np.mean([(log_f[t] + step[t] - log_f[t + 1]) ** 2 for t in range(length)])
+    w, num, den = 0.9, 0.0, 0.0
+    for i in range(length + 1):
+        for j in range(i + 1, length + 1):
+            num += w ** (j - i) * (log_f[i] + sum(step[i:j]) - log_f[j]) ** 2
+            den += w ** (j - i)
+    assert trajectory_balance(lam=LAM, **off_optimum)[row].item() == pytest.approx(tb, rel=1e-10)
+    assert detailed_balance(lam=LAM, **off_optimum)[row].item() == pytest.approx(db, rel=1e-10)
+    assert subtrajectory_balance(lam=LAM, weight=w, **off_optimum)[row].item() == pytest.approx(num / den, rel=1e-10)
+    assert tb > 1e-3 and db > 1e-3  # away from the optimum, so a wrong weighting cannot hide at zero
+
+
+def test_vargrad_and_weighted_cross_entropy_match_hand_computed_values(off_optimum):
+    rows = [0, 1, 2, 4]
+    implied = []
+    for row in rows:
+        log_f, step, length = hand_residuals(off_optimum, row)
+        implied.append(log_f[length] - sum(step))  # λ r − Σ_t log P_F/p: the trajectory's implied log Z
+    sub = {k: v[rows] for k, v in off_optimum.items() if k != "log_z"}
+    prompt_index = torch.tensor([0, 0, 1, 1])
+    expected = np.mean([(implied[i] - np.mean(implied[g : g + 2])) ** 2 for g in (0, 2) for i in (g, g + 1)])
+    got = vargrad(sub["q"], sub["log_prior"], sub["actions"], sub["mask"], sub["reward"], prompt_index, LAM)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+    weights = torch.tensor([0.5, 1.5, 2.0, 0.0], dtype=torch.float64)
+    ce = weighted_cross_entropy(sub["q"], sub["log_prior"], sub["actions"], sub["mask"], weights, LAM)
+    for i, row in enumerate(rows):
+        _, step, _ = hand_residuals(off_optimum, row)
+        assert ce[i].item() == pytest.approx(-weights[i].item() * sum(step), rel=1e-10, abs=1e-12)

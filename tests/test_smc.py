@@ -18,19 +18,6 @@ def toy():
     return Toy()
 
 
-class NoisyHead:
-    """The exact head plus fixed noise per state: a twist that is wrong but positive."""
-
-    def __init__(self, exact: ExactHead, scale: float) -> None:
-        self.exact, self.scale = exact, scale
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        q = self.exact(hidden)
-        seed = int((hidden.double().sum(dim=1).abs() * 1e6).sum()) % 2**31  # the same states get the same noise
-        noise = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        return q + self.scale * noise
-
-
 class ZeroHead:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.zeros(hidden.shape[0], 3, dtype=torch.float64)
@@ -72,7 +59,7 @@ def test_plain_smc_log_z_converges(toy):
 def test_resampling_keeps_z_unbiased(toy):
     """A wrong twist with resampling at every step: E[Ẑ] = Z still holds."""
     _, exact_root = toy.target(LAM)
-    head = NoisyHead(ExactHead(toy, LAM), scale=0.3)
+    head = ExactHead(toy, LAM, noise=0.3)  # wrong but a function of the state: the theorem's setting
     results = [run(toy, "twisted_smc", 100, head, seed=s, ess_threshold=1.0) for s in range(20)]
     assert all(r.resamples >= 4 for r in results)  # 5 steps: resampled at each of the first 4 at least
     ratios = np.exp(LAM * (np.array([r.root_value for r in results]) - exact_root))  # Ẑ / Z

@@ -93,15 +93,22 @@ class Toy:
 
 
 class ExactHead:
-    """Q(s, ·) = V(s·a) by enumeration, looked up by the nearest state hidden vector (float64)."""
+    """Q(s, ·) = V(s·a) by enumeration, looked up by the nearest state hidden vector (float64).
 
-    def __init__(self, toy: Toy, lam: float) -> None:
+    `noise` > 0 adds a fixed N(0, noise²) error per (state, action), drawn once: an inexact head
+    that is still a function of the state alone.
+    """
+
+    def __init__(self, toy: Toy, lam: float, noise: float = 0.0, seed: int = 0) -> None:
         prefixes = [list(p) for t in range(toy.length) for p in itertools.product(range(3), repeat=t)]
         prompt = toy.lm.prefill(PROMPT)
         hidden, _ = toy.lm.path_states(prompt, [[ACTION_IDS[a] for a in p] for p in prefixes], ACTION_IDS)
         lengths = torch.tensor([len(p) for p in prefixes])
         self.keys = hidden[torch.arange(len(prefixes)), lengths]  # (P, H) hidden of each prefix state
         self.q = torch.tensor([[toy.exact_value(p + [a], lam) for a in range(3)] for p in prefixes])
+        if noise > 0:
+            generator = torch.Generator().manual_seed(seed)
+            self.q += noise * torch.randn(self.q.shape, generator=generator, dtype=self.q.dtype)
         self.calls = 0
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,12 @@ from sadt.policy import masked_log_softmax
 from sadt.rewards import ForecastReward, RewardConfig
 
 
+def prior_top_k(harvest_config: dict) -> int | None:
+    """The top-k truncation of the prior the buffer's draws were made under (the target's p)."""
+    search = harvest_config.get("search", {})
+    return 1 if search.get("method") == "greedy" else search.get("top_k")
+
+
 class FlowHeadModule(pl.LightningModule):
     """F_φ training.
 
@@ -123,6 +129,7 @@ class FlowHeadModule(pl.LightningModule):
         self.feature_cache_bytes = 0
         self.grammar: DigitGrammar | None = None
         self.codec: Codec | None = None
+        self.top_k: int | None = None  # the prior's truncation, from the buffer (`prior_top_k`)
         self.rewards: dict[tuple, ForecastReward] = {}  # prompt -> its reward (reward_of)
         self.shaping_cache: dict[tuple, torch.Tensor] = {}  # (prompt, actions) -> (3, T, A): `shaping` rows
         self.buffer_meta: dict = {}
@@ -142,6 +149,7 @@ class FlowHeadModule(pl.LightningModule):
         config = meta["config"]
         self.grammar = DigitGrammar(horizon=config["horizon"], max_digits=config["codec"]["max_digits"])
         self.codec = Codec(self.tokenizer, from_dict(config["codec"], CodecConfig))
+        self.top_k = prior_top_k(config)
         self.buffer_meta = meta
         self.prior_draws = self._prior_draw_normalisers(datamodule)
         if self.hparams.forward_kl and not self.prior_draws:
@@ -206,7 +214,7 @@ class FlowHeadModule(pl.LightningModule):
             allowed[:, t] = self.grammar.mask(state)
             state = self.grammar.advance(state, actions[:, t].clamp(min=0))
         allowed |= ~mask[..., None]  # padded steps: any finite prior (the losses ignore them)
-        log_prior = masked_log_softmax(logits, allowed)
+        log_prior = masked_log_softmax(logits, allowed, self.top_k)  # the prior the harvest sampled under
         if self.peft is not None:
             hidden = self._adapted_hidden(batch["prompts"], keys, T)
             return hidden, hidden[:, 0], log_prior
