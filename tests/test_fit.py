@@ -302,3 +302,21 @@ def test_the_trainer_recomputes_the_truncated_prior_the_search_sampled_under(tmp
         expected = stored[tuple(batch["actions"][row, :n].tolist())]
         np.testing.assert_allclose(chosen[row, :n].numpy(), expected, atol=2e-4)
     assert (torch.isfinite(log_prior) & batch["mask"][..., None]).sum(-1).max() <= 3
+
+
+def test_a_head_fits_on_generated_contexts_end_to_end(tmp_path):
+    """Issue 23's path at toy size: draws from p on generated contexts, then a forward-KL + SubTB fit."""
+    config = from_dict({
+        "series": [], "context_length": 16, "horizon": 4, "generated": 3, "generator_seed": 5, "sampler": "prior",
+        "output": str(tmp_path / "gen.h5"), "search": {"batch_size": 6, "n_samples": 6, "lam": 2.0},
+    }, HarvestConfig)
+    lm, tokenizer = load_base_lm()
+    path = harvest(lm, Codec(tokenizer), config, lm_fingerprint())
+    assert read_buffer(path).prompt_keys() == [f"series=gen5-{i}/end=16/seed=0" for i in range(3)]
+    model = fit.main(fit_args(path, tmp_path, "--trainer.max_epochs", "2", "--model.tb", "0",
+                              "--model.subtb", "1", "--model.forward_kl", "1"))
+    assert model.trainer.current_epoch == 2
+    _, meta = load_head(tmp_path / "head", lm_fingerprint())
+    data = meta["training_data"]  # enough to rebuild the head: the generator's seed and count, the prompts
+    assert data["harvest"]["generated"] == 3 and data["harvest"]["generator_seed"] == 5
+    assert data["train_prompts"] == 3 and data["val_prompts"] == 0

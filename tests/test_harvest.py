@@ -128,3 +128,31 @@ def test_prior_sampler_stores_draws_from_p_with_their_step_log_probs(tmp_path, s
 def test_unknown_sampler_is_named(tmp_path):
     with pytest.raises(ValueError, match="sampler"):
         dataclasses.replace(config(tmp_path), sampler="beam")
+
+
+def test_generated_contexts_harvest_and_resume_without_duplicates(tmp_path, setup):
+    """`generated: N` adds N synthetic prompts after the series' windows; a rerun with more of them only
+    adds the new ones (series i of the generator does not depend on N), and no prompt is stored twice."""
+    from data.generator import generate_one
+    from search.harvest import task_context
+
+    lm, codec = setup
+    base = {"series": ["Wooly"], "context_length": 16, "horizon": 4, "windows_per_series": 1,
+            "generator_seed": 3, "sampler": "prior", "output": str(tmp_path / "g.h5"),
+            "search": {"batch_size": 4, "n_samples": 4, "lam": 2.0}}
+    small = from_dict({**base, "generated": 2}, HarvestConfig)
+    harvest(lm, codec, small, FINGERPRINT)
+    large = from_dict({**base, "generated": 4}, HarvestConfig)
+    calls = lm.stats.forward_calls
+    buffer = read_buffer(harvest(lm, codec, large, FINGERPRINT))
+    keys = buffer.prompt_keys()
+    assert keys == [t.key for t in task_set(large)] and len(set(keys)) == 5  # 1 window + 4 generated, once each
+    assert lm.stats.forward_calls - calls > 0
+    generated = [t for t in task_set(large) if t.series.startswith("gen")]
+    assert [t.series for t in generated] == ["gen3-0", "gen3-1", "gen3-2", "gen3-3"]
+    np.testing.assert_array_equal(task_context(generated[2], large), generate_one(3, 2, 16).values)
+    calls = lm.stats.forward_calls
+    harvest(lm, codec, large, FINGERPRINT)
+    assert lm.stats.forward_calls == calls  # everything committed: nothing to do
+    with pytest.raises(ValueError, match="generated"):
+        from_dict({**base, "generated": -1}, HarvestConfig)

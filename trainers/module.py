@@ -350,6 +350,16 @@ class FlowHeadModule(pl.LightningModule):
         groups[1]["weight_decay"] = 0.0  # log Z_φ(c) is a level, not a feature map: no shrinkage towards 0
         return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
 
+    def _training_data(self, harvest_config: dict) -> dict:
+        """What the head learned from, so one command can rebuild it: buffers, prompt counts, and the
+        harvest's context settings (series windows, generator seed and count)."""
+        dm = self.trainer.datamodule
+        names = ("series", "windows_per_series", "generated", "generator_seed", "seeds", "context_length",
+                 "horizon", "sampler")
+        return {"buffers": [str(p) for p in dm.paths], "train_prompts": len({x["key"] for x in dm.train_set.items}),
+                "val_prompts": len({x["key"] for x in dm.val_set.items}),
+                "harvest": {k: harvest_config.get(k) for k in names}}
+
     def on_train_end(self) -> None:
         if not self.trainer.is_global_zero:  # DDP ranks hold the same synced head; one writes it
             return
@@ -362,6 +372,7 @@ class FlowHeadModule(pl.LightningModule):
             "training": dict(self.hparams),
             "adapter": None if self.lora_config is None else {"kind": "lora", **vars(self.lora_config)},
             "best": None if self.best is None else {k: self.best[k] for k in ("epoch", "val_loss")},
+            "training_data": self._training_data(config),
         }
         path = save_head(self.head, Path(self.hparams.save_to), sidecar)
         if self.peft is not None:
