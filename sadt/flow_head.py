@@ -15,35 +15,53 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+VALUE_FORM_FLAGS = ("partial_reward", "look_ahead", "digit_ahead", "soft_ahead")  # the old chain, oldest first
+
+
+def migrate_value_flags(settings: dict) -> dict:
+    """Settings (a head's `head_config` or a trainer's `training`) with the old chain of flags
+    partial_reward → look_ahead → digit_ahead → soft_ahead replaced by the one `value_form` they meant."""
+    settings = dict(settings)
+    if not any(flag in settings for flag in VALUE_FORM_FLAGS):
+        return settings
+    form = "none"
+    for flag, name in zip(VALUE_FORM_FLAGS, ("partial", "look_ahead", "digit_ahead", "soft_ahead")):
+        if settings.pop(flag, False):  # each flag refined the one before it: the last one set is the form
+            form = name
+    settings.setdefault("value_form", form)
+    return settings
+
 
 @dataclass(frozen=True)
 class FlowHeadConfig:
     hidden: int = 256  # width of the MLPs
     layers: int = 2  # hidden layers per MLP
-    partial_reward: bool = False  # Q_φ(s, a) = β·R(s·a) + the MLP's residual (sadt.partial_reward.ShapedValue)
+    value_form: str = "none"  # the task value Q_φ adds to its learned part: "none", or one of
+    # sadt.partial_reward.VALUE_FORMS ("partial" R, "look_ahead" R⁺, "digit_ahead" R⁺ᵈ, "soft_ahead" V⁺ᵈ)
     reward_weight_bins: int = 0  # β: 1 if 0, else one learned weight per 1/n of the horizon completed (n + 1 in all)
     reward_weight_positions: int = 0  # > 0: β also per digit of the value being written (MLPFlowHead.weigh_reward)
-    look_ahead: bool = False  # R⁺ (ForecastReward.ahead: a seasonal-naive fill of the rest) in place of R
-    digit_ahead: bool = False  # R⁺ᵈ: R⁺ that also completes the value being written (sadt.partial_reward.digit_ahead_q)
-    soft_ahead: bool = False  # V⁺ᵈ: R⁺ᵈ averaged over noisy guesses of the rest (ForecastReward.soft_ahead); needs λ
-    residual: bool = True  # False: Q_φ = β·R + a per-action bias, no MLP on h(s) (needs partial_reward)
+    residual: bool = True  # False: Q_φ = β·R + a per-action bias, no MLP on h(s) (needs a value form)
 
     def __post_init__(self) -> None:
+        from sadt.partial_reward import VALUE_FORMS
+
         if self.hidden < 1 or self.layers < 1:
             raise ValueError(f"flow head needs hidden >= 1 and layers >= 1, got {self.hidden}, {self.layers}")
-        if not self.residual and not self.partial_reward:
-            raise ValueError("a flow head without the `residual` MLP is β·R plus a bias: it needs `partial_reward`")
-        if self.reward_weight_bins < 0 or ((self.reward_weight_bins or self.look_ahead) and not self.partial_reward):
-            raise ValueError(f"`reward_weight_bins` (>= 0) and `look_ahead` need `partial_reward`, got "
-                             f"{self.reward_weight_bins}, {self.look_ahead} with partial_reward={self.partial_reward}")
-        if self.reward_weight_positions < 0 or (self.reward_weight_positions and not self.reward_weight_bins):
-            raise ValueError(f"`reward_weight_positions` (>= 0) splits β's bins by digit position: it needs "
-                             f"`reward_weight_bins`, got {self.reward_weight_positions} with "
-                             f"reward_weight_bins={self.reward_weight_bins}")
-        if self.digit_ahead and not self.look_ahead:
-            raise ValueError("`digit_ahead` refines the look-ahead reward R⁺: it needs `look_ahead`")
-        if self.soft_ahead and not self.digit_ahead:
-            raise ValueError("`soft_ahead` averages R⁺ᵈ over guesses of the rest: it needs `digit_ahead`")
+        if self.value_form not in ("none", *VALUE_FORMS):
+            raise ValueError(f"flow head `value_form` must be one of {('none', *VALUE_FORMS)}, got {self.value_form!r}")
+        if not self.shaped and (not self.residual or self.reward_weight_bins):
+            raise ValueError("`residual: false` and `reward_weight_bins` weigh a task value: they need a `value_form`")
+        if self.reward_weight_bins < 0 or self.reward_weight_positions < 0:
+            raise ValueError(f"`reward_weight_bins` and `reward_weight_positions` must be >= 0, got "
+                             f"{self.reward_weight_bins}, {self.reward_weight_positions}")
+        if self.reward_weight_positions and not self.reward_weight_bins:
+            raise ValueError("`reward_weight_positions` splits β's bins by digit position: it needs "
+                             "`reward_weight_bins`")
+
+    @property
+    def shaped(self) -> bool:
+        """Whether Q_φ adds a task value (`sadt.partial_reward.ShapedValue` wraps such a head)."""
+        return self.value_form != "none"
 
 
 def _mlp(d_in: int, width: int, layers: int, d_out: int) -> nn.Sequential:
@@ -80,13 +98,13 @@ class MLPFlowHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Q_φ(s, ·): the `value_head` callable the search reads."""
-        if self.config.partial_reward:
-            raise RuntimeError("this head's Q_φ adds the partial reward R(s·a) of a task: pass it to "
+        if self.config.shaped:
+            raise RuntimeError("this head's Q_φ adds a task value (R, R⁺, ...) of a task: pass it to "
                                "ForecastTask.search, or wrap it in sadt.partial_reward.ShapedValue")
         return self.q(hidden)
 
     def q(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Q_φ(s, ·): (..., H) -> (..., A); with `partial_reward`, the residual over R(s·a)."""
+        """Q_φ(s, ·): (..., H) -> (..., A); with a `value_form`, the residual over R(s·a)."""
         if not self.config.residual:
             return self.q_bias.expand(*hidden.shape[:-1], -1)
         u = self.q_mlp(hidden.to(self.action_embeddings.dtype))  # (..., H)

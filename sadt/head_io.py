@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+from sadt.flow_head import FlowHeadConfig, MLPFlowHead, migrate_value_flags
 
 WEIGHTS, SIDECAR = "head.safetensors", "head.json"
 
@@ -53,7 +53,7 @@ def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = N
     directory = Path(directory)
     meta = read_sidecar(directory, lm_fingerprint, codec)
     tensors = load_file(directory / WEIGHTS)
-    head = MLPFlowHead(tensors["action_embeddings"], FlowHeadConfig(**meta["head_config"]))
+    head = MLPFlowHead(tensors["action_embeddings"], FlowHeadConfig(**migrate_value_flags(meta["head_config"])))
     head.load_state_dict(tensors)
     return head, meta
 
@@ -95,8 +95,9 @@ def load_search_head(
     if backend == "mlx":
         if adapter:
             raise HeadMismatchError(f"{directory}: a {adapter['kind']} head runs on the torch backend only")
-        if meta.get("head_config", {}).get("partial_reward"):
-            raise HeadMismatchError(f"{directory}: a partial_reward head runs on the torch backend only")
+        form = migrate_value_flags(meta.get("head_config", {})).get("value_form", "none")
+        if form != "none":
+            raise HeadMismatchError(f"{directory}: a head with value form {form!r} runs on the torch backend only")
         from sadt.mlx.flow_head import MLXFlowHead
 
         head, _ = MLXFlowHead.load(directory, lm_fingerprint, codec)

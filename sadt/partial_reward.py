@@ -9,13 +9,15 @@ explains 60%), so a head on those states alone cannot learn it. Two values use R
 - `PartialRewardValue`: Q(s, a) = R(s·a), no parameters;
 - `ShapedValue`: Q(s, a) = β_φ(k/H)·R(s·a) + g_φ(h(s))_a, a flow head trained on the residual (the
   forward-looking parameterisation of Pan et al. 2023, "Better training of GFlowNets with local
-  credit and incomplete trajectories"; `--model.partial_reward true` in the trainer), with β = 1 or
-  one learned weight per share k/H of the horizon's values completed (`--model.reward_weight_bins`):
-  R is near pure noise about the soft value early in a forecast and exact at its end; or with R⁺,
-  the look-ahead reward (`ForecastReward.ahead`), in place of R (`--model.look_ahead`); or with
-  R⁺ᵈ, R⁺ that also reads the value being written (`digit_ahead_q`, `--model.digit_ahead`), or with
-  V⁺ᵈ, R⁺ᵈ's soft version averaged over noisy guesses of the rest (`ForecastReward.soft_ahead`,
-  `--model.soft_ahead`).
+  credit and incomplete trajectories"), with β = 1 or one learned weight per share k/H of the
+  horizon's values completed (`--model.reward_weight_bins`): R is near pure noise about the soft
+  value early in a forecast and exact at its end.
+
+The value R is one choice, `value_form` (`--model.value_form` in the trainer, `VALUE_FORMS`):
+"partial" R; "look_ahead" R⁺, the completed values plus a seasonal-naive fill of the rest
+(`ForecastReward.ahead`); "digit_ahead" R⁺ᵈ, R⁺ that also reads the value being written
+(`digit_ahead_q`); "soft_ahead" V⁺ᵈ, R⁺ᵈ averaged over noisy guesses of the rest at λ
+(`ForecastReward.soft_ahead`).
 
 R and R⁺ change only at a separator, so they tell digits apart only once a value is finished: the
 choice between the digits of a value, where the tilt acts first, they leave to the residual. R⁺ᵈ
@@ -46,23 +48,34 @@ def completed_values(codec: Codec, actions: Sequence[int]) -> np.ndarray:
     return codec.text_to_values(codec.actions_to_text(np.asarray(actions, dtype=np.int64)))
 
 
-def partial_reward_q(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]],
-                     look_ahead: bool = False, digit_ahead: bool = False,
-                     soft_lam: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """R(s·a) (R⁺(s·a) with `look_ahead`, R⁺ᵈ(s·a) with `digit_ahead`: `digit_ahead_q`, or its soft
-    version V⁺ᵈ(s·a) at λ = `soft_lam`) and the share k(s·a)/H of the horizon's values s·a has
-    completed, for every action a of each action sequence s: two (B, A) arrays.
+VALUE_FORMS = ("partial", "look_ahead", "digit_ahead", "soft_ahead")  # R, R⁺, R⁺ᵈ, V⁺ᵈ (module docstring)
 
-    Only the separator completes a value, so R(s·a) = R(s) and k(s·a) = k(s) for every other action
-    (a digit extends the unfinished value, END stops the text), and R(s·SEP) includes the finished value.
+
+def check_value_form(form: str, lam: float | None = None) -> None:
+    """A clear error for an unknown form, or for V⁺ᵈ without the λ its average needs."""
+    if form not in VALUE_FORMS:
+        raise ValueError(f"value form must be one of {VALUE_FORMS}, got {form!r}")
+    if form == "soft_ahead" and (lam is None or not lam > 0):
+        raise ValueError(f"value form 'soft_ahead' averages exp(λ r) over guesses of the rest: it needs λ > 0, "
+                         f"got {lam}")
+
+
+def shaping_value(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]], form: str = "partial",
+                  lam: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The value of `form` at s·a and the share k(s·a)/H of the horizon's values s·a has completed, for
+    every action a of each action sequence s: two (B, A) arrays. Forms: "partial" R, "look_ahead" R⁺,
+    "digit_ahead" R⁺ᵈ (`digit_ahead_q`), "soft_ahead" V⁺ᵈ at λ = `lam`.
+
+    For R and R⁺ only the separator completes a value, so R(s·a) = R(s) and k(s·a) = k(s) for every
+    other action (a digit extends the unfinished value, END stops the text), and R(s·SEP) includes
+    the finished value.
     """
-    if soft_lam is not None and not digit_ahead:
-        raise ValueError("the soft look-ahead value (`soft_lam`) averages R⁺ᵈ's guesses: it needs `digit_ahead`")
-    if digit_ahead:
-        return digit_ahead_q(codec, reward, sequences, soft_lam)
+    check_value_form(form, lam)
+    if form in ("digit_ahead", "soft_ahead"):
+        return digit_ahead_q(codec, reward, sequences, lam if form == "soft_ahead" else None)
     B, A = len(sequences), len(codec.action_token_ids)
     done = [completed_values(codec, s) for s in sequences] + [completed_values(codec, [*s, SEP]) for s in sequences]
-    r = (reward.ahead if look_ahead else reward.partial)(done)
+    r = (reward.ahead if form == "look_ahead" else reward.partial)(done)
     share = np.array([min(d.size, reward.horizon) / reward.horizon for d in done])
     q, k = np.repeat(r[:B, None], A, axis=1), np.repeat(share[:B, None], A, axis=1)
     q[:, SEP], k[:, SEP] = r[B:], share[B:]
@@ -131,8 +144,8 @@ def digits_written(codec: Codec, sequences: Sequence[Sequence[int]]) -> np.ndarr
 
 
 class PartialRewardValue:
-    """Q(s, a) = R(s·a) (or R⁺(s·a) with `look_ahead`, R⁺ᵈ(s·a) with `digit_ahead`, V⁺ᵈ(s·a) at λ =
-    `soft_lam`): a value without parameters for the hybrid, twisted SMC or the flow sampler.
+    """Q(s, a) = the value of `form` at s·a (`shaping_value`: R, R⁺, R⁺ᵈ, or V⁺ᵈ at λ = `lam`): a value
+    without parameters for the hybrid, twisted SMC or the flow sampler.
 
     It reads no LM state (`hidden` only sets the device); use it with `hybrid_offset`, which
     supplies the level that R, a score of the completed values only, lacks.
@@ -140,38 +153,37 @@ class PartialRewardValue:
 
     reads_sequences = True
 
-    def __init__(self, codec: Codec, reward: ForecastReward, look_ahead: bool = False,
-                 digit_ahead: bool = False, soft_lam: float | None = None) -> None:
-        self.codec, self.reward, self.look_ahead, self.digit_ahead = codec, reward, look_ahead, digit_ahead
-        self.soft_lam = soft_lam
+    def __init__(self, codec: Codec, reward: ForecastReward, form: str = "partial", lam: float | None = None) -> None:
+        check_value_form(form, lam)
+        self.codec, self.reward, self.form, self.lam = codec, reward, form, lam
 
     def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """(B, H) hidden states, B action sequences -> Q (B, A) float64."""
-        q, _ = partial_reward_q(self.codec, self.reward, sequences, self.look_ahead, self.digit_ahead, self.soft_lam)
+        q, _ = shaping_value(self.codec, self.reward, sequences, self.form, self.lam)
         return torch.as_tensor(q, dtype=torch.float64, device=hidden.device)
 
 
 class ShapedValue:
-    """Q_φ(s, a) = β_φ(k/H)·R(s·a) + g_φ(h(s))_a: a head trained with `partial_reward` on this task's reward.
+    """Q_φ(s, a) = β_φ(k/H)·R(s·a) + g_φ(h(s))_a: a head trained with a `value_form` on this task's reward.
 
     β_φ is 1 unless the head learned one weight per share k/H of the values completed
     (`FlowHeadConfig.reward_weight_bins`, `MLPFlowHead.weigh_reward`), and per digit of the value
-    being written (`reward_weight_positions`); R is R⁺ for a head trained with `look_ahead`, R⁺ᵈ with
-    `digit_ahead`, V⁺ᵈ at the search's λ (`lam`) with `soft_ahead`.
+    being written (`reward_weight_positions`); R is the head's form (R, R⁺, R⁺ᵈ, or V⁺ᵈ at the
+    search's λ, `lam`).
     """
 
     reads_sequences = True
 
     def __init__(self, head, codec: Codec, reward: ForecastReward, lam: float | None = None) -> None:
-        if head.config.soft_ahead and lam is None:
+        form = head.config.value_form
+        if form == "soft_ahead" and lam is None:
             raise ValueError("this head weighs the soft look-ahead value V⁺ᵈ, which needs the search's λ: pass `lam`")
-        self.head, self.codec, self.reward = head, codec, reward
-        self.soft_lam = lam if head.config.soft_ahead else None
+        check_value_form(form, lam)
+        self.head, self.codec, self.reward, self.lam = head, codec, reward, lam
 
     def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         config = self.head.config
-        r, share = partial_reward_q(self.codec, self.reward, sequences, config.look_ahead, config.digit_ahead,
-                                    self.soft_lam)
+        r, share = shaping_value(self.codec, self.reward, sequences, config.value_form, self.lam)
         r, share = torch.as_tensor(r, device=hidden.device), torch.as_tensor(share, device=hidden.device)
         position = None
         if config.reward_weight_positions:

@@ -20,7 +20,9 @@ PARTIAL_REWARD = "partial_reward"  # as a value head: Q(s, a) = R(s·a), no trai
 LOOK_AHEAD_REWARD = "look_ahead_reward"  # Q(s, a) = R⁺(s·a), the look-ahead reward
 DIGIT_AHEAD_REWARD = "digit_ahead_reward"  # Q(s, a) = R⁺ᵈ(s·a): R⁺ with the value being written completed
 SOFT_AHEAD_REWARD = "soft_ahead_reward"  # Q(s, a) = V⁺ᵈ(s·a): R⁺ᵈ averaged over noisy guesses of the rest, at λ
-PARAMETER_FREE_VALUES = (PARTIAL_REWARD, LOOK_AHEAD_REWARD, DIGIT_AHEAD_REWARD, SOFT_AHEAD_REWARD)
+# each parameter-free value's name -> its value form (sadt.partial_reward.VALUE_FORMS)
+PARAMETER_FREE_VALUES = {PARTIAL_REWARD: "partial", LOOK_AHEAD_REWARD: "look_ahead", DIGIT_AHEAD_REWARD: "digit_ahead",
+                         SOFT_AHEAD_REWARD: "soft_ahead"}
 
 
 @dataclass
@@ -62,20 +64,19 @@ class ForecastTask:
         `LOOK_AHEAD_REWARD` (Q = R⁺(s·a)), `DIGIT_AHEAD_REWARD` (Q = R⁺ᵈ(s·a)), `SOFT_AHEAD_REWARD`
         (Q = V⁺ᵈ(s·a) at λ = `lam`), or None.
 
-        A head trained with `partial_reward` is wrapped so that it adds this task's R(s·a); one trained
-        with `soft_ahead` needs the search's λ too.
+        A head trained with a `value_form` is wrapped so that it adds this task's R(s·a); one trained
+        on "soft_ahead" needs the search's λ too.
         """
         if head is None:
             return None
         if isinstance(head, str):
             if head not in PARAMETER_FREE_VALUES:
-                raise ValueError(f"value head must be a loaded head or one of {PARAMETER_FREE_VALUES}, got {head!r}")
+                raise ValueError(f"value head must be a loaded head or one of {list(PARAMETER_FREE_VALUES)}, "
+                                 f"got {head!r}")
             if head == SOFT_AHEAD_REWARD and lam is None:
                 raise ValueError(f"value {head!r} averages exp(λ r): pass the search's `lam`")
-            return PartialRewardValue(self.codec, self.reward, look_ahead=head != PARTIAL_REWARD,
-                                      digit_ahead=head in (DIGIT_AHEAD_REWARD, SOFT_AHEAD_REWARD),
-                                      soft_lam=lam if head == SOFT_AHEAD_REWARD else None)
-        if getattr(getattr(head, "config", None), "partial_reward", False):
+            return PartialRewardValue(self.codec, self.reward, PARAMETER_FREE_VALUES[head], lam)
+        if getattr(getattr(head, "config", None), "shaped", False):
             return ShapedValue(head, self.codec, self.reward, lam)
         return head
 

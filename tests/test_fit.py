@@ -140,24 +140,21 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     assert len(result.samples) == 2 and result.nfe_tokens > 2 * 4 * 8  # both models' forwards are counted
 
 
-@pytest.mark.parametrize("bins, look_ahead, residual, digit_ahead, positions, soft",
-                         [(0, False, True, False, 0, False), (4, True, True, False, 0, False),
-                          (4, True, False, False, 0, False), (4, True, False, True, 5, True)])
-def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path, bins,
-                                                                                  look_ahead, residual, digit_ahead,
-                                                                                  positions, soft):
+@pytest.mark.parametrize("bins, form, residual, positions",
+                         [(0, "partial", True, 0), (4, "look_ahead", True, 0), (4, "look_ahead", False, 0),
+                          (4, "soft_ahead", False, 5)])
+def test_fit_with_a_value_form_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path, bins, form,
+                                                                               residual, positions):
     from sadt.flow_head import MLPFlowHead
     from sadt.head_io import load_search_head, load_value_head
-    from sadt.partial_reward import digits_written, partial_reward_q
+    from sadt.partial_reward import digits_written, shaping_value
     from search.config import SearchConfig
-    from search.forecast_task import ForecastTask
+    from search.forecast_task import PARAMETER_FREE_VALUES, ForecastTask
 
-    model = fit.main(fit_args(buffer_path, tmp_path, "--model.partial_reward", "true", "--trainer.max_steps", "3",
+    model = fit.main(fit_args(buffer_path, tmp_path, "--model.value_form", form, "--trainer.max_steps", "3",
                               "--model.reward_weight_bins", str(bins), "--model.weight_decay", "0.5",
-                              "--model.look_ahead", str(look_ahead).lower(), "--model.residual", str(residual).lower(),
-                              "--model.digit_ahead", str(digit_ahead).lower(),
-                              "--model.reward_weight_positions", str(positions),
-                              "--model.soft_ahead", str(soft).lower()))
+                              "--model.residual", str(residual).lower(),
+                              "--model.reward_weight_positions", str(positions)))
     batch = next(iter(model.trainer.datamodule.train_dataloader()))
     shaping, share, position = model.shaping(batch)
     first = position[:, 0, 0]  # every forecast starts a value: no digit written yet
@@ -170,18 +167,16 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
 
     meta_codec = read_buffer(buffer_path).meta["config"]["codec"]
     head, sidecar = load_head(tmp_path / "head", lm_fingerprint(), meta_codec)
-    assert head.config.partial_reward and sidecar["training"]["partial_reward"]
-    assert head.config.reward_weight_bins == bins and head.config.look_ahead == look_ahead
+    assert head.config.value_form == form == sidecar["training"]["value_form"]
+    assert head.config.reward_weight_bins == bins and head.config.reward_weight_positions == positions
     assert head.config.residual == residual and hasattr(head, "q_mlp") == residual  # no residual: no MLP weights
-    assert head.config.digit_ahead == digit_ahead and head.config.reward_weight_positions == positions
-    assert head.config.soft_ahead == soft
     if bins:  # β is trained, from 1, at its own lr and without weight decay pulling it towards 0
         assert head.reward_weight.shape == ((bins + 1, positions) if positions else (bins + 1,))
         assert not torch.equal(head.reward_weight, torch.ones_like(head.reward_weight))
         groups = model.trainer.optimizers[0].param_groups
         beta = [g for g in groups if any(p is model.head.reward_weight for p in g["params"])]
         assert [(g["weight_decay"], g["lr"]) for g in beta] == [(0, model.hparams.reward_weight_lr)]
-    with pytest.raises(RuntimeError, match="partial reward"):
+    with pytest.raises(RuntimeError, match="adds a task value"):
         head(torch.zeros(1, head.action_embeddings.shape[1]))  # Q_φ without R would be silently wrong
     with pytest.raises(HeadMismatchError, match="torch backend only"):
         load_search_head(tmp_path / "head", lm_fingerprint(), meta_codec, backend="mlx")
@@ -190,13 +185,12 @@ def test_fit_with_partial_reward_trains_the_residual_over_r_and_the_search_adds_
     lam = model.hparams.lam  # the soft look-ahead reads the search's λ
     value = task.value(head, lam)
     hidden, sequences = torch.randn(3, head.action_embeddings.shape[1]), [[], [1], [1, 10]]
-    r, done = (torch.as_tensor(x) for x in partial_reward_q(task.codec, task.reward, sequences, look_ahead,
-                                                            digit_ahead, lam if soft else None))
+    r, done = (torch.as_tensor(x) for x in shaping_value(task.codec, task.reward, sequences, form, lam))
     position = torch.as_tensor(digits_written(task.codec, sequences))[:, None] if positions else None
     torch.testing.assert_close(value(hidden, sequences),
                                head.q(hidden).double() + head.weigh_reward(r, done, position).double())
-    parameter_free = task.value("soft_ahead_reward" if soft else "digit_ahead_reward" if digit_ahead else
-                                "look_ahead_reward" if look_ahead else "partial_reward", lam)
+    name = {v: k for k, v in PARAMETER_FREE_VALUES.items()}[form]
+    parameter_free = task.value(name, lam)
     torch.testing.assert_close(r, parameter_free(hidden, sequences))
     untrained = task.value(MLPFlowHead(head.action_embeddings, head.config), lam)  # zero output layer, β = 1: Q = R
     torch.testing.assert_close(untrained(hidden, sequences), parameter_free(hidden, sequences))

@@ -7,9 +7,9 @@ from conftest import tiny_llama
 
 from data.series import load_builtin
 from sadt.codec import SEP, Codec
-from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+from sadt.flow_head import FlowHeadConfig, MLPFlowHead, migrate_value_flags
 from sadt.lm.backend import TorchLM
-from sadt.partial_reward import completed_values, digit_ahead_q, digits_written, nearest_completion, partial_reward_q
+from sadt.partial_reward import completed_values, digit_ahead_q, digits_written, nearest_completion, shaping_value
 from search.config import SearchConfig
 from search.forecast_task import ForecastTask
 
@@ -37,9 +37,9 @@ def test_partial_reward_value_is_the_partial_reward_of_each_next_state(task):
     np.testing.assert_allclose(q.numpy(), expected, rtol=0, atol=1e-12)
 
 
-def test_partial_reward_q_gives_each_next_states_share_of_the_horizon_completed(task):
+def test_shaping_value_gives_each_next_states_share_of_the_horizon_completed(task):
     sequences = [[], [1, 2], [1, 2, SEP, 3], [1, SEP, 2, SEP, 3, SEP, 4]]  # horizon 4: 0, 0, 1, 3 values done
-    r, share = partial_reward_q(task.codec, task.reward, sequences)
+    r, share = shaping_value(task.codec, task.reward, sequences)
     expected = np.repeat(np.array([0, 0, 1, 3])[:, None] / 4, r.shape[1], axis=1)
     expected[1:, SEP] += 0.25  # the separator completes one more value (at the empty state, none: no digits yet)
     np.testing.assert_array_equal(share, expected)
@@ -49,7 +49,7 @@ def test_partial_reward_q_gives_each_next_states_share_of_the_horizon_completed(
 @pytest.mark.parametrize("share, weight", [(0.0, 1.5), (0.2, 1.5), (0.25, -2.0), (0.74, 0.5), (0.75, 3.0),
                                            (1.0, 7.0)])
 def test_a_learned_reward_weight_is_read_from_the_bin_of_the_share_completed(share, weight):
-    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(hidden=4, partial_reward=True, reward_weight_bins=4))
+    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(hidden=4, value_form="partial", reward_weight_bins=4))
     r = torch.tensor([0.3, -1.2])
     torch.testing.assert_close(head.weigh_reward(r, torch.full((2,), share)), r)  # β starts at 1
     with torch.no_grad():
@@ -58,7 +58,7 @@ def test_a_learned_reward_weight_is_read_from_the_bin_of_the_share_completed(sha
 
 
 def test_a_per_position_reward_weight_is_read_from_the_bin_and_the_digits_written():
-    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(hidden=4, partial_reward=True, reward_weight_bins=2,
+    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(hidden=4, value_form="partial", reward_weight_bins=2,
                                                           reward_weight_positions=3))
     with torch.no_grad():
         head.reward_weight.copy_(torch.arange(9.0).reshape(3, 3))  # β[bin, position] = 3·bin + position
@@ -68,7 +68,7 @@ def test_a_per_position_reward_weight_is_read_from_the_bin_and_the_digits_writte
     with pytest.raises(ValueError, match="pass `position`"):
         head.weigh_reward(r, share)
     with pytest.raises(ValueError, match="needs `reward_weight_bins`"):
-        FlowHeadConfig(partial_reward=True, reward_weight_positions=3)
+        FlowHeadConfig(value_form="partial", reward_weight_positions=3)
 
 
 def test_digits_written_counts_the_unfinished_value_only(task):
@@ -76,9 +76,9 @@ def test_digits_written_counts_the_unfinished_value_only(task):
     assert digits_written(task.codec, sequences).tolist() == [0, 1, 2, 0, 1, 3]
 
 
-@pytest.mark.parametrize("options", [{"reward_weight_bins": 4}, {"look_ahead": True}])
-def test_a_reward_weight_or_look_ahead_without_the_partial_reward_is_an_error(options):
-    with pytest.raises(ValueError, match="need `partial_reward`"):
+@pytest.mark.parametrize("options", [{"reward_weight_bins": 4}, {"residual": False}])
+def test_a_reward_weight_or_no_residual_without_a_value_form_is_an_error(options):
+    with pytest.raises(ValueError, match="need a `value_form`"):
         FlowHeadConfig(**options)
 
 
@@ -106,13 +106,13 @@ def test_an_unknown_value_name_is_an_error_naming_it(task):
 
 
 def test_a_head_without_the_residual_is_beta_r_plus_a_per_action_bias():
-    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(partial_reward=True, reward_weight_bins=2, residual=False))
+    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(value_form="partial", reward_weight_bins=2, residual=False))
     assert not any(name.startswith("q_mlp") for name, _ in head.named_parameters())
     with torch.no_grad():
         head.q_bias.copy_(torch.arange(12.0))
     hidden = torch.randn(3, 5, 8)
     torch.testing.assert_close(head.q(hidden), torch.arange(12.0).expand(3, 5, 12))  # reads no LM state
-    with pytest.raises(ValueError, match="without the `residual` MLP"):
+    with pytest.raises(ValueError, match="need a `value_form`"):
         FlowHeadConfig(residual=False)
 
 
@@ -181,12 +181,17 @@ def test_soft_ahead_value_scores_digit_ahead_completions_softly_at_the_searchs_l
     finished = completed_values(task.codec, [1, 2, SEP, 3, SEP])
     assert q[2, SEP] == pytest.approx(task.reward.soft_ahead([finished], 15.0)[0], abs=1e-12)
     assert not np.allclose(q, digit_ahead_q(task.codec, task.reward, sequences)[0])
-    with pytest.raises(ValueError, match="needs `digit_ahead`"):
-        partial_reward_q(task.codec, task.reward, sequences, look_ahead=True, soft_lam=15.0)
-    with pytest.raises(ValueError, match="needs `digit_ahead`"):
-        FlowHeadConfig(partial_reward=True, look_ahead=True, soft_ahead=True)
+    with pytest.raises(ValueError, match="needs λ > 0"):
+        shaping_value(task.codec, task.reward, sequences, "soft_ahead")
 
 
-def test_digit_ahead_without_the_look_ahead_is_an_error():
-    with pytest.raises(ValueError, match="needs `look_ahead`"):
-        FlowHeadConfig(partial_reward=True, digit_ahead=True)
+def test_a_value_form_is_one_named_choice_and_old_sidecars_migrate():
+    with pytest.raises(ValueError, match="must be one of"):
+        FlowHeadConfig(value_form="look-ahead")
+    with pytest.raises(ValueError, match="need a `value_form`"):
+        FlowHeadConfig(reward_weight_bins=4)
+    # Heads written before the one choice kept a chain of flags; each later one refined the one before.
+    old = {"hidden": 8, "partial_reward": True, "look_ahead": True, "digit_ahead": True, "soft_ahead": False}
+    assert migrate_value_flags(old) == {"hidden": 8, "value_form": "digit_ahead"}
+    assert migrate_value_flags({"partial_reward": False, "look_ahead": False})["value_form"] == "none"
+    assert FlowHeadConfig(**migrate_value_flags({"partial_reward": True})).value_form == "partial"

@@ -29,7 +29,7 @@ from sadt.grammar import DigitGrammar
 from sadt.head_io import save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from sadt.lora_head import LoRAHeadConfig, adapted_path_states, add_lora, frozen, lora_parameters, save_adapter
-from sadt.partial_reward import digits_written, partial_reward_q, prompt_reward
+from sadt.partial_reward import digits_written, prompt_reward, shaping_value
 from sadt.policy import masked_log_softmax
 from sadt.rewards import ForecastReward, RewardConfig
 
@@ -67,19 +67,16 @@ class FlowHeadModule(pl.LightningModule):
         keep_best: write the head (and adapter) of the validation epoch with the lowest `val/loss`
             rather than the last one; the sidecar's `best` names that epoch. Validation prompts are
             never trained on, so this is early stopping against over-fitting the training prompts.
-        partial_reward: Q_φ(s, a) = R(s·a) + MLP residual, R the partial reward of the values s·a
-            has completed (sadt.partial_reward), rebuilt per prompt from the buffer's reward config.
-        reward_weight_bins: with `partial_reward`, learn R's weight β per 1/n of the horizon's values
+        value_form: "none" (Q_φ is the MLP alone), or the task value Q_φ adds to the MLP's residual,
+            rebuilt per prompt from the buffer's reward config (`sadt.partial_reward.VALUE_FORMS`):
+            "partial" R, the partial reward of the values s·a has completed; "look_ahead" R⁺ (plus a
+            seasonal-naive fill of the rest); "digit_ahead" R⁺ᵈ (R⁺ with the value being written
+            completed, so R tells the digits of a value apart); "soft_ahead" V⁺ᵈ (R⁺ᵈ averaged over
+            noisy guesses of the values not yet written, at the fit's λ).
+        reward_weight_bins: with a value form, learn R's weight β per 1/n of the horizon's values
             completed (Q_φ = β(k/H)·R + residual; 0 keeps β = 1). β is never weight-decayed.
-        look_ahead: with `partial_reward`, R⁺ (`ForecastReward.ahead`: the completed values plus a
-            seasonal-naive fill of the rest, scored as a finished forecast) in place of R.
-        digit_ahead: with `look_ahead`, R⁺ᵈ (`sadt.partial_reward.digit_ahead_q`: R⁺ with the value being
-            written completed to the one nearest the seasonal-naive guess) in place of R⁺, so that R
-            tells the digits of a value apart.
-        residual: False drops the MLP on h(s) (needs `partial_reward`): Q_φ = β(k/H)·R + a per-action
+        residual: False drops the MLP on h(s) (needs a value form): Q_φ = β(k/H)·R + a per-action
             bias, reading no LM state; the ablation that asks what the residual adds.
-        soft_ahead: with `digit_ahead`, V⁺ᵈ (`ForecastReward.soft_ahead` at the fit's λ: R⁺ᵈ averaged
-            over noisy guesses of the values not yet written) in place of R⁺ᵈ.
         reward_weight_positions: with `reward_weight_bins`, split each β by the digits of the unfinished
             value written so far, clamped to this many columns (0: one β per bin). The codec's
             `max_digits` + 1 gives every digit position and a full value its own weight.
@@ -93,9 +90,9 @@ class FlowHeadModule(pl.LightningModule):
         vargrad: float = 0.0, value: float = 0.0, forward_kl: float = 0.0, subtb_weight: float = 0.9,
         save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
-        lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, partial_reward: bool = False,
-        reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, look_ahead: bool = False, residual: bool = True,
-        digit_ahead: bool = False, reward_weight_positions: int = 0, soft_ahead: bool = False,
+        lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, value_form: str = "none",
+        reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, residual: bool = True,
+        reward_weight_positions: int = 0,
     ) -> None:
         super().__init__()
         if not lam > 0:
@@ -107,17 +104,16 @@ class FlowHeadModule(pl.LightningModule):
             raise ValueError(f"`adapter` must be 'none' or 'lora', got {adapter!r}")
         if weight_decay < 0:
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
-        if partial_reward and adapter != "none":
-            raise ValueError("`partial_reward` is built for the MLP head only (adapter 'none')")
+        if value_form != "none" and adapter != "none":
+            raise ValueError("`value_form` is built for the MLP head only (adapter 'none')")
         self.save_hyperparameters()
         self.lm, self.tokenizer = load_base_lm(base_model)  # frozen, and not a submodule: never checkpointed
         self.fingerprint = lm_fingerprint(base_model)
         self.action_token_ids = Codec(self.tokenizer).action_token_ids
         embeddings = self.lm.head.weight[self.action_token_ids]
-        head_config = FlowHeadConfig(hidden=hidden, layers=layers, partial_reward=partial_reward,
-                                     reward_weight_bins=reward_weight_bins, look_ahead=look_ahead, residual=residual,
-                                     digit_ahead=digit_ahead, reward_weight_positions=reward_weight_positions,
-                                     soft_ahead=soft_ahead)
+        head_config = FlowHeadConfig(hidden=hidden, layers=layers, value_form=value_form,
+                                     reward_weight_bins=reward_weight_bins, residual=residual,
+                                     reward_weight_positions=reward_weight_positions)
         self.head = MLPFlowHead(embeddings, head_config)
         self.lora_config = self.peft = None
         if adapter == "lora":
@@ -249,8 +245,7 @@ class FlowHeadModule(pl.LightningModule):
             if (prompt, path) not in self.shaping_cache:
                 states = [path[:t] for t in range(len(path))]
                 hp = self.hparams
-                r, share = partial_reward_q(self.codec, self.reward_of(prompt), states, hp.look_ahead, hp.digit_ahead,
-                                            hp.lam if hp.soft_ahead else None)
+                r, share = shaping_value(self.codec, self.reward_of(prompt), states, hp.value_form, hp.lam)
                 written = digits_written(self.codec, states) if hp.reward_weight_positions else np.zeros(len(states))
                 position = np.broadcast_to(written[:, None], r.shape)  # read only by a per-position β
                 self.shaping_cache[prompt, path] = torch.as_tensor(np.stack([r, share, position]), dtype=torch.float32)
@@ -271,7 +266,7 @@ class FlowHeadModule(pl.LightningModule):
         """Q_φ(s_t, ·) (B, T, A) along the batch's trajectories, log p(·|s_t) (B, T, A) and log Z_φ(c) (B,)."""
         hidden, prompt_hidden, log_prior = self.features(batch)
         q = self.head.q(hidden)
-        if self.hparams.partial_reward:
+        if self.head.config.shaped:
             r, share, position = self.shaping(batch).to(q)
             q = q + self.head.weigh_reward(r, share, position)
         return q, log_prior, self.head.log_z(prompt_hidden)

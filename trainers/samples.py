@@ -70,7 +70,7 @@ class SampleForecasts(pl.Callback):
         forecasts = {}
         for policy, guide in (("prior", 0.0), ("P_F", module.hparams.lam)):
             generator = torch.Generator().manual_seed(self.seed)
-            value = (ShapedValue(module.head, codec, reward, module.hparams.lam) if module.head.config.partial_reward
+            value = (ShapedValue(module.head, codec, reward, module.hparams.lam) if module.head.config.shaped
                      else module.head.q)
             out = rollout(
                 lm, cache, module.action_token_ids, module.grammar, [[]] * self.n_samples, generator=generator,
