@@ -193,11 +193,23 @@ def _create_datasets(f: h5py.File) -> None:
         )
 
 
+def _refuse_truncated(path: Path) -> None:
+    """A file cut short (a copy that stopped, a full disk) opens under SWMR, whose reads then retry its
+    missing metadata for minutes; a plain open sees the short end of file at once and says so."""
+    try:
+        h5py.File(path, "r").close()
+    except OSError as err:
+        if "truncated file" in str(err):
+            raise BufferError(f"{path}: truncated ({err}); the file was cut short: restore it or harvest again") \
+                from None  # other errors (e.g. a writer holds the file) are SWMR's to handle
+
+
 def open_h5(path: str | Path) -> h5py.File:
     """Open read-only in SWMR mode (works while a writer appends, and after a writer crashed)."""
     path = Path(path)
     if not path.is_file():
         raise BufferError(f"{path}: no such buffer file")
+    _refuse_truncated(path)
     try:
         return h5py.File(path, "r", swmr=True, libver="latest")
     except OSError as err:
@@ -302,6 +314,22 @@ def recover(path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def check_merge_paths(shards: Sequence[str | Path], out: Path) -> None:
+    """Refuse an output that exists (merge never overwrites) or that is one of the inputs, and a shard
+    named twice, before anything is read or written."""
+    resolved = [Path(s).resolve() for s in shards]
+    if out.resolve() in resolved:
+        raise BufferError(f"merge output {out} is also one of its inputs: the merged file would point at itself")
+    if out.exists():
+        raise BufferError(f"merge output {out} exists: merge never overwrites a buffer; remove it or pick a new name")
+    twice = sorted({str(s) for s, r in zip(shards, resolved) if resolved.count(r) > 1})
+    if twice:
+        raise BufferError(f"shard {twice[0]} is given more than once")
+    missing = [str(s) for s in shards if not Path(s).is_file()]
+    if missing:
+        raise BufferError(f"no such shard file: {missing[0]}")
+
+
 def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
     """One file whose datasets are virtual views over the shards' committed rows (nothing copied).
 
@@ -311,11 +339,18 @@ def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
     out = Path(out)
     if not shards:
         raise BufferError("merge needs at least one shard")
+    check_merge_paths(shards, out)
     metas, sizes, fingerprints = [], [], set()
+    holder: dict[bytes, str] = {}  # prompt key -> the shard that holds it
     for shard in shards:
         with open_h5(shard) as f:
             metas.append(check_attrs(f, Path(shard)))
             sizes.append(committed_sizes(f))
+            for key in f["prompt_keys"][: sizes[-1]["prompt_keys"]]:
+                if key in holder:
+                    raise BufferError(f"prompt {key.decode()!r} is in both {holder[key]} and {shard}: merging "
+                                      f"would store its trajectories twice; merge each shard once")
+                holder[key] = str(shard)
             fingerprints.add(str(f.attrs["lm_fingerprint"]))
             ends = f["prompt_traj_end"][: sizes[-1]["prompt_traj_end"]]
             sizes[-1]["_ends"] = ends

@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for path in args.paths:
                 print(summary(path))
-    except BufferError as err:
+    except (BufferError, OSError) as err:  # OSError: a file h5py cannot open (truncated, not HDF5)
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

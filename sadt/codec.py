@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sadt.config import check_finite
+
 DIGITS = "0123456789"
 SEP = 10  # action index of the value separator
 END = 11  # action index of end-of-text
@@ -31,6 +33,7 @@ class CodecConfig:
     max_digits: int = 4  # most digits a generated value may have (values < 10**(max_digits - precision))
 
     def __post_init__(self) -> None:
+        check_finite(self, "codec")
         if not 0 <= self.precision <= 6:
             raise ValueError(f"codec `precision` must be in [0, 6] decimals, got {self.precision}")
         if not 0.0 < self.alpha <= 1.0:

@@ -8,6 +8,7 @@ falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -50,6 +51,15 @@ def from_dict(raw: Any, cls: type[T], *, source: str = "config", prefix: str = "
         raise ConfigError(f"{source}: {err}") from err
 
 
+def check_finite(config: Any, block: str) -> None:
+    """Raise ValueError naming `block.field` for any float field of a dataclass that is NaN or ±inf
+    (λ = inf once ran a search that hung; every range check below a finite one assumes it)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{block} `{f.name}` must be a finite number, got {value}")
+
+
 def to_dict(config: Any) -> dict:
     """The resolved config as plain data (for logs, HDF5 attributes and checkpoints)."""
     return dataclasses.asdict(config)
@@ -84,6 +94,8 @@ def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: `{key}` must be a finite number, got {value}")
     if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{source}: `{key}` must be {hint.__name__}, got {value!r}")
     return value

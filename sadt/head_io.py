@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead, migrate_value_flags
@@ -20,7 +21,7 @@ WEIGHTS, SIDECAR = "head.safetensors", "head.json"
 
 
 class HeadMismatchError(ValueError):
-    """A head checkpoint was made for another LM or codec; the message names both."""
+    """A head checkpoint was made for another LM or codec, or is unreadable; the message names the file."""
 
 
 def save_head(head: MLPFlowHead, directory: str | Path, sidecar: dict) -> Path:
@@ -38,7 +39,12 @@ def read_sidecar(directory: Path, lm_fingerprint: str, codec: dict | None = None
     """The checkpoint's sidecar, after checking it was trained for this LM (and codec, when given)."""
     if not (directory / SIDECAR).is_file() or not (directory / WEIGHTS).is_file():
         raise FileNotFoundError(f"{directory}: expected {WEIGHTS} and {SIDECAR}")
-    meta = json.loads((directory / SIDECAR).read_text())
+    try:
+        meta = json.loads((directory / SIDECAR).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HeadMismatchError(f"{directory / SIDECAR}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise HeadMismatchError(f"{directory / SIDECAR}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("lm_fingerprint") != lm_fingerprint:
         raise HeadMismatchError(
             f"{directory}: head trained for LM {meta.get('lm_fingerprint')!r}, this LM is {lm_fingerprint!r}"
@@ -48,11 +54,20 @@ def read_sidecar(directory: Path, lm_fingerprint: str, codec: dict | None = None
     return meta
 
 
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a head's safetensors file; a truncated or foreign file is one error naming it."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise HeadMismatchError(f"{path}: not a readable safetensors file ({err}); re-train or restore the head") \
+            from None
+
+
 def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = None) -> tuple[MLPFlowHead, dict]:
     """The head in `directory` and its sidecar, after checking it was trained for this LM and codec."""
     directory = Path(directory)
     meta = read_sidecar(directory, lm_fingerprint, codec)
-    tensors = load_file(directory / WEIGHTS)
+    tensors = read_weights(directory / WEIGHTS)
     head = MLPFlowHead(tensors["action_embeddings"], FlowHeadConfig(**migrate_value_flags(meta["head_config"])))
     head.load_state_dict(tensors)
     return head, meta

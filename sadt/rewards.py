@@ -14,6 +14,7 @@ import numpy as np
 import scipy.signal
 import scipy.special
 
+from sadt.config import check_finite
 from sadt.spectral import SpectralConfig, SpectralPenalty
 
 
@@ -29,6 +30,7 @@ class RewardConfig:
     spectral: SpectralConfig = field(default_factory=SpectralConfig)
 
     def __post_init__(self) -> None:
+        check_finite(self, "reward")
         if self.gamma < 0:
             raise ValueError(f"reward `gamma` must be >= 0, got {self.gamma}")
         if self.invalid_penalty < 0:

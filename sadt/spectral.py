@@ -2,7 +2,9 @@
 
 PSDs are Welch estimates (scipy) with an explicit segment length shared by forecast and context,
 so both live on the same frequency grid `f_k = k / nperseg`. The zero bin is dropped (the mean
-is not a spectral property of the forecast), and PSDs are floored before the log.
+is not a spectral property of the forecast), and PSDs are floored before the log: at a millionth of
+the context's mean PSD, and never below an absolute 1e-12, so that a flat context (PSD 0) still
+gives a finite reward that prefers flat forecasts.
 """
 
 from __future__ import annotations
@@ -12,20 +14,26 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import welch
 
+from sadt.config import check_finite
+
 
 @dataclass(frozen=True)
 class SpectralConfig:
     segment: int = 24  # Welch segment length in steps, capped at the forecast length
     context_stride: int = 1  # stride between context windows when averaging the context PSD
     rel_floor: float = 1e-6  # PSD floor before the log, relative to the mean context PSD
+    abs_floor: float = 1e-12  # and never below this (a flat context has a zero PSD: log 0 would make r = -inf)
 
     def __post_init__(self) -> None:
+        check_finite(self, "spectral")
         if self.segment < 4:
             raise ValueError(f"spectral `segment` must be >= 4 steps, got {self.segment}")
         if self.context_stride < 1:
             raise ValueError(f"spectral `context_stride` must be >= 1, got {self.context_stride}")
-        if not self.rel_floor > 0:
-            raise ValueError(f"spectral `rel_floor` must be > 0, got {self.rel_floor}")
+        for name in ("rel_floor", "abs_floor"):
+            value = getattr(self, name)
+            if not (value > 0 and np.isfinite(value)):
+                raise ValueError(f"spectral `{name}` must be finite and > 0, got {value}")
 
 
 def psd(x: np.ndarray, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +97,7 @@ class SpectralPenalty:
         self.horizon = horizon
         self.context_psd = expected_context_psd(context, horizon, self.nperseg, self.config.context_stride)  # (F,)
         self.freqs = psd(np.zeros(self.nperseg), self.nperseg)[0]
-        self.floor = self.config.rel_floor * float(self.context_psd.mean())
+        self.floor = max(self.config.rel_floor * float(self.context_psd.mean()), self.config.abs_floor)
 
     def __call__(self, forecasts: np.ndarray) -> np.ndarray:
         """(B, H) -> (B,) penalties (>= 0, zero when the forecast's spectrum equals the context's)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sadt.config import check_finite
 from sadt.importance import effective_sample_size, log_mean_exp
 from search.methods import METHOD_STRATEGIES
 from search.smc import SMC_METHODS  # particle samplers, configured by the same SearchConfig
@@ -50,6 +51,7 @@ class SearchConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self, "search")
         if self.method not in METHODS + SMC_METHODS:
             raise ValueError(f"search `method` must be one of {METHODS + SMC_METHODS}, got {self.method!r}")
         if not self.lam > 0:

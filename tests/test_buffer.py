@@ -172,7 +172,7 @@ def test_cli_merges_and_inspects(tmp_path, capsys):
     write(shards[1], [1])
     assert buffer_cli(["merge", str(tmp_path / "m.h5"), *map(str, shards)]) == 0
     assert "2 prompts, 10 trajectories" in capsys.readouterr().out
-    assert buffer_cli(["inspect", str(tmp_path / "missing.h5")]) == 1
+    assert buffer_cli(["inspect", str(tmp_path / "missing.h5")]) == 2
     assert "no such buffer file" in capsys.readouterr().err
 
 

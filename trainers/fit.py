@@ -9,9 +9,11 @@ WANDB_MODE=online when logged in. CSV logs go beside them.
 from __future__ import annotations
 
 import os
+import sys
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from data.buffer import BufferError
 from trainers.data import BufferDataModule
 from trainers.module import FlowHeadModule
 
@@ -31,5 +33,16 @@ def main(args: list[str] | None = None) -> FlowHeadModule:
     return cli.model
 
 
+def run(args: list[str] | None = None) -> int:
+    """`main` for the command line: bad input (a missing or foreign buffer, an out-of-range setting) is one
+    line on stderr and exit status 2, not a traceback."""
+    try:
+        main(args)
+    except (BufferError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

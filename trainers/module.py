@@ -13,6 +13,7 @@ differentiable forward of prompt + path computes every step (not cached).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -95,6 +96,12 @@ class FlowHeadModule(pl.LightningModule):
         reward_weight_positions: int = 0,
     ) -> None:
         super().__init__()
+        floats = {"lam": lam, "lr": lr, "log_z_lr": log_z_lr, "tb": tb, "subtb": subtb, "db": db, "vargrad": vargrad,
+                  "value": value, "forward_kl": forward_kl, "subtb_weight": subtb_weight, "lora_alpha": lora_alpha,
+                  "lora_lr": lora_lr, "weight_decay": weight_decay, "reward_weight_lr": reward_weight_lr}
+        for name, number in floats.items():
+            if not math.isfinite(number):
+                raise ValueError(f"model `{name}` must be a finite number, got {number}")
         if not lam > 0:
             raise ValueError(f"`lam` must be > 0, got {lam}")
         weights = (tb, subtb, db, vargrad, value, forward_kl)

@@ -1,0 +1,120 @@
+"""Issue 27's hostile inputs: each ends in one line that names the file, field or value, and exit 2 where
+it is a command; nothing is overwritten or half-written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from buffer_records import FINGERPRINT, META, make_record
+
+from data.buffer import BufferWriter, read_buffer
+from sadt.codec import fit_scaler
+from sadt.config import ConfigError, load_config
+from sadt.rewards import ForecastReward, RewardConfig
+from search.config import SearchConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def command(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit 2, no traceback, a short stderr naming every word."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert all(w in proc.stderr for w in words), proc.stderr
+
+
+@pytest.mark.parametrize("field, value", [("lam", float("inf")), ("lam", float("nan")), ("guide_scale", float("inf")),
+                                          ("hybrid_alpha", float("nan"))])
+def test_every_float_setting_of_the_python_api_must_be_finite(field, value):
+    with pytest.raises(ValueError, match=f"search `{field}` must be a finite number"):
+        SearchConfig(**{field: value})
+    with pytest.raises(ValueError, match="reward `gamma` must be a finite number"):
+        RewardConfig(gamma=float("inf"))
+
+
+def test_a_non_finite_number_in_a_config_file_names_the_file_and_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("search:\n  lam: .inf\n")
+    from search.run import RunConfig
+
+    with pytest.raises(ConfigError, match=r"run.yaml: `search.lam` must be a finite number, got inf"):
+        load_config(path, RunConfig)
+
+
+@pytest.mark.parametrize("name, context", [
+    ("flat", np.full(48, 5.0)),
+    ("near flat", 5.0 + 1e-9 * np.sin(np.arange(48))),
+    ("all negative", -3.0 - np.abs(np.sin(np.arange(48)))),
+    ("1e12", 1e12 * (1 + 0.1 * np.sin(np.arange(48) * 2 * np.pi / 12))),
+])
+def test_the_reward_is_finite_for_flat_negative_and_huge_contexts(name, context):
+    scaled = fit_scaler(context).transform(context)
+    reward = ForecastReward(scaled, 12, RewardConfig())
+    rng = np.random.default_rng(0)
+    flat, wiggly = np.full(12, scaled[-1]), scaled[-12:] + 0.1 * rng.normal(size=12)
+    out = reward(np.stack([flat, wiggly, scaled[-12:]]), np.ones(3, bool))
+    assert np.isfinite(out.total).all(), name
+    if name == "flat":  # the context's spectrum is zero: a flat forecast matches it, a wiggly one does not
+        assert out.total[0] == pytest.approx(0.0) and out.total[1] < -1.0
+
+
+def test_merge_refuses_to_overwrite_to_read_itself_and_to_store_a_window_twice(tmp_path):
+    from data.buffer_cli import main as buffer_cli
+
+    a, b, out = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "m.h5"
+    for path, index in ((a, 0), (b, 1)):
+        with BufferWriter(path, FINGERPRINT, META) as writer:
+            writer.append(make_record(index))
+    before = a.read_bytes()
+    assert buffer_cli(["merge", str(a), str(b)]) == 2  # a.h5 exists: never replaced
+    assert a.read_bytes() == before
+    assert buffer_cli(["merge", str(out), str(out)]) == 2 and not out.exists()  # no self-reference
+    assert buffer_cli(["merge", str(out), str(a), str(a)]) == 2 and not out.exists()
+    with BufferWriter(tmp_path / "c.h5", FINGERPRINT, META) as writer:
+        writer.append(make_record(0))  # the same window as a.h5
+    assert buffer_cli(["merge", str(out), str(a), str(tmp_path / "c.h5")]) == 2 and not out.exists()
+    assert buffer_cli(["merge", str(out), str(a), str(b)]) == 0
+    assert read_buffer(out).n_prompts == 2
+
+
+def test_merge_and_inspect_on_the_command_line_end_in_one_line(tmp_path):
+    a = tmp_path / "a.h5"
+    with BufferWriter(a, FINGERPRINT, META) as writer:
+        writer.append(make_record(0))
+    assert_one_line_error(command("data.buffer_cli", "merge", str(a), str(a)), str(a), "inputs")
+    half = tmp_path / "half.h5"
+    half.write_bytes(a.read_bytes()[: a.stat().st_size // 2])
+    assert_one_line_error(command("data.buffer_cli", "inspect", str(half)), "half.h5")
+
+
+def test_a_corrupt_head_is_one_line_naming_the_file(tmp_path):
+    from sadt.head_io import HeadMismatchError, load_head
+
+    shipped = ROOT / "checkpoints/heads/mlp"
+    meta = json.loads((shipped / "head.json").read_text())
+    broken = tmp_path / "not_json"
+    broken.mkdir()
+    (broken / "head.json").write_text("{not json")
+    (broken / "head.safetensors").write_bytes((shipped / "head.safetensors").read_bytes())
+    with pytest.raises(HeadMismatchError, match=r"not_json/head.json: not valid JSON"):
+        load_head(broken, meta["lm_fingerprint"])
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "head.json").write_text(json.dumps(meta))
+    (truncated / "head.safetensors").write_bytes((shipped / "head.safetensors").read_bytes()[:1000])
+    with pytest.raises(HeadMismatchError, match=r"truncated/head.safetensors: not a readable safetensors file"):
+        load_head(truncated, meta["lm_fingerprint"])
+
+
+def test_fit_ends_bad_input_in_one_line(tmp_path):
+    missing = tmp_path / "missing.h5"
+    assert_one_line_error(command("trainers.fit", "--data.buffers", f"[{missing}]", "--model.lam", "2"),
+                          "missing.h5")
+    assert_one_line_error(command("trainers.fit", "--data.buffers", f"[{missing}]", "--model.lam", "-1"), "lam")
