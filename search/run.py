@@ -47,7 +47,7 @@ from sadt.rewards import RewardConfig
 from sadt.spectral import spec_w1
 from search.ancestral import sample_prior
 from search.config import METHODS as TREE_METHODS
-from search.config import SearchConfig
+from search.config import SearchConfig, SearchResult
 from search.forecast_task import ForecastTask
 from search.smc import SMC_METHODS
 
@@ -105,22 +105,32 @@ class RunConfig:
         return from_dict({**to_dict(base), **self.variants[name]}, SearchConfig, prefix=f"variants.{name}.")
 
 
+@dataclass
+class MethodDraws:
+    sequences: list[list[int]]  # n_samples action sequences
+    rewards: np.ndarray  # (n_samples,)
+    rollouts: int | None = None  # rollouts actually run (tree searches), None for base sampling and SMC
+    interrupted: bool = False  # Ctrl-C stopped the search early: its samples come from a smaller tree
+
+
 def sample_method(
     lm, task: ForecastTask, method: str, config: RunConfig, head: SearchHead | None = None
-) -> tuple[list[list[int]], np.ndarray]:
+) -> MethodDraws:
     """`n_samples` action sequences of one method (or variant) and their rewards."""
     if method == "base":
         actions, _ = sample_prior(
             lm, task, n_samples=config.n_samples, batch_size=config.batch_size,
             temperature=config.temperature, top_k=config.top_k, seed=config.seed,
         )
-        return actions, task.reward_fn(actions)
+        return MethodDraws(actions, task.reward_fn(actions))
     search_config = config.search_config(method)
     if not search_config.needs_head:
         result = task.search(lm, search_config)
     else:  # a LoRA head brings its own backend (frozen prior, adapted states)
         result = task.search(head.lm or lm, search_config, head.value_head)
-    return result.samples, result.sample_rewards
+    if not isinstance(result, SearchResult):  # SMC: no partial result (Ctrl-C raises KeyboardInterrupt)
+        return MethodDraws(result.samples, result.sample_rewards)
+    return MethodDraws(result.samples, result.sample_rewards, result.n_rollouts, result.interrupted)
 
 
 def method_label(method: str, config: RunConfig) -> str:
@@ -140,19 +150,23 @@ def run_method(
     for backend in backends:
         backend.stats.reset()
     start = time.perf_counter()
-    sequences, rewards = sample_method(lm, task, method, config, head)
+    draws = sample_method(lm, task, method, config, head)
     wall = time.perf_counter() - start
-    forecasts = task.values(sequences)
+    forecasts = task.values(draws.sequences)
     if forecasts.shape[0] == 0:
-        raise RuntimeError(f"{series.name}/{method}: none of the {len(sequences)} forecasts parsed")
+        raise RuntimeError(f"{series.name}/{method}: none of the {len(draws.sequences)} forecasts parsed")
+    label = method_label(method, config)
+    if draws.interrupted:
+        label += f" (interrupted at {draws.rollouts} rollouts)"
     row = {
         "series": series.name,
-        "method": method_label(method, config),
+        "method": label,
+        "interrupted": draws.interrupted,
         "samples": int(forecasts.shape[0]),
         "crps": crps(series.truth, forecasts),
         "scaled_mae": scaled_mae(series.truth, forecasts),
         "spec_w1": float(spec_w1(forecasts, series.truth, config.reward.spectral.segment).mean()),
-        "reward": float(np.mean(rewards)),
+        "reward": float(np.mean(draws.rewards)),
         "nfe_tokens": sum(b.stats.tokens for b in backends),
         "forward_calls": sum(b.stats.forward_calls for b in backends),
         "wall_s": wall,
@@ -162,11 +176,13 @@ def run_method(
 
 
 def run_series(lm, codec: Codec, series: Series, config: RunConfig, out_dir: Path, head=None) -> list[dict]:
-    """Every method on one series, then its fan chart and PSD plot."""
+    """Every method on one series, then its fan chart and PSD plot; an interrupted row ends the list."""
     rows, plots = [], {}
     for method in config.methods:
         row, plots[row["method"]] = run_method(lm, codec, series, method, config, head)
         rows.append(row)
+        if row["interrupted"]:
+            break
     title = f"{series.name}: forecasts of the last {series.horizon} steps"
     fan_chart(out_dir / f"{series.name}_fan.png", series.context, series.truth, plots, title)
     nperseg = min(config.reward.spectral.segment, series.horizon)
@@ -220,23 +236,29 @@ def main(argv: list[str] | None = None, default_config: str = "configs/search/ai
     parser.add_argument("--n-samples", type=int, help="override the config's n_samples")
     args = parser.parse_args(argv)
     console = Console(width=150)  # a wide table even when piped to a log
+    errors = Console(stderr=True, width=150)
     try:
         config = load_config(args.config, RunConfig)
         overrides = {"series": args.series, "n_samples": args.n_samples}
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
         series_list = load_series_list(config)
     except (ConfigError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        errors.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         return 2
     lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device, backend=config.backend)
     codec = Codec(tokenizer, config.codec)
     try:
         head = load_run_head(config, console)
     except (FileNotFoundError, HeadMismatchError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        errors.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         return 2
     out_dir = Path(config.output_dir)
-    rows = [row for s in series_list for row in run_series(lm, codec, s, config, out_dir, head)]
+    rows: list[dict] = []
+    for series in series_list:
+        rows += run_series(lm, codec, series, config, out_dir, head)
+        if rows[-1]["interrupted"]:  # Ctrl-C: keep what is done, run nothing more
+            errors.print(f"interrupted: stopped after {rows[-1]['series']} / {rows[-1]['method']}")
+            break
     print_table(rows, console)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "results.csv").open("w", newline="") as f:

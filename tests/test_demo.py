@@ -33,7 +33,7 @@ def test_demo_rejects_a_bad_config_before_loading_the_model(tmp_path, capsys):
     config = tmp_path / "demo.yaml"
     config.write_text("series: [NotASeries]\n")
     assert demo.main(["--config", str(config)]) == 2
-    assert "unknown series 'NotASeries'" in capsys.readouterr().out
+    assert "unknown series 'NotASeries'" in capsys.readouterr().err
 
 
 def write_head(directory, fingerprint: str) -> None:
@@ -70,7 +70,7 @@ def test_head_rows_run_and_a_foreign_head_is_refused(tmp_path, capsys, base_toke
 
     write_head(tmp_path / "head", "0123456789abcdef")
     assert demo.main(["--config", str(config)]) == 2
-    assert "head trained for LM '0123456789abcdef'" in capsys.readouterr().out
+    assert "head trained for LM '0123456789abcdef'" in capsys.readouterr().err
 
 
 @pytest.mark.base_model
@@ -85,3 +85,30 @@ def test_the_demo_config_names_a_shipped_head_for_this_base_model(base_tokenizer
     assert config.search_config("hybrid").hybrid == "visits" and config.search_config("hybrid").n_rollouts == 200
     head = load_search_head(root / config.head, lm_fingerprint(), to_dict(config.codec))  # raises on a mismatch
     assert head.lm is None and head.meta["lam"] == config.search.lam
+
+
+@pytest.mark.base_model
+def test_ctrl_c_marks_the_interrupted_row_and_stops_the_job(tmp_path, capsys, base_tokenizer, monkeypatch):
+    from search.forecast_task import ForecastTask
+
+    calls = {"n": 0}
+    reward_fn = ForecastTask.reward_fn
+
+    def interrupting(task, sequences):  # 1: base sampling, 2: the search's first batch, 3: Ctrl-C
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return reward_fn(task, sequences)
+
+    monkeypatch.setattr(ForecastTask, "reward_fn", interrupting)
+    series = tmp_path / "short.csv"
+    series.write_text("value\n" + "\n".join(f"{50 + 5 * (i % 7):.1f}" for i in range(30)) + "\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"csv: {series}\nmethods: [base, maxent_ts, dts]\nn_samples: 4\noutput_dir: {tmp_path / 'out'}\n"
+                      "search:\n  n_rollouts: 8\n  batch_size: 4\n  lam: 5.0\n")
+    assert demo.main(["--config", str(config)]) == 0
+    with (tmp_path / "out" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["base sampling", "maxent_ts@8 λ=5 (interrupted at 4 rollouts)"]  # no dts
+    assert [r["interrupted"] for r in rows] == ["False", "True"]
+    assert "interrupted: stopped after" in capsys.readouterr().err
