@@ -25,6 +25,10 @@ PARAMETER_FREE_VALUES = {PARTIAL_REWARD: "partial", LOOK_AHEAD_REWARD: "look_ahe
                          SOFT_AHEAD_REWARD: "soft_ahead"}
 
 
+class ContextTooLong(ValueError):
+    """The prompt and forecast do not fit in the LM's context window; the message says how to shorten it."""
+
+
 @dataclass
 class ForecastTask:
     codec: Codec
@@ -43,6 +47,19 @@ class ForecastTask:
         grammar = DigitGrammar(horizon=horizon, max_digits=codec.config.max_digits)
         reward = ForecastReward(scaler.transform(context), horizon, reward_config)
         return cls(codec, prompt_ids, scaler, grammar, reward, horizon)
+
+    def check_window(self, window: int | None, context_steps: int) -> None:
+        """Refuse, before any forward, a prompt whose tokens plus the longest forecast exceed `window`
+        (a 100k-step CSV once ran the machine out of memory in its prefill)."""
+        need = len(self.prompt_ids) + self.grammar.max_tokens
+        if window is None or need <= window:
+            return
+        per_step = len(self.prompt_ids) / max(context_steps, 1)
+        keep = int((window - self.grammar.max_tokens) / per_step * 0.95)
+        raise ContextTooLong(
+            f"a context of {context_steps} steps encodes to {len(self.prompt_ids)} tokens; with a forecast of up to "
+            f"{self.grammar.max_tokens} tokens that exceeds the model's window of {window}: forecast from the last "
+            f"{max(keep, 0)} steps or fewer (e.g. keep only the CSV's last rows)")
 
     def decode(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Action sequences -> scaled values (B, H) and validity (B,)."""

@@ -48,7 +48,7 @@ from sadt.spectral import spec_w1
 from search.ancestral import sample_prior
 from search.config import METHODS as TREE_METHODS
 from search.config import SearchConfig, SearchResult
-from search.forecast_task import ForecastTask
+from search.forecast_task import ContextTooLong, ForecastTask
 from search.smc import SMC_METHODS
 
 METHODS = ("base", *TREE_METHODS, *SMC_METHODS)  # `base`: plain batched sampling without a tree
@@ -253,6 +253,13 @@ def main(argv: list[str] | None = None, default_config: str = "configs/search/ai
         errors.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         return 2
     out_dir = Path(config.output_dir)
+    try:  # every series fits the LM's window, checked before any forward
+        for series in series_list:
+            task = ForecastTask.build(codec, series.context, series.horizon, config.reward)
+            task.check_window(getattr(lm, "context_window", None), series.context.size)
+    except ContextTooLong as err:
+        errors.print(f"[red]error:[/red] {series.name}: {err}", highlight=False, soft_wrap=True)
+        return 2
     rows: list[dict] = []
     for series in series_list:
         rows += run_series(lm, codec, series, config, out_dir, head)

@@ -118,3 +118,17 @@ def test_fit_ends_bad_input_in_one_line(tmp_path):
     assert_one_line_error(command("trainers.fit", "--data.buffers", f"[{missing}]", "--model.lam", "2"),
                           "missing.h5")
     assert_one_line_error(command("trainers.fit", "--data.buffers", f"[{missing}]", "--model.lam", "-1"), "lam")
+
+
+@pytest.mark.base_model
+def test_a_series_longer_than_the_models_window_is_refused_before_any_forward(tmp_path, capsys, base_tokenizer):
+    from search import demo
+
+    series = tmp_path / "long.csv"
+    series.write_text("value\n" + "\n".join(f"{100 + (i % 50)}" for i in range(5000)) + "\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"csv: {series}\nn_samples: 2\noutput_dir: {tmp_path / 'out'}\n")
+    assert demo.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "exceeds the model's window of 8192" in err and "forecast from the last" in err
+    assert not (tmp_path / "out").exists()  # nothing written

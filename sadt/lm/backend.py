@@ -94,6 +94,11 @@ class TorchLM:
         self.head = model.get_output_embeddings()
         self.stats = LMStats()
 
+    @property
+    def context_window(self) -> int | None:
+        """The most positions the model attends over (prompt + generated), when its config says."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> TorchLM:
         from transformers import AutoModelForCausalLM
