@@ -70,6 +70,7 @@ def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = N
     tensors = read_weights(directory / WEIGHTS)
     head = MLPFlowHead(tensors["action_embeddings"], FlowHeadConfig(**migrate_value_flags(meta["head_config"])))
     head.load_state_dict(tensors)
+    head.trained_lam = meta.get("lam")  # make_sampler warns when a search runs at another λ
     return head, meta
 
 
@@ -106,6 +107,13 @@ def load_search_head(
     """
     directory = Path(directory)
     meta = read_sidecar(directory, lm_fingerprint, codec)
+    search_head = _load_search_head(directory, meta, lm_fingerprint, codec, backend, device, base_model)
+    search_head.value_head.trained_lam = meta.get("lam")  # make_sampler warns when a search runs at another λ
+    return search_head
+
+
+def _load_search_head(directory: Path, meta: dict, lm_fingerprint: str, codec: dict | None, backend: str,
+                      device: str, base_model: str | Path | None) -> SearchHead:
     adapter = meta.get("adapter")
     if backend == "mlx":
         if adapter:

@@ -180,6 +180,7 @@ class ShapedValue:
             raise ValueError("this head weighs the soft look-ahead value V⁺ᵈ, which needs the search's λ: pass `lam`")
         check_value_form(form, lam)
         self.head, self.codec, self.reward, self.lam = head, codec, reward, lam
+        self.trained_lam = getattr(head, "trained_lam", None)
 
     def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         config = self.head.config

@@ -214,19 +214,14 @@ def load_series_list(config: RunConfig) -> list[Series]:
     return [load_builtin(name) for name in config.series]
 
 
-def load_run_head(config: RunConfig, console: Console) -> SearchHead | None:
-    """The configured flow head, checked against the base model and codec (None when not set)."""
+def load_run_head(config: RunConfig) -> SearchHead | None:
+    """The configured flow head, checked against the base model and codec (None when not set); a search
+    at another λ than the head's warns when it starts (`search.sampler.make_sampler`)."""
     if config.head is None:
         return None
-    head = load_search_head(
+    return load_search_head(
         config.head, lm_fingerprint(), to_dict(config.codec), backend=config.backend, device=config.device
     )
-    meta = head.meta
-    lams = sorted({config.search_config(m).lam for m in config.methods if m != "base"})
-    if meta.get("lam") not in lams:
-        console.print(f"[yellow]warning:[/yellow] head {config.head} was trained at λ={meta.get('lam')}, "
-                      f"the search uses λ={lams}: Q_φ estimates soft values at its own λ")
-    return head
 
 
 def main(argv: list[str] | None = None, default_config: str = "configs/search/airpassengers.yaml") -> int:
@@ -248,7 +243,7 @@ def main(argv: list[str] | None = None, default_config: str = "configs/search/ai
     lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device, backend=config.backend)
     codec = Codec(tokenizer, config.codec)
     try:
-        head = load_run_head(config, console)
+        head = load_run_head(config)
     except (FileNotFoundError, HeadMismatchError) as err:
         errors.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         return 2

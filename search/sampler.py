@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 
 from sadt.lm.backend import LMBackend
@@ -19,7 +21,14 @@ def make_sampler(
     config: SearchConfig,
     value_head=None,
 ) -> TreeSearch | SMC:
-    """`TreeSearch` for the tree methods, `SMC` for smc / twisted_smc; call `.run()` on either."""
+    """`TreeSearch` for the tree methods, `SMC` for smc / twisted_smc; call `.run()` on either.
+
+    A head loaded from a checkpoint knows the λ it was trained at (`trained_lam`); a search at another
+    λ gets a warning, since Q_φ estimates soft values at its own λ."""
+    trained = getattr(value_head, "trained_lam", None)
+    if trained is not None and not math.isclose(trained, config.lam):
+        warnings.warn(f"the flow head was trained at λ={trained:g}, the search runs at λ={config.lam:g}: "
+                      f"Q_φ estimates soft values at its own λ", stacklevel=2)
     sampler = SMC if config.method in SMC_METHODS else TreeSearch
     return sampler(lm, prompt_ids, action_token_ids, grammar, reward_fn, config, value_head=value_head)
 
