@@ -172,9 +172,33 @@ def dominant_period(series: np.ndarray) -> int:
     return int(np.clip(round(1.0 / peak), 1, len(series) // 2))
 
 
+def _is_number(value) -> bool:
+    """A real number (Python, NumPy or a 0-d tensor), not a string that happens to parse as one."""
+    if isinstance(value, (str, bytes)):
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def checked_rewards(reward_fn, sequences: list[list[int]]) -> np.ndarray:
-    """`reward_fn(sequences)` as float64 (B,); a wrong shape or a non-finite reward names the sample."""
-    rewards = np.asarray(reward_fn(sequences), dtype=np.float64)
+    """`reward_fn(sequences)` as float64 (B,); a failing reward function, a wrong shape, a reward that is
+    not a number or not finite is a `RewardError` naming the batch or the sample."""
+    try:
+        raw = reward_fn(sequences)
+    except (KeyboardInterrupt, RewardError):
+        raise
+    except Exception as err:  # a user's reward: say which batch it failed on, keep the cause chained
+        raise RewardError(f"reward_fn raised {type(err).__name__}: {err} on a batch of {len(sequences)} sequences "
+                          f"(first: actions {sequences[0] if sequences else []})") from err
+    values = list(np.ravel(np.asarray(raw, dtype=object)))
+    bad = next((i for i, v in enumerate(values) if not _is_number(v)), None)  # strings too, even "1.0"
+    if bad is not None:
+        raise RewardError(f"reward of sample {bad} (actions {sequences[bad] if bad < len(sequences) else '?'}) is "
+                          f"{values[bad]!r}, not a number")
+    rewards = np.asarray(raw, dtype=np.float64)
     if rewards.shape != (len(sequences),):
         raise RewardError(f"reward_fn returned shape {rewards.shape} for {len(sequences)} sequences")
     bad = ~np.isfinite(rewards)

@@ -155,3 +155,16 @@ def test_a_head_trained_at_another_lambda_warns_wherever_a_sampler_is_made():
         warnings.simplefilter("error", UserWarning)  # the same λ: no warning
         config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, progress=False, hybrid="visits")
         make_sampler(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, head)
+
+
+@pytest.mark.parametrize("reward_fn, message", [
+    (lambda s: 1 / 0, "reward_fn raised ZeroDivisionError"),
+    (lambda s: ["high"] * len(s), "reward of sample 0 .* is 'high', not a number"),
+    (lambda s: ["1.0", "2.0"], "is '1.0', not a number"),  # parseable strings are still a bug in the reward
+    (lambda s: [0.5, float("nan")], "reward of sample 1 .* is nan"),
+])
+def test_a_failing_or_non_numeric_reward_names_the_sample(reward_fn, message):
+    from sadt.rewards import RewardError, checked_rewards
+
+    with pytest.raises(RewardError, match=message):
+        checked_rewards(reward_fn, [[1, 2], [3]])
