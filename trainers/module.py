@@ -148,7 +148,8 @@ class FlowHeadModule(pl.LightningModule):
         (`setup` calls this; outside a Trainer, call it with a set-up `BufferDataModule`)."""
         meta = datamodule.meta
         if meta.get("action_token_ids") != self.action_token_ids:
-            raise ValueError("the buffer's action tokens differ from this LM's codec; harvest with this LM")
+            raise ValueError(f"{', '.join(map(str, datamodule.paths))}: the buffer's action tokens differ from this "
+                             f"LM's codec; harvest with this LM")
         config = meta["config"]
         self.grammar = DigitGrammar(horizon=config["horizon"], max_digits=config["codec"]["max_digits"])
         self.codec = Codec(self.tokenizer, from_dict(config["codec"], CodecConfig))
