@@ -4,7 +4,8 @@
     python -m search.demo                      # the same job on configs/demo/airpassengers.yaml
 
 For each series (LLMTime protocol: the last 20% held out) and each method in `methods` it draws
-`n_samples` forecasts: `base` samples the grammar-restricted prior in batches; the tree methods
+`n_samples` forecasts: `base` samples the grammar-restricted prior in batches; `auto_arima` is the
+peer a user would pick instead (pmdarima's AutoARIMA on the same context, `search.peers`); the tree methods
 (`maxent_ts`, `dts`, `dts_star`, `mcts_uct`, `ancestral`, `best_of_n`, `greedy`, `flow`) and the
 particle samplers (`smc`, `twisted_smc`) run with the `search` settings (its `method` replaced).
 A row may also name an entry of `variants`: `search` with that entry's overrides, e.g.
@@ -49,9 +50,11 @@ from search.ancestral import sample_prior
 from search.config import METHODS as TREE_METHODS
 from search.config import SearchConfig, SearchResult
 from search.forecast_task import ContextTooLong, ForecastTask
+from search.peers import auto_arima_samples, seasonal_period
 from search.smc import SMC_METHODS
 
-METHODS = ("base", *TREE_METHODS, *SMC_METHODS)  # `base`: plain batched sampling without a tree
+PEER = "auto_arima"  # AutoARIMA fitted on the same context (search.peers): what a user would pick instead
+METHODS = ("base", PEER, *TREE_METHODS, *SMC_METHODS)  # `base`: plain batched sampling without a tree
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class RunConfig:
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"`backend` must be one of {BACKENDS}, got {self.backend!r}")
-        searched = [name for name in self.methods if name != "base"]
+        searched = [name for name in self.methods if name not in ("base", PEER)]
         needing = [name for name in searched if self.search_config(name).needs_head]  # a bad variant fails here
         if needing and self.head is None:
             raise ValueError(f"methods {needing} read a flow head: set `head` to a checkpoint directory")
@@ -111,6 +114,16 @@ class MethodDraws:
     rewards: np.ndarray  # (n_samples,)
     rollouts: int | None = None  # rollouts actually run (tree searches), None for base sampling and SMC
     interrupted: bool = False  # Ctrl-C stopped the search early: its samples come from a smaller tree
+    forecasts: np.ndarray | None = None  # (n_samples, H) in series units, for a peer that writes no tokens
+
+
+def peer_draws(task: ForecastTask, series: Series, config: RunConfig) -> MethodDraws:
+    """AutoARIMA's forecasts on the same context, scored by the same reward (no LM work)."""
+    forecasts = auto_arima_samples(series.context, series.horizon, config.n_samples,
+                                   seasonal_period(series.context), config.seed)
+    scaled = task.scaler.transform(forecasts)
+    rewards = task.reward(scaled, np.ones(len(scaled), dtype=bool)).total
+    return MethodDraws([], rewards, forecasts=forecasts)
 
 
 def sample_method(
@@ -136,6 +149,8 @@ def sample_method(
 def method_label(method: str, config: RunConfig) -> str:
     if method == "base":
         return "base sampling"
+    if method == PEER:
+        return "AutoARIMA (peer)"
     search = config.search_config(method)
     name = method if method in config.variants else search.method
     return f"{name}@{search.n_rollouts} λ={search.lam:g}"
@@ -150,9 +165,9 @@ def run_method(
     for backend in backends:
         backend.stats.reset()
     start = time.perf_counter()
-    draws = sample_method(lm, task, method, config, head)
+    draws = peer_draws(task, series, config) if method == PEER else sample_method(lm, task, method, config, head)
     wall = time.perf_counter() - start
-    forecasts = task.values(draws.sequences)
+    forecasts = draws.forecasts if draws.forecasts is not None else task.values(draws.sequences)
     if forecasts.shape[0] == 0:
         raise RuntimeError(f"{series.name}/{method}: none of the {len(draws.sequences)} forecasts parsed")
     label = method_label(method, config)
