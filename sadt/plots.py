@@ -12,11 +12,14 @@ import numpy as np  # noqa: E402
 
 from sadt.spectral import expected_context_psd, psd  # noqa: E402
 
+SAMPLE_PATHS = 3  # individual forecasts drawn per method in the fan chart
+
 
 def fan_chart(
     path: Path, context: np.ndarray, truth: np.ndarray, forecasts: dict[str, np.ndarray], title: str
 ) -> Path:
-    """Context, truth, and per method the median with 10-90% and 25-75% bands of its samples."""
+    """Context, truth, and per method the median with 10-90% and 25-75% bands of its samples, and a few
+    of its sample paths (a median of seasonal samples in different phases is flat and hides them)."""
     fig, ax = plt.subplots(figsize=(10, 4.5))
     t_context = np.arange(context.size)
     t_future = np.arange(context.size, context.size + truth.size)
@@ -27,6 +30,8 @@ def fan_chart(
         ax.fill_between(t_future, lo, hi, color=color, alpha=0.15, lw=0)
         ax.fill_between(t_future, q25, q75, color=color, alpha=0.3, lw=0)
         ax.plot(t_future, med, color=color, lw=1.6, label=f"{name} median ({len(samples)} samples)")
+        for path_values in samples[:SAMPLE_PATHS]:
+            ax.plot(t_future, path_values, color=color, lw=0.6, alpha=0.7)
     ax.axvline(context.size - 0.5, color="grey", lw=0.8)
     ax.set(title=title, xlabel="step", ylabel="value")
     ax.legend(loc="upper left", fontsize=8)
@@ -36,15 +41,24 @@ def fan_chart(
 def psd_comparison(
     path: Path, context: np.ndarray, truth: np.ndarray, forecasts: dict[str, np.ndarray], nperseg: int, title: str
 ) -> Path:
-    """Welch PSDs (log scale): expected context PSD, truth, and the mean PSD of each method's samples."""
+    """Welch PSDs (log scale): expected context PSD, truth, and the mean PSD of each method's samples.
+
+    The y-axis spans the context's and truth's PSDs with two decades of room each way, so a method
+    whose samples are nearly flat (PSD ~1e-30) shows as off the bottom rather than squashing the rest."""
     horizon = truth.size
     freqs, truth_psd = psd(truth, nperseg)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.semilogy(freqs, expected_context_psd(context, horizon, nperseg), color="black", lw=1.5, label="context E[S_c]")
     ax.semilogy(freqs, truth_psd, color="black", ls="--", lw=1.2, label="held-out truth")
+    reference = np.concatenate([expected_context_psd(context, horizon, nperseg), truth_psd])
+    reference = reference[reference > 0]
+    bottom = reference.min() / 100 if reference.size else 0.0
     for (name, samples), color in zip(forecasts.items(), plt.cm.tab10.colors):
-        _, sample_psd = psd(samples, nperseg)
-        ax.semilogy(freqs, sample_psd.mean(axis=0), color=color, lw=1.5, label=f"{name} (mean over samples)")
+        mean_psd = psd(samples, nperseg)[1].mean(axis=0)
+        below = " (below the axis: nearly flat)" if bottom and mean_psd.max() < bottom else ""
+        ax.semilogy(freqs, mean_psd, color=color, lw=1.5, label=f"{name} (mean over samples){below}")
+    if reference.size:
+        ax.set_ylim(bottom, reference.max() * 100)
     ax.set(title=title, xlabel="frequency (cycles / step)", ylabel="PSD")
     ax.legend(fontsize=8)
     return _save(fig, path)
