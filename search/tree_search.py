@@ -16,8 +16,9 @@ All B selections of an iteration see the tree as it was before the iteration. Bo
 is a sampler, so two selections landing on the same leaf are two independent rollouts below it,
 not wasted work, and results do not depend on B beyond sampling noise (tested). The argmax rules
 (UCT, PUCT) would all pick the same leaf, so a selection adds a virtual visit to every node on its
-path (`Tree.pending`), which the later selections of the same iteration count as visits; Boltzmann
-selection never reads them, so each of its B draws has the same law and its importance weight is exact.
+path (`Tree.pending`), which the later selections of the same iteration count as visits (the hybrid's
+α counts them too, `search.values`); each selection records the law it drew from, so its importance
+weight is exact whatever the batch.
 
 Samples come from the finished tree without model calls (DTS Alg. 2): descend among visited
 children with weights `w(c) exp(λ V̂(c))`, the weights the backup normalises.

@@ -1,9 +1,10 @@
 """The samplers' laws under a flow head, checked against exact answers on the enumerable toy.
 
-Each test here failed on the code before issue 26's fixes: the in-tree sampler under the hybrid read
-the selection's mixed Ṽ, top_k was taken after the head's tilt, the hybrid's α counted virtual
-visits within a batch, an interrupted DTS iteration kept its draw counts, and twisted SMC ignored
-guide_scale.
+The tests of the in-tree law, top_k, DTS's Ctrl-C and twisted SMC's guide_scale failed on the code
+before issue 26's fixes (the in-tree sampler under the hybrid read the selection's mixed Ṽ, top_k was
+taken after the head's tilt, an interrupted DTS iteration kept its draw counts, twisted SMC ignored
+guide_scale). The batched-weights test pins what the old code already did right: each selection of a
+batch records the law it drew from.
 """
 
 import numpy as np
@@ -123,16 +124,28 @@ def _state_hidden(toy):
 
 @pytest.mark.parametrize("n0", [1.0, 10.0])
 def test_every_draw_of_a_batch_carries_its_exact_importance_weight(toy, n0):
-    """The B selections of one iteration share the pre-iteration tree's law q, so each draw's
-    weight is log p(x) + λ r(x) − log q(x) with that q (before: α counted the batch's virtual visits)."""
+    """Each of the B selections of an iteration draws from the tree as the batch's earlier selections
+    left it (their virtual visits count in the hybrid's α); its weight is log p(x) + λ r(x) − log q(x)
+    with exactly that q, enumerated just before the selection."""
     head = ExactHead(toy, LAM, noise=0.3)
     completion = policy_step_log_probs(toy, LAM, np.stack([head(h).numpy() for h in _state_hidden(toy)]))
     search = hybrid_search(toy, 24, head, hybrid_n0=n0)
+    laws, picks, select = [], [], search.select
+
+    def spying_select():
+        laws.append(search_sampler_distribution(search, toy, completion))
+        picks.append(select())
+        return picks[-1]
+
+    search.select = spying_select
     for _ in range(3):
-        q = search_sampler_distribution(search, toy, completion)
+        laws.clear(), picks.clear()
         weights_before = len(search.draw_log_weights)
         terminals = search.iterate(8)
-        for weight, terminal in zip(search.draw_log_weights[weights_before:], terminals):
+        revisit = [action < 0 for _, action in picks]  # draws are recorded revisits first, then new leaves
+        ordered = [q for q, r in zip(laws, revisit) if r] + [q for q, r in zip(laws, revisit) if not r]
+        assert len({tuple(np.round(q, 12)) for q in laws}) > 1  # the batch's own picks did move the law
+        for weight, terminal, q in zip(search.draw_log_weights[weights_before:], terminals, ordered):
             x = toy.index(search.tree.actions_to(terminal))
             assert weight == pytest.approx(toy.log_p[x] + LAM * toy.table[x] - np.log(q[x]), abs=1e-6)
 
