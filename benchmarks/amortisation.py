@@ -40,6 +40,7 @@ from tqdm import tqdm
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR / "tests"))  # the toy problem lives with the tests
 
+from sadt.cli import run_command  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
 from search.forecast_task import PARAMETER_FREE_VALUES  # noqa: E402
@@ -792,4 +793,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
 from amortisation import earlier_rows, write_csv  # noqa: E402
 
+from sadt.cli import run_command  # noqa: E402
 from sadt.config import load_config  # noqa: E402
 
 SPLITS = ("train", "val", "common_val")
@@ -286,4 +287,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
 from amortisation import RealPart, earlier_rows, heldout_windows, write_csv  # noqa: E402
 
+from sadt.cli import run_command  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
 from search.forecast_task import LOOK_AHEAD_REWARD, PARAMETER_FREE_VALUES  # noqa: E402
 
@@ -238,4 +239,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

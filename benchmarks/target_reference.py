@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
 from amortisation import AmortisationConfig, RealPart, heldout_windows, read_rows, write_csv  # noqa: E402
 
+from sadt.cli import run_command  # noqa: E402
 from sadt.config import load_config  # noqa: E402
 from sadt.importance import importance_summary  # noqa: E402
 
@@ -187,4 +188,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
 from amortisation import AmortisationConfig, heldout_windows  # noqa: E402
 
+from sadt.cli import run_command  # noqa: E402
 from sadt.codec import Codec  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
 from sadt.head_io import load_value_head  # noqa: E402
@@ -65,4 +66,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_command(main))

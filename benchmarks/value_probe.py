@@ -52,6 +52,8 @@ import torch
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 
+from sadt.cli import run_command  # noqa: E402
+
 DEPTH_BUCKETS = [(1, 4), (5, 12), (13, 24), (25, 10_000)]
 ALPHAS = [10.0**k for k in range(-1, 6)]
 SHARE_BINS = 8  # "R(s) weighted by k/H": one weight (and level) per eighth of the horizon completed, and finished
@@ -327,4 +329,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_command(main))

@@ -168,3 +168,25 @@ def test_a_failing_or_non_numeric_reward_names_the_sample(reward_fn, message):
 
     with pytest.raises(RewardError, match=message):
         checked_rewards(reward_fn, [[1, 2], [3]])
+
+
+SCRIPTS = ["amortisation", "forward_kl_scan", "proposal_quality", "target_reference", "tilt_room"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_benchmark_script_ends_a_bad_config_in_one_line(tmp_path, script):
+    config = tmp_path / "bad.yaml"
+    config.write_text({"forward_kl_scan": "lam: .inf\n", "proposal_quality": "lam: .inf\n",
+                       "tilt_room": "lams: [5.0, .inf]\n"}.get(script, "real:\n  lam: .inf\n"))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--config", str(config)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "bad.yaml", "lam", "finite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
+
+
+def test_harvest_and_demo_end_a_bad_config_in_one_line(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("search:\n  lam: .inf\n")
+    assert_one_line_error(command("search.harvest", "--config", str(config)), "bad.yaml", "search.lam")
+    assert_one_line_error(command("search.demo", "--config", str(config)), "bad.yaml", "search.lam")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
