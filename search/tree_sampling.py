@@ -60,7 +60,7 @@ def final_samples(search: TreeSearch, n: int) -> list[int]:
     """n terminal node ids by the method's final sampler (and `config.sampling` for maxent_ts)."""
     config, sampler, rng = search.config, search.method.sampler, search.sample_rng
     if config.sampling == "resample":
-        return resample(np.asarray(search.draw_log_weights), np.asarray(search.draw_terminals), n, rng)
+        return resample(search.draw_log_weights, search.draw_terminals, n, rng)
     if config.sampling == "search":  # each sample is one more selection + rollout, backed up
         terminals: list[int] = []
         while len(terminals) < n:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -59,7 +60,15 @@ from search.tree import ROOT, Tree
 from search.tree_sampling import final_samples, resample
 from search.values import TreeValues
 
-__all__ = ["METHODS", "RewardFn", "SearchConfig", "SearchResult", "TreeSearch"]
+__all__ = ["METHODS", "Draw", "RewardFn", "SearchConfig", "SearchResult", "TreeSearch"]
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One rollout of the search, as the importance-sampling estimates read it."""
+
+    terminal: int  # the terminal node it reached
+    log_weight: float  # log p(x) + λ r(x) − log q(x), q the law of its descent and rollout when it was drawn
 
 
 class TreeSearch:
@@ -116,9 +125,7 @@ class TreeSearch:
         self._counted_draws: list[tuple[int, int]] = []
         self.descent_log_ratio = 0.0
         self._pick_log_ratios: list[float] = []
-        # One record per draw (maxent_ts): log [p(x) exp(λ r(x)) / q(x)] and its terminal node.
-        self.draw_log_weights: list[float] = []
-        self.draw_terminals: list[int] = []
+        self.draws: list[Draw] = []  # maxent_ts: one record per draw, for the IS estimates and resampling
         self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds
 
     # -- what the strategies read -------------------------------------------------------------
@@ -259,8 +266,8 @@ class TreeSearch:
         ]
         self.backup(terminals)
         if self.method.records_draws:
-            self.draw_log_weights += (np.asarray(log_ratios) + self.config.lam * self.tree.reward[terminals]).tolist()
-            self.draw_terminals += terminals
+            log_weights = np.asarray(log_ratios) + self.config.lam * self.tree.reward[terminals]
+            self.draws += [Draw(int(t), float(w)) for t, w in zip(terminals, log_weights)]
         self.rollouts_done += batch
         self._tick("insert_backup", clock)
         return terminals
@@ -291,6 +298,16 @@ class TreeSearch:
 
     # -- samples and the result ---------------------------------------------------------------
 
+    @property
+    def draw_log_weights(self) -> np.ndarray:
+        """log [p(x) exp(λ r(x)) / q(x)] of every draw so far, in order (maxent_ts)."""
+        return np.array([d.log_weight for d in self.draws], dtype=np.float64)
+
+    @property
+    def draw_terminals(self) -> np.ndarray:
+        """The terminal node of every draw so far, in order (maxent_ts)."""
+        return np.array([d.terminal for d in self.draws], dtype=np.int64)
+
     def sample(self, n: int) -> list[int]:
         """n terminal node ids by the method's final sampler (`search.tree_sampling.final_samples`)."""
         return final_samples(self, n)
@@ -299,7 +316,7 @@ class TreeSearch:
         """n terminal node ids drawn with replacement from the search's draws ∝ p(x) exp(λ r(x)) / q(x)
         (sampling importance resampling; maxent_ts). Consistent for π* as the draws grow, whatever the
         selection did, where the in-tree sampler's prior-weighted values are biased at small budgets."""
-        return resample(np.asarray(self.draw_log_weights), np.asarray(self.draw_terminals), n, self.sample_rng)
+        return resample(self.draw_log_weights, self.draw_terminals, n, self.sample_rng)
 
     def run(self, until: int | None = None) -> SearchResult:
         """Spend the rollout budget, or go on up to `until` rollouts in all (Ctrl-C stops early and
@@ -348,5 +365,5 @@ class TreeSearch:
             interrupted=interrupted,
             tree_stats=tree.stats(),
             timings=dict(self.timings),
-            draw_log_weights=np.asarray(self.draw_log_weights, dtype=np.float64),
+            draw_log_weights=self.draw_log_weights,
         )
