@@ -113,11 +113,15 @@ def test_a_corrupt_head_is_one_line_naming_the_file(tmp_path):
         load_head(truncated, meta["lm_fingerprint"])
 
 
-def test_fit_ends_bad_input_in_one_line(tmp_path):
+def test_fit_ends_bad_input_in_one_line_and_writes_nothing(tmp_path):
     missing = tmp_path / "missing.h5"
-    assert_one_line_error(command("trainers.fit", "--data.buffers", f"[{missing}]", "--model.lam", "2"),
-                          "missing.h5")
-    assert_one_line_error(command("trainers.fit", "--data.buffers", f"[{missing}]", "--model.lam", "-1"), "lam")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    fit = ("trainers.fit", "--data.buffers", f"[{missing}]", "--trainer.default_root_dir", str(run_dir))
+    assert_one_line_error(command(*fit, "--model.lam", "2"), "missing.h5")
+    assert_one_line_error(command(*fit, "--model.lam", "-1"), "lam")
+    assert_one_line_error(command(*fit, "--model.lam", "inf"), "model.lam")  # jsonargparse refuses it itself
+    assert list(run_dir.iterdir()) == []  # no empty lightning_logs/version_N left behind
 
 
 @pytest.mark.base_model

@@ -8,13 +8,14 @@ trained on, and a prompt's side of the split depends only on its key and the pro
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.buffer import Buffer, iter_sources, read_buffer
+from data.buffer import Buffer, check_attrs, iter_sources, open_h5, read_buffer
 
 
 class PromptTrajectories(Dataset):
@@ -94,6 +95,13 @@ class BufferDataModule(pl.LightningDataModule):
         self.sources = None if sources is None else iter_sources(sources)
         self.lm_fingerprint = lm_fingerprint
         self.meta: dict = {}
+
+    def check(self) -> None:
+        """Every buffer exists and is a readable S-ADT buffer of this LM: headers only, before any run
+        directory is made (`trainers.fit` calls it first, so bad input leaves nothing behind)."""
+        for path in self.paths:
+            with open_h5(path) as f:
+                check_attrs(f, Path(path), self.lm_fingerprint)
 
     def setup(self, stage: str | None = None) -> None:
         items = []

@@ -29,6 +29,7 @@ def main(args: list[str] | None = None) -> FlowHeadModule:
         FlowHeadModule, BufferDataModule, run=False, args=args, save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
     )
+    cli.datamodule.check()  # a missing or foreign buffer fails here, before the run's log directory exists
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     return cli.model
 
