@@ -193,7 +193,8 @@ def checked_rewards(reward_fn, sequences: list[list[int]]) -> np.ndarray:
     except Exception as err:  # a user's reward: say which batch it failed on, keep the cause chained
         raise RewardError(f"reward_fn raised {type(err).__name__}: {err} on a batch of {len(sequences)} sequences "
                           f"(first: actions {sequences[0] if sequences else []})") from err
-    values = list(np.ravel(np.asarray(raw, dtype=object)))
+    numeric = isinstance(raw, np.ndarray) and raw.dtype.kind in "biuf"  # the usual case: no per-item check
+    values = [] if numeric else list(np.ravel(np.asarray(raw, dtype=object)))
     bad = next((i for i, v in enumerate(values) if not _is_number(v)), None)  # strings too, even "1.0"
     if bad is not None:
         raise RewardError(f"reward of sample {bad} (actions {sequences[bad] if bad < len(sequences) else '?'}) is "
