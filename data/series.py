@@ -27,15 +27,23 @@ BUILTIN = {
 class Series:
     name: str
     values: np.ndarray  # (T,) the whole series
-    horizon: int  # test steps at the end
+    horizon: int  # steps to forecast: the test steps at the end, or steps past the end (`held_out` false)
+    held_out: bool = True  # back-test: the last `horizon` values are the truth; else forecast past the end
 
     @property
     def context(self) -> np.ndarray:
-        return self.values[: -self.horizon]
+        return self.values[: -self.horizon] if self.held_out else self.values
 
     @property
-    def truth(self) -> np.ndarray:
-        return self.values[-self.horizon :]
+    def truth(self) -> np.ndarray | None:
+        """The held-out values, or None for a forecast past the end (nothing to score against)."""
+        return self.values[-self.horizon :] if self.held_out else None
+
+    def past_end(self, horizon: int) -> Series:
+        """The whole series as context and `horizon` steps after its end to forecast."""
+        if horizon < 1:
+            raise ValueError(f"{self.name}: `horizon` must be >= 1 steps past the end, got {horizon}")
+        return Series(name=self.name, values=self.values, horizon=horizon, held_out=False)
 
 
 def llmtime_horizon(length: int, test_fraction: float = 0.2) -> int:

@@ -16,15 +16,18 @@ SAMPLE_PATHS = 3  # individual forecasts drawn per method in the fan chart
 
 
 def fan_chart(
-    path: Path, context: np.ndarray, truth: np.ndarray, forecasts: dict[str, np.ndarray], title: str
+    path: Path, context: np.ndarray, truth: np.ndarray | None, forecasts: dict[str, np.ndarray], title: str
 ) -> Path:
-    """Context, truth, and per method the median with 10-90% and 25-75% bands of its samples, and a few
-    of its sample paths (a median of seasonal samples in different phases is flat and hides them)."""
+    """Context, truth (None past the series' end), and per method the median with 10-90% and 25-75% bands
+    of its samples, and a few of its sample paths (a median of seasonal samples in different phases is flat
+    and hides them)."""
     fig, ax = plt.subplots(figsize=(10, 4.5))
     t_context = np.arange(context.size)
-    t_future = np.arange(context.size, context.size + truth.size)
+    horizon = next(iter(forecasts.values())).shape[1] if truth is None else truth.size
+    t_future = np.arange(context.size, context.size + horizon)
     ax.plot(t_context, context, color="black", lw=1.2, label="context")
-    ax.plot(t_future, truth, color="black", lw=1.2, ls="--", label="held-out truth")
+    if truth is not None:
+        ax.plot(t_future, truth, color="black", lw=1.2, ls="--", label="held-out truth")
     for (name, samples), color in zip(forecasts.items(), plt.cm.tab10.colors):
         lo, q25, med, q75, hi = np.quantile(samples, [0.1, 0.25, 0.5, 0.75, 0.9], axis=0)
         ax.fill_between(t_future, lo, hi, color=color, alpha=0.15, lw=0)
@@ -39,18 +42,24 @@ def fan_chart(
 
 
 def psd_comparison(
-    path: Path, context: np.ndarray, truth: np.ndarray, forecasts: dict[str, np.ndarray], nperseg: int, title: str
+    path: Path, context: np.ndarray, truth: np.ndarray | None, forecasts: dict[str, np.ndarray], nperseg: int,
+    title: str,
 ) -> Path:
-    """Welch PSDs (log scale): expected context PSD, truth, and the mean PSD of each method's samples.
+    """Welch PSDs (log scale): expected context PSD, truth (None past the end), and the mean PSD of each
+    method's samples.
 
     The y-axis spans the context's and truth's PSDs with two decades of room each way, so a method
     whose samples are nearly flat (PSD ~1e-30) shows as off the bottom rather than squashing the rest."""
-    horizon = truth.size
-    freqs, truth_psd = psd(truth, nperseg)
+    horizon = next(iter(forecasts.values())).shape[1] if truth is None else truth.size
+    context_psd = expected_context_psd(context, horizon, nperseg)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.semilogy(freqs, expected_context_psd(context, horizon, nperseg), color="black", lw=1.5, label="context E[S_c]")
-    ax.semilogy(freqs, truth_psd, color="black", ls="--", lw=1.2, label="held-out truth")
-    reference = np.concatenate([expected_context_psd(context, horizon, nperseg), truth_psd])
+    freqs = psd(np.zeros(horizon), nperseg)[0]
+    ax.semilogy(freqs, context_psd, color="black", lw=1.5, label="context E[S_c]")
+    reference = context_psd
+    if truth is not None:
+        truth_psd = psd(truth, nperseg)[1]
+        ax.semilogy(freqs, truth_psd, color="black", ls="--", lw=1.2, label="held-out truth")
+        reference = np.concatenate([context_psd, truth_psd])
     reference = reference[reference > 0]
     bottom = reference.min() / 100 if reference.size else 0.0
     for (name, samples), color in zip(forecasts.items(), plt.cm.tab10.colors):

@@ -18,6 +18,11 @@ from search.tree import Tree
 
 METHODS = tuple(METHOD_STRATEGIES)  # the tree methods
 HEAD_METHODS = ("flow", "twisted_smc")  # methods that need a value head whatever `hybrid` says
+SAMPLINGS = ("auto", "resample", "tree", "search")  # SearchConfig.sampling
+
+# The head the recommended recipe (these defaults with `hybrid: visits`) was measured with: β(k/H)·V⁺ᵈ, trained at
+# λ = 15 on other windows (checkpoints/heads/README.md); a path from the repository root.
+RECOMMENDED_HEAD = "checkpoints/heads/soft_ahead_lam15"
 
 RewardFn = Callable[[list[list[int]]], np.ndarray]  # B action sequences -> (B,) rewards
 
@@ -25,8 +30,9 @@ RewardFn = Callable[[list[list[int]]], np.ndarray]  # B action sequences -> (B,)
 @dataclass(frozen=True)
 class SearchConfig:
     method: str = "maxent_ts"  # one of METHODS or SMC_METHODS
-    lam: float = 1.0  # inverse temperature λ > 0 of the target p(x) exp(λ r(x))
-    n_rollouts: int = 64  # rollout budget (iterations x batch)
+    lam: float = 15.0  # inverse temperature λ > 0 of the target p(x) exp(λ r(x)); 15 leaves a proposal room
+    # (at λ = 5 even a perfect one gains ≈ 2× over p; BENCHMARKS.md, tilt room) and is what the shipped heads know
+    n_rollouts: int = 200  # rollout budget (iterations x batch)
     batch_size: int = 16  # leaves selected, expanded and rolled out per iteration
     n_samples: int = 32  # samples drawn from the finished tree
     top_k: int | None = None  # truncate the prior to its k most likely allowed actions (target changes too)
@@ -36,16 +42,18 @@ class SearchConfig:
     widening_alpha: float = 0.5
     uct_c: float = 1.0  # exploration constant of UCT (dts_star) and PUCT (mcts_uct), in reward units
     hybrid: str = "off"  # maxent_ts with a flow head: "visits" (α = n0 / (n0 + N)) or "fixed" (α = hybrid_alpha)
-    hybrid_n0: float = 10.0  # visits at which Monte-Carlo and Q_φ weigh equally
+    hybrid_n0: float = 1.0  # visits at which Monte-Carlo and Q_φ weigh equally (1: trust MC after one visit)
     hybrid_alpha: float = 0.5  # the fixed mixing weight
-    hybrid_offset: bool = False  # visits: correct Q_φ(s, ·) by the MC-minus-head gap on s's visited children
+    hybrid_offset: bool = True  # visits (ignored otherwise): correct Q_φ(s, ·) by the MC-minus-head gap on s's
+    # visited children, so a head off by a constant on an unseen prompt costs nothing
     guided_rollouts: bool = True  # hybrid: roll out from P_F (below) rather than p (the values stay consistent)
     guide_scale: float = 1.0  # guided rollouts and method flow draw from P_F ∝ p exp(guide_scale · λ Q_φ): below 1
     # a tempered P_F, wider than the head's own (benchmarks/proposal_quality.py measures which covers π* best)
-    sampling: str = "tree"  # maxent_ts: "tree" draws samples from the finished tree without model calls (DTS
-    # Alg. 2, visited children only); "search" makes each sample one more selection + rollout (it may leave the
-    # tree, as the hybrid's Q_φ invites; costs n_samples rollouts, counted); "resample" resamples the search's
-    # draws by their importance weights p e^{λr} / q (`TreeSearch.resample_draws`; no model calls)
+    sampling: str = "auto"  # maxent_ts: "resample" resamples the search's draws by their importance weights
+    # p e^{λr} / q (`TreeSearch.resample_draws`; no model calls); "tree" descends the finished tree's visited
+    # children ∝ p e^{λV̂} (DTS Alg. 2); "search" makes each sample one more selection + rollout (it leaves the
+    # tree early: mostly prior draws; costs n_samples rollouts, counted). "auto": resample for maxent_ts, every
+    # other method its own final sampler (`search.methods`)
     ess_threshold: float = 0.5  # smc / twisted_smc: resample when ESS < ess_threshold · particles (n_rollouts)
     seed: int = 0
     progress: bool = True
@@ -72,8 +80,6 @@ class SearchConfig:
             raise ValueError(f"search `hybrid` must be 'off', 'visits' or 'fixed', got {self.hybrid!r}")
         if self.hybrid != "off" and self.method != "maxent_ts":
             raise ValueError(f"search `hybrid` needs method maxent_ts, got {self.method!r}")
-        if self.hybrid_offset and self.hybrid != "visits":
-            raise ValueError(f"search `hybrid_offset` needs hybrid: visits, got {self.hybrid!r}")
         if self.hybrid_n0 < 0 or not 0 <= self.hybrid_alpha <= 1:
             raise ValueError(
                 f"search needs hybrid_n0 >= 0 and hybrid_alpha in [0, 1], got {self.hybrid_n0}, {self.hybrid_alpha}"
@@ -83,9 +89,9 @@ class SearchConfig:
                              f"got {self.guide_scale}")
         if self.uct_c < 0:
             raise ValueError(f"search `uct_c` must be >= 0, got {self.uct_c}")
-        if self.sampling not in ("tree", "search", "resample"):
-            raise ValueError(f"search `sampling` must be 'tree', 'search' or 'resample', got {self.sampling!r}")
-        if self.sampling != "tree" and self.method != "maxent_ts":
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"search `sampling` must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.sampling not in ("auto", "tree") and self.method != "maxent_ts":
             raise ValueError(f"search `sampling: {self.sampling}` needs method maxent_ts, got {self.method!r}")
         if not 0 <= self.ess_threshold <= 1:
             raise ValueError(f"search `ess_threshold` must be in [0, 1], got {self.ess_threshold}")
@@ -94,6 +100,13 @@ class SearchConfig:
     def guide_lam(self) -> float:
         """The inverse temperature of P_F ∝ p exp(guide_lam · Q_φ): guide_scale · λ."""
         return self.guide_scale * self.lam
+
+    @property
+    def final_sampling(self) -> str:
+        """The final sampler `sampling` names: "auto" is "resample" for maxent_ts, "tree" (the method's own) else."""
+        if self.sampling != "auto":
+            return self.sampling
+        return "resample" if self.method == "maxent_ts" else "tree"
 
     @property
     def needs_head(self) -> bool:

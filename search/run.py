@@ -3,17 +3,18 @@
     python -m search.run --config configs/search/airpassengers.yaml
     python -m search.demo                      # the same job on configs/demo/airpassengers.yaml
 
-For each series (LLMTime protocol: the last 20% held out) and each method in `methods` it draws
-`n_samples` forecasts: `base` samples the grammar-restricted prior in batches; `auto_arima` is the
-peer a user would pick instead (pmdarima's AutoARIMA on the same context, `search.peers`); the tree methods
-(`maxent_ts`, `dts`, `dts_star`, `mcts_uct`, `ancestral`, `best_of_n`, `greedy`, `flow`) and the
-particle samplers (`smc`, `twisted_smc`) run with the `search` settings (its `method` replaced).
-A row may also name an entry of `variants`: `search` with that entry's overrides, e.g.
+For each series (LLMTime protocol: the last 20% held out; with `horizon: N`, N steps past the end,
+unscored) and each method in `methods` it draws `n_samples` forecasts: `base` samples the
+grammar-restricted prior in batches; `auto_arima` is the peer a user would pick instead (pmdarima's
+AutoARIMA on the same context, `search.peers`); `hybrid` is MaxEnt-TS with the flow head `head` (the
+recommended recipe: `search` with `hybrid: visits`); the tree methods (`maxent_ts`, `dts`, `dts_star`,
+`mcts_uct`, `ancestral`, `best_of_n`, `greedy`, `flow`) and the particle samplers (`smc`,
+`twisted_smc`) run with the `search` settings (its `method` replaced). A row may also name an entry
+of `variants`: `search` with that entry's overrides, e.g.
 
-    methods: [base, maxent_ts, hybrid]
-    head: checkpoints/heads/recipe
+    methods: [base, maxent_ts, hybrid, hybrid_tree]
     variants:
-      hybrid: {hybrid: visits, n_rollouts: 200}
+      hybrid_tree: {hybrid: visits, sampling: tree}
 
 It reports CRPS, scaled MAE, Spec-W1 (against the truth's PSD), the mean reward of the samples,
 NFE (LM token positions), forward calls, wall time and peak memory, with LLMTime's published
@@ -48,13 +49,14 @@ from sadt.rewards import RewardConfig
 from sadt.spectral import spec_w1
 from search.ancestral import sample_prior
 from search.config import METHODS as TREE_METHODS
-from search.config import SearchConfig, SearchResult
+from search.config import RECOMMENDED_HEAD, SearchConfig, SearchResult
 from search.forecast_task import ContextTooLong, ForecastTask
 from search.peers import auto_arima_samples, seasonal_period
 from search.smc import SMC_METHODS
 
 PEER = "auto_arima"  # AutoARIMA fitted on the same context (search.peers): what a user would pick instead
-METHODS = ("base", PEER, *TREE_METHODS, *SMC_METHODS)  # `base`: plain batched sampling without a tree
+HYBRID = "hybrid"  # maxent_ts reading the flow head `head` (hybrid: visits), the recommended sampler
+METHODS = ("base", PEER, HYBRID, *TREE_METHODS, *SMC_METHODS)  # `base`: plain batched sampling without a tree
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,12 @@ class RunConfig:
     series: list[str] = field(default_factory=lambda: ["AirPassengers"])  # built-in names
     methods: list[str] = field(default_factory=lambda: ["base", "maxent_ts"])  # rows: METHODS or variant names
     variants: dict[str, dict] = field(default_factory=dict)  # named rows: overrides of `search` (e.g. a hybrid@200)
-    head: str | None = None  # flow-head checkpoint directory (hybrid, flow, twisted_smc); checked against the LM
+    head: str | None = RECOMMENDED_HEAD  # flow-head checkpoint directory (hybrid, flow, twisted_smc), loaded
+    # only when a row reads it and checked against the LM
     csv: str | None = None  # a user's CSV file instead of the built-in series
     column: str = "value"  # the CSV column to forecast
+    horizon: int | None = None  # forecast this many steps past each series' end (no truth: no scores);
+    # null back-tests the last 20% (LLMTime's protocol)
     n_samples: int = 20  # forecasts per series and method
     batch_size: int = 20  # rollouts per LM batch for `base`
     temperature: float = 1.0
@@ -79,7 +84,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)  # tree settings (method, n_samples set per row)
 
     def __post_init__(self) -> None:
-        clash = sorted(set(self.variants) & set(METHODS))
+        clash = sorted(set(self.variants) & set(METHODS) - {HYBRID})
         if clash:
             raise ValueError(f"`variants` names must differ from the methods {METHODS}, got {clash}")
         unknown = sorted(set(self.methods) - set(METHODS) - set(self.variants))
@@ -98,13 +103,18 @@ class RunConfig:
             raise ValueError(f"`n_samples` must be >= 1, got {self.n_samples}")
         if self.batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
-
+        if self.horizon is not None and self.horizon < 1:
+            raise ValueError(f"`horizon` must be >= 1 steps past the end, or null to back-test, got {self.horizon}")
 
     def search_config(self, name: str) -> SearchConfig:
         """The search settings of row `name`: `search` with the row's method, or with a variant's overrides."""
         base = dataclasses.replace(self.search, n_samples=self.n_samples, seed=self.seed)
-        if name not in self.variants:
+        if name == HYBRID:  # a `hybrid` variant overrides this preset
+            base = dataclasses.replace(base, method="maxent_ts", hybrid="visits")
+        elif name not in self.variants:
             return dataclasses.replace(base, method=name)
+        if name not in self.variants:
+            return base
         return from_dict({**to_dict(base), **self.variants[name]}, SearchConfig, prefix=f"variants.{name}.")
 
 
@@ -152,7 +162,7 @@ def method_label(method: str, config: RunConfig) -> str:
     if method == PEER:
         return "AutoARIMA (peer)"
     search = config.search_config(method)
-    name = method if method in config.variants else search.method
+    name = method if method in config.variants or method == HYBRID else search.method
     return f"{name}@{search.n_rollouts} λ={search.lam:g}"
 
 
@@ -178,9 +188,7 @@ def run_method(
         "method": label,
         "interrupted": draws.interrupted,
         "samples": int(forecasts.shape[0]),
-        "crps": crps(series.truth, forecasts),
-        "scaled_mae": scaled_mae(series.truth, forecasts),
-        "spec_w1": float(spec_w1(forecasts, series.truth, config.reward.spectral.segment).mean()),
+        **scores(series, forecasts, config.reward.spectral.segment),
         "reward": float(np.mean(draws.rewards)),
         "nfe_tokens": sum(b.stats.tokens for b in backends),
         "forward_calls": sum(b.stats.forward_calls for b in backends),
@@ -188,6 +196,15 @@ def run_method(
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     return row, forecasts
+
+
+def scores(series: Series, forecasts: np.ndarray, segment: int) -> dict[str, float]:
+    """CRPS, scaled MAE and Spec-W1 against the held-out truth; NaN past the series' end (no truth)."""
+    truth = series.truth
+    if truth is None:
+        return {"crps": float("nan"), "scaled_mae": float("nan"), "spec_w1": float("nan")}
+    return {"crps": crps(truth, forecasts), "scaled_mae": scaled_mae(truth, forecasts),
+            "spec_w1": float(spec_w1(forecasts, truth, segment).mean())}
 
 
 def run_series(lm, codec: Codec, series: Series, config: RunConfig, out_dir: Path, head=None) -> list[dict]:
@@ -198,24 +215,31 @@ def run_series(lm, codec: Codec, series: Series, config: RunConfig, out_dir: Pat
         rows.append(row)
         if row["interrupted"]:
             break
-    title = f"{series.name}: forecasts of the last {series.horizon} steps"
+    span = f"the last {series.horizon} steps" if series.held_out else f"{series.horizon} steps past the end"
+    title = f"{series.name}: forecasts of {span}"
     fan_chart(out_dir / f"{series.name}_fan.png", series.context, series.truth, plots, title)
     nperseg = min(config.reward.spectral.segment, series.horizon)
     psd_comparison(out_dir / f"{series.name}_psd.png", series.context, series.truth, plots, nperseg, series.name)
     return rows
 
 
-def print_table(rows: list[dict], console: Console) -> None:
-    table = Table(title="Held-out forecasts (LLMTime protocol: last 20% of each series)")
+def score_cell(value: float) -> str:
+    return "–" if np.isnan(value) else f"{value:.4f}"
+
+
+def print_table(rows: list[dict], console: Console, held_out: bool = True) -> None:
+    title = ("Held-out forecasts (LLMTime protocol: last 20% of each series)" if held_out
+             else "Forecasts past the end of each series (no truth: CRPS, MAE, Spec-W1 not scored)")
+    table = Table(title=title)
     for name in ("series", "method", "CRPS", "scaled MAE", "Spec-W1", "reward", "NFE tok", "fwd", "wall s", "peak MB"):
         table.add_column(name, justify="left" if name in ("series", "method") else "right")
     for i, row in enumerate(rows):
         table.add_row(
-            row["series"], row["method"], f"{row['crps']:.4f}", f"{row['scaled_mae']:.4f}", f"{row['spec_w1']:.4f}",
+            row["series"], row["method"], *(score_cell(row[k]) for k in ("crps", "scaled_mae", "spec_w1")),
             f"{row['reward']:.3f}", str(row["nfe_tokens"]), str(row["forward_calls"]), f"{row['wall_s']:.1f}",
             f"{row['peak_rss_mb']:.0f}",
         )
-        if i + 1 < len(rows) and rows[i + 1]["series"] == row["series"]:
+        if not held_out or i + 1 < len(rows) and rows[i + 1]["series"] == row["series"]:
             continue  # LLMTime's published rows once per series, after its last method
         for ref in published_results(row["series"]):
             table.add_row("", f"[dim]LLMTime: {ref['method']}[/dim]", f"[dim]{ref['crps']:.4f}[/dim]",
@@ -224,15 +248,16 @@ def print_table(rows: list[dict], console: Console) -> None:
 
 
 def load_series_list(config: RunConfig) -> list[Series]:
-    if config.csv is not None:
-        return [load_csv(config.csv, config.column)]
-    return [load_builtin(name) for name in config.series]
+    series = [load_csv(config.csv, config.column)] if config.csv is not None else [
+        load_builtin(name) for name in config.series]
+    return series if config.horizon is None else [s.past_end(config.horizon) for s in series]
 
 
 def load_run_head(config: RunConfig) -> SearchHead | None:
     """The configured flow head, checked against the base model and codec (None when not set); a search
     at another λ than the head's warns when it starts (`search.sampler.make_sampler`)."""
-    if config.head is None:
+    reads_head = any(config.search_config(name).needs_head for name in config.methods if name not in ("base", PEER))
+    if config.head is None or not reads_head:
         return None
     return load_search_head(
         config.head, lm_fingerprint(), to_dict(config.codec), backend=config.backend, device=config.device
@@ -276,7 +301,7 @@ def main(argv: list[str] | None = None, default_config: str = "configs/search/ai
         if rows[-1]["interrupted"]:  # Ctrl-C: keep what is done, run nothing more
             errors.print(f"interrupted: stopped after {rows[-1]['series']} / {rows[-1]['method']}")
             break
-    print_table(rows, console)
+    print_table(rows, console, held_out=config.horizon is None)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -59,9 +59,9 @@ def top_rewards(search: TreeSearch, n: int) -> list[int]:
 def final_samples(search: TreeSearch, n: int) -> list[int]:
     """n terminal node ids by the method's final sampler (and `config.sampling` for maxent_ts)."""
     config, sampler, rng = search.config, search.method.sampler, search.sample_rng
-    if config.sampling == "resample":
+    if config.final_sampling == "resample":
         return resample(search.draw_log_weights, search.draw_terminals, n, rng)
-    if config.sampling == "search":  # each sample is one more selection + rollout, backed up
+    if config.final_sampling == "search":  # each sample is one more selection + rollout, backed up
         terminals: list[int] = []
         while len(terminals) < n:
             terminals += search.iterate(min(config.batch_size, n - len(terminals)))

@@ -70,7 +70,7 @@ class TreeValues:
 
     def _head(self, nodes, mc: np.ndarray, visited: np.ndarray) -> np.ndarray:
         q = self.tree.q[nodes]
-        if self.config.hybrid_offset:
+        if self.config.hybrid == "visits" and self.config.hybrid_offset:
             q = q + self.head_offset(nodes, mc, q, visited)[..., None]
         return q
 

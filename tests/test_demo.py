@@ -112,3 +112,22 @@ def test_ctrl_c_marks_the_interrupted_row_and_stops_the_job(tmp_path, capsys, ba
     assert [r["method"] for r in rows] == ["base sampling", "maxent_ts@8 λ=5 (interrupted at 4 rollouts)"]  # no dts
     assert [r["interrupted"] for r in rows] == ["False", "True"]
     assert "interrupted: stopped after" in capsys.readouterr().err
+
+
+@pytest.mark.base_model
+def test_horizon_forecasts_past_the_end_of_a_csv_unscored(tmp_path, capsys, base_tokenizer):
+    """`horizon: N` uses the whole CSV as context and forecasts N steps after it: no truth, so no scores,
+    and the plots show the forecasts after the last value."""
+    series = tmp_path / "sales.csv"
+    series.write_text("value\n" + "\n".join(f"{50 + 5 * (i % 6):.1f}" for i in range(36)) + "\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"csv: {series}\nhorizon: 6\nmethods: [base, auto_arima]\nn_samples: 3\n"
+                      f"output_dir: {tmp_path / 'out'}\n")
+    assert demo.main(["--config", str(config)]) == 0
+    assert "past the end" in capsys.readouterr().out
+    with (tmp_path / "out" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["base sampling", "AutoARIMA (peer)"]
+    assert all(r["crps"] == "nan" and int(r["samples"]) == 3 for r in rows)
+    assert rows[0]["nfe_tokens"] != "0"  # the LM wrote 6 values after all 36 of the context
+    assert (tmp_path / "out" / "sales:value_fan.png").stat().st_size > 10_000

@@ -52,7 +52,8 @@ def empirical(toy, terminals, tree):
 def test_hybrid_in_tree_samples_follow_the_backed_up_values_with_an_inexact_head(toy):
     """`sampling: tree` draws ∝ p exp(λ V̂) among visited children, V̂ the backup's values, not the
     selection's Ṽ = (1 − α) V̂ + α Q_φ (measured before the fix: TV 0.23 between the two laws)."""
-    search = hybrid_search(toy, 48, ExactHead(toy, LAM, noise=0.5), hybrid_n0=10.0)
+    search = hybrid_search(toy, 48, ExactHead(toy, LAM, noise=0.5), hybrid_n0=10.0, hybrid_offset=False,
+                           sampling="tree")
     law = tree_distribution(search)
     draws = empirical(toy, search.sample(6000), search.tree)
     # 6000 draws over the ≤ 48 terminals in the tree: TV ≈ 0.03 from noise alone.

@@ -33,7 +33,7 @@ def test_tree_samples_converge_to_the_exact_target(toy):
 
 
 def test_sampler_draws_follow_the_tree_distribution(toy):
-    search = toy.search(2.0, 1000)
+    search = toy.search(2.0, 1000, sampling="tree")
     q = tree_distribution(search)
     draws = search.sample(4000)
     empirical = np.bincount([toy.index(search.tree.actions_to(n)) for n in draws], minlength=q.size) / 4000
