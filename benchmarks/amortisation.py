@@ -1,6 +1,6 @@
 """The amortisation result: does the hybrid (MC + F_φ) at a small budget do what MC-only does at a large one?
 
-    python benchmarks/amortisation.py --config configs/benchmarks/amortisation.yaml [--part toy|real|all]
+    python benchmarks/amortisation.py --config benchmarks/configs/amortisation.yaml [--part toy|real|all]
 
 Part `toy` (exact, seconds): the enumerable toy of `tests/toy_problem.py`. For MC-only MaxEnt-TS
 and the hybrid with (a) a head trained with TB on trajectories of one MC-only search (seed 100)
@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT_DIR / "tests"))  # the toy problem lives with the te
 
 from sadt.cli import run_command  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
+from sadt.head_io import warn_if_other_lam  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
 from search.forecast_task import PARAMETER_FREE_VALUES  # noqa: E402
 
@@ -64,7 +65,7 @@ class RealPart:
     series: list[str] = field(default_factory=lambda: ["AirPassengers", "AusBeer", "Sunspots", "Wine", "Wooly"])
     context_length: int = 48
     horizon: int = 12
-    head: str = "checkpoints/heads/recipe"  # a head's folder or a forecast_task.PARAMETER_FREE_VALUES name
+    head: str = "benchmarks/experiments/heads/recipe"  # a head's folder or a forecast_task.PARAMETER_FREE_VALUES name
     lam: float = 5.0
     n_samples: int = 16
     budgets: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])  # MC-only curve; last = reference
@@ -340,8 +341,7 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
     head = config.head  # a parameter-free Q(s, a) = R(s·a), R⁺(s·a) or R⁺ᵈ(s·a), bound to each window by `task.search`
     if config.head not in PARAMETER_FREE_VALUES:
         head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
-        if meta.get("lam") != config.lam:
-            print(f"warning: head trained at λ={meta.get('lam')}, benchmark λ={config.lam}")
+        warn_if_other_lam(meta.get("lam"), config.lam, f"head {config.head}")
     rows = []
     windows = [w for name in config.series for w in heldout_windows(name, config)]
     for name, context, truth in tqdm(windows, desc="held-out windows", unit="window"):
@@ -745,7 +745,7 @@ def write_summary(path: Path, parts: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT_DIR / "configs/benchmarks/amortisation.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/amortisation.yaml")
     parser.add_argument("--part", choices=("toy", "real", "all"), default="all")
     parser.add_argument("--summarise", action="store_true", help="rebuild real.md and the plot from real.csv")
     parser.add_argument("--head-rows-only", nargs="?", type=Path, const=True, metavar="REAL_CSV",

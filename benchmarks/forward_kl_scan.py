@@ -1,6 +1,6 @@
 """Does a head's P_F cover π* better than p on the fit's own prompts? The forward KL from stored draws, no sampling.
 
-    python benchmarks/forward_kl_scan.py --config configs/benchmarks/forward_kl_scan.yaml
+    python benchmarks/forward_kl_scan.py --config benchmarks/configs/forward_kl_scan.yaml
 
 For each prompt of the buffers with draws from p (source `prior_sample`, `search.harvest` with
 `sampler: prior`), the self-normalised estimate of
@@ -53,7 +53,7 @@ class ScanConfig:
     buffers: list[str] = field(default_factory=lambda: ["data/buffers/recipe.h5", "data/buffers/recipe_prior.h5"])
     val_fraction: float = 0.2  # the fits' split (configs/fit/*.yaml), so "val" prompts are ones no head trained on
     # name -> a head's folder, or a parameter-free value (search.forecast_task.PARAMETER_FREE_VALUES)
-    heads: dict[str, str] = field(default_factory=lambda: {"look_ahead": "checkpoints/heads/look_ahead"})
+    heads: dict[str, str] = field(default_factory=lambda: {"look_ahead": "benchmarks/experiments/heads/look_ahead"})
     # head -> the buffers its fit read (split there by `val_fraction`); a head not named here trained on `buffers`
     trained_on: dict[str, list[str]] = field(default_factory=dict)
     prompts: str = "all"  # "val": score only the buffers' validation prompts (skips the LM passes over training ones)
@@ -263,7 +263,7 @@ def plot(scores: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT_DIR / "configs/benchmarks/forward_kl_scan.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/forward_kl_scan.yaml")
     parser.add_argument("--resume", action="store_true", help="keep scan.csv's rows; scan only the heads it lacks")
     parser.add_argument("--summarise", action="store_true", help="rebuild scan.md and the plot from scan.csv")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Is the head's P_F a better proposal for π* than the prior p? The hybrid can gain no more than that.
 
-    python benchmarks/proposal_quality.py --config configs/benchmarks/proposal_validation.yaml
+    python benchmarks/proposal_quality.py --config benchmarks/configs/proposal_validation.yaml
 
 The hybrid's rollouts below the tree come from P_F(a|s) ∝ p(a|s) exp(s·λ Q_φ(s, a)), and every draw of
 the search is weighted by p e^{λr} / q. If P_F covers π* no better than p does, neither the root
@@ -40,6 +40,7 @@ from amortisation import RealPart, earlier_rows, heldout_windows, write_csv  # n
 
 from sadt.cli import run_command  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
+from sadt.head_io import warn_if_other_lam  # noqa: E402
 from search.forecast_task import LOOK_AHEAD_REWARD, PARAMETER_FREE_VALUES  # noqa: E402
 
 PRIOR = "p (prior)"
@@ -52,10 +53,10 @@ class ProposalConfig:
     windows: str = "validation"  # "validation" (between the harvest's windows) or "heldout" (LLMTime's test part)
     series: list[str] = field(default_factory=lambda: ["AirPassengers", "AusBeer", "Sunspots", "Wine", "Wooly"])
     windows_per_series: int = 2
-    harvest_windows_per_series: int = 8  # the head's training windows (configs/harvest/recipe.yaml)
+    harvest_windows_per_series: int = 8  # the head's training windows (benchmarks/experiments/harvest/recipe.yaml)
     context_length: int = 48
     horizon: int = 12
-    head: str = "checkpoints/heads/look_ahead"
+    head: str = "benchmarks/experiments/heads/look_ahead"
     # name -> a head's folder or a parameter-free value (forecast_task.PARAMETER_FREE_VALUES), each at every guide scale
     other_heads: dict[str, str] = field(default_factory=dict)
     lam: float = 5.0
@@ -122,8 +123,7 @@ def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
             heads[name] = path
             continue
         heads[name], meta = load_value_head(path, lm_fingerprint(), to_dict(codec.config))
-        if meta.get("lam") != config.lam:
-            print(f"warning: head {path} trained at λ={meta.get('lam')}, benchmark λ={config.lam}")
+        warn_if_other_lam(meta.get("lam"), config.lam, f"head {path}")
     done = {(r["series"], r["proposal"]): r for r in keep}
     rows = []
     for label, context in tqdm(windows_of(config), desc=f"{config.windows} windows", unit="window"):
@@ -222,7 +222,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT_DIR / "configs/benchmarks/proposal_validation.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/proposal_validation.yaml")
     parser.add_argument("--resume", action="store_true", help="keep the rows of the output_dir's proposals.csv")
     parser.add_argument("--summarise", action="store_true", help="rebuild proposals.md and the plot from the CSV")
     args = parser.parse_args(argv)

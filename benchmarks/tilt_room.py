@@ -1,6 +1,6 @@
 """How much can any proposal gain over p at a given λ? p's own coverage of π*_λ, from stored draws from p.
 
-    python benchmarks/tilt_room.py --config configs/benchmarks/tilt_room.yaml
+    python benchmarks/tilt_room.py --config benchmarks/configs/tilt_room.yaml
 
 Resampling N draws of a proposal q gives about ESS effective samples of π*, so a perfect proposal
 (q = π*, ESS = N) gains at most N / ESS_p over p's draws in samples per rollout, whatever the head.
@@ -153,7 +153,7 @@ def plot(scores: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT_DIR / "configs/benchmarks/tilt_room.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/tilt_room.yaml")
     args = parser.parse_args(argv)
     config = load_config(args.config, RoomConfig)
     out = Path(config.output_dir)

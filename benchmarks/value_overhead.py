@@ -1,7 +1,8 @@
 """What a value costs the search: MaxEnt-TS wall time per value at equal rollouts, one held-out window.
 
-    python benchmarks/value_overhead.py --config configs/benchmarks/amortisation_look_ahead.yaml \
-        --heads checkpoints/heads/recipe checkpoints/heads/partial_reward checkpoints/heads/look_ahead
+    python benchmarks/value_overhead.py --config benchmarks/configs/amortisation_look_ahead.yaml \
+        --heads benchmarks/experiments/heads/recipe benchmarks/experiments/heads/partial_reward \
+        benchmarks/experiments/heads/look_ahead
 
 Each value is timed in the same process against MC-only MaxEnt-TS (no head) with the search
 settings of the config's hybrid rows (`benchmarks/amortisation.py`; its `head` is ignored), so
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", default="AirPassengers")
     parser.add_argument("--rollouts", type=int, default=20)
-    parser.add_argument("--config", default="configs/benchmarks/amortisation.yaml")
+    parser.add_argument("--config", default="benchmarks/configs/amortisation.yaml")
     parser.add_argument("--heads", nargs="+", required=True, help="head folders, partial_reward or look_ahead_reward")
     args = parser.parse_args(argv)
     part = load_config(args.config, AmortisationConfig).real

@@ -7,6 +7,8 @@ loading a head for another LM (or codec) is an error, since Q_φ reads that LM's
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +135,10 @@ def _load_search_head(directory: Path, meta: dict, lm_fingerprint: str, codec: d
 
     base, _ = load_base_lm(base_model, device=device)
     return SearchHead(head, meta, LoRALM(load_adapter(base.model, directory), device=device))
+
+
+def warn_if_other_lam(trained_lam: float | None, lam: float, head: str = "the flow head") -> None:
+    """Warn when a head's λ is not the search's: Q_φ estimates soft values at the λ it was trained at."""
+    if trained_lam is not None and not math.isclose(trained_lam, lam):
+        warnings.warn(f"{head} was trained at λ={trained_lam:g}, the search runs at λ={lam:g}: "
+                      f"Q_φ estimates soft values at its own λ", stacklevel=3)

@@ -269,12 +269,13 @@ def main(argv: list[str] | None = None, default_config: str = "configs/search/ai
     parser.add_argument("--config", type=Path, default=Path(default_config))
     parser.add_argument("--series", nargs="+", help="override the config's series (built-in names)")
     parser.add_argument("--n-samples", type=int, help="override the config's n_samples")
+    parser.add_argument("--head", help="override the config's flow-head folder (e.g. one you trained)")
     args = parser.parse_args(argv)
     console = Console(width=150)  # a wide table even when piped to a log
     errors = Console(stderr=True, width=150)
     try:
         config = load_config(args.config, RunConfig)
-        overrides = {"series": args.series, "n_samples": args.n_samples}
+        overrides = {"series": args.series, "n_samples": args.n_samples, "head": args.head}
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
         series_list = load_series_list(config)
     except (ConfigError, ValueError) as err:

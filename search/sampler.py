@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 
+from sadt.head_io import warn_if_other_lam
 from sadt.lm.backend import LMBackend
 from search.config import RewardFn, SearchConfig
 from search.smc import SMC, SMC_METHODS
@@ -25,10 +24,7 @@ def make_sampler(
 
     A head loaded from a checkpoint knows the λ it was trained at (`trained_lam`); a search at another
     λ gets a warning, since Q_φ estimates soft values at its own λ."""
-    trained = getattr(value_head, "trained_lam", None)
-    if trained is not None and not math.isclose(trained, config.lam):
-        warnings.warn(f"the flow head was trained at λ={trained:g}, the search runs at λ={config.lam:g}: "
-                      f"Q_φ estimates soft values at its own λ", stacklevel=2)
+    warn_if_other_lam(getattr(value_head, "trained_lam", None), config.lam)
     sampler = SMC if config.method in SMC_METHODS else TreeSearch
     return sampler(lm, prompt_ids, action_token_ids, grammar, reward_fn, config, value_head=value_head)
 

@@ -6,12 +6,15 @@ from sadt.config import ConfigError, load_config
 from search.harvest import HarvestConfig
 from search.run import RunConfig
 
-CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*/*.yaml") if p.parent.name != "fit")
-FIT_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "fit").glob("*.yaml"))
+ROOT = Path(__file__).parents[1]
+# what a user runs (configs/) and the benchmarks' and experiments' own (benchmarks/configs, benchmarks/experiments)
+CONFIG_DIRS = [ROOT / "configs", ROOT / "benchmarks", ROOT / "benchmarks" / "experiments"]
+CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("*/*.yaml") if p.parent.name != "fit")
+FIT_CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("fit/*.yaml"))
 
 
 def benchmark_schema(path: Path):
-    """The config class of the benchmark script a configs/benchmarks/ file is for (benchmarks/ holds
+    """The config class of the benchmark script a benchmarks/configs/ file is for (benchmarks/ holds
     scripts, not a package): `proposal_*.yaml` is benchmarks/proposal_quality.py's, `forward_kl_scan*.yaml`
     forward_kl_scan.py's, `tilt_room*.yaml` tilt_room.py's, the rest amortisation.py's."""
     import importlib.util
@@ -33,12 +36,12 @@ def benchmark_schema(path: Path):
     return getattr(module, name)
 
 
-SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig, "benchmarks": benchmark_schema}
+SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig, "configs": benchmark_schema}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.name}" for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
 def test_every_shipped_config_loads(path):
-    assert path.parent.name in SCHEMAS, f"{path}: no schema known for configs/{path.parent.name}/"
+    assert path.parent.name in SCHEMAS, f"{path}: no schema known for {path.parent.name}/"
     schema = SCHEMAS[path.parent.name]
     config = load_config(path, schema if isinstance(schema, type) else schema(path))
     if hasattr(config, "search"):
@@ -71,7 +74,7 @@ def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
     assert str(path) in str(err.value)
 
 
-@pytest.mark.parametrize("path", FIT_CONFIGS, ids=[p.name for p in FIT_CONFIGS])
+@pytest.mark.parametrize("path", FIT_CONFIGS, ids=[str(p.relative_to(ROOT)) for p in FIT_CONFIGS])
 def test_fit_configs_parse_with_lightning_cli(path, capsys):
     from trainers import fit
 

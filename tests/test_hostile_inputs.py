@@ -97,7 +97,7 @@ def test_merge_and_inspect_on_the_command_line_end_in_one_line(tmp_path):
 def test_a_corrupt_head_is_one_line_naming_the_file(tmp_path):
     from sadt.head_io import HeadMismatchError, load_head
 
-    shipped = ROOT / "checkpoints/heads/mlp"
+    shipped = ROOT / "checkpoints/heads/digit_ahead_lam15"
     meta = json.loads((shipped / "head.json").read_text())
     broken = tmp_path / "not_json"
     broken.mkdir()

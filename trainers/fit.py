@@ -1,4 +1,4 @@
-"""Train F_φ: `python -m trainers.fit --config configs/fit/mlp.yaml` (LightningCLI, `--help` lists every option).
+"""Train F_φ: `python -m trainers.fit --config configs/fit/soft_ahead.yaml` (LightningCLI, `--help` lists every option).
 
 Every option can be overridden on the command line, e.g. `--model.lam 2.0 --trainer.max_epochs 20`;
 `--ckpt_path outputs/fit/lightning_logs/version_0/checkpoints/last.ckpt` resumes a run.

@@ -89,7 +89,7 @@ class FlowHeadModule(pl.LightningModule):
         self, lam: float = 5.0, base_model: str | None = None, hidden: int = 256, layers: int = 2,
         lr: float = 1e-3, log_z_lr: float = 1e-2, tb: float = 1.0, subtb: float = 0.0, db: float = 0.0,
         vargrad: float = 0.0, value: float = 0.0, forward_kl: float = 0.0, subtb_weight: float = 0.9,
-        save_to: str = "checkpoints/heads/mlp", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
+        save_to: str = "outputs/heads/head", prompt_cache_size: int = 16, feature_cache_mb: int = 1024,
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
         lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, value_form: str = "none",
         reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, residual: bool = True,

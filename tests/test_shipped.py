@@ -1,0 +1,37 @@
+"""What ships is what the READMEs name: every config under configs/ and every head under checkpoints/heads/."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+NAMING_DOCS = [ROOT / "README.md", ROOT / "checkpoints" / "heads" / "README.md"]
+SHIPPED_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+SHIPPED_HEADS = sorted(p for p in (ROOT / "checkpoints" / "heads").iterdir() if p.is_dir())
+
+
+def named_text() -> str:
+    return "\n".join(doc.read_text() for doc in NAMING_DOCS)
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=[str(p.relative_to(ROOT)) for p in SHIPPED_CONFIGS])
+def test_every_shipped_config_is_named_in_a_readme(path):
+    assert str(path.relative_to(ROOT)) in named_text(), f"{path.relative_to(ROOT)} is named in no README: " \
+        "document it or move it to benchmarks/experiments/"
+
+
+@pytest.mark.parametrize("path", SHIPPED_HEADS, ids=[p.name for p in SHIPPED_HEADS])
+def test_every_shipped_head_is_named_and_complete(path):
+    assert f"checkpoints/heads/{path.name}" in named_text() or f"`{path.name}`" in named_text(), \
+        f"{path.name} is named in no README"
+    assert (path / "head.json").is_file() and (path / "head.safetensors").is_file()
+
+
+def test_at_most_three_heads_ship():
+    assert 1 <= len(SHIPPED_HEADS) <= 3, [p.name for p in SHIPPED_HEADS]
+
+
+def test_the_recommended_head_ships():
+    from search.config import RECOMMENDED_HEAD
+
+    assert (ROOT / RECOMMENDED_HEAD) in SHIPPED_HEADS
