@@ -40,7 +40,7 @@ from tqdm import tqdm
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR / "tests"))  # the toy problem lives with the tests
 
-from sadt.cli import run_command  # noqa: E402
+from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
 from sadt.head_io import warn_if_other_lam  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
@@ -744,7 +744,7 @@ def write_summary(path: Path, parts: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/amortisation.yaml")
     parser.add_argument("--part", choices=("toy", "real", "all"), default="all")
     parser.add_argument("--summarise", action="store_true", help="rebuild real.md and the plot from real.csv")

@@ -9,7 +9,7 @@ trajectories, each committed as the harvester does), then reads the committed pa
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 
 from data.buffer import BufferWriter, PromptRecord, read_buffer
 from data.loader import TrajectoryDataset, trajectory_loader
+from sadt.cli import CommandParser, positive_int, run_command
 
 
 def record(i: int, per_prompt: int, length: int, rng: np.random.Generator) -> PromptRecord:
@@ -32,12 +33,12 @@ def record(i: int, per_prompt: int, length: int, rng: np.random.Generator) -> Pr
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trajectories", type=int, default=100_000)
-    parser.add_argument("--length", type=int, default=100)
-    parser.add_argument("--per-prompt", type=int, default=100)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    parser = CommandParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trajectories", type=positive_int, default=100_000)
+    parser.add_argument("--length", type=positive_int, default=100)
+    parser.add_argument("--per-prompt", type=positive_int, default=100)
+    args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     n_prompts = args.trajectories // args.per_prompt
     records = [record(i, args.per_prompt, args.length, rng) for i in range(n_prompts)]
@@ -68,6 +69,7 @@ def main() -> None:
           f"{payload_mb / loader_s:.0f} |")
     print(f"\nfile size {size_mb:.1f} MiB = {1024 * size_mb / n:.2f} KiB per trajectory (lzf)")
 
+    return 0
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

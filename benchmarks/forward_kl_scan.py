@@ -25,7 +25,6 @@ prompts with bootstrap 95% intervals, and the s that minimises each head's valid
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import sys
 import time
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
 from amortisation import earlier_rows, write_csv  # noqa: E402
 
-from sadt.cli import run_command  # noqa: E402
+from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.config import load_config  # noqa: E402
 
 SPLITS = ("train", "val", "common_val")
@@ -262,7 +261,7 @@ def plot(scores: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/forward_kl_scan.yaml")
     parser.add_argument("--resume", action="store_true", help="keep scan.csv's rows; scan only the heads it lacks")
     parser.add_argument("--summarise", action="store_true", help="rebuild scan.md and the plot from scan.csv")

@@ -9,24 +9,25 @@ hardware (Metal, unified memory), where MLX is the point of the port.
 
 from __future__ import annotations
 
-import argparse
 import platform
+import sys
 
 import mlx.core as mx
 import torch
 from search_throughput import prompt_ids, run_maxent
 
+from sadt.cli import CommandParser, positive_int, run_command
 from sadt.codec import Codec
 from sadt.lm.base_model import load_base_lm
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens per rollout")
-    parser.add_argument("--batch", type=int, default=32, help="rollouts per iteration")
-    parser.add_argument("--rollouts", type=int, default=128, help="MaxEnt-TS rollout budget")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    parser = CommandParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=positive_int, default=32, help="tokens per rollout")
+    parser.add_argument("--batch", type=positive_int, default=32, help="rollouts per iteration")
+    parser.add_argument("--rollouts", type=positive_int, default=128, help="MaxEnt-TS rollout budget")
+    args = parser.parse_args(argv)
 
     rows = {}
     for backend in ("torch", "mlx"):
@@ -45,6 +46,7 @@ def main() -> None:
     for backend, (wall, rollouts_s, tokens_s) in rows.items():
         print(f"| {backend} | {wall:.1f} | {rollouts_s:.2f} | {tokens_s:.0f} | {rollouts_s / rows['torch'][1]:.2f} |")
 
+    return 0
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -23,7 +23,6 @@ same windows) and `proposals.png`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
 from amortisation import RealPart, earlier_rows, heldout_windows, write_csv  # noqa: E402
 
-from sadt.cli import run_command  # noqa: E402
+from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
 from sadt.head_io import warn_if_other_lam  # noqa: E402
 from search.forecast_task import LOOK_AHEAD_REWARD, PARAMETER_FREE_VALUES  # noqa: E402
@@ -221,7 +220,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/proposal_validation.yaml")
     parser.add_argument("--resume", action="store_true", help="keep the rows of the output_dir's proposals.csv")
     parser.add_argument("--summarise", action="store_true", help="rebuild proposals.md and the plot from the CSV")

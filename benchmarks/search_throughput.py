@@ -18,15 +18,16 @@ Prints one Markdown table row per measurement.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import resource
+import sys
 import time
 
 import numpy as np
 import torch
 
 from data.series import load_builtin
+from sadt.cli import CommandParser, positive_int, run_command
 from sadt.codec import Codec
 from sadt.grammar import FixedLengthGrammar
 from sadt.lm.base_model import load_base_lm
@@ -74,16 +75,16 @@ def run_maxent(lm, codec: Codec, ids: list[int], batch: int, new_tokens: int, ro
     return TreeSearch(lm, ids, codec.action_token_ids, grammar, reward, config).run()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens per rollout")
-    parser.add_argument("--batch", type=int, default=64, help="rows per forward (generate batch = search batch)")
-    parser.add_argument("--generate-batches", type=int, default=2, help="batches timed for generate and rollout")
-    parser.add_argument("--rollouts", type=int, default=256, help="MaxEnt-TS rollout budget")
+def main(argv: list[str] | None = None) -> int:
+    parser = CommandParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=positive_int, default=32, help="tokens per rollout")
+    parser.add_argument("--batch", type=positive_int, default=64, help="rows per forward (= search batch)")
+    parser.add_argument("--generate-batches", type=positive_int, default=2, help="batches timed per method")
+    parser.add_argument("--rollouts", type=positive_int, default=256, help="MaxEnt-TS rollout budget")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     lm, tokenizer = load_base_lm(dtype=args.dtype, device=args.device)
@@ -125,6 +126,7 @@ def main() -> None:
           f"{stats['nodes']} nodes, {stats['bytes_per_node']:.0f} bytes/node (capacity), "
           f"tree {result.tree.nbytes / 2**20:.1f} MiB; peak memory {peak_mb:.0f} MiB")
 
+    return 0
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -19,7 +19,6 @@ MC-only at the same budget and sampler, window by window. Writes `<output_dir>/t
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
 from amortisation import AmortisationConfig, RealPart, heldout_windows, read_rows, write_csv  # noqa: E402
 
-from sadt.cli import run_command  # noqa: E402
+from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.config import load_config  # noqa: E402
 from sadt.importance import importance_summary  # noqa: E402
 
@@ -161,7 +160,7 @@ def summary(references: list[dict], scores: list[dict], header: str, differences
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/amortisation_windows.yaml")
     parser.add_argument("--prior-samples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)

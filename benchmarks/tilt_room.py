@@ -23,7 +23,6 @@ prompts per λ) and `room.png` (the ceiling against λ, the claim's 10× marked)
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
 from amortisation import write_csv  # noqa: E402
 
-from sadt.cli import run_command  # noqa: E402
+from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.config import load_config  # noqa: E402
 from sadt.importance import importance_summary  # noqa: E402
 
@@ -152,7 +151,7 @@ def plot(scores: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/tilt_room.yaml")
     args = parser.parse_args(argv)
     config = load_config(args.config, RoomConfig)

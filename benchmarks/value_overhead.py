@@ -13,7 +13,6 @@ wall seconds and ratios.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -25,7 +24,7 @@ sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
 from amortisation import AmortisationConfig, heldout_windows  # noqa: E402
 
-from sadt.cli import run_command  # noqa: E402
+from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.codec import Codec  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
 from sadt.head_io import load_value_head  # noqa: E402
@@ -35,7 +34,7 @@ from search.forecast_task import ForecastTask  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", default="AirPassengers")
     parser.add_argument("--rollouts", type=int, default=20)
     parser.add_argument("--config", default="benchmarks/configs/amortisation.yaml")

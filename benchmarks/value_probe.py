@@ -38,7 +38,6 @@ Writes `<out>/probe.csv`, `probe.md` and `probe.png`.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import time
@@ -52,7 +51,7 @@ import torch
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 
-from sadt.cli import run_command  # noqa: E402
+from sadt.cli import CommandParser, run_command  # noqa: E402
 
 DEPTH_BUCKETS = [(1, 4), (5, 12), (13, 24), (25, 10_000)]
 ALPHAS = [10.0**k for k in range(-1, 6)]
@@ -283,7 +282,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--buffer", nargs="+", required=True, help="harvested HDF5 buffers")
     parser.add_argument("--head", help="a trained head directory, scored beside the probes")
     parser.add_argument("--layers", type=int, nargs="+", help="layers to probe (default: every 3rd and the last)")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
 from data.buffer import SOURCES, BufferError, merge, read_buffer
+from sadt.cli import CommandParser
 
 
 def summary(path: str) -> str:
@@ -31,7 +31,7 @@ def summary(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = CommandParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="print counts, sources, lengths and a reward histogram")
     inspect.add_argument("paths", nargs="+")

@@ -156,9 +156,9 @@ def plot_grid(series: list[GeneratedSeries], path: str, columns: int = 4) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m data.generator --seed 0 --n 24 --length 48 --plot grid.png`: draw and plot a grid."""
-    import argparse
+    from sadt.cli import CommandParser
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = CommandParser(description=main.__doc__)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=24)
     parser.add_argument("--length", type=int, default=48)

@@ -7,10 +7,36 @@ a command's `__main__` hands its `main` to `run_command` instead of letting them
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
 BAD_INPUT = (ValueError, FileNotFoundError)
+
+
+def one_line(message: str) -> str:
+    """A (possibly multi-line) parser message as one line."""
+    return " ".join(message.split())
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is `error: <prog>: <message>` on one line and exit status 2 (no usage block;
+    `--help` still prints it)."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {one_line(message)}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def run_command(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

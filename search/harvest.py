@@ -18,7 +18,6 @@ Resumable: tasks already committed in the output file are skipped. Scale-out: `-
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from data.buffer import SOURCES, BufferWriter, PromptRecord
 from data.generator import generate_one
 from data.series import load_builtin
+from sadt.cli import CommandParser
 from sadt.codec import Codec, CodecConfig
 from sadt.config import ConfigError, load_config, to_dict
 from sadt.rewards import RewardConfig
@@ -201,7 +201,7 @@ def wandb_run(config: HarvestConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/harvest/default.yaml"))
     parser.add_argument("--shard", help="i/n: run every n-th task from i into its own file")
     args = parser.parse_args(argv)

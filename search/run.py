@@ -23,7 +23,6 @@ numbers beside ours.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -39,6 +38,7 @@ from rich.table import Table
 
 from data.published import published_results
 from data.series import Series, load_builtin, load_csv
+from sadt.cli import CommandParser
 from sadt.codec import Codec, CodecConfig
 from sadt.config import ConfigError, from_dict, load_config, to_dict
 from sadt.head_io import HeadMismatchError, SearchHead, load_search_head
@@ -265,7 +265,7 @@ def load_run_head(config: RunConfig) -> SearchHead | None:
 
 
 def main(argv: list[str] | None = None, default_config: str = "configs/search/airpassengers.yaml") -> int:
-    parser = argparse.ArgumentParser(description="Forecast held-out series: base sampling and MaxEnt-TS.")
+    parser = CommandParser(description="Forecast held-out series: base sampling and MaxEnt-TS.")
     parser.add_argument("--config", type=Path, default=Path(default_config))
     parser.add_argument("--series", nargs="+", help="override the config's series (built-in names)")
     parser.add_argument("--n-samples", type=int, help="override the config's n_samples")

@@ -28,6 +28,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> Non
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert all(w in proc.stderr for w in words), proc.stderr
+    assert "usage:" not in proc.stderr and proc.stderr.count("error:") == 1, proc.stderr
 
 
 @pytest.mark.parametrize("field, value", [("lam", float("inf")), ("lam", float("nan")), ("guide_scale", float("inf")),
@@ -194,3 +195,23 @@ def test_harvest_and_demo_end_a_bad_config_in_one_line(tmp_path):
     assert_one_line_error(command("search.harvest", "--config", str(config)), "bad.yaml", "search.lam")
     assert_one_line_error(command("search.demo", "--config", str(config)), "bad.yaml", "search.lam")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+@pytest.mark.parametrize("script, args, words", [
+    ("buffer_throughput", ["--trajectories", "0"], ["--trajectories", ">= 1"]),
+    ("search_throughput", ["--batch", "zero"], ["--batch", "not an integer"]),
+    ("mlx_vs_torch", ["--rollouts", "-1"], ["--rollouts", ">= 1"]),
+    ("value_probe", ["--buffer", "missing.h5"], ["missing.h5", "no such buffer"]),
+])
+def test_argparse_benchmark_scripts_end_bad_arguments_in_one_line(tmp_path, script, args, words):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_option_of_fit_is_one_line_not_a_usage_block(tmp_path):
+    proc = command("trainers.fit", "--config", str(ROOT / "configs/fit/soft_ahead.yaml"), "--model.lam", "abc",
+                   "--trainer.default_root_dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert_one_line_error(proc, "model.lam", "abc")
+    assert not (tmp_path / "run").exists()

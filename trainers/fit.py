@@ -14,8 +14,19 @@ import sys
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from data.buffer import BufferError
+from sadt.cli import one_line
 from trainers.data import BufferDataModule
 from trainers.module import FlowHeadModule
+
+
+class FitParser(LightningArgumentParser):
+    """A bad option or value is one line on stderr and exit status 2; `--help` still prints the options."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # a nested parse: the caller handles the error
+            return super().error(message, ex)
+        print(f"error: {one_line(message)}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 class FitCLI(LightningCLI):
@@ -27,7 +38,7 @@ def main(args: list[str] | None = None) -> FlowHeadModule:
     os.environ.setdefault("WANDB_MODE", "offline")
     cli = FitCLI(
         FlowHeadModule, BufferDataModule, run=False, args=args, save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
+        seed_everything_default=0, parser_class=FitParser,
     )
     cli.datamodule.check()  # a missing or foreign buffer fails here, before the run's log directory exists
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
