@@ -88,10 +88,22 @@ def test_virtual_visits_spread_a_batch_of_argmax_selections(toy):
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "flow"])  # flow needs a head: test_hybrid.py
 def test_every_method_counts_nfe_the_same_way(toy, method):
-    search = toy.search(2.0, 16, method=method, batch_size=4)
+    """NFE is the real (unpadded) token positions the transformer itself was given, counted by a hook on
+    the model outside the backend's own bookkeeping, for every method alike."""
+    seen = []
+
+    def count_real_positions(module, args, kwargs):
+        ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+        seen.append(ids.numel() if mask is None else int(mask[:, -ids.shape[1]:].sum()))
+
+    hook = toy.lm.decoder.register_forward_pre_hook(count_real_positions, with_kwargs=True)
+    try:
+        search = toy.search(2.0, 16, method=method, batch_size=4)
+    finally:
+        hook.remove()
     result = search.result()
     assert result.method == method and result.n_rollouts == 16
-    assert result.nfe_tokens == toy.lm.stats.tokens - search._tokens0 > 0
+    assert result.nfe_tokens == sum(seen) > 0 and result.forward_calls == len(seen)
     assert len(result.samples) == search.config.n_samples and np.isfinite(result.root_value)
 
 
