@@ -52,7 +52,7 @@ class ScanConfig:
     buffers: list[str] = field(default_factory=lambda: ["data/buffers/recipe.h5", "data/buffers/recipe_prior.h5"])
     val_fraction: float = 0.2  # the fits' split (configs/fit/*.yaml), so "val" prompts are ones no head trained on
     # name -> a head's folder, or a parameter-free value (search.forecast_task.PARAMETER_FREE_VALUES)
-    heads: dict[str, str] = field(default_factory=lambda: {"look_ahead": "benchmarks/experiments/heads/look_ahead"})
+    heads: dict[str, str] = field(default_factory=lambda: {"soft_ahead": "checkpoints/heads/soft_ahead_lam15"})
     # head -> the buffers its fit read (split there by `val_fraction`); a head not named here trained on `buffers`
     trained_on: dict[str, list[str]] = field(default_factory=dict)
     prompts: str = "all"  # "val": score only the buffers' validation prompts (skips the LM passes over training ones)
@@ -82,7 +82,7 @@ def load_module(head_dir: str, datamodule, lam: float):
     from search.forecast_task import PARAMETER_FREE_VALUES
     from trainers.module import FlowHeadModule
 
-    if head_dir in PARAMETER_FREE_VALUES:
+    if head_dir in PARAMETER_FREE_VALUES:  # R⁺ᵈ or V⁺ᵈ: FlowHeadConfig refuses the dropped R and R⁺ by name
         module = FlowHeadModule(lam=lam, value_form=PARAMETER_FREE_VALUES[head_dir], residual=False)
         module.attach(datamodule)
         return module.eval()

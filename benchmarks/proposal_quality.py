@@ -55,7 +55,7 @@ class ProposalConfig:
     harvest_windows_per_series: int = 8  # the head's training windows (benchmarks/experiments/harvest/recipe.yaml)
     context_length: int = 48
     horizon: int = 12
-    head: str = "benchmarks/experiments/heads/look_ahead"
+    head: str = "checkpoints/heads/soft_ahead_lam15"
     # name -> a head's folder or a parameter-free value (forecast_task.PARAMETER_FREE_VALUES), each at every guide scale
     other_heads: dict[str, str] = field(default_factory=dict)
     lam: float = 5.0

@@ -1,8 +1,7 @@
 """What a value costs the search: MaxEnt-TS wall time per value at equal rollouts, one held-out window.
 
     python benchmarks/value_overhead.py --config benchmarks/configs/amortisation_look_ahead.yaml \
-        --heads benchmarks/experiments/heads/recipe benchmarks/experiments/heads/partial_reward \
-        benchmarks/experiments/heads/look_ahead
+        --heads benchmarks/experiments/heads/recipe checkpoints/heads/soft_ahead_lam15 partial_reward
 
 Each value is timed in the same process against MC-only MaxEnt-TS (no head) with the search
 settings of the config's hybrid rows (`benchmarks/amortisation.py`; its `head` is ignored), so

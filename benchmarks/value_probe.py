@@ -312,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     val_ids = {x["prompt_id"] for x in data.val_set.items}
     start = time.perf_counter()
     nodes = collect(lm, codec, items, val_ids, layers, head, data.meta, args.min_visits, args.batch)
-    if head is not None and head.config.shaped:  # its Q_φ(s_t, a_t) is the residual + β(k/H)·R(s_{t+1})
-        r = nodes.ahead_reward if head.config.value_form != "partial" else nodes.partial_reward
+    if head is not None and head.config.shaped:  # Q_φ(s_t, a_t) ≈ residual + β(k/H)·R⁺(s_{t+1}) (R⁺ᵈ not rebuilt)
+        r = nodes.ahead_reward
         weighted = head.weigh_reward(torch.as_tensor(r), torch.as_tensor(nodes.completed))
         nodes.head_q = nodes.head_q + weighted.detach().double().numpy()
     print(f"{len(nodes.value)} nodes ({int(nodes.is_val.sum())} on {len(val_ids)} validation prompts), "

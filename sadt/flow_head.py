@@ -37,16 +37,19 @@ class FlowHeadConfig:
     hidden: int = 256  # width of the MLPs
     layers: int = 2  # hidden layers per MLP
     value_form: str = "none"  # the task value Q_φ adds to its learned part: "none", or one of
-    # sadt.partial_reward.VALUE_FORMS ("partial" R, "look_ahead" R⁺, "digit_ahead" R⁺ᵈ, "soft_ahead" V⁺ᵈ)
+    # sadt.partial_reward.VALUE_FORMS ("digit_ahead" R⁺ᵈ, "soft_ahead" V⁺ᵈ)
     reward_weight_bins: int = 0  # β: 1 if 0, else one learned weight per 1/n of the horizon completed (n + 1 in all)
     reward_weight_positions: int = 0  # > 0: β also per digit of the value being written (MLPFlowHead.weigh_reward)
     residual: bool = True  # False: Q_φ = β·R + a per-action bias, no MLP on h(s) (needs a value form)
 
     def __post_init__(self) -> None:
-        from sadt.partial_reward import VALUE_FORMS
+        from sadt.partial_reward import DROPPED_AT, DROPPED_VALUE_FORMS, VALUE_FORMS
 
         if self.hidden < 1 or self.layers < 1:
             raise ValueError(f"flow head needs hidden >= 1 and layers >= 1, got {self.hidden}, {self.layers}")
+        if self.value_form in DROPPED_VALUE_FORMS:
+            raise ValueError(f"flow head `value_form: {self.value_form}` was dropped (no better a proposal than p at "
+                             f"λ = 15; BENCHMARKS.md): use one of {VALUE_FORMS}, or commit {DROPPED_AT} for such heads")
         if self.value_form not in ("none", *VALUE_FORMS):
             raise ValueError(f"flow head `value_form` must be one of {('none', *VALUE_FORMS)}, got {self.value_form!r}")
         if not self.shaped and (not self.residual or self.reward_weight_bins):

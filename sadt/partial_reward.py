@@ -13,11 +13,12 @@ explains 60%), so a head on those states alone cannot learn it. Two values use R
   horizon's values completed (`--model.reward_weight_bins`): R is near pure noise about the soft
   value early in a forecast and exact at its end.
 
-The value R is one choice, `value_form` (`--model.value_form` in the trainer, `VALUE_FORMS`):
-"partial" R; "look_ahead" R⁺, the completed values plus a seasonal-naive fill of the rest
-(`ForecastReward.ahead`); "digit_ahead" R⁺ᵈ, R⁺ that also reads the value being written
-(`digit_ahead_q`); "soft_ahead" V⁺ᵈ, R⁺ᵈ averaged over noisy guesses of the rest at λ
-(`ForecastReward.soft_ahead`).
+The value R is one choice (`TASK_VALUES`): "partial" R; "look_ahead" R⁺, the completed values plus a
+seasonal-naive fill of the rest (`ForecastReward.ahead`); "digit_ahead" R⁺ᵈ, R⁺ that also reads the value
+being written (`digit_ahead_q`); "soft_ahead" V⁺ᵈ, R⁺ᵈ averaged over noisy guesses of the rest at λ
+(`ForecastReward.soft_ahead`). All four serve as parameter-free values (the benchmarks compare them);
+a trained head's `value_form` (`--model.value_form`, `VALUE_FORMS`) is R⁺ᵈ or V⁺ᵈ only: heads on R and R⁺
+were no better proposals than p at λ = 15 and were dropped (`DROPPED_VALUE_FORMS`).
 
 R and R⁺ change only at a separator, so they tell digits apart only once a value is finished: the
 choice between the digits of a value, where the tilt acts first, they leave to the residual. R⁺ᵈ
@@ -48,19 +49,22 @@ def completed_values(codec: Codec, actions: Sequence[int]) -> np.ndarray:
     return codec.text_to_values(codec.actions_to_text(np.asarray(actions, dtype=np.int64)))
 
 
-VALUE_FORMS = ("partial", "look_ahead", "digit_ahead", "soft_ahead")  # R, R⁺, R⁺ᵈ, V⁺ᵈ (module docstring)
+TASK_VALUES = ("partial", "look_ahead", "digit_ahead", "soft_ahead")  # R, R⁺, R⁺ᵈ, V⁺ᵈ (module docstring)
+VALUE_FORMS = ("digit_ahead", "soft_ahead")  # what a trained head may add: R⁺ᵈ, V⁺ᵈ
+DROPPED_VALUE_FORMS = ("partial", "look_ahead")  # heads on R / R⁺: the last commit that trains and loads them
+DROPPED_AT = "ca14b55"
 
 
-def check_value_form(form: str, lam: float | None = None) -> None:
+def check_value_form(form: str, lam: float | None = None, allowed: Sequence[str] = TASK_VALUES) -> None:
     """A clear error for an unknown form, or for V⁺ᵈ without the λ its average needs."""
-    if form not in VALUE_FORMS:
-        raise ValueError(f"value form must be one of {VALUE_FORMS}, got {form!r}")
+    if form not in allowed:
+        raise ValueError(f"value form must be one of {tuple(allowed)}, got {form!r}")
     if form == "soft_ahead" and (lam is None or not lam > 0):
         raise ValueError(f"value form 'soft_ahead' averages exp(λ r) over guesses of the rest: it needs λ > 0, "
                          f"got {lam}")
 
 
-def shaping_value(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]], form: str = "partial",
+def shaping_value(codec: Codec, reward: ForecastReward, sequences: Sequence[Sequence[int]], form: str,
                   lam: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The value of `form` at s·a and the share k(s·a)/H of the horizon's values s·a has completed, for
     every action a of each action sequence s: two (B, A) arrays. Forms: "partial" R, "look_ahead" R⁺,
@@ -153,7 +157,7 @@ class PartialRewardValue:
 
     reads_sequences = True
 
-    def __init__(self, codec: Codec, reward: ForecastReward, form: str = "partial", lam: float | None = None) -> None:
+    def __init__(self, codec: Codec, reward: ForecastReward, form: str, lam: float | None = None) -> None:
         check_value_form(form, lam)
         self.codec, self.reward, self.form, self.lam = codec, reward, form, lam
 
@@ -168,8 +172,7 @@ class ShapedValue:
 
     β_φ is 1 unless the head learned one weight per share k/H of the values completed
     (`FlowHeadConfig.reward_weight_bins`, `MLPFlowHead.weigh_reward`), and per digit of the value
-    being written (`reward_weight_positions`); R is the head's form (R, R⁺, R⁺ᵈ, or V⁺ᵈ at the
-    search's λ, `lam`).
+    being written (`reward_weight_positions`); R is the head's form (R⁺ᵈ, or V⁺ᵈ at the search's λ, `lam`).
     """
 
     reads_sequences = True
@@ -178,7 +181,7 @@ class ShapedValue:
         form = head.config.value_form
         if form == "soft_ahead" and lam is None:
             raise ValueError("this head weighs the soft look-ahead value V⁺ᵈ, which needs the search's λ: pass `lam`")
-        check_value_form(form, lam)
+        check_value_form(form, lam, VALUE_FORMS)
         self.head, self.codec, self.reward, self.lam = head, codec, reward, lam
         self.trained_lam = getattr(head, "trained_lam", None)
 

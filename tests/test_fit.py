@@ -141,7 +141,7 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
 
 
 @pytest.mark.parametrize("bins, form, residual, positions",
-                         [(0, "partial", True, 0), (4, "look_ahead", True, 0), (4, "look_ahead", False, 0),
+                         [(0, "digit_ahead", True, 0), (4, "digit_ahead", True, 0), (4, "soft_ahead", False, 0),
                           (4, "soft_ahead", False, 5)])
 def test_fit_with_a_value_form_trains_the_residual_over_r_and_the_search_adds_r(tmp_path, buffer_path, bins, form,
                                                                                residual, positions):

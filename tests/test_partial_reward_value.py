@@ -39,7 +39,7 @@ def test_partial_reward_value_is_the_partial_reward_of_each_next_state(task):
 
 def test_shaping_value_gives_each_next_states_share_of_the_horizon_completed(task):
     sequences = [[], [1, 2], [1, 2, SEP, 3], [1, SEP, 2, SEP, 3, SEP, 4]]  # horizon 4: 0, 0, 1, 3 values done
-    r, share = shaping_value(task.codec, task.reward, sequences)
+    r, share = shaping_value(task.codec, task.reward, sequences, "partial")
     expected = np.repeat(np.array([0, 0, 1, 3])[:, None] / 4, r.shape[1], axis=1)
     expected[1:, SEP] += 0.25  # the separator completes one more value (at the empty state, none: no digits yet)
     np.testing.assert_array_equal(share, expected)
@@ -49,7 +49,7 @@ def test_shaping_value_gives_each_next_states_share_of_the_horizon_completed(tas
 @pytest.mark.parametrize("share, weight", [(0.0, 1.5), (0.2, 1.5), (0.25, -2.0), (0.74, 0.5), (0.75, 3.0),
                                            (1.0, 7.0)])
 def test_a_learned_reward_weight_is_read_from_the_bin_of_the_share_completed(share, weight):
-    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(hidden=4, value_form="partial", reward_weight_bins=4))
+    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(hidden=4, value_form="digit_ahead", reward_weight_bins=4))
     r = torch.tensor([0.3, -1.2])
     torch.testing.assert_close(head.weigh_reward(r, torch.full((2,), share)), r)  # β starts at 1
     with torch.no_grad():
@@ -58,7 +58,7 @@ def test_a_learned_reward_weight_is_read_from_the_bin_of_the_share_completed(sha
 
 
 def test_a_per_position_reward_weight_is_read_from_the_bin_and_the_digits_written():
-    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(hidden=4, value_form="partial", reward_weight_bins=2,
+    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(hidden=4, value_form="digit_ahead", reward_weight_bins=2,
                                                           reward_weight_positions=3))
     with torch.no_grad():
         head.reward_weight.copy_(torch.arange(9.0).reshape(3, 3))  # β[bin, position] = 3·bin + position
@@ -68,7 +68,7 @@ def test_a_per_position_reward_weight_is_read_from_the_bin_and_the_digits_writte
     with pytest.raises(ValueError, match="pass `position`"):
         head.weigh_reward(r, share)
     with pytest.raises(ValueError, match="needs `reward_weight_bins`"):
-        FlowHeadConfig(value_form="partial", reward_weight_positions=3)
+        FlowHeadConfig(value_form="digit_ahead", reward_weight_positions=3)
 
 
 def test_digits_written_counts_the_unfinished_value_only(task):
@@ -106,7 +106,8 @@ def test_an_unknown_value_name_is_an_error_naming_it(task):
 
 
 def test_a_head_without_the_residual_is_beta_r_plus_a_per_action_bias():
-    head = MLPFlowHead(torch.randn(12, 8), FlowHeadConfig(value_form="partial", reward_weight_bins=2, residual=False))
+    config = FlowHeadConfig(value_form="digit_ahead", reward_weight_bins=2, residual=False)
+    head = MLPFlowHead(torch.randn(12, 8), config)
     assert not any(name.startswith("q_mlp") for name, _ in head.named_parameters())
     with torch.no_grad():
         head.q_bias.copy_(torch.arange(12.0))
@@ -194,4 +195,6 @@ def test_a_value_form_is_one_named_choice_and_old_sidecars_migrate():
     old = {"hidden": 8, "partial_reward": True, "look_ahead": True, "digit_ahead": True, "soft_ahead": False}
     assert migrate_value_flags(old) == {"hidden": 8, "value_form": "digit_ahead"}
     assert migrate_value_flags({"partial_reward": False, "look_ahead": False})["value_form"] == "none"
-    assert FlowHeadConfig(**migrate_value_flags({"partial_reward": True})).value_form == "partial"
+    for old_flag in ("partial_reward", "look_ahead"):  # heads on R and R⁺ were dropped: say so, and where they live
+        with pytest.raises(ValueError, match="was dropped.*commit ca14b55"):
+            FlowHeadConfig(**migrate_value_flags({old_flag: True}))

@@ -70,10 +70,9 @@ class FlowHeadModule(pl.LightningModule):
             never trained on, so this is early stopping against over-fitting the training prompts.
         value_form: "none" (Q_φ is the MLP alone), or the task value Q_φ adds to the MLP's residual,
             rebuilt per prompt from the buffer's reward config (`sadt.partial_reward.VALUE_FORMS`):
-            "partial" R, the partial reward of the values s·a has completed; "look_ahead" R⁺ (plus a
-            seasonal-naive fill of the rest); "digit_ahead" R⁺ᵈ (R⁺ with the value being written
-            completed, so R tells the digits of a value apart); "soft_ahead" V⁺ᵈ (R⁺ᵈ averaged over
-            noisy guesses of the values not yet written, at the fit's λ).
+            "digit_ahead" R⁺ᵈ (the completed values, the value being written completed and a
+            seasonal-naive fill of the rest, scored like a finished forecast); "soft_ahead" V⁺ᵈ (R⁺ᵈ
+            averaged over noisy guesses of the values not yet written, at the fit's λ; recommended).
         reward_weight_bins: with a value form, learn R's weight β per 1/n of the horizon's values
             completed (Q_φ = β(k/H)·R + residual; 0 keeps β = 1). β is never weight-decayed.
         residual: False drops the MLP on h(s) (needs a value form): Q_φ = β(k/H)·R + a per-action
