@@ -194,6 +194,8 @@ def test_harvest_and_demo_end_a_bad_config_in_one_line(tmp_path):
     config.write_text("search:\n  lam: .inf\n")
     assert_one_line_error(command("search.harvest", "--config", str(config)), "bad.yaml", "search.lam")
     assert_one_line_error(command("search.demo", "--config", str(config)), "bad.yaml", "search.lam")
+    assert_one_line_error(command("search.run", "--config", str(config), "--n-samples", "x"), "--n-samples")
+    assert_one_line_error(command("data.generator", "--n", "0", "--plot", str(tmp_path / "g.png")), "--n", ">= 1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
@@ -202,6 +204,7 @@ def test_harvest_and_demo_end_a_bad_config_in_one_line(tmp_path):
     ("search_throughput", ["--batch", "zero"], ["--batch", "not an integer"]),
     ("mlx_vs_torch", ["--rollouts", "-1"], ["--rollouts", ">= 1"]),
     ("value_probe", ["--buffer", "missing.h5"], ["missing.h5", "no such buffer"]),
+    ("value_overhead", ["--config", "missing.yaml", "--heads", "x"], ["missing.yaml", "no such config"]),
 ])
 def test_argparse_benchmark_scripts_end_bad_arguments_in_one_line(tmp_path, script, args, words):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],
