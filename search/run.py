@@ -107,15 +107,14 @@ class RunConfig:
             raise ValueError(f"`horizon` must be >= 1 steps past the end, or null to back-test, got {self.horizon}")
 
     def search_config(self, name: str) -> SearchConfig:
-        """The search settings of row `name`: `search` with the row's method, or with a variant's overrides."""
+        """The search settings of row `name`: `search` with the row's method (`hybrid`: maxent_ts reading the
+        head), then a variant's overrides."""
         base = dataclasses.replace(self.search, n_samples=self.n_samples, seed=self.seed)
-        if name == HYBRID:  # a `hybrid` variant overrides this preset
+        if name == HYBRID:
             base = dataclasses.replace(base, method="maxent_ts", hybrid="visits")
-        elif name not in self.variants:
-            return dataclasses.replace(base, method=name)
-        if name not in self.variants:
-            return base
-        return from_dict({**to_dict(base), **self.variants[name]}, SearchConfig, prefix=f"variants.{name}.")
+        if name in self.variants:
+            return from_dict({**to_dict(base), **self.variants[name]}, SearchConfig, prefix=f"variants.{name}.")
+        return base if name == HYBRID else dataclasses.replace(base, method=name)
 
 
 @dataclass

@@ -91,3 +91,12 @@ def test_fit_rejects_an_unknown_option(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         fit.main(["--config", str(bad), "--print_config"])
     assert done.value.code != 0 and "lamda" in capsys.readouterr().err
+
+
+def test_the_hybrid_row_is_the_recipe_and_a_variant_of_that_name_refines_it():
+    plain = RunConfig(methods=["maxent_ts", "hybrid"])
+    assert plain.search_config("maxent_ts").hybrid == "off"
+    hybrid = plain.search_config("hybrid")
+    assert (hybrid.method, hybrid.hybrid, hybrid.n_rollouts, hybrid.lam) == ("maxent_ts", "visits", 200, 15.0)
+    refined = RunConfig(methods=["hybrid"], variants={"hybrid": {"n_rollouts": 50}}).search_config("hybrid")
+    assert (refined.hybrid, refined.n_rollouts) == ("visits", 50)
