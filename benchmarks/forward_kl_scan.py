@@ -1,6 +1,6 @@
 """Does a head's P_F cover π* better than p on the fit's own prompts? The forward KL from stored draws, no sampling.
 
-    python benchmarks/forward_kl_scan.py --config benchmarks/configs/forward_kl_scan.yaml
+    python benchmarks/forward_kl_scan.py --config benchmarks/configs/forward_kl_scan_soft_lam15.yaml
 
 For each prompt of the buffers with draws from p (source `prior_sample`, `search.harvest` with
 `sampler: prior`), the self-normalised estimate of
@@ -262,7 +262,7 @@ def plot(scores: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/forward_kl_scan.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/forward_kl_scan_soft_lam15.yaml")
     parser.add_argument("--resume", action="store_true", help="keep scan.csv's rows; scan only the heads it lacks")
     parser.add_argument("--summarise", action="store_true", help="rebuild scan.md and the plot from scan.csv")
     args = parser.parse_args(argv)

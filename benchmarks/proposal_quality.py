@@ -1,6 +1,6 @@
 """Is the head's P_F a better proposal for π* than the prior p? The hybrid can gain no more than that.
 
-    python benchmarks/proposal_quality.py --config benchmarks/configs/proposal_validation.yaml
+    python benchmarks/proposal_quality.py --config benchmarks/configs/proposal_heldout_soft_head_lam15.yaml
 
 The hybrid's rollouts below the tree come from P_F(a|s) ∝ p(a|s) exp(s·λ Q_φ(s, a)), and every draw of
 the search is weighted by p e^{λr} / q. If P_F covers π* no better than p does, neither the root
@@ -221,7 +221,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/proposal_validation.yaml")
+    parser.add_argument("--config", type=Path,
+                        default=ROOT_DIR / "benchmarks/configs/proposal_heldout_soft_head_lam15.yaml")
     parser.add_argument("--resume", action="store_true", help="keep the rows of the output_dir's proposals.csv")
     parser.add_argument("--summarise", action="store_true", help="rebuild proposals.md and the plot from the CSV")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """A budget-free reference for the amortisation benchmark: π*'s mean reward and log Z by importance sampling.
 
-    python benchmarks/target_reference.py --config benchmarks/configs/amortisation_windows.yaml --prior-samples 256
+    python benchmarks/target_reference.py --config benchmarks/configs/amortisation_lam15_soft.yaml --prior-samples 256
 
 MC-only at the largest budget is a moving reference: if 200 rollouts barely tilt the samples
 away from the prior, "the hybrid matches MC@200" says nothing about π*. Here each held-out window
@@ -161,7 +161,7 @@ def summary(references: list[dict], scores: list[dict], header: str, differences
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/amortisation_windows.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT_DIR / "benchmarks/configs/amortisation_lam15_soft.yaml")
     parser.add_argument("--prior-samples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=1, help="the prior draws' seed (base sampling rows use 0)")

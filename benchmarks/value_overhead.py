@@ -1,6 +1,6 @@
 """What a value costs the search: MaxEnt-TS wall time per value at equal rollouts, one held-out window.
 
-    python benchmarks/value_overhead.py --config benchmarks/configs/amortisation_look_ahead.yaml \
+    python benchmarks/value_overhead.py --config benchmarks/configs/amortisation_lam15_soft.yaml \
         --heads benchmarks/experiments/heads/recipe checkpoints/heads/soft_ahead_lam15 partial_reward
 
 Each value is timed in the same process against MC-only MaxEnt-TS (no head) with the search
