@@ -14,20 +14,15 @@ import sys
 
 import mlx.core as mx
 import torch
-from search_throughput import prompt_ids, run_maxent
+from search_throughput import prompt_ids, run_maxent, workload_parser
 
-from sadt.cli import CommandParser, positive_int, run_command
+from sadt.cli import run_command
 from sadt.codec import Codec
 from sadt.lm.base_model import load_base_lm
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens")
-    parser.add_argument("--new-tokens", type=positive_int, default=32, help="tokens per rollout")
-    parser.add_argument("--batch", type=positive_int, default=32, help="rollouts per iteration")
-    parser.add_argument("--rollouts", type=positive_int, default=128, help="MaxEnt-TS rollout budget")
-    args = parser.parse_args(argv)
+    args = workload_parser(__doc__.splitlines()[0], batch=32, rollouts=128).parse_args(argv)
 
     rows = {}
     for backend in ("torch", "mlx"):

@@ -75,13 +75,19 @@ def run_maxent(lm, codec: Codec, ids: list[int], batch: int, new_tokens: int, ro
     return TreeSearch(lm, ids, codec.action_token_ids, grammar, reward, config).run()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser(description=__doc__.splitlines()[0])
+def workload_parser(description: str, batch: int, rollouts: int) -> CommandParser:
+    """The workload the throughput benchmarks share: prompt tokens, tokens per rollout, batch, rollouts."""
+    parser = CommandParser(description=description)
     parser.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens")
     parser.add_argument("--new-tokens", type=positive_int, default=32, help="tokens per rollout")
-    parser.add_argument("--batch", type=positive_int, default=64, help="rows per forward (= search batch)")
+    parser.add_argument("--batch", type=positive_int, default=batch, help="rows per forward (= search batch)")
+    parser.add_argument("--rollouts", type=positive_int, default=rollouts, help="MaxEnt-TS rollout budget")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = workload_parser(__doc__.splitlines()[0], batch=64, rollouts=256)
     parser.add_argument("--generate-batches", type=positive_int, default=2, help="batches timed per method")
-    parser.add_argument("--rollouts", type=positive_int, default=256, help="MaxEnt-TS rollout budget")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
     args = parser.parse_args(argv)

@@ -23,8 +23,7 @@ def fan_chart(
     and hides them)."""
     fig, ax = plt.subplots(figsize=(10, 4.5))
     t_context = np.arange(context.size)
-    horizon = next(iter(forecasts.values())).shape[1] if truth is None else truth.size
-    t_future = np.arange(context.size, context.size + horizon)
+    t_future = np.arange(context.size, context.size + forecast_length(truth, forecasts))
     ax.plot(t_context, context, color="black", lw=1.2, label="context")
     if truth is not None:
         ax.plot(t_future, truth, color="black", lw=1.2, ls="--", label="held-out truth")
@@ -50,10 +49,10 @@ def psd_comparison(
 
     The y-axis spans the context's and truth's PSDs with two decades of room each way, so a method
     whose samples are nearly flat (PSD ~1e-30) shows as off the bottom rather than squashing the rest."""
-    horizon = next(iter(forecasts.values())).shape[1] if truth is None else truth.size
-    context_psd = expected_context_psd(context, horizon, nperseg)
+    context_psd = expected_context_psd(context, forecast_length(truth, forecasts), nperseg)
+    method_psds = {name: psd(samples, nperseg) for name, samples in forecasts.items()}
+    freqs = next(iter(method_psds.values()))[0]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    freqs = psd(np.zeros(horizon), nperseg)[0]
     ax.semilogy(freqs, context_psd, color="black", lw=1.5, label="context E[S_c]")
     reference = context_psd
     if truth is not None:
@@ -62,8 +61,8 @@ def psd_comparison(
         reference = np.concatenate([context_psd, truth_psd])
     reference = reference[reference > 0]
     bottom = reference.min() / 100 if reference.size else 0.0
-    for (name, samples), color in zip(forecasts.items(), plt.cm.tab10.colors):
-        mean_psd = psd(samples, nperseg)[1].mean(axis=0)
+    for (name, (_, sample_psd)), color in zip(method_psds.items(), plt.cm.tab10.colors):
+        mean_psd = sample_psd.mean(axis=0)
         below = " (below the axis: nearly flat)" if bottom and mean_psd.max() < bottom else ""
         ax.semilogy(freqs, mean_psd, color=color, lw=1.5, label=f"{name} (mean over samples){below}")
     if reference.size:
@@ -71,6 +70,11 @@ def psd_comparison(
     ax.set(title=title, xlabel="frequency (cycles / step)", ylabel="PSD")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def forecast_length(truth: np.ndarray | None, forecasts: dict[str, np.ndarray]) -> int:
+    """Steps forecast: the truth's length, or the forecasts' past a series' end (no truth)."""
+    return truth.size if truth is not None else next(iter(forecasts.values())).shape[1]
 
 
 def _save(fig, path: Path) -> Path:

@@ -95,8 +95,7 @@ class RunConfig:
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"`backend` must be one of {BACKENDS}, got {self.backend!r}")
-        searched = [name for name in self.methods if name not in ("base", PEER)]
-        needing = [name for name in searched if self.search_config(name).needs_head]  # a bad variant fails here
+        needing = self.rows_reading_head  # a bad variant fails here
         if needing and self.head is None:
             raise ValueError(f"methods {needing} read a flow head: set `head` to a checkpoint directory")
         if self.n_samples < 1:
@@ -105,6 +104,11 @@ class RunConfig:
             raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
         if self.horizon is not None and self.horizon < 1:
             raise ValueError(f"`horizon` must be >= 1 steps past the end, or null to back-test, got {self.horizon}")
+
+    @property
+    def rows_reading_head(self) -> list[str]:
+        """The rows whose search reads the flow head (hybrid, flow, twisted_smc, or a variant of them)."""
+        return [name for name in self.methods if name not in ("base", PEER) and self.search_config(name).needs_head]
 
     def search_config(self, name: str) -> SearchConfig:
         """The search settings of row `name`: `search` with the row's method (`hybrid`: maxent_ts reading the
@@ -255,8 +259,7 @@ def load_series_list(config: RunConfig) -> list[Series]:
 def load_run_head(config: RunConfig) -> SearchHead | None:
     """The configured flow head, checked against the base model and codec (None when not set); a search
     at another λ than the head's warns when it starts (`search.sampler.make_sampler`)."""
-    reads_head = any(config.search_config(name).needs_head for name in config.methods if name not in ("base", PEER))
-    if config.head is None or not reads_head:
+    if config.head is None or not config.rows_reading_head:
         return None
     return load_search_head(
         config.head, lm_fingerprint(), to_dict(config.codec), backend=config.backend, device=config.device
