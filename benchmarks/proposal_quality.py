@@ -55,7 +55,7 @@ class ProposalConfig:
     harvest_windows_per_series: int = 8  # the head's training windows (benchmarks/experiments/harvest/recipe.yaml)
     context_length: int = 48
     horizon: int = 12
-    head: str = "checkpoints/heads/soft_ahead_lam15"
+    head: str | None = "checkpoints/heads/soft_ahead_lam15"  # None: only `other_heads` (and p)
     # name -> a head's folder or a parameter-free value (forecast_task.PARAMETER_FREE_VALUES), each at every guide scale
     other_heads: dict[str, str] = field(default_factory=dict)
     lam: float = 5.0
@@ -97,10 +97,15 @@ def windows_of(config: ProposalConfig) -> list[tuple[str, np.ndarray]]:
     return [(label, context) for name in config.series for label, context, _ in heldout_windows(name, part)]
 
 
+def head_paths(config: ProposalConfig) -> dict[str, str]:
+    """name -> head folder or parameter-free value of every head compared: "head" (unless None), then `other_heads`."""
+    return {**({} if config.head is None else {"head": config.head}), **config.other_heads}
+
+
 def proposals(config: ProposalConfig) -> list[tuple[str, str | None, float]]:
     """(label, head: "head" / a name of `other_heads` / LOOK_AHEAD_REWARD / None, guide scale s) for every proposal."""
     out = [(PRIOR, None, 0.0)] + [(f"P_F {name} s={s:g}", name, s)
-                                  for name in ("head", *config.other_heads) for s in config.guide_scales]
+                                  for name in head_paths(config) for s in config.guide_scales]
     if config.look_ahead_reward:
         out.append(("P_F look-ahead R⁺ s=1", LOOK_AHEAD_REWARD, 1.0))
     return out
@@ -117,7 +122,7 @@ def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
     lm, tokenizer = load_base_lm()
     codec = Codec(tokenizer)
     heads = {}
-    for name, path in {"head": config.head, **config.other_heads}.items():
+    for name, path in head_paths(config).items():
         if path in PARAMETER_FREE_VALUES:  # bound to each window by `task.value`
             heads[name] = path
             continue

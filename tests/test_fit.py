@@ -14,11 +14,12 @@ from data.buffer import SOURCES, read_buffer
 from sadt.codec import Codec
 from sadt.config import from_dict
 from sadt.head_io import HeadMismatchError, head_state_equal, load_head
+from sadt.lm.backend import TorchLM
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from sadt.partial_reward import digit_ahead_q
 from search.harvest import HarvestConfig, harvest
 from trainers import fit
-from trainers.data import collate
+from trainers.data import PromptBatches, collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from forward_kl_scan import ScanConfig, load_module, scan_head  # noqa: E402
@@ -298,7 +299,35 @@ def test_the_trainer_recomputes_the_truncated_prior_the_search_sampled_under(tmp
     assert (torch.isfinite(log_prior) & batch["mask"][..., None]).sum(-1).max() <= 3
 
 
-def test_a_head_fits_on_generated_contexts_end_to_end(tmp_path):
+def test_prompt_batches_cover_every_trajectory_once_in_whole_prompt_runs():
+    prompt_ids = [7] * 5 + [3] * 4 + [9] * 6 + [1]  # trajectories of four prompts, as a buffer lists them
+    sampler = PromptBatches(prompt_ids, batch_size=4, seed=0)
+    epochs = [list(sampler) for _ in range(3)]
+    for batches in epochs:
+        assert len(batches) == len(sampler) == 4 and all(len(b) <= 4 for b in batches)
+        order = [i for b in batches for i in b]
+        assert sorted(order) == list(range(len(prompt_ids)))
+        runs = [prompt_ids[i] for k, i in enumerate(order) if k == 0 or prompt_ids[i] != prompt_ids[order[k - 1]]]
+        assert sorted(runs) == [1, 3, 7, 9]  # each prompt's trajectories are one contiguous run
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]  # a new order every epoch
+    assert list(PromptBatches(prompt_ids, 4, seed=0)) == epochs[0]  # seeded
+
+
+def test_train_prompts_takes_nested_subsets_and_keeps_validation(buffer_path):
+    from trainers.data import BufferDataModule
+
+    def split(train_prompts):
+        dm = BufferDataModule([str(buffer_path)], val_fraction=0.34, train_prompts=train_prompts)
+        dm.setup()
+        return {x["key"] for x in dm.train_set.items}, {x["key"] for x in dm.val_set.items}
+
+    (all_train, val), (one, val_one) = split(None), split(1)
+    assert len(all_train) == 2 and len(one) == 1 and one < all_train and val_one == val and not val & all_train
+    with pytest.raises(ValueError, match="train_prompts` 3: .* hold only 2 training prompts"):
+        split(3)
+
+
+def test_a_head_fits_on_generated_contexts_end_to_end(tmp_path, monkeypatch):
     """Issue 23's path at toy size: draws from p on generated contexts, then a forward-KL + SubTB fit."""
     config = from_dict({
         "series": [], "context_length": 16, "horizon": 4, "generated": 3, "generator_seed": 5, "sampler": "prior",
@@ -307,10 +336,27 @@ def test_a_head_fits_on_generated_contexts_end_to_end(tmp_path):
     lm, tokenizer = load_base_lm()
     path = harvest(lm, Codec(tokenizer), config, lm_fingerprint())
     assert read_buffer(path).prompt_keys() == [f"series=gen5-{i}/end=16/seed=0" for i in range(3)]
+    prefills, real_prefill = [], TorchLM.prefill
+    monkeypatch.setattr(TorchLM, "prefill", lambda self, ids: prefills.append(1) or real_prefill(self, ids))
     model = fit.main(fit_args(path, tmp_path, "--trainer.max_epochs", "2", "--model.tb", "0",
-                              "--model.subtb", "1", "--model.forward_kl", "1"))
+                              "--model.subtb", "1", "--model.forward_kl", "1", "--data.batch_by_prompt", "true",
+                              "--model.prompt_cache_size", "1", "--model.feature_cache_mb", "0"))
     assert model.trainer.current_epoch == 2
+    assert len(prefills) == 3 * 2  # whole prompts per batch: each prompt prefilled once an epoch, with a 1-prompt cache
     _, meta = load_head(tmp_path / "head", lm_fingerprint())
     data = meta["training_data"]  # enough to rebuild the head: the generator's seed and count, the prompts
     assert data["harvest"]["generated"] == 3 and data["harvest"]["generator_seed"] == 5
     assert data["train_prompts"] == 3 and data["val_prompts"] == 0
+
+
+def test_a_feature_store_lets_a_second_fit_skip_the_lm_and_fit_the_same_head(tmp_path, buffer_path, monkeypatch):
+    store = tmp_path / "features"
+    args = ("--trainer.max_epochs", "2", "--model.feature_store", str(store))
+    first = fit.main(fit_args(buffer_path, tmp_path / "first", *args))
+    distinct = {(x["prompt"], tuple(x["actions"])) for x in first.trainer.datamodule.train_set.items}
+    assert len(list(store.rglob("*.safetensors"))) == len(distinct) and not list(store.rglob("*.partial"))
+    calls, real_path_states = [], TorchLM.path_states
+    monkeypatch.setattr(TorchLM, "path_states", lambda *a, **k: calls.append(1) or real_path_states(*a, **k))
+    second = fit.main(fit_args(buffer_path, tmp_path / "second", *args))
+    assert not calls  # every state came from the store
+    assert head_state_equal(first.head, second.head)  # the same features and seed: the same head

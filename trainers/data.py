@@ -7,13 +7,14 @@ trained on, and a prompt's side of the split depends only on its key and the pro
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.buffer import Buffer, check_attrs, iter_sources, open_h5, read_buffer
 
@@ -29,6 +30,38 @@ class PromptTrajectories(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
+
+
+class PromptBatches(Sampler[list[int]]):
+    """Batches of whole prompts' trajectories: each epoch shuffles the prompts (and each prompt's
+    trajectories), lays them end to end and cuts the run into batches of `batch_size`.
+
+    A batch then touches one to a few prompts and consecutive batches share them, so the frozen
+    LM prefills each prompt once per epoch with a prompt cache of a few entries; shuffled batches
+    touch ~one prompt per trajectory and, past the cache, re-prefill one every step (70% of a fit
+    step on the generated-context harvest).
+    """
+
+    def __init__(self, prompt_ids: list[int], batch_size: int, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+        groups: dict[int, list[int]] = {}
+        for index, prompt in enumerate(prompt_ids):
+            groups.setdefault(prompt, []).append(index)
+        self.groups = list(groups.values())
+        self.batch_size, self.n_items = batch_size, len(prompt_ids)
+        self.generator = torch.Generator().manual_seed(seed)  # advances every epoch: a new order each time
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_items / self.batch_size)
+
+    def __iter__(self):
+        order = []
+        for g in torch.randperm(len(self.groups), generator=self.generator).tolist():
+            group = self.groups[g]
+            order += [group[i] for i in torch.randperm(len(group), generator=self.generator).tolist()]
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
 
 
 def collate(items: list[dict]) -> dict:
@@ -80,20 +113,28 @@ class BufferDataModule(pl.LightningDataModule):
         val_fraction: share of prompts held out for validation (by key hash).
         sources: keep only these trajectory sources (e.g. ["tree_path"]); None keeps all.
         lm_fingerprint: if given, every buffer must come from this LM.
+        batch_by_prompt: training batches of whole prompts' trajectories (`PromptBatches`), so each
+            prompt is prefilled once per epoch; False shuffles trajectories across prompts.
+        train_prompts: train on only this many of the training prompts (the first by key hash, so a
+            smaller set is inside every larger one: a learning curve); validation is unchanged. None: all.
     """
 
     def __init__(
         self, buffers: list[str], batch_size: int = 32, val_fraction: float = 0.25,
-        sources: list[str] | None = None, lm_fingerprint: str | None = None,
+        sources: list[str] | None = None, lm_fingerprint: str | None = None, batch_by_prompt: bool = False,
+        train_prompts: int | None = None,
     ) -> None:
         super().__init__()
         if not buffers:
             raise ValueError("BufferDataModule needs at least one buffer path")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in [0, 1), got {val_fraction}")
+        if train_prompts is not None and train_prompts < 1:
+            raise ValueError(f"`train_prompts` must be >= 1 (or null for all), got {train_prompts}")
         self.paths, self.batch_size, self.val_fraction = buffers, batch_size, val_fraction
         self.sources = None if sources is None else iter_sources(sources)
         self.lm_fingerprint = lm_fingerprint
+        self.batch_by_prompt, self.train_prompts = batch_by_prompt, train_prompts
         self.meta: dict = {}
 
     def check(self) -> None:
@@ -114,14 +155,21 @@ class BufferDataModule(pl.LightningDataModule):
         keys = sorted({x["key"] for x in items}, key=lambda k: zlib.crc32(k.encode()))
         n_val = 0 if self.val_fraction == 0 or len(keys) < 2 else max(1, round(self.val_fraction * len(keys)))
         val_keys = set(keys[:n_val])
-        is_val = [x["key"] in val_keys for x in items]
-        self.train_set = PromptTrajectories([x for x, v in zip(items, is_val) if not v])
-        self.val_set = PromptTrajectories([x for x, v in zip(items, is_val) if v])
+        train_keys = set(keys[n_val:] if self.train_prompts is None else keys[n_val : n_val + self.train_prompts])
+        if self.train_prompts is not None and len(train_keys) < self.train_prompts:
+            raise ValueError(f"`train_prompts` {self.train_prompts}: {self.paths} hold only {len(train_keys)} "
+                             f"training prompts (val_fraction {self.val_fraction})")
+        self.train_set = PromptTrajectories([x for x in items if x["key"] in train_keys])
+        self.val_set = PromptTrajectories([x for x in items if x["key"] in val_keys])
         if len(self.train_set) == 0:
             raise ValueError(f"every prompt fell into validation (val_fraction={self.val_fraction}); lower it")
 
     def train_dataloader(self) -> DataLoader:
+        if self.batch_by_prompt:
+            seed = int(torch.randint(2**31, ()))  # from the run's seed (seed_everything)
+            batches = PromptBatches([x["prompt_id"] for x in self.train_set.items], self.batch_size, seed)
+            return DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate)
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=collate)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader:  # in buffer order: already grouped by prompt
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, collate_fn=collate)

@@ -33,6 +33,7 @@ from sadt.lora_head import LoRAHeadConfig, adapted_path_states, add_lora, frozen
 from sadt.partial_reward import digits_written, prompt_reward, shaping_value
 from sadt.policy import masked_log_softmax
 from sadt.rewards import ForecastReward, RewardConfig
+from trainers.feature_store import FeatureStore
 
 
 def prior_top_k(harvest_config: dict) -> int | None:
@@ -61,6 +62,8 @@ class FlowHeadModule(pl.LightningModule):
         save_to: where the final head (safetensors + JSON sidecar) is written.
         feature_cache_mb: memory for the frozen LM's per-trajectory hidden states and logits, so
             epochs after the first skip the LM (0 disables; past the budget, features are recomputed).
+        feature_store: a folder that keeps those features on disk across fits (`FeatureStore`): a
+            learning curve or another head on the same buffers runs the LM once per trajectory.
         adapter: "none" (the MLP head on frozen states) or "lora" (the head on LoRA-adapted states).
         lora_r, lora_alpha, lora_top_layers, lora_lr: the adapter's rank, scale numerator, how many
             top decoder layers it adapts, and its learning rate.
@@ -92,7 +95,7 @@ class FlowHeadModule(pl.LightningModule):
         adapter: str = "none", lora_r: int = 8, lora_alpha: float = 16.0, lora_top_layers: int = 2,
         lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, value_form: str = "none",
         reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, residual: bool = True,
-        reward_weight_positions: int = 0,
+        reward_weight_positions: int = 0, feature_store: str | None = None,
     ) -> None:
         super().__init__()
         floats = {"lam": lam, "lr": lr, "log_z_lr": log_z_lr, "tb": tb, "subtb": subtb, "db": db, "vargrad": vargrad,
@@ -129,6 +132,7 @@ class FlowHeadModule(pl.LightningModule):
         self.prompt_cache: OrderedDict[tuple, object] = OrderedDict()
         self.feature_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (prompt, actions) -> (h, logits)
         self.feature_cache_bytes = 0
+        self.feature_store = None if feature_store is None else FeatureStore(feature_store, self.fingerprint)
         self.grammar: DigitGrammar | None = None
         self.codec: Codec | None = None
         self.top_k: int | None = None  # the prior's truncation, from the buffer (`prior_top_k`)
@@ -198,8 +202,9 @@ class FlowHeadModule(pl.LightningModule):
         keys = [(prompt, tuple(actions[r][mask[r]].tolist())) for r, prompt in enumerate(batch["prompts"])]
         groups: dict[tuple, list[int]] = {}
         for row, key in enumerate(keys):
-            if key in self.feature_cache:
-                h, lg = self.feature_cache[key]
+            stored = self._stored_features(key)
+            if stored is not None:
+                h, lg = stored
                 hidden[row, : len(h)], logits[row, : len(h)] = h, lg
             else:
                 groups.setdefault(key[0], []).append(row)
@@ -211,6 +216,8 @@ class FlowHeadModule(pl.LightningModule):
                 n = len(keys[row][1])  # states s_0..s_{n-1} of this trajectory
                 hidden[row, :n], logits[row, :n] = h[i, :n].float(), lg[i, :n].float()
                 self._remember(keys[row], hidden[row, :n].clone(), logits[row, :n].clone())
+                if self.feature_store is not None:
+                    self.feature_store.put(keys[row], hidden[row, :n], logits[row, :n])
         allowed = torch.zeros(B, T, len(self.action_token_ids), dtype=torch.bool)
         state = self.grammar.initial(B)
         for t in range(T):
@@ -235,6 +242,15 @@ class FlowHeadModule(pl.LightningModule):
             for i, row in enumerate(rows):
                 per_row[row] = h[i, :T]
         return torch.nn.utils.rnn.pad_sequence(per_row, batch_first=True)  # the longest trajectory has T states
+
+    def _stored_features(self, key: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A trajectory's (hidden, logits) from memory, else from the feature store (then kept in memory)."""
+        if key in self.feature_cache:
+            return self.feature_cache[key]
+        stored = None if self.feature_store is None else self.feature_store.get(key)
+        if stored is not None:
+            self._remember(key, *stored)
+        return stored
 
     def _remember(self, key: tuple, hidden: torch.Tensor, logits: torch.Tensor) -> None:
         size = hidden.nbytes + logits.nbytes
@@ -353,13 +369,14 @@ class FlowHeadModule(pl.LightningModule):
         return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
 
     def _training_data(self, harvest_config: dict) -> dict:
-        """What the head learned from, so one command can rebuild it: buffers, prompt counts, and the
-        harvest's context settings (series windows, generator seed and count)."""
+        """What the head learned from, so one command can rebuild it: buffers, prompt counts and the split
+        (`--data.train_prompts N --data.val_fraction f`), and the harvest's context settings (series windows,
+        generator seed and count)."""
         dm = self.trainer.datamodule
         names = ("series", "windows_per_series", "generated", "generator_seed", "seeds", "context_length",
                  "horizon", "sampler")
         return {"buffers": [str(p) for p in dm.paths], "train_prompts": len({x["key"] for x in dm.train_set.items}),
-                "val_prompts": len({x["key"] for x in dm.val_set.items}),
+                "val_prompts": len({x["key"] for x in dm.val_set.items}), "val_fraction": dm.val_fraction,
                 "harvest": {k: harvest_config.get(k) for k in names}}
 
     def on_train_end(self) -> None:
