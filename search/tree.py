@@ -1,9 +1,15 @@
 """A search tree stored as flat arrays (one row per node), grown by doubling.
 
 2000 rollouts of 100+ tokens add hundreds of thousands of nodes, so there is no Python object
-per node. Node 0 is the root (the prompt). A node's children are a dense (A,) row of node ids
-(-1 where absent): with ~12 actions that is cheaper than any sparse structure and makes the
-backup one vectorised row operation.
+per node. Node 0 is the root (the prompt). A node's children are a row of K slots of node ids
+(-1 where absent), with the prior log p, the draw counts and Q_φ of each slot beside them, so the
+backup is one vectorised row operation.
+
+Dense (K = A, the default): slot a is action a. With ~12 actions that is cheaper than any sparse
+structure. Sparse (K = `width` < A): a node keeps only the K actions its prior allows, e.g. the
+top k of a full LM vocabulary under `top_k` (where the target is p truncated to its top k, so no
+allowed action is lost), in ascending action order; `slot_action` maps slots to actions, and a node
+costs O(K) bytes whatever the vocabulary.
 """
 
 from __future__ import annotations
@@ -37,21 +43,37 @@ class Trajectories:
 
 
 class Tree:
-    """Per node: action from its parent, parent, depth, visits, value V̂, terminal reward, children
-    ids, per-action draw counts, virtual visits, and the prior log p(·|s) over all actions (-inf
-    where not allowed; NaN until an LM forward has expanded the node)."""
+    """Per node: action from its parent and its slot there, parent, depth, visits, value V̂, terminal
+    reward, and per slot: child id, draw count, prior log p(a|s) (-inf where not allowed; NaN until an
+    LM forward has expanded the node) and Q_φ; virtual visits.
 
-    def __init__(self, n_actions: int, capacity: int = 1024) -> None:
+    Args:
+        n_actions: A, the size of the action space (a codec's actions, or an LM's vocabulary).
+        capacity: rows allocated at first (doubled when full).
+        width: K slots per node; None (dense) is K = A with slot a = action a.
+        sparse: store slots sparsely even at K = A (None: sparse iff K < A); the same tree as dense
+            storage where every action is allowed, which tests the sparse path.
+    """
+
+    def __init__(self, n_actions: int, capacity: int = 1024, width: int | None = None,
+                 sparse: bool | None = None) -> None:
+        if width is not None and not 1 <= width <= n_actions:
+            raise ValueError(f"tree width must be in [1, {n_actions}] (the actions), got {width}")
         self.n_actions = n_actions
+        self.width = n_actions if width is None else width
+        self.sparse = self.width < n_actions if sparse is None else sparse
+        if not self.sparse and self.width < n_actions:
+            raise ValueError(f"a dense tree has one slot per action ({n_actions}), not {self.width}")
         self.size = 0
         self._allocate(capacity)
-        self.add(parent=-1, action=-1)  # the root
+        self.add(parent=-1, slot=-1)  # the root
 
     def _allocate(self, capacity: int) -> None:
-        A = self.n_actions
+        A = self.width
         fresh = {
             "parent": np.full(capacity, -1, np.int32),
-            "action": np.full(capacity, -1, np.int8),
+            "action": np.full(capacity, -1, np.int8 if self.n_actions < 128 else np.int32),
+            "slot": np.full(capacity, -1, np.int8 if A < 128 else np.int32),  # the action's slot in the parent
             "depth": np.zeros(capacity, np.int32),
             "visits": np.zeros(capacity, np.int32),
             "value": np.zeros(capacity, np.float64),  # V̂(s)
@@ -63,6 +85,8 @@ class Tree:
             "log_prior": np.full((capacity, A), np.nan, np.float64),  # log p(a|s) over actions
             "q": np.full((capacity, A), np.nan, np.float64),  # Q_φ(s, a) of a flow head, when one is used
         }
+        if self.sparse:
+            fresh["slot_action"] = np.full((capacity, A), -1, np.int32)  # the action of each slot, ascending
         for name, array in fresh.items():
             if hasattr(self, name):
                 array[: self.size] = getattr(self, name)[: self.size]
@@ -70,19 +94,53 @@ class Tree:
         self.capacity = capacity
         self._names = tuple(fresh)
 
-    def add(self, parent: int, action: int) -> int:
-        """The child of `parent` by `action`, created if absent; returns its id."""
-        if parent >= 0 and self.children[parent, action] >= 0:
-            return int(self.children[parent, action])
+    def add(self, parent: int, slot: int) -> int:
+        """The child of `parent` in `slot`, created if absent; returns its id."""
+        if parent >= 0 and self.children[parent, slot] >= 0:
+            return int(self.children[parent, slot])
         if self.size == self.capacity:
             self._allocate(2 * self.capacity)
         node = self.size
         self.size += 1
-        self.parent[node], self.action[node] = parent, action
+        self.parent[node], self.slot[node] = parent, slot
         if parent >= 0:
-            self.children[parent, action] = node
+            self.action[node] = self.action_of(parent, slot)
+            self.children[parent, slot] = node
             self.depth[node] = self.depth[parent] + 1
         return node
+
+    def set_prior(self, node: int, log_prior: np.ndarray, q: np.ndarray | None = None) -> None:
+        """Expand `node`: its prior log p(·|s) (and Q_φ(s, ·)) over all A actions, -inf where not allowed.
+
+        A sparse tree keeps the allowed actions only, in ascending order, in its K slots: more than K
+        allowed is an error (truncate the prior to its top K first)."""
+        if not self.sparse:
+            self.log_prior[node] = log_prior
+            if q is not None:
+                self.q[node] = q
+            return
+        allowed = np.flatnonzero(np.isfinite(log_prior))
+        if allowed.size > self.width:
+            raise ValueError(f"{allowed.size} actions allowed at a node of a tree {self.width} wide: truncate the "
+                             f"prior to its top {self.width} (SearchConfig.top_k)")
+        n = allowed.size
+        self.slot_action[node, :n], self.slot_action[node, n:] = allowed, -1
+        self.log_prior[node, :n], self.log_prior[node, n:] = log_prior[allowed], -np.inf
+        if q is not None:
+            self.q[node, :n], self.q[node, n:] = q[allowed], 0.0  # finite: -inf log p masks an empty slot
+
+    def action_of(self, node: int, slot: int) -> int:
+        """The action in `slot` of `node`."""
+        return int(self.slot_action[node, slot]) if self.sparse else slot
+
+    def slot_of(self, node: int, action: int) -> int:
+        """The slot of `action` at the expanded `node` (an error if its prior does not allow it)."""
+        if not self.sparse:
+            return action
+        slots = np.flatnonzero(self.slot_action[node] == action)
+        if slots.size == 0:
+            raise ValueError(f"action {action} is not among node {node}'s {self.width} slots")
+        return int(slots[0])
 
     def path(self, node: int) -> list[int]:
         """Node ids from the root down to `node`, both included."""
@@ -101,7 +159,7 @@ class Tree:
         actions = self.action[nodes].astype(np.int64)
         return Trajectories(
             actions=actions,
-            log_prior=self.log_prior[self.parent[nodes], actions],
+            log_prior=self.log_prior[self.parent[nodes], self.slot[nodes].astype(np.int64)],
             values=self.value[nodes],
             visits=self.visits[nodes],
             lengths=np.array([len(p) for p in paths], dtype=np.int64),

@@ -108,16 +108,16 @@ class TreeSearch:
         self.sample_rng = np.random.default_rng([config.seed, 1])  # in-tree samples: drawing them mid-run
         # (`run(until)` then `result()`) leaves the search's own random stream, and so its tree, unchanged
         self.generator = torch.Generator(device=lm.device).manual_seed(config.seed)
-        self.tree = Tree(len(self.action_token_ids))
+        n_actions = len(self.action_token_ids)  # a sparse tree under top_k: O(k) bytes a node, any vocabulary
+        self.tree = Tree(n_actions, width=self.top_k if self.top_k and self.top_k < n_actions else None)
         self.values = TreeValues(self.tree, config)
         self._start = time.perf_counter()
         self._calls0, self._tokens0 = lm.stats.forward_calls, lm.stats.tokens  # the prompt's prefill counts too
         self.prompt = lm.prefill(prompt_ids)
         root = lm.extend(self.prompt, [[]], self.action_token_ids)
         mask = grammar.mask(grammar.initial(1, lm.device))
-        self.tree.log_prior[ROOT] = masked_log_softmax(root.logits.double(), mask, self.top_k)[0].cpu().numpy()
-        if value_head is not None:
-            self.tree.q[ROOT] = head_q(value_head, root.hidden, lambda: [[]])[0].double().cpu().numpy()
+        root_q = None if value_head is None else head_q(value_head, root.hidden, lambda: [[]])[0].double().cpu().numpy()
+        self.tree.set_prior(ROOT, masked_log_softmax(root.logits.double(), mask, self.top_k)[0].cpu().numpy(), root_q)
         self.rollouts_done = 0
         # Per iteration (reset by `iterate`): leaves picked per node, the draws counted, and for each
         # selection Σ log p(a|s) − log q(a|s) over its Boltzmann choices (`descent_log_ratio` while descending).
@@ -130,6 +130,8 @@ class TreeSearch:
 
     # -- what the strategies read -------------------------------------------------------------
 
+    # Strategies work on a node's slots (`search.tree`): slot a is action a unless the tree is sparse.
+
     def child_log_weights(self, node: int | np.ndarray) -> np.ndarray:
         """log w(s, ·) of the soft backup and of Boltzmann selection/sampling: prior, or draw counts."""
         if self.method.child_weights == "draws":
@@ -137,10 +139,10 @@ class TreeSearch:
                 return np.log(self.tree.draws[node].astype(np.float64))
         return self.tree.log_prior[node]
 
-    def count_draw(self, node: int, action: int) -> None:
-        """A draw of `action` at `node` (undone if the iteration does not finish)."""
-        self.tree.draws[node, action] += 1
-        self._counted_draws.append((node, action))
+    def count_draw(self, node: int, slot: int) -> None:
+        """A draw of the action in `slot` at `node` (undone if the iteration does not finish)."""
+        self.tree.draws[node, slot] += 1
+        self._counted_draws.append((node, slot))
 
     def widening(self, node: int) -> float:
         """C (N(s) + 1)^α, counting this iteration's virtual visits."""
@@ -164,18 +166,18 @@ class TreeSearch:
     # -- one iteration ----------------------------------------------------------------------
 
     def select(self) -> tuple[int, int]:
-        """One descent: (parent, action) of a new leaf, or (terminal node, -1). Adds virtual visits."""
+        """One descent: (parent, slot) of a new leaf, or (terminal node, -1). Adds virtual visits."""
         tree, node = self.tree, ROOT
         self.descent_log_ratio = 0.0
         while True:
-            action = self.method.select(self, node)
+            slot = self.method.select(self, node)
             tree.pending[node] += 1  # after choosing: a descent's own visit does not count for itself
-            child = int(tree.children[node, action])
+            child = int(tree.children[node, slot])
             if child < 0:
                 leaves = self.pending_leaves.setdefault(node, {})
-                leaves[action] = leaves.get(action, 0) + 1
+                leaves[slot] = leaves.get(slot, 0) + 1
                 self._pick_log_ratios.append(self.descent_log_ratio)
-                return node, action
+                return node, slot
             if tree.terminal[child]:
                 tree.pending[child] += 1
                 self._pick_log_ratios.append(self.descent_log_ratio)
@@ -218,8 +220,8 @@ class TreeSearch:
         try:
             return self._iterate(batch)
         except BaseException:
-            for node, action in self._counted_draws:
-                self.tree.draws[node, action] -= 1
+            for node, slot in self._counted_draws:
+                self.tree.draws[node, slot] -= 1
             raise
         finally:
             self.tree.pending[: self.tree.size] = 0
@@ -231,7 +233,7 @@ class TreeSearch:
         clock = time.perf_counter()
         picks = [self.select() for _ in range(batch)]
         revisits = [node for node, action in picks if action < 0]  # known terminals: no LM call
-        new = [(parent, action) for parent, action in picks if action >= 0]
+        new = [(parent, self.tree.action_of(parent, slot)) for parent, slot in picks if slot >= 0]
         log_ratios = [r for (_, a), r in zip(picks, self._pick_log_ratios) if a < 0] + \
             [r for (_, a), r in zip(picks, self._pick_log_ratios) if a >= 0]  # in the order of `terminals` below
         suffixes = [[action] for _, action in new]  # actions below each parent: the new one, then the rollout's
@@ -285,13 +287,13 @@ class TreeSearch:
 
         `step_log_probs[t]` (and `step_q[t]`) belong to the state after `actions[: t + 1]`.
         """
-        node = self.tree.add(parent, actions[0])
+        tree = self.tree
+        node = tree.add(parent, tree.slot_of(parent, actions[0]))
         for t, action in enumerate(actions[1:]):
-            self.tree.log_prior[node] = step_log_probs[t]
-            if step_q is not None:
-                self.tree.q[node] = step_q[t]
-            self.tree.draws[node, action] += 1  # a rollout step is a draw from the prior
-            node = self.tree.add(node, action)
+            tree.set_prior(node, step_log_probs[t], None if step_q is None else step_q[t])
+            slot = tree.slot_of(node, action)
+            tree.draws[node, slot] += 1  # a rollout step is a draw from the prior
+            node = tree.add(node, slot)
         self.tree.terminal[node] = True
         self.tree.reward[node] = reward
         return node

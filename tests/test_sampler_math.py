@@ -72,14 +72,6 @@ def test_top_k_truncates_the_prior_before_the_head_tilts():
     assert step.action.item() in (0, 1)
 
 
-def truncated_step_log_priors(toy, k):
-    """log p_k(·|s_t) of every step of every sequence: the prior cut to its k most likely actions, (S, L, A)."""
-    log_p = toy.step_log_priors().astype(np.float64)
-    kth = np.sort(log_p, axis=-1)[..., -k][..., None]
-    cut = np.where(log_p >= kth, log_p, -np.inf)
-    return cut - logsumexp(cut, axis=-1, keepdims=True)
-
-
 class LeastLikelyHead:
     """Q_φ(s, ·) = 3 on the prior's least likely action at s, 0 elsewhere: a tilt that reorders top-k."""
 
@@ -100,7 +92,7 @@ def test_guided_rollouts_with_top_k_draw_from_the_truncated_proposal(toy):
     out = rollout(toy.lm, prompt, ACTION_IDS, toy.grammar, [[]] * n, top_k=k, value_head=head, guide_lam=g,
                   generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out.log_prior).all()  # no draw outside the truncated prior (before: 19 of 48)
-    log_pk = truncated_step_log_priors(toy, k)
+    log_pk = toy.truncated_step_log_priors(k)
     sequences = np.asarray(toy.sequences)
     step_q = np.stack([head(h) for h in _state_hidden(toy)], axis=0)  # (S, L, A)
     tilted = log_pk + g * step_q

@@ -47,6 +47,21 @@ class Toy:
             logits = self.lm.model(ids).logits[:, len(PROMPT) - 1 : -1][..., ACTION_IDS]  # (S, L, A)
         return torch.log_softmax(logits, dim=-1).numpy()
 
+    def truncated_step_log_priors(self, k: int) -> np.ndarray:
+        """log p_k(·|s_t) of every step of every sequence: the prior cut to its k most likely actions, (S, L, A)."""
+        log_p = self.step_log_priors().astype(np.float64)
+        kth = np.sort(log_p, axis=-1)[..., -k][..., None]
+        cut = np.where(log_p >= kth, log_p, -np.inf)
+        return cut - logsumexp(cut, axis=-1, keepdims=True)
+
+    def truncated_target(self, lam: float, k: int) -> tuple[np.ndarray, float]:
+        """π*_k(x) ∝ p_k(x) exp(λ r(x)), p_k the prior truncated to its top k at every step, and (1/λ) log Z_k."""
+        chosen = np.asarray(self.sequences)[..., None]
+        log_pk = np.take_along_axis(self.truncated_step_log_priors(k), chosen, -1)[..., 0].sum(1)
+        scores = log_pk + lam * self.table
+        log_z = logsumexp(scores)
+        return np.exp(scores - log_z), log_z / lam
+
     def exact_q(self, lam: float) -> np.ndarray:
         """Q(s_t, a) = V(s_t·a) for every step and action of every sequence, (S, L, A)."""
         cache: dict[tuple, float] = {}
