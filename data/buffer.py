@@ -1,6 +1,7 @@
 """HDF5 trajectory buffers: flat chunked datasets plus lengths, crash-safe appends, SWMR, merging.
 
-Layout (schema 1). Per step, S rows: `actions` (int8), `log_prior` (float32, log p(a_t|s_t)),
+Layout (schema 1). Per step, S rows: `actions` (int8, or int32 over more than 127 actions, e.g. an LM's
+vocabulary: `actions_dtype`), `log_prior` (float32, log p(a_t|s_t)),
 `values` (float32, the tree's V̂(s_{t+1}), NaN where unknown), `visits` (int32, N(s_{t+1}), 0
 where unknown). Per trajectory, n rows: `lengths` (steps), `reward`, `reward_task`,
 `reward_spectral` (raw, before λ: one buffer serves any λ), `prompt_index` (the task's global
@@ -97,7 +98,20 @@ class PromptRecord:
         }
 
 
+def actions_dtype(meta: dict) -> type:
+    """int8 for up to 127 actions (a codec's digits), int32 beyond (an LM's vocabulary, a text task):
+    the number of actions is `meta["n_actions"]`, else the length of `meta["action_token_ids"]`."""
+    n_actions = meta.get("n_actions", len(meta.get("action_token_ids", ())))
+    return np.int8 if n_actions <= np.iinfo(np.int8).max else np.int32
+
+
 def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
+    values = np.asarray(values)
+    if dataset.dtype.kind == "i" and values.size and values.dtype.kind in "iu":
+        info = np.iinfo(dataset.dtype)
+        if values.min() < info.min or values.max() > info.max:  # a cast would wrap, silently
+            raise BufferError(f"`{dataset.name.lstrip('/')}` holds {dataset.dtype} values: {values.max()} does not fit "
+                              f"(an action space over 127 needs the buffer's meta to say `n_actions`)")
     start = dataset.shape[0]
     dataset.resize((start + len(values),))
     dataset[start:] = np.asarray(values, dtype=dataset.dtype)
@@ -136,7 +150,7 @@ class BufferWriter:
     def _create(self, lm_fingerprint: str, meta: dict) -> h5py.File:
         tmp = self.path.with_name(self.path.name + ".creating")
         f = h5py.File(tmp, "w", libver="latest")
-        _create_datasets(f)
+        _create_datasets(f, actions_dtype(meta))
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["lm_fingerprint"] = lm_fingerprint
         f.attrs["meta"] = json.dumps(meta, sort_keys=True)
@@ -183,10 +197,10 @@ class BufferWriter:
         self.close()
 
 
-def _create_datasets(f: h5py.File) -> None:
+def _create_datasets(f: h5py.File, actions: type = np.int8) -> None:
     # Small chunks: every append rewrites the last, partly filled chunk to new space (SWMR files do
     # not reuse freed space), so 64k-element chunks bloated a 235 MiB payload to a 604 MiB file.
-    for name, dtype in ALL_FIELDS.items():
+    for name, dtype in {**ALL_FIELDS, "actions": actions}.items():
         per_step = name in STEP_FIELDS or name == "prompt_tokens"
         f.create_dataset(
             name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096 if per_step else 1024,), compression="lzf"
@@ -306,7 +320,7 @@ def recover(path: str | Path) -> None:
     buffer = read_buffer(path)
     tmp = path.with_name(path.name + ".recovering")
     with open_h5(path) as src, h5py.File(tmp, "w", libver="latest") as dst:
-        _create_datasets(dst)
+        _create_datasets(dst, src["actions"].dtype.type)
         for name, value in src.attrs.items():
             dst.attrs[name] = value
         for name, values in buffer.arrays.items():
@@ -340,7 +354,7 @@ def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
     if not shards:
         raise BufferError("merge needs at least one shard")
     check_merge_paths(shards, out)
-    metas, sizes, fingerprints = [], [], set()
+    metas, sizes, fingerprints, action_types = [], [], set(), set()
     holder: dict[bytes, str] = {}  # prompt key -> the shard that holds it
     for shard in shards:
         with open_h5(shard) as f:
@@ -352,13 +366,16 @@ def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
                                       f"would store its trajectories twice; merge each shard once")
                 holder[key] = str(shard)
             fingerprints.add(str(f.attrs["lm_fingerprint"]))
+            action_types.add(f["actions"].dtype.str)
             ends = f["prompt_traj_end"][: sizes[-1]["prompt_traj_end"]]
             sizes[-1]["_ends"] = ends
     if len(fingerprints) != 1:
         raise BufferError(f"cannot merge shards of different LMs: {sorted(fingerprints)}")
+    if len(action_types) != 1:
+        raise BufferError(f"cannot merge shards whose actions are stored as different types: {sorted(action_types)}")
     tmp = out.with_name(out.name + ".merging")
     with h5py.File(tmp, "w", libver="latest") as dst:
-        for name, dtype in ALL_FIELDS.items():
+        for name, dtype in {**ALL_FIELDS, "actions": np.dtype(action_types.pop())}.items():
             if name == "prompt_traj_end":
                 continue
             total = sum(s[name] for s in sizes)

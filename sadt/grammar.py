@@ -130,3 +130,36 @@ class FixedLengthGrammar:
 
     def replay(self, prefixes: list[list[int]], device: torch.device | str = "cpu") -> LengthState:
         return replay(self, prefixes, device)
+
+
+@dataclass(frozen=True)
+class TextGrammar:
+    """Free text over an LM's whole vocabulary: any token, until a stop token (EOS, a newline, ...) or
+    `max_tokens`. Actions are token ids (`action_token_ids = range(n_actions)`); the stop token is
+    part of the text. Use it with `top_k`: the search's tree then keeps k children a node."""
+
+    n_actions: int  # the vocabulary
+    max_tokens: int
+    stop_actions: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"text grammar `max_tokens` must be >= 1, got {self.max_tokens}")
+        bad = [a for a in self.stop_actions if not 0 <= a < self.n_actions]
+        if bad:
+            raise ValueError(f"text grammar stop token {bad[0]} is outside the vocabulary of {self.n_actions}")
+
+    def initial(self, batch: int, device: torch.device | str = "cpu") -> LengthState:
+        zeros = torch.zeros(batch, dtype=torch.long, device=device)
+        return LengthState(zeros, zeros.bool())
+
+    def mask(self, state: LengthState) -> torch.Tensor:
+        return (~state.done)[:, None].expand(-1, self.n_actions).clone()  # (B, V)
+
+    def advance(self, state: LengthState, actions: torch.Tensor) -> LengthState:
+        length = torch.where(state.done, state.length, state.length + 1)
+        stop = torch.isin(actions, torch.tensor(self.stop_actions, dtype=actions.dtype, device=actions.device))
+        return LengthState(length, state.done | (length >= self.max_tokens) | (stop & ~state.done))
+
+    def replay(self, prefixes: list[list[int]], device: torch.device | str = "cpu") -> LengthState:
+        return replay(self, prefixes, device)

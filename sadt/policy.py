@@ -27,8 +27,9 @@ def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor, top_k: int | No
     """
     masked = logits.masked_fill(~mask, float("-inf"))
     if top_k is not None and top_k < masked.shape[-1]:
-        kth = masked.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
-        masked = masked.masked_fill(masked < kth, float("-inf"))
+        kept = torch.zeros(masked.shape, dtype=torch.bool, device=masked.device)
+        kept.scatter_(-1, masked.topk(top_k, dim=-1).indices, True)  # exactly k, even where the k-th logit ties
+        masked = masked.masked_fill(~kept, float("-inf"))
     return masked - torch.logsumexp(masked, dim=-1, keepdim=True)
 
 

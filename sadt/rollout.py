@@ -36,6 +36,8 @@ class Rollouts:
     lengths: torch.Tensor  # (B,) actions sampled per row
     step_log_probs: torch.Tensor | None = None  # (B, T, A) log p(.|s_t) over all actions, when asked for
     step_q: torch.Tensor | None = None  # (B, T, A) Q_φ(s_t, ·) from `value_head`, when one is given
+    step_actions: torch.Tensor | None = None  # (B, T, k) under top_k < A: the actions the last axis of
+    # step_log_probs and step_q is over (the prior's top k), so a vocabulary-wide step costs O(k)
 
     def full_sequences(self, prefixes: Sequence[Sequence[int]]) -> list[list[int]]:
         """Prefix + sampled actions of each row, as Python lists."""
@@ -63,7 +65,8 @@ def rollout(
         action_token_ids: (A,) vocabulary id of each action index (e.g. `Codec.action_token_ids`).
         grammar: gives the allowed actions of each state (`DigitGrammar` for forecasts).
         prefixes: B ragged lists of action indices already taken after the prompt.
-        return_step_log_probs: also keep the whole prior vector of every step (the tree stores it).
+        return_step_log_probs: also keep the prior vector of every step (the tree stores it): over all
+            actions, or under `top_k` < A over the top k only, with their actions (`step_actions`).
         value_head: optional `hidden (B, H) -> Q_φ (B, A)`, applied to the hidden state the step's
             forward already computed (a flow head costs no LM call); see `head_q` for heads that
             also read the rows' action sequences.
@@ -85,11 +88,15 @@ def rollout(
     log_prior = torch.zeros(B, T, dtype=torch.float64, device=device)
     log_proposal = torch.zeros(B, T, dtype=torch.float64, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
-    step_log_probs = step_q = None
+    step_log_probs = step_q = step_actions = None
+    A = action_token_ids.numel()
+    width = top_k if top_k is not None and top_k < A else A  # what each step keeps of the prior
     if value_head is not None:
-        step_q = torch.full((B, T, action_token_ids.numel()), float("nan"), dtype=torch.float64, device=device)
+        step_q = torch.full((B, T, width), float("nan"), dtype=torch.float64, device=device)
     if return_step_log_probs:
-        step_log_probs = torch.full((B, T, action_token_ids.numel()), float("-inf"), dtype=torch.float64, device=device)
+        step_log_probs = torch.full((B, T, width), float("-inf"), dtype=torch.float64, device=device)
+    if width < A and (return_step_log_probs or value_head is not None):
+        step_actions = torch.full((B, T, width), -1, dtype=torch.long, device=device)
 
     def live_sequences() -> list[list[int]]:  # each live row's actions after the prompt, for heads that read them
         return [list(prefixes[r]) + actions[r, : lengths[r]].tolist() for r in batch.rows.tolist()]
@@ -104,10 +111,13 @@ def rollout(
         actions[rows, lengths[rows]] = chosen
         log_prior[rows, lengths[rows]] = step.chosen(step.log_prior)
         log_proposal[rows, lengths[rows]] = step.chosen(step.log_proposal)
+        kept = step.log_prior.topk(width, dim=-1).indices if step_actions is not None else None
+        if kept is not None:
+            step_actions[rows, lengths[rows]] = kept
         if step_log_probs is not None:
-            step_log_probs[rows, lengths[rows]] = step.log_prior
+            step_log_probs[rows, lengths[rows]] = step.log_prior if kept is None else step.log_prior.gather(-1, kept)
         if step_q is not None:
-            step_q[rows, lengths[rows]] = q
+            step_q[rows, lengths[rows]] = q if kept is None else q.gather(-1, kept)
         lengths[rows] += 1
         state = grammar.advance(state, chosen)
         live = (~state.done).nonzero().squeeze(1)
@@ -121,5 +131,7 @@ def rollout(
         step_log_probs = step_log_probs[:, :longest]
     if step_q is not None:
         step_q = step_q[:, :longest]
+    if step_actions is not None:
+        step_actions = step_actions[:, :longest]
     return Rollouts(actions[:, :longest], log_prior[:, :longest], log_proposal[:, :longest], lengths, step_log_probs,
-                    step_q)
+                    step_q, step_actions)

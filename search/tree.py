@@ -109,22 +109,29 @@ class Tree:
             self.depth[node] = self.depth[parent] + 1
         return node
 
-    def set_prior(self, node: int, log_prior: np.ndarray, q: np.ndarray | None = None) -> None:
-        """Expand `node`: its prior log p(·|s) (and Q_φ(s, ·)) over all A actions, -inf where not allowed.
+    def set_prior(self, node: int, log_prior: np.ndarray, q: np.ndarray | None = None,
+                  actions: np.ndarray | None = None) -> None:
+        """Expand `node`: its prior log p(·|s) (and Q_φ(s, ·)), -inf where not allowed, over all A actions
+        or, for a sparse tree, over `actions` only (a rollout step under top_k, `Rollouts.step_actions`).
 
         A sparse tree keeps the allowed actions only, in ascending order, in its K slots: more than K
         allowed is an error (truncate the prior to its top K first)."""
+        if actions is None:
+            actions = np.arange(self.n_actions)
+        elif not self.sparse:
+            raise ValueError("a dense tree takes the prior over all actions, not over `actions`")
         if not self.sparse:
             self.log_prior[node] = log_prior
             if q is not None:
                 self.q[node] = q
             return
         allowed = np.flatnonzero(np.isfinite(log_prior))
+        allowed = allowed[np.argsort(actions[allowed], kind="stable")]
         if allowed.size > self.width:
             raise ValueError(f"{allowed.size} actions allowed at a node of a tree {self.width} wide: truncate the "
                              f"prior to its top {self.width} (SearchConfig.top_k)")
         n = allowed.size
-        self.slot_action[node, :n], self.slot_action[node, n:] = allowed, -1
+        self.slot_action[node, :n], self.slot_action[node, n:] = actions[allowed], -1
         self.log_prior[node, :n], self.log_prior[node, n:] = log_prior[allowed], -np.inf
         if q is not None:
             self.q[node, :n], self.q[node, n:] = q[allowed], 0.0  # finite: -inf log p masks an empty slot

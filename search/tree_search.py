@@ -240,6 +240,7 @@ class TreeSearch:
         paths = [self.tree.actions_to(parent) + [action] for parent, action in new]
         step_log_probs: list[np.ndarray | None] = [None] * len(paths)  # (T, A) prior vectors along each rollout
         step_q: list[np.ndarray | None] = [None] * len(paths)  # (T, A) Q_φ along each rollout (hybrid only)
+        step_actions: list[np.ndarray | None] = [None] * len(paths)  # (T, k) under top_k: what the vectors cover
         ended = self.grammar.replay(paths).done.tolist() if paths else []
         to_roll = [i for i, end in enumerate(ended) if not end]
         clock = self._tick("select", clock)
@@ -259,12 +260,14 @@ class TreeSearch:
                 log_ratios[len(revisits) + i] += float(rolled.sum())
                 if out.step_q is not None:
                     step_q[i] = out.step_q[row, :length].cpu().numpy()
+                if out.step_actions is not None:
+                    step_actions[i] = out.step_actions[row, :length].cpu().numpy()
         clock = self._tick("lm_rollout", clock)
         rewards = checked_rewards(self.reward_fn, paths) if paths else np.zeros(0)
         clock = self._tick("reward", clock)
         terminals = revisits + [
-            self._insert(parent, suffix, log_probs, q, reward)
-            for (parent, _), suffix, log_probs, q, reward in zip(new, suffixes, step_log_probs, step_q, rewards)
+            self._insert(parent, suffix, log_probs, q, kept, reward) for (parent, _), suffix, log_probs, q, kept, reward
+            in zip(new, suffixes, step_log_probs, step_q, step_actions, rewards)
         ]
         self.backup(terminals)
         if self.method.records_draws:
@@ -281,16 +284,18 @@ class TreeSearch:
 
     def _insert(
         self, parent: int, actions: list[int], step_log_probs: np.ndarray | None, step_q: np.ndarray | None,
-        reward: float,
+        step_actions: np.ndarray | None, reward: float,
     ) -> int:
         """Add the path `actions` below `parent` (the rollout's states join the tree); returns its terminal.
 
-        `step_log_probs[t]` (and `step_q[t]`) belong to the state after `actions[: t + 1]`.
+        `step_log_probs[t]` (and `step_q[t]`) belong to the state after `actions[: t + 1]`, over all actions
+        or over `step_actions[t]`.
         """
         tree = self.tree
         node = tree.add(parent, tree.slot_of(parent, actions[0]))
         for t, action in enumerate(actions[1:]):
-            tree.set_prior(node, step_log_probs[t], None if step_q is None else step_q[t])
+            tree.set_prior(node, step_log_probs[t], None if step_q is None else step_q[t],
+                           None if step_actions is None else step_actions[t])
             slot = tree.slot_of(node, action)
             tree.draws[node, slot] += 1  # a rollout step is a draw from the prior
             node = tree.add(node, slot)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from buffer_records import FINGERPRINT, META, make_record
 
-from data.buffer import SCHEMA_VERSION, BufferError, BufferWriter, merge, read_buffer
+from data.buffer import SCHEMA_VERSION, BufferError, BufferWriter, PromptRecord, merge, read_buffer
 from data.buffer_cli import main as buffer_cli
 from data.buffer_cli import summary
 from data.loader import TrajectoryDataset, pad_collate, trajectory_loader
@@ -188,3 +188,21 @@ def test_batched_fetch_equals_item_by_item_collate(tmp_path):
         torch.testing.assert_close(fast[name], slow[name], equal_nan=True, msg=name)
     loaded = next(iter(trajectory_loader(dataset, batch_size=4, shuffle=False)))
     torch.testing.assert_close(loaded["actions"], pad_collate([dataset[i] for i in range(4)])["actions"])
+
+
+def test_a_vocabulary_sized_action_space_is_stored_whole_and_a_digit_buffer_refuses_token_ids(tmp_path):
+    """Text tasks act over an LM's vocabulary: their token ids must not wrap in an int8 column."""
+    record = make_record(0)
+    tokens = np.random.default_rng(0).integers(0, 49_152, size=len(record.actions))
+    text = PromptRecord(**{**vars(record), "actions": tokens})
+    with BufferWriter(tmp_path / "text.h5", FINGERPRINT, {**META, "n_actions": 49_152}) as writer:
+        writer.append(text)
+    stored = read_buffer(tmp_path / "text.h5").arrays["actions"]
+    assert stored.dtype == np.int32
+    np.testing.assert_array_equal(stored, tokens)
+    with BufferWriter(tmp_path / "digits.h5", FINGERPRINT, META) as writer:
+        with pytest.raises(BufferError, match="`actions` holds int8 values: .* does not fit"):
+            writer.append(text)
+    assert read_buffer(tmp_path / "digits.h5").n_trajectories == 0  # nothing half-written
+    with pytest.raises(BufferError, match="actions are stored as different types"):
+        merge([tmp_path / "text.h5", tmp_path / "digits.h5"], tmp_path / "merged.h5")

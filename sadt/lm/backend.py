@@ -110,11 +110,18 @@ class TorchLM:
         return int(self.model.config.hidden_size)
 
     def _action_logits(self, hidden: torch.Tensor, action_ids: torch.Tensor) -> torch.Tensor:
+        if self._is_vocabulary(action_ids):  # a text task: the LM's own head, no (V, H) gather per step
+            return self.head(hidden)
         weight = self.head.weight[action_ids]  # (A, H)
         logits = hidden @ weight.T  # (B, A)
         if self.head.bias is not None:
             logits = logits + self.head.bias[action_ids]
         return logits
+
+    def _is_vocabulary(self, action_ids: torch.Tensor) -> bool:
+        """Whether the actions are every token of the head, in order (`range(V)`)."""
+        V = self.head.weight.shape[0]
+        return action_ids.numel() == V and bool(torch.equal(action_ids, torch.arange(V, device=action_ids.device)))
 
     def _forward(self, ids, cache, attention_mask, positions) -> torch.Tensor:
         out = self.decoder(

@@ -1,0 +1,74 @@
+"""Free text as the search sees it: a prompt, the LM's whole vocabulary as actions, a reward on decoded strings.
+
+Any sampler `make_sampler` names runs on it (MaxEnt-TS, DTS, MCTS, SMC, ...). The vocabulary is tens of
+thousands of actions, so tree methods need `top_k`: each node then keeps its k most likely tokens
+(`search.tree`, O(k) bytes a node) and the target is p truncated to its top k at every step,
+π*(x) ∝ p_k(x|c) exp(λ r(x)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sadt.grammar import TextGrammar
+from sadt.lm.backend import LMBackend
+from search.config import SMC_METHODS, SearchConfig, SearchResult
+from search.sampler import make_sampler
+from search.smc import SMC, SMCResult
+from search.tree_search import TreeSearch
+
+TextReward = Callable[[list[str]], Sequence[float]]  # decoded texts -> one reward each
+
+
+@dataclass
+class TextTask:
+    tokenizer: object
+    prompt_ids: list[int]
+    grammar: TextGrammar
+    reward: TextReward
+
+    @classmethod
+    def build(cls, tokenizer, prompt: str, reward: TextReward, max_tokens: int = 32,
+              stop: Sequence[str] = ("\n",)) -> TextTask:
+        """Text after `prompt`, ending at EOS, at any of the `stop` strings (each one token) or after
+        `max_tokens` tokens."""
+        stop_ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+        for text in stop:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"stop string {text!r} is {len(ids)} tokens for this tokenizer: a stop must be one")
+            stop_ids += ids
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        if not prompt_ids:
+            raise ValueError("a text task needs a non-empty prompt")
+        grammar = TextGrammar(n_actions=len(tokenizer), max_tokens=max_tokens, stop_actions=tuple(stop_ids))
+        return cls(tokenizer, prompt_ids, grammar, reward)
+
+    @property
+    def action_token_ids(self) -> range:
+        """Action a is token a: the whole vocabulary."""
+        return range(self.grammar.n_actions)
+
+    def decode(self, sequences: Sequence[Sequence[int]]) -> list[str]:
+        """Each action sequence as text, without its stop token."""
+        stops = set(self.grammar.stop_actions)
+        return [self.tokenizer.decode([t for t in s if t not in stops]) for s in sequences]
+
+    def reward_fn(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """r(x) of each terminal token sequence, (B,)."""
+        return np.asarray(self.reward(self.decode(sequences)), dtype=np.float64)
+
+    def sampler(self, lm: LMBackend, config: SearchConfig, value_head=None) -> TreeSearch | SMC:
+        """The configured sampler on this task, not yet run."""
+        if config.method not in SMC_METHODS and config.top_k is None:
+            raise ValueError(f"method {config.method!r} on a text task needs `top_k` (e.g. 20): a node over the "
+                             f"full vocabulary of {self.grammar.n_actions} tokens would hold ~1 MB")
+        return make_sampler(lm, self.prompt_ids, self.action_token_ids, self.grammar, self.reward_fn, config,
+                            value_head)
+
+    def search(self, lm: LMBackend, config: SearchConfig, value_head=None) -> SearchResult | SMCResult:
+        """Run the configured sampler; `task.decode(result.samples)` gives the texts."""
+        return self.sampler(lm, config, value_head).run()

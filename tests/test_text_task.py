@@ -1,0 +1,78 @@
+"""Text through the same samplers (issue 25): the whole vocabulary as actions, top-k children, a reward on strings."""
+
+import numpy as np
+import pytest
+import torch
+
+from sadt.grammar import TextGrammar
+from sadt.lm.backend import TorchLM
+from search.caption import CaptionReward, distinct_bigrams, is_seasonal, trend_sign
+from search.config import SearchConfig
+from search.text_task import TextTask
+
+
+def test_text_grammar_stops_at_a_stop_token_or_at_max_tokens():
+    grammar = TextGrammar(n_actions=50, max_tokens=4, stop_actions=(7,))
+    state = grammar.replay([[1, 7], [1, 2, 3], [1, 2, 3, 4], []])
+    assert state.done.tolist() == [True, False, True, False]
+    assert grammar.mask(state).sum(1).tolist() == [0, 50, 0, 50]
+    with pytest.raises(ValueError, match="stop token 60 is outside the vocabulary of 50"):
+        TextGrammar(n_actions=50, max_tokens=4, stop_actions=(60,))
+
+
+class WordCount:
+    """A stand-in tokenizer over a tiny vocabulary: token t is the word `w<t>`; token 0 is EOS."""
+
+    eos_token_id = 0
+
+    def __len__(self):
+        return 64  # tiny_llama's vocabulary
+
+    def encode(self, text, add_special_tokens=False):
+        return [int(w[1:]) for w in text.split()] if text.strip() else [5]  # "\n" -> token 5
+
+    def decode(self, ids):
+        return " ".join(f"w{t}" for t in ids)
+
+
+@pytest.mark.parametrize("method", ["maxent_ts", "dts", "smc", "twisted_smc"])
+def test_every_sampler_runs_on_a_text_task_over_the_whole_vocabulary(method):
+    from conftest import tiny_llama
+
+    lm = TorchLM(tiny_llama(0))
+    task = TextTask.build(WordCount(), "w1 w2 w3", lambda texts: [t.count("w9") for t in texts], max_tokens=6)
+    config = SearchConfig(method=method, lam=2.0, top_k=8, n_rollouts=24, batch_size=8, n_samples=4, seed=0,
+                          progress=False)
+    head = (lambda hidden: torch.zeros(hidden.shape[0], 64, dtype=torch.float64)) if method == "twisted_smc" else None
+    result = task.search(lm, config, head)
+    assert len(result.samples) == 4 and all(1 <= len(s) <= 6 for s in result.samples)
+    assert result.sample_rewards.tolist() == [task.decode([s])[0].count("w9") for s in result.samples]
+    if method in ("maxent_ts", "dts"):
+        tree = result.tree
+        assert tree.sparse and tree.children.shape[1] == 8  # k slots a node, whatever the vocabulary
+        expanded = ~np.isnan(tree.log_prior[: tree.size, 0])
+        assert (np.isfinite(tree.log_prior[: tree.size][expanded]).sum(1) <= 8).all()
+
+
+def test_a_tree_method_on_a_text_task_without_top_k_is_a_clear_error():
+    from conftest import tiny_llama
+
+    task = TextTask.build(WordCount(), "w1", lambda texts: [0.0] * len(texts))
+    with pytest.raises(ValueError, match="needs `top_k`"):
+        task.sampler(TorchLM(tiny_llama(0)), SearchConfig(method="maxent_ts", progress=False))
+
+
+def test_a_stop_string_of_several_tokens_is_refused(base_tokenizer):
+    with pytest.raises(ValueError, match="stop string 'The end' is 2 tokens"):
+        TextTask.build(base_tokenizer, "Hello", lambda texts: [0.0] * len(texts), stop=("The end",))
+
+
+def test_the_caption_reward_reads_trend_and_seasonality():
+    months = np.arange(48)
+    rising_seasonal = 100 + 2 * months + 20 * np.sin(2 * np.pi * months / 12)
+    assert trend_sign(rising_seasonal) == 1 and trend_sign(-rising_seasonal) == -1
+    assert is_seasonal(rising_seasonal) and not is_seasonal(100 + 2 * months)
+    reward = CaptionReward(rising_seasonal)
+    assert reward(["rose steadily, peaking each summer", "fell sharply", "went up and then down", "is a number"]) \
+        == [1.5, -1.0, 0.0, 0.0]
+    assert distinct_bigrams(["a b a b", "c d"]) == pytest.approx(3 / 4)
