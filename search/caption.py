@@ -2,11 +2,12 @@
 
     python -m search.caption --config configs/text/caption.yaml
 
-The prompt lists a window of a built-in series and asks the base model to go on in words. The reward
-(`CaptionReward`) reads the caption: +1 if it states the window's trend (up or down, from a least-squares
-slope), −1 if it states the opposite, and +0.5 if the window is seasonal and the caption says so. Base
-sampling (p truncated to its top k), MaxEnt-TS and SMC run at the same rollout budget; the table gives
-their mean reward, the captions' diversity (distinct word bigrams over all words' bigrams) and NFE.
+The prompt lists the last months of a built-in series and asks the base model to go on in words. The
+reward (`CaptionReward`) reads the caption: +1 if it states the window's trend (up or down, from a
+least-squares slope), −1 if it states the opposite, and +0.5 if the window is seasonal and the caption
+says so. Base sampling (p truncated to its top k), MaxEnt-TS and SMC run at the same rollout budget on
+every (series, seed); the table gives each method's mean over them of the samples' mean reward, the
+captions' diversity (distinct word bigrams over all their bigrams) and NFE.
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ SEASONAL = ("season", "cycl", "periodic", "every year", "each year", "summer", "
 
 @dataclass(frozen=True)
 class CaptionConfig:
-    series: str = "AirPassengers"
-    context_length: int = 36  # the window's last values, from the end of the series' history
+    series: list[str] = field(default_factory=lambda: ["AirPassengers"])
+    context_length: int = 36  # the window: the last values of the series' history
     max_tokens: int = 24
     lam: float = 5.0
     top_k: int = 20  # every sampler draws from p truncated to its top k (the tree keeps k children a node)
     n_rollouts: int = 64  # rollouts (tree methods) or particles (SMC): the same budget for each
     n_samples: int = 16
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
     methods: list[str] = field(default_factory=lambda: ["ancestral", "maxent_ts", "smc"])
     output_dir: str = "outputs/caption"
 
@@ -47,13 +48,14 @@ def trend_sign(values: np.ndarray) -> int:
     return 1 if np.polyfit(np.arange(values.size), values, 1)[0] > 0 else -1
 
 
-def is_seasonal(values: np.ndarray, period: int = 12) -> bool:
-    """Whether the detrended window's autocorrelation at `period` is above 0.5."""
+def is_seasonal(values: np.ndarray) -> bool:
+    """Whether the detrended window repeats: its autocorrelation above 0.5 at some lag from 2 to a third of it
+    (any period a window shows at least three times: months, quarters, the sunspot cycle)."""
     t = np.arange(values.size)
     rest = values - np.polyval(np.polyfit(t, values, 1), t)
-    if values.size <= 2 * period or rest.std() <= 1e-6 * values.std():  # a straight line: nothing to correlate
+    if rest.std() <= 1e-6 * values.std():  # a straight line: nothing to correlate
         return False
-    return float(np.corrcoef(rest[:-period], rest[period:])[0, 1]) > 0.5
+    return any(np.corrcoef(rest[:-lag], rest[lag:])[0, 1] > 0.5 for lag in range(2, values.size // 3 + 1))
 
 
 def _says(text: str, words: tuple[str, ...]) -> bool:
@@ -78,7 +80,7 @@ class CaptionReward:
 
 def caption_prompt(name: str, values: np.ndarray) -> str:
     numbers = ", ".join(f"{v:g}" for v in values)
-    return f"Monthly values of the {name} series: {numbers}.\nIn one sentence, over these months the series"
+    return f"Values of the {name} series, in order: {numbers}.\nIn one sentence, over this period the series"
 
 
 def distinct_bigrams(texts: list[str]) -> float:
@@ -93,32 +95,41 @@ def run(config: CaptionConfig) -> list[dict]:
     from search.config import SearchConfig
     from search.text_task import TextTask
 
-    values = load_builtin(config.series).context[-config.context_length :]
-    reward = CaptionReward(values)
     lm, tokenizer = load_base_lm()
-    task = TextTask.build(tokenizer, caption_prompt(config.series, values), reward, max_tokens=config.max_tokens)
     rows = []
-    for method in config.methods:
-        search_config = SearchConfig(method=method, lam=config.lam, top_k=config.top_k, n_rollouts=config.n_rollouts,
-                                     batch_size=16, n_samples=config.n_samples, seed=config.seed)
-        lm.stats.reset()
-        start = time.perf_counter()
-        result = task.search(lm, search_config)
-        captions = task.decode(result.samples)
-        rows.append({"method": method, "mean_reward": float(np.mean(result.sample_rewards)),
-                     "distinct_bigrams": distinct_bigrams(captions), "nfe_tokens": lm.stats.tokens,
-                     "wall_s": time.perf_counter() - start, "example": captions[0]})
+    for name in config.series:
+        values = load_builtin(name).context[-config.context_length :]
+        task = TextTask.build(tokenizer, caption_prompt(name, values), CaptionReward(values),
+                              max_tokens=config.max_tokens)
+        for seed in config.seeds:
+            for method in config.methods:
+                search_config = SearchConfig(method=method, lam=config.lam, top_k=config.top_k, batch_size=16,
+                                             n_rollouts=config.n_rollouts, n_samples=config.n_samples, seed=seed)
+                lm.stats.reset()
+                start = time.perf_counter()
+                result = task.search(lm, search_config)
+                captions = task.decode(result.samples)
+                rows.append({"series": name, "seed": seed, "method": method,
+                             "mean_reward": float(np.mean(result.sample_rewards)),
+                             "distinct_bigrams": distinct_bigrams(captions), "nfe_tokens": lm.stats.tokens,
+                             "wall_s": time.perf_counter() - start, "example": captions[0].strip()})
     return rows
 
 
 def table(rows: list[dict], config: CaptionConfig) -> str:
-    lines = [f"{config.series}, last {config.context_length} months, λ = {config.lam:g}, top_k = {config.top_k}, "
-             f"{config.n_rollouts} rollouts/particles, {config.n_samples} samples", "",
+    """Per method, the mean over (series, seed) runs, and the first run's first caption."""
+    runs = len(config.series) * len(config.seeds)
+    lines = [f"{', '.join(config.series)}; last {config.context_length} values; seeds {config.seeds}; λ = "
+             f"{config.lam:g}, top_k = {config.top_k}, {config.n_rollouts} rollouts/particles, {config.n_samples} "
+             f"samples; means over {runs} run(s)", "",
              "| method | mean reward | distinct bigrams | NFE tokens | wall s | a caption |",
              "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['mean_reward']:+.3f} | {r['distinct_bigrams']:.2f} | {r['nfe_tokens']:,} | "
-                     f"{r['wall_s']:.0f} | {r['example'].strip()!r} |")
+    for method in config.methods:
+        mine = [r for r in rows if r["method"] == method]
+        mean = {k: float(np.mean([r[k] for r in mine])) for k in ("mean_reward", "distinct_bigrams", "nfe_tokens",
+                                                                  "wall_s")}
+        lines.append(f"| {method} | {mean['mean_reward']:+.3f} | {mean['distinct_bigrams']:.2f} | "
+                     f"{mean['nfe_tokens']:,.0f} | {mean['wall_s']:.0f} | {mine[0]['example']!r} |")
     return "\n".join(lines)
 
 

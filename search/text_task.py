@@ -8,11 +8,16 @@ thousands of actions, so tree methods need `top_k`: each node then keeps its k m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from data.buffer import BufferWriter
+from sadt.config import to_dict
 from sadt.grammar import TextGrammar
 from sadt.lm.backend import LMBackend
 from search.config import SMC_METHODS, SearchConfig, SearchResult
@@ -72,3 +77,27 @@ class TextTask:
     def search(self, lm: LMBackend, config: SearchConfig, value_head=None) -> SearchResult | SMCResult:
         """Run the configured sampler; `task.decode(result.samples)` gives the texts."""
         return self.sampler(lm, config, value_head).run()
+
+
+def harvest_text(lm: LMBackend, tasks: Mapping[str, TextTask], config: SearchConfig, output: str | Path,
+                 lm_fingerprint: str) -> Path:
+    """Search every text task (key -> task) and append its tree to the HDF5 buffer `output`, one committed
+    prompt per task (`search.harvest.tree_record`: tree paths and samples, token ids as actions, raw rewards).
+    Resumable: keys already in the file are skipped; task i searches with seed `config.seed + i`."""
+    from search.harvest import tree_record, tree_sequences
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    n_actions = {task.grammar.n_actions for task in tasks.values()}
+    if len(n_actions) > 1:
+        raise ValueError(f"text tasks of one buffer must share a vocabulary, got sizes {sorted(n_actions)}")
+    meta = {"lam": config.lam, "task": "text", "n_actions": n_actions.pop() if n_actions else 0,
+            "config": {"search": to_dict(config)}}
+    with BufferWriter(output, lm_fingerprint, meta) as writer:
+        done = writer.done_keys()
+        for index, (key, task) in enumerate(tqdm(tasks.items(), desc=f"harvest {output.name}", unit="prompt")):
+            if key in done:
+                continue
+            result = task.search(lm, dataclasses.replace(config, seed=config.seed + index, progress=False))
+            writer.append(tree_record(result, key, index, task.prompt_ids, task.reward_fn(tree_sequences(result))))
+    return output

@@ -35,18 +35,29 @@ class WordCount:
         return " ".join(f"w{t}" for t in ids)
 
 
-@pytest.mark.parametrize("method", ["maxent_ts", "dts", "smc", "twisted_smc"])
-def test_every_sampler_runs_on_a_text_task_over_the_whole_vocabulary(method):
+def likes_w9(hidden):
+    """A value head over the whole vocabulary: Q(s, a) = 1 for token 9."""
+    return torch.nn.functional.one_hot(torch.full((hidden.shape[0],), 9), 64).double()
+
+
+@pytest.mark.parametrize("method, hybrid", [("maxent_ts", "off"), ("maxent_ts", "visits"), ("dts", "off"),
+                                            ("smc", "off"), ("twisted_smc", "off")])
+def test_every_sampler_runs_on_a_text_task_over_the_whole_vocabulary(method, hybrid):
     from conftest import tiny_llama
 
     lm = TorchLM(tiny_llama(0))
     task = TextTask.build(WordCount(), "w1 w2 w3", lambda texts: [t.count("w9") for t in texts], max_tokens=6)
-    config = SearchConfig(method=method, lam=2.0, top_k=8, n_rollouts=24, batch_size=8, n_samples=4, seed=0,
-                          progress=False)
-    head = (lambda hidden: torch.zeros(hidden.shape[0], 64, dtype=torch.float64)) if method == "twisted_smc" else None
+    config = SearchConfig(method=method, hybrid=hybrid, lam=2.0, top_k=8, n_rollouts=24, batch_size=8, n_samples=4,
+                          seed=0, progress=False)
+    head = likes_w9 if method == "twisted_smc" or hybrid != "off" else None
     result = task.search(lm, config, head)
     assert len(result.samples) == 4 and all(1 <= len(s) <= 6 for s in result.samples)
     assert result.sample_rewards.tolist() == [task.decode([s])[0].count("w9") for s in result.samples]
+    if hybrid != "off":  # the head's Q over the vocabulary, kept at each node's k slots
+        tree = result.tree
+        expanded = np.flatnonzero(np.isfinite(tree.log_prior[: tree.size, 0]))
+        slots = tree.slot_action[expanded]
+        np.testing.assert_array_equal(tree.q[expanded], np.where(slots == 9, 1.0, 0.0))
     if method in ("maxent_ts", "dts"):
         tree = result.tree
         assert tree.sparse and tree.children.shape[1] == 8  # k slots a node, whatever the vocabulary
@@ -76,3 +87,26 @@ def test_the_caption_reward_reads_trend_and_seasonality():
     assert reward(["rose steadily, peaking each summer", "fell sharply", "went up and then down", "is a number"]) \
         == [1.5, -1.0, 0.0, 0.0]
     assert distinct_bigrams(["a b a b", "c d"]) == pytest.approx(3 / 4)
+
+
+def test_a_text_harvest_stores_token_trajectories_and_resumes_without_duplicates(tmp_path):
+    from conftest import tiny_llama
+
+    from data.buffer import SOURCES, read_buffer
+    from search.text_task import harvest_text
+
+    lm = TorchLM(tiny_llama(0))
+    tasks = {f"prompt={i}": TextTask.build(WordCount(), f"w1 w{i + 2}", lambda texts: [t.count("w9") for t in texts],
+                                           max_tokens=5) for i in range(3)}
+    config = SearchConfig(method="maxent_ts", lam=2.0, top_k=6, n_rollouts=16, batch_size=8, n_samples=4)
+    path = harvest_text(lm, dict(list(tasks.items())[:2]), config, tmp_path / "text.h5", "tiny")
+    harvest_text(lm, tasks, config, path, "tiny")  # resumes: only the third prompt is searched
+    buffer = read_buffer(path)
+    assert buffer.prompt_keys() == list(tasks) and buffer.meta["n_actions"] == 64
+    for i in range(buffer.n_trajectories):
+        trajectory = buffer.trajectory(i)
+        key = buffer.prompt_keys()[list(buffer.arrays["prompt_task_index"]).index(buffer.arrays["prompt_index"][i])]
+        text = tasks[key].decode([trajectory["actions"].tolist()])[0]
+        assert buffer.arrays["reward"][i] == text.count("w9")  # the stored actions are the tokens that were scored
+    sources = set(buffer.arrays["source"].tolist())
+    assert sources == {SOURCES["tree_path"], SOURCES["tree_sample"]}
