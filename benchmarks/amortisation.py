@@ -389,8 +389,16 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
         for r in rows:
             if r["series"] == name:
                 r["root_error"] = abs(r["root_value"] - reference["root_value"])
-        write_csv(out / "real.csv", rows)  # after every window: `--resume` goes on from here
+        write_csv(out / "real.csv", rows_to_keep(rows, keep or [], keep_head_rows))  # `--resume` goes on from here
     return rows
+
+
+def rows_to_keep(rows: list[dict], keep: list[dict], resuming: bool) -> list[dict]:
+    """What real.csv holds after a window: the rows so far and, when resuming, the earlier run's rows of
+    windows not reached yet, so a second interruption loses nothing (another run's rows, under
+    `--head-rows-only`, are never written as this run's)."""
+    ran = {(r["series"], r["method"]) for r in rows}
+    return rows + [r for r in keep if resuming and (r["series"], r["method"]) not in ran]
 
 
 def reference_label(config: RealPart) -> str:

@@ -42,6 +42,18 @@ class CaptionConfig:
     methods: list[str] = field(default_factory=lambda: ["ancestral", "maxent_ts", "smc"])
     output_dir: str = "outputs/caption"
 
+    def __post_init__(self) -> None:
+        from search.config import METHODS, SMC_METHODS
+
+        known = (*METHODS, *SMC_METHODS)
+        unknown = [m for m in self.methods if m not in known]
+        if unknown:
+            raise ValueError(f"caption `methods`: unknown method {unknown[0]!r}; choose from {known}")
+        if not self.series or not self.seeds or not self.methods:
+            raise ValueError("caption `series`, `seeds` and `methods` each need at least one entry")
+        if min(self.context_length, self.max_tokens, self.top_k, self.n_rollouts, self.n_samples) < 1:
+            raise ValueError("caption `context_length`, `max_tokens`, `top_k`, `n_rollouts`, `n_samples` must be >= 1")
+
 
 def trend_sign(values: np.ndarray) -> int:
     """+1 rising, −1 falling: the sign of the least-squares slope."""

@@ -26,6 +26,7 @@ from amortisation import (  # noqa: E402
     real_rows,
     reference_label,
     reward_share,
+    rows_to_keep,
     series_of,
 )
 
@@ -122,6 +123,14 @@ def test_resume_reuses_every_earlier_row_and_a_new_head_only_the_rows_without_it
     assert kept_row(keep, "Wine+12", "hybrid@20", reuse=True) is keep[0]
     assert kept_row(keep, "Wine+12", "hybrid@20", reuse=False) is None
     assert kept_row(keep, "Wine", "hybrid@20", reuse=True) is None  # another window of the same series
+
+
+def test_an_interrupted_resume_keeps_the_earlier_rows_of_windows_it_has_not_reached():
+    earlier = [{"series": w, "method": "maxent_ts@2000", "reward": -0.5} for w in ("Wine", "Wooly")]
+    done = [{"series": "Wine", "method": "maxent_ts@2000", "reward": -0.5},
+            {"series": "Wine", "method": "hybrid@20", "reward": -0.4}]
+    assert rows_to_keep(done, earlier, resuming=True) == done + earlier[1:]
+    assert rows_to_keep(done, earlier, resuming=False) == done  # --head-rows-only: another run's rows stay out
 
 
 def test_curves_only_config_runs_base_sampling_and_the_two_curves():

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from sadt.config import ConfigError, load_config
+from search.caption import CaptionConfig
 from search.harvest import HarvestConfig
 from search.run import RunConfig
 
@@ -16,10 +17,13 @@ FIT_CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("fit/*.yaml"))
 def benchmark_schema(path: Path):
     """The config class of the benchmark script a benchmarks/configs/ file is for (benchmarks/ holds
     scripts, not a package): `proposal_*.yaml` is benchmarks/proposal_quality.py's, `forward_kl_scan*.yaml`
-    forward_kl_scan.py's, `tilt_room*.yaml` tilt_room.py's, the rest amortisation.py's."""
+    forward_kl_scan.py's, `tilt_room*.yaml` tilt_room.py's, `caption*.yaml` search.caption's, the rest
+    amortisation.py's."""
     import importlib.util
     import sys
 
+    if path.name.startswith("caption"):
+        return CaptionConfig
     if path.name.startswith("proposal_"):
         script, name = "proposal_quality", "ProposalConfig"
     elif path.name.startswith("forward_kl_scan"):
@@ -36,7 +40,8 @@ def benchmark_schema(path: Path):
     return getattr(module, name)
 
 
-SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig, "configs": benchmark_schema}
+SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig, "text": CaptionConfig,
+           "configs": benchmark_schema}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])

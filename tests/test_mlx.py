@@ -104,7 +104,7 @@ def fixed_tree(lm, toy, sequences, lam=2.0) -> TreeSearch:
         node, t = ROOT, 0
         while search.tree.children[node, s[t]] >= 0:  # shared prefix already in the tree
             node, t = int(search.tree.children[node, s[t]]), t + 1
-        terminals.append(search._insert(node, s[t:], log_prior[t + 1 :], None, float(toy.reward([s])[0])))
+        terminals.append(search._insert(node, s[t:], log_prior[t + 1 :], None, None, float(toy.reward([s])[0])))
     search.backup(terminals)
     return search
 

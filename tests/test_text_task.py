@@ -110,3 +110,13 @@ def test_a_text_harvest_stores_token_trajectories_and_resumes_without_duplicates
         assert buffer.arrays["reward"][i] == text.count("w9")  # the stored actions are the tokens that were scored
     sources = set(buffer.arrays["source"].tolist())
     assert sources == {SOURCES["tree_path"], SOURCES["tree_sample"]}
+
+
+def test_a_caption_config_with_an_unknown_method_is_refused_by_name(tmp_path):
+    from sadt.config import ConfigError, load_config
+    from search.caption import CaptionConfig
+
+    path = tmp_path / "caption.yaml"
+    path.write_text("methods: [ancestral, mcts]\n")
+    with pytest.raises((ConfigError, ValueError), match="unknown method 'mcts'"):
+        load_config(path, CaptionConfig)
