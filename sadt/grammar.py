@@ -106,8 +106,24 @@ class LengthState:
         return LengthState(self.length[rows], self.done[rows])
 
 
+class AnyActionGrammar:
+    """Grammars that allow every action of `n_actions` until a row is done; they differ in when it is."""
+
+    n_actions: int
+
+    def initial(self, batch: int, device: torch.device | str = "cpu") -> LengthState:
+        zeros = torch.zeros(batch, dtype=torch.long, device=device)
+        return LengthState(zeros, zeros.bool())
+
+    def mask(self, state: LengthState) -> torch.Tensor:
+        return (~state.done)[:, None].expand(-1, self.n_actions).clone()  # (B, A)
+
+    def replay(self, prefixes: list[list[int]], device: torch.device | str = "cpu") -> LengthState:
+        return replay(self, prefixes, device)
+
+
 @dataclass(frozen=True)
-class FixedLengthGrammar:
+class FixedLengthGrammar(AnyActionGrammar):
     """Every sequence of exactly `length` actions out of `n_actions`: the enumerable toy problem."""
 
     n_actions: int
@@ -117,23 +133,13 @@ class FixedLengthGrammar:
     def max_tokens(self) -> int:
         return self.length
 
-    def initial(self, batch: int, device: torch.device | str = "cpu") -> LengthState:
-        zeros = torch.zeros(batch, dtype=torch.long, device=device)
-        return LengthState(zeros, zeros.bool())
-
-    def mask(self, state: LengthState) -> torch.Tensor:
-        return (~state.done)[:, None].expand(-1, self.n_actions).clone()  # (B, A)
-
     def advance(self, state: LengthState, actions: torch.Tensor) -> LengthState:
         length = torch.where(state.done, state.length, state.length + 1)
         return LengthState(length, length >= self.length)
 
-    def replay(self, prefixes: list[list[int]], device: torch.device | str = "cpu") -> LengthState:
-        return replay(self, prefixes, device)
-
 
 @dataclass(frozen=True)
-class TextGrammar:
+class TextGrammar(AnyActionGrammar):
     """Free text over an LM's whole vocabulary: any token, until a stop token (EOS, a newline, ...) or
     `max_tokens`. Actions are token ids (`action_token_ids = range(n_actions)`); the stop token is
     part of the text. Use it with `top_k`: the search's tree then keeps k children a node."""
@@ -149,17 +155,7 @@ class TextGrammar:
         if bad:
             raise ValueError(f"text grammar stop token {bad[0]} is outside the vocabulary of {self.n_actions}")
 
-    def initial(self, batch: int, device: torch.device | str = "cpu") -> LengthState:
-        zeros = torch.zeros(batch, dtype=torch.long, device=device)
-        return LengthState(zeros, zeros.bool())
-
-    def mask(self, state: LengthState) -> torch.Tensor:
-        return (~state.done)[:, None].expand(-1, self.n_actions).clone()  # (B, V)
-
     def advance(self, state: LengthState, actions: torch.Tensor) -> LengthState:
         length = torch.where(state.done, state.length, state.length + 1)
         stop = torch.isin(actions, torch.tensor(self.stop_actions, dtype=actions.dtype, device=actions.device))
         return LengthState(length, state.done | (length >= self.max_tokens) | (stop & ~state.done))
-
-    def replay(self, prefixes: list[list[int]], device: torch.device | str = "cpu") -> LengthState:
-        return replay(self, prefixes, device)
