@@ -135,26 +135,24 @@ def harvest_task(lm, codec: Codec, task: Task, config: HarvestConfig) -> PromptR
     if config.sampler == "prior":
         return _prior_record(lm, forecast, task, search_config)
     result = forecast.search(lm, search_config)
-    parts = forecast.reward(*forecast.decode(tree_sequences(result)))
-    return tree_record(result, task.key, task.index, forecast.prompt_ids, parts.total, parts.task, parts.spectral)
+
+    def rewards(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts = forecast.reward(*forecast.decode(sequences))
+        return parts.total, parts.task, parts.spectral
+
+    return tree_record(result, task.key, task.index, forecast.prompt_ids, rewards)
 
 
-def tree_sequences(result) -> list[list[int]]:
-    """The action sequences `tree_record` stores, in its order: every root-to-terminal path, then the samples."""
-    tree = result.tree
-    return [s.tolist() for part in (tree.trajectories(), tree.trajectories(result.sample_nodes))
-            for s in part.split("actions")]
-
-
-def tree_record(result, key: str, task_index: int, prompt_ids, reward: np.ndarray, reward_task=None,
-                reward_spectral=None) -> PromptRecord:
+def tree_record(result, key: str, task_index: int, prompt_ids, rewards) -> PromptRecord:
     """One search's tree as a prompt record, for any task (forecast or text): every root-to-terminal path
     (source `tree_path`) and the samples drawn from the finished tree (`tree_sample`), with per-step prior
-    log-probs, tree values and visits; rewards in the order of `tree_sequences`."""
+    log-probs, tree values and visits. `rewards(sequences)` gives (total, task part or None, spectral part
+    or None) for those action sequences, paths first."""
     if result.interrupted:
         raise KeyboardInterrupt
     paths = result.tree.trajectories()
     samples = result.tree.trajectories(result.sample_nodes)
+    total, task, spectral = rewards([s.tolist() for s in paths.split("actions") + samples.split("actions")])
     source = np.concatenate([np.full(paths.lengths.size, SOURCES["tree_path"]),
                              np.full(samples.lengths.size, SOURCES["tree_sample"])])
     return PromptRecord(
@@ -164,8 +162,7 @@ def tree_record(result, key: str, task_index: int, prompt_ids, reward: np.ndarra
         log_prior=np.concatenate([paths.log_prior, samples.log_prior]),
         values=np.concatenate([paths.values, samples.values]),
         visits=np.concatenate([paths.visits, samples.visits]),
-        reward=reward, reward_task=reward_task, reward_spectral=reward_spectral, source=source,
-        root_value=result.root_value,
+        reward=total, reward_task=task, reward_spectral=spectral, source=source, root_value=result.root_value,
     )
 
 

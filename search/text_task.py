@@ -84,7 +84,7 @@ def harvest_text(lm: LMBackend, tasks: Mapping[str, TextTask], config: SearchCon
     """Search every text task (key -> task) and append its tree to the HDF5 buffer `output`, one committed
     prompt per task (`search.harvest.tree_record`: tree paths and samples, token ids as actions, raw rewards).
     Resumable: keys already in the file are skipped; task i searches with seed `config.seed + i`."""
-    from search.harvest import tree_record, tree_sequences
+    from search.harvest import tree_record
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -99,5 +99,6 @@ def harvest_text(lm: LMBackend, tasks: Mapping[str, TextTask], config: SearchCon
             if key in done:
                 continue
             result = task.search(lm, dataclasses.replace(config, seed=config.seed + index, progress=False))
-            writer.append(tree_record(result, key, index, task.prompt_ids, task.reward_fn(tree_sequences(result))))
+            rewards = task.reward_fn  # a text reward has no task / spectral parts
+            writer.append(tree_record(result, key, index, task.prompt_ids, lambda x, r=rewards: (r(x), None, None)))
     return output
