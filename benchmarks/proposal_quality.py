@@ -13,8 +13,11 @@ reward Q = R⁺(s·a).
 
 Windows: `validation` takes history windows halfway between the harvest's training windows
 (`harvest_windows_per_series` of them, `search.harvest.task_set`), seen by neither the head nor the
-held-out benchmark, so a fix may be chosen there; `heldout` takes the amortisation benchmark's
-windows (`benchmarks/amortisation.py`, LLMTime's test part) to confirm it.
+held-out benchmark, so a fix may be chosen there; `generated` takes `generated_windows` synthetic
+contexts (`data.generator`, seed `generator_seed`) from index `generated_first` on, past every
+harvested one, so heads trained on generated contexts can be compared on contexts none of them saw;
+`heldout` takes the amortisation benchmark's windows (`benchmarks/amortisation.py`, LLMTime's test
+part) to confirm a choice, never to make it.
 
 Writes `<output_dir>/proposals.csv` (after every window; `--resume` runs only the missing rows),
 `proposals.md` (means over windows with bootstrap 95% intervals, and each proposal against p on the
@@ -49,10 +52,13 @@ METRICS = ("ess_fraction", "kl_target_proposal", "kl_proposal_target", "proposal
 @dataclass(frozen=True)
 class ProposalConfig:
     output_dir: str = "benchmarks/results/proposal/validation"
-    windows: str = "validation"  # "validation" (between the harvest's windows) or "heldout" (LLMTime's test part)
+    windows: str = "validation"  # "validation" (between the harvest's windows), "generated" or "heldout" (test part)
     series: list[str] = field(default_factory=lambda: ["AirPassengers", "AusBeer", "Sunspots", "Wine", "Wooly"])
     windows_per_series: int = 2
     harvest_windows_per_series: int = 8  # the head's training windows (benchmarks/experiments/harvest/recipe.yaml)
+    generated_windows: int = 13  # windows: generated: this many synthetic contexts ...
+    generator_seed: int = 0
+    generated_first: int = 1000  # ... from this index on (the generated harvest used indices below `generated`)
     context_length: int = 48
     horizon: int = 12
     head: str | None = "checkpoints/heads/soft_ahead_lam15"  # None: only `other_heads` (and p)
@@ -67,8 +73,10 @@ class ProposalConfig:
     bootstrap: int = 2000
 
     def __post_init__(self) -> None:
-        if self.windows not in ("validation", "heldout"):
-            raise ValueError(f"proposal `windows` must be 'validation' or 'heldout', got {self.windows!r}")
+        if self.windows not in ("validation", "generated", "heldout"):
+            raise ValueError(f"proposal `windows` must be 'validation', 'generated' or 'heldout', got {self.windows!r}")
+        if self.generated_windows < 1 or self.generated_first < 0:
+            raise ValueError("need generated_windows >= 1 and generated_first >= 0")
         if self.n_draws < 2 or self.windows_per_series < 1 or self.harvest_windows_per_series < 2:
             raise ValueError("need n_draws >= 2, windows_per_series >= 1 and harvest_windows_per_series >= 2")
         if not all(s > 0 for s in self.guide_scales):
@@ -89,9 +97,20 @@ def validation_windows(name: str, config: ProposalConfig) -> list[tuple[str, np.
     return [(f"{name}@{end}", history[end - config.context_length : end]) for end in midpoints[chosen]]
 
 
+def generated_windows(config: ProposalConfig) -> list[tuple[str, np.ndarray]]:
+    """(label, context) of the generator's series `generated_first`, `generated_first + 1`, ..."""
+    from data.generator import generate_one
+
+    indices = range(config.generated_first, config.generated_first + config.generated_windows)
+    series = [generate_one(config.generator_seed, i, config.context_length) for i in indices]
+    return [(s.name, s.values) for s in series]
+
+
 def windows_of(config: ProposalConfig) -> list[tuple[str, np.ndarray]]:
     if config.windows == "validation":
         return [w for name in config.series for w in validation_windows(name, config)]
+    if config.windows == "generated":
+        return generated_windows(config)
     part = RealPart(series=config.series, context_length=config.context_length, horizon=config.horizon,
                     windows_per_series=config.windows_per_series)
     return [(label, context) for name in config.series for label, context, _ in heldout_windows(name, part)]

@@ -90,6 +90,21 @@ def test_heldout_windows_are_the_amortisation_benchmarks():
         np.testing.assert_array_equal(context, want)
 
 
+def test_generated_windows_lie_past_every_harvested_context():
+    from proposal_quality import windows_of
+
+    from data.generator import generate_one
+
+    config = ProposalConfig(windows="generated", generated_windows=4, generated_first=30, context_length=48)
+    windows = windows_of(config)
+    assert [label for label, _ in windows] == ["gen0-30", "gen0-31", "gen0-32", "gen0-33"]
+    np.testing.assert_array_equal(windows[1][1], generate_one(0, 31, 48).values)
+    harvested = {t.series for t in task_set(HarvestConfig(series=[], generated=30, generator_seed=0))}
+    assert harvested and not harvested & {label for label, _ in windows}
+    with pytest.raises(ValueError, match="generated_windows"):
+        ProposalConfig(windows="generated", generated_windows=0)
+
+
 def test_parameter_free_values_run_as_proposals_on_the_base_model(tmp_path):
     from proposal_quality import run
 
