@@ -35,3 +35,25 @@ def test_the_recommended_head_ships():
     from search.config import RECOMMENDED_HEAD
 
     assert (ROOT / RECOMMENDED_HEAD) in SHIPPED_HEADS
+
+
+@pytest.mark.parametrize("path", SHIPPED_HEADS, ids=[p.name for p in SHIPPED_HEADS])
+def test_every_shipped_head_records_the_contexts_it_learned_from(path):
+    """The sidecar's training data is that of the shipped harvest config writing its buffer: one command rebuilds it."""
+    import json
+
+    import numpy as np
+
+    from sadt.config import load_config
+    from search.harvest import HarvestConfig
+
+    data = json.loads((path / "head.json").read_text())["training_data"]
+    harvests = {load_config(p, HarvestConfig).output: load_config(p, HarvestConfig)
+                for p in sorted((ROOT / "configs" / "harvest").glob("*.yaml"))}
+    (buffer,) = data["buffers"]
+    assert buffer in harvests, f"{path.name}: no config under configs/harvest/ writes {buffer}"
+    harvest = harvests[buffer]
+    for field, value in data["harvest"].items():
+        assert list(np.atleast_1d(value)) == list(np.atleast_1d(getattr(harvest, field))), f"{path.name}: {field}"
+    assert data["train_prompts"] + data["val_prompts"] == len(harvest.series) * harvest.windows_per_series \
+        * len(harvest.seeds) + harvest.generated
