@@ -516,6 +516,33 @@ def ess_ratios(rows: list[dict], config: RealPart, rng: np.random.Generator) -> 
     }
 
 
+def is_log_z_errors(rows: list[dict], config: RealPart, rng: np.random.Generator, sampler: str = RESAMPLED) -> dict:
+    """How far each search's importance-sampled log Z lands from MC-only's at the reference budget, per window:
+    |λ·V_IS(search) − λ·V_IS(MC-only@reference)| (`root_value_is`, unbiased for Z; log Z = λ V).
+
+    `mc`, `hybrid`: per budget, the mean error over windows and its bootstrap 95% interval; `paired`: per
+    budget both run at, hybrid − MC-only per window (negative: the hybrid is closer), mean and interval.
+    """
+    windows = sorted({r["series"] for r in rows})
+    value = {(r["series"], r["method"]): r["root_value_is"] for r in rows}
+
+    def errors(label: str, budget: int) -> np.ndarray:
+        return config.lam * np.abs([value[w, f"{label}@{budget}{sampler}"] - value[w, reference] for w in windows])
+
+    def mean_and_interval(per_window: np.ndarray) -> list[float]:
+        boot = bootstrap_means(per_window, rng, config.bootstrap)
+        return [round(float(x), 4) for x in (per_window.mean(), *np.percentile(boot, [2.5, 97.5]))]
+
+    reference = f"maxent_ts@{config.budgets[-1]}{sampler}"
+    equal = [b for b in config.hybrid_budgets if b in config.budgets]
+    return {
+        "windows": len(windows),
+        "mc": {b: mean_and_interval(errors("maxent_ts", b)) for b in config.budgets[:-1]},
+        "hybrid": {b: mean_and_interval(errors("hybrid", b)) for b in config.hybrid_budgets},
+        "paired": {b: mean_and_interval(errors("hybrid", b) - errors("maxent_ts", b)) for b in equal},
+    }
+
+
 def log_draws_ess(rows: list[dict], windows: list[str], label: str, budgets: list[int]) -> np.ndarray:
     """log ESS of the draws of `label`'s anytime search (e.g. "hybrid") per window and budget: (windows, budgets)."""
     ess = {(r["series"], r["method"]): r.get("draws_ess", np.nan) for r in rows}
@@ -795,6 +822,9 @@ def main(argv: list[str] | None = None) -> int:
             plot_ess(rows, config.real, ratios["factor"], out / "ess_vs_rollouts.png", np.random.default_rng(0))
             factors.append(f"\nEffective samples of the draws (ratios, geometric mean [95% CI] over windows; "
                            f"plot: ess_vs_rollouts.png): {ratios}")
+        if any(r["curve"].endswith(RESAMPLED) for r in rows):
+            factors.append(f"\nIS log Z error against maxent_ts@{config.real.budgets[-1]} (mean [95% CI] over windows): "
+                           f"{is_log_z_errors(rows, config.real, np.random.default_rng(0))}")
         write_summary(out / "real.md", [header, "## Mean over the held-out windows\n", method_means(rows), "",
                                              "## Held-out windows\n", real_summary(rows), "", *factors])
     return 0

@@ -19,6 +19,7 @@ from amortisation import (  # noqa: E402
     ess_factor,
     ess_ratios,
     heldout_windows,
+    is_log_z_errors,
     kept_row,
     method_means,
     plot_curves,
@@ -190,6 +191,21 @@ def test_ess_ratios_are_per_window_geometric_means_of_the_draws_effective_sample
     assert out["hybrid_vs_mc_reference"][200][0] == pytest.approx(np.sqrt(0.8 * 0.1), abs=1e-3)
     assert out["mc_growth"][2000][0] == pytest.approx(np.sqrt(25.0 * 50.0), abs=1e-2)
     assert out["mc_growth"][20] == [1.0, 1.0, 1.0]
+
+
+def test_is_log_z_errors_are_lambda_times_the_distance_to_the_reference_paired_per_window():
+    config = RealPart(budgets=[20, 200, 2000], hybrid_budgets=[20, 200], lam=10.0, bootstrap=200)
+    values = {"maxent_ts@20": [0.3, -0.1, 0.2, 0.0], "maxent_ts@200": [0.1, 0.1, -0.1, 0.1],
+              "maxent_ts@2000": [0.0, 0.0, 0.0, 0.0], "hybrid@20": [0.1, 0.0, -0.1, 0.2],
+              "hybrid@200": [0.05, -0.05, 0.0, 0.0]}
+    rows = [{"series": s, "method": f"{m}{RESAMPLED}", "root_value_is": v[i] + 1.0}  # a common offset cancels
+            for m, v in values.items() for i, s in enumerate(SERIES)]
+    out = is_log_z_errors(rows, config, np.random.default_rng(0))
+    assert out["windows"] == 4 and set(out["mc"]) == {20, 200} and set(out["paired"]) == {20, 200}
+    assert out["mc"][20][0] == pytest.approx(10 * 0.6 / 4) and out["hybrid"][200][0] == pytest.approx(10 * 0.1 / 4)
+    mean, low, high = out["paired"][20]  # hybrid − MC per window: 10·(0.1−0.3, 0−0.1, 0.1−0.2, 0.2−0)
+    assert mean == pytest.approx(10 * (-0.2 - 0.1 - 0.1 + 0.2) / 4) and low <= mean <= high
+    assert out["paired"][200][0] == pytest.approx(10 * (0.05 + 0.05 + 0.0 + 0.0 - 0.4) / 4)
 
 
 def test_ess_factor_interpolates_mc_budget_in_log_budget_and_flags_hybrids_beyond_mc():
