@@ -823,8 +823,8 @@ def main(argv: list[str] | None = None) -> int:
             factors.append(f"\nEffective samples of the draws (ratios, geometric mean [95% CI] over windows; "
                            f"plot: ess_vs_rollouts.png): {ratios}")
         if any(r["curve"].endswith(RESAMPLED) for r in rows):
-            factors.append(f"\nIS log Z error against maxent_ts@{config.real.budgets[-1]} (mean [95% CI] over windows): "
-                           f"{is_log_z_errors(rows, config.real, np.random.default_rng(0))}")
+            factors.append(f"\nIS log Z error against maxent_ts@{config.real.budgets[-1]} (mean [95% CI] over "
+                           f"windows): {is_log_z_errors(rows, config.real, np.random.default_rng(0))}")
         write_summary(out / "real.md", [header, "## Mean over the held-out windows\n", method_means(rows), "",
                                              "## Held-out windows\n", real_summary(rows), "", *factors])
     return 0
