@@ -48,8 +48,8 @@ def test_every_shipped_head_records_the_contexts_it_learned_from(path):
     from search.harvest import HarvestConfig
 
     data = json.loads((path / "head.json").read_text())["training_data"]
-    harvests = {load_config(p, HarvestConfig).output: load_config(p, HarvestConfig)
-                for p in sorted((ROOT / "configs" / "harvest").glob("*.yaml"))}
+    configs = [load_config(p, HarvestConfig) for p in sorted((ROOT / "configs" / "harvest").glob("*.yaml"))]
+    harvests = {config.output: config for config in configs}
     (buffer,) = data["buffers"]
     assert buffer in harvests, f"{path.name}: no config under configs/harvest/ writes {buffer}"
     harvest = harvests[buffer]
