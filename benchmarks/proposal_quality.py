@@ -19,6 +19,11 @@ harvested one, so heads trained on generated contexts can be compared on context
 `heldout` takes the amortisation benchmark's windows (`benchmarks/amortisation.py`, LLMTime's test
 part) to confirm a choice, never to make it.
 
+Choosing a head: with `incumbent` (a proposal's label, e.g. "P_F soft32 s=1"), proposals.md also
+gives every other proposal's paired ESS ratio to it (geometric mean over windows, bootstrap 95%
+interval) and the choice: the challenger with the highest ratio among those whose interval lies
+above 1, else the incumbent. Run it on `validation` or `generated` windows only.
+
 Writes `<output_dir>/proposals.csv` (after every window; `--resume` runs only the missing rows),
 `proposals.md` (means over windows with bootstrap 95% intervals, and each proposal against p on the
 same windows) and `proposals.png`.
@@ -71,6 +76,7 @@ class ProposalConfig:
     guide_scales: list[float] = field(default_factory=lambda: [0.5, 1.0])  # s of P_F ∝ p exp(s·λ·Q_φ)
     look_ahead_reward: bool = True  # also P_F of the parameter-free Q = R⁺(s·a), at s = 1
     bootstrap: int = 2000
+    incumbent: str | None = None  # a proposal's label: challengers must beat it, paired (`choose_head`)
 
     def __post_init__(self) -> None:
         if self.windows not in ("validation", "generated", "heldout"):
@@ -192,11 +198,50 @@ def paired_scores(rows: list[dict], n_boot: int, rng: np.random.Generator) -> li
             score[f"{metric}_vs_p"] = float(diff.mean())
             score[f"{metric}_vs_p_ci"] = tuple(np.percentile(diff[boot].mean(1), [2.5, 97.5]))
         # The proposal's amortisation factor in effective samples per draw: ESS_q / ESS_p, geometric mean.
-        log_gain = np.log([by[w, name]["ess_fraction"] / by[w, PRIOR]["ess_fraction"] for w in present])
-        score["ess_gain"] = float(np.exp(log_gain.mean()))
-        score["ess_gain_ci"] = tuple(np.exp(np.percentile(log_gain[boot].mean(1), [2.5, 97.5])))
+        score["ess_gain"], score["ess_gain_ci"], _ = ess_ratio(by, name, PRIOR, present, boot)
         out.append(score)
     return out
+
+
+def ess_ratio(by: dict, name: str, baseline: str, windows: list[str], boot: np.ndarray
+              ) -> tuple[float, tuple[float, float], int]:
+    """exp(mean_w log(ESS_name(w) / ESS_baseline(w))) over `windows`, its bootstrap 95% interval (rows
+    of `boot` index the windows) and the number of windows where `name` has more effective samples."""
+    log_ratio = np.log([by[w, name]["ess_fraction"] / by[w, baseline]["ess_fraction"] for w in windows])
+    interval = tuple(float(x) for x in np.exp(np.percentile(log_ratio[boot].mean(1), [2.5, 97.5])))
+    return float(np.exp(log_ratio.mean())), interval, int((log_ratio > 0).sum())
+
+
+def choose_head(rows: list[dict], incumbent: str, n_boot: int, rng: np.random.Generator
+                ) -> tuple[str, list[dict]]:
+    """Each challenger's paired ESS ratio to the incumbent, and the choice: the challenger with the
+    highest ratio whose 95% interval lies above 1, else the incumbent (a lead that windows cannot
+    separate from noise does not replace what ships)."""
+    windows = list(dict.fromkeys(r["series"] for r in rows))
+    by = {(r["series"], r["proposal"]): r for r in rows}
+    if not any((w, incumbent) in by for w in windows):
+        raise ValueError(f"`incumbent` {incumbent!r} is not a proposal of these rows "
+                         f"({sorted({r['proposal'] for r in rows})})")
+    duels = []
+    for name in dict.fromkeys(r["proposal"] for r in rows):
+        present = [w for w in windows if (w, name) in by and (w, incumbent) in by]
+        if name in (incumbent, PRIOR) or not present:
+            continue
+        boot = rng.integers(0, len(present), (n_boot, len(present)))
+        ratio, interval, above = ess_ratio(by, name, incumbent, present, boot)
+        duels.append({"proposal": name, "windows": len(present), "ratio": ratio, "ci": interval, "above": above})
+    separable = [d for d in duels if d["ci"][0] > 1.0]
+    return (max(separable, key=lambda d: d["ratio"])["proposal"] if separable else incumbent), duels
+
+
+def choice_summary(choice: str, duels: list[dict], incumbent: str) -> str:
+    lines = ["", f"Against the incumbent {incumbent}, paired on the same windows (ESS ratio, geometric mean, "
+             "bootstrap 95% interval; windows where the challenger has more effective samples):", "",
+             "| challenger | windows | ESS / incumbent's | above |", "|---|---|---|---|"]
+    lines += [f"| {d['proposal']} | {d['windows']} | {d['ratio']:.2f} [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}] "
+              f"| {d['above']}/{d['windows']} |" for d in duels]
+    lines += ["", f"Chosen: **{choice}** (the best challenger whose interval lies above 1, else the incumbent)."]
+    return "\n".join(lines) + "\n"
 
 
 def summary(scores: list[dict], header: str) -> str:
@@ -251,12 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarise", action="store_true", help="rebuild proposals.md and the plot from the CSV")
     args = parser.parse_args(argv)
     config = load_config(args.config, ProposalConfig)
+    labels = [label for label, _, _ in proposals(config)]
+    if config.incumbent is not None and config.incumbent not in labels:  # before anything runs or is written
+        parser.error(f"{args.config}: `incumbent` {config.incumbent!r} is none of the proposals {labels}")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     keep = earlier_rows(parser, args, out / "proposals.csv")
     rows = keep if args.summarise else run(config, out, keep)
     header = f"# Proposal quality on {config.windows} windows ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)"
-    (out / "proposals.md").write_text(summary(paired_scores(rows, config.bootstrap, np.random.default_rng(0)), header))
+    text = summary(paired_scores(rows, config.bootstrap, np.random.default_rng(0)), header)
+    if config.incumbent is not None:
+        choice, duels = choose_head(rows, config.incumbent, config.bootstrap, np.random.default_rng(0))
+        text += choice_summary(choice, duels, config.incumbent)
+    (out / "proposals.md").write_text(text)
     plot(rows, out / "proposals.png")
     print((out / "proposals.md").read_text())
     return 0

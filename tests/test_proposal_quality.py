@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from proposal_quality import (  # noqa: E402
     PRIOR,
     ProposalConfig,
+    choice_summary,
+    choose_head,
     paired_scores,
     plot,
     proposals,
@@ -78,6 +80,34 @@ def test_paired_scores_are_the_mean_difference_from_p_with_an_interval_around_it
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
+def duel_rows(ratios: dict[str, list[float]]) -> list[dict]:
+    """ESS fractions per window: the incumbent 0.1 everywhere, each challenger 0.1 × its ratios."""
+    rows = []
+    for w in range(len(next(iter(ratios.values())))):
+        rows.append({"series": f"W@{w}", "proposal": PRIOR, "ess_fraction": 0.05})
+        rows.append({"series": f"W@{w}", "proposal": "inc", "ess_fraction": 0.1})
+        rows += [{"series": f"W@{w}", "proposal": name, "ess_fraction": 0.1 * r[w]} for name, r in ratios.items()]
+    return rows
+
+
+def test_a_challenger_replaces_the_incumbent_only_when_its_paired_interval_lies_above_one():
+    rng = np.random.default_rng(0)
+    # "noisy" has the higher geometric mean (1.26) but loses on two windows of six: not separable.
+    noisy, steady = [3.0, 3.0, 3.0, 0.5, 0.5, 1.0], [1.2, 1.3, 1.1, 1.25, 1.15, 1.2]
+    choice, duels = choose_head(duel_rows({"noisy": noisy, "steady": steady}), "inc", 2000, rng)
+    assert choice == "steady"
+    by = {d["proposal"]: d for d in duels}
+    assert set(by) == {"noisy", "steady"}  # p and the incumbent are not challengers
+    assert by["noisy"]["ratio"] == pytest.approx(np.exp(np.log(noisy).mean()))
+    assert by["noisy"]["ci"][0] < 1 < by["noisy"]["ratio"] and by["noisy"]["above"] == 3
+    assert by["steady"]["ci"][0] > 1 and by["steady"]["above"] == 6
+    choice, _ = choose_head(duel_rows({"noisy": noisy}), "inc", 2000, rng)
+    assert choice == "inc"
+    assert "Chosen: **inc**" in choice_summary(choice, _, "inc")
+    with pytest.raises(ValueError, match="'P_F soft s=1' is not a proposal"):
+        choose_head(duel_rows({"noisy": noisy}), "P_F soft s=1", 10, rng)
+
+
 def test_heldout_windows_are_the_amortisation_benchmarks():
     from amortisation import RealPart, heldout_windows
     from proposal_quality import windows_of
@@ -114,3 +144,16 @@ def test_parameter_free_values_run_as_proposals_on_the_base_model(tmp_path):
     rows = run(config, tmp_path, keep=[])
     assert [r["proposal"] for r in rows] == [PRIOR, "P_F head s=1", "P_F digit s=1"]
     assert all(np.isfinite(r["ess_fraction"]) and r["n_draws"] == 2 for r in rows)
+
+
+def test_an_unknown_incumbent_is_named_before_anything_is_written(tmp_path, capsys):
+    from proposal_quality import main
+
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {out}\nhead: null\nother_heads: {{soft32: somewhere}}\n"
+                      "guide_scales: [1.0]\nlook_ahead_reward: false\nincumbent: P_F soft s=1\n")
+    with pytest.raises(SystemExit):
+        main(["--config", str(config)])
+    assert "`incumbent` 'P_F soft s=1' is none of the proposals" in capsys.readouterr().err
+    assert not out.exists()
