@@ -217,6 +217,8 @@ def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_dow
 ):
     model = fit.main(fit_args(f"{buffer_path},{prior_buffer_path}", tmp_path, "--trainer.max_epochs", "3",
                               "--model.tb", "0", "--model.forward_kl", "1", "--model.lr", "0.01"))
+    _, meta = load_head(tmp_path / "head", lm_fingerprint())  # each buffer's harvest, in order: both rebuildable
+    assert [h["sampler"] for h in meta["training_data"]["harvests"]] == ["tree", "prior"]
     items = model.trainer.datamodule.train_set.items
     prior = [x for x in items if x["source"] == SOURCES["prior_sample"]]
     assert len(prior) == 3 * 6 and len(items) > len(prior)
@@ -345,7 +347,8 @@ def test_a_head_fits_on_generated_contexts_end_to_end(tmp_path, monkeypatch):
     assert len(prefills) == 3 * 2  # whole prompts per batch: each prompt prefilled once an epoch, with a 1-prompt cache
     _, meta = load_head(tmp_path / "head", lm_fingerprint())
     data = meta["training_data"]  # enough to rebuild the head: the generator's seed and count, the prompts
-    assert data["harvest"]["generated"] == 3 and data["harvest"]["generator_seed"] == 5
+    (recorded,) = data["harvests"]  # one per buffer
+    assert recorded["generated"] == 3 and recorded["generator_seed"] == 5
     assert data["train_prompts"] == 3 and data["val_prompts"] == 0
 
 

@@ -50,10 +50,10 @@ def test_every_shipped_head_records_the_contexts_it_learned_from(path):
     data = json.loads((path / "head.json").read_text())["training_data"]
     configs = [load_config(p, HarvestConfig) for p in sorted((ROOT / "configs" / "harvest").glob("*.yaml"))]
     harvests = {config.output: config for config in configs}
-    (buffer,) = data["buffers"]
+    (buffer,), (recorded,) = data["buffers"], data["harvests"]
     assert buffer in harvests, f"{path.name}: no config under configs/harvest/ writes {buffer}"
     harvest = harvests[buffer]
-    for field, value in data["harvest"].items():
+    for field, value in recorded.items():
         assert list(np.atleast_1d(value)) == list(np.atleast_1d(getattr(harvest, field))), f"{path.name}: {field}"
     assert data["train_prompts"] + data["val_prompts"] == len(harvest.series) * harvest.windows_per_series \
         * len(harvest.seeds) + harvest.generated

@@ -135,7 +135,8 @@ class BufferDataModule(pl.LightningDataModule):
         self.sources = None if sources is None else iter_sources(sources)
         self.lm_fingerprint = lm_fingerprint
         self.batch_by_prompt, self.train_prompts = batch_by_prompt, train_prompts
-        self.meta: dict = {}
+        self.meta: dict = {}  # the first buffer's: the codec, λ and reward the fit reads
+        self.harvest_configs: list[dict] = []  # every buffer's harvest config, in `buffers` order
 
     def check(self) -> None:
         """Every buffer exists and is a readable S-ADT buffer of this LM: headers only, before any run
@@ -149,6 +150,7 @@ class BufferDataModule(pl.LightningDataModule):
         for buffer_id, path in enumerate(self.paths):
             buffer = read_buffer(path, self.lm_fingerprint)
             self.meta = self.meta or buffer.meta
+            self.harvest_configs.append(buffer.meta.get("config", {}))
             items += _items(buffer, buffer_id, self.sources)
         if not items:
             raise ValueError(f"no trajectories in {self.paths} (after filtering by source)")

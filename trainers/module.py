@@ -368,16 +368,16 @@ class FlowHeadModule(pl.LightningModule):
         groups[1]["weight_decay"] = 0.0  # log Z_φ(c) is a level, not a feature map: no shrinkage towards 0
         return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
 
-    def _training_data(self, harvest_config: dict) -> dict:
-        """What the head learned from, so one command can rebuild it: buffers, prompt counts and the split
-        (`--data.train_prompts N --data.val_fraction f`), and the harvest's context settings (series windows,
-        generator seed and count)."""
+    def _training_data(self) -> dict:
+        """What the head learned from, so one command per buffer can rebuild it: buffers, prompt counts and
+        the split (`--data.train_prompts N --data.val_fraction f`), and each buffer's harvest settings
+        (series windows, generator seed and count, sampler), in `buffers` order."""
         dm = self.trainer.datamodule
         names = ("series", "windows_per_series", "generated", "generator_seed", "seeds", "context_length",
                  "horizon", "sampler")
         return {"buffers": [str(p) for p in dm.paths], "train_prompts": len({x["key"] for x in dm.train_set.items}),
                 "val_prompts": len({x["key"] for x in dm.val_set.items}), "val_fraction": dm.val_fraction,
-                "harvest": {k: harvest_config.get(k) for k in names}}
+                "harvests": [{k: config.get(k) for k in names} for config in dm.harvest_configs]}
 
     def on_train_end(self) -> None:
         if not self.trainer.is_global_zero:  # DDP ranks hold the same synced head; one writes it
@@ -391,7 +391,7 @@ class FlowHeadModule(pl.LightningModule):
             "training": dict(self.hparams),
             "adapter": None if self.lora_config is None else {"kind": "lora", **vars(self.lora_config)},
             "best": None if self.best is None else {k: self.best[k] for k in ("epoch", "val_loss")},
-            "training_data": self._training_data(config),
+            "training_data": self._training_data(),
         }
         path = save_head(self.head, Path(self.hparams.save_to), sidecar)
         if self.peft is not None:
