@@ -146,7 +146,7 @@ class BufferDataModule(pl.LightningDataModule):
                 check_attrs(f, Path(path), self.lm_fingerprint)
 
     def setup(self, stage: str | None = None) -> None:
-        items = []
+        items, self.harvest_configs = [], []  # a second setup (another stage) reads the buffers afresh
         for buffer_id, path in enumerate(self.paths):
             buffer = read_buffer(path, self.lm_fingerprint)
             self.meta = self.meta or buffer.meta
