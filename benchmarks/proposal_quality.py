@@ -180,11 +180,15 @@ def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
     return rows
 
 
+def index_rows(rows: list[dict]) -> tuple[list[str], dict[tuple[str, str], dict]]:
+    """The windows in first-seen order, and each row by (window, proposal)."""
+    return list(dict.fromkeys(r["series"] for r in rows)), {(r["series"], r["proposal"]): r for r in rows}
+
+
 def paired_scores(rows: list[dict], n_boot: int, rng: np.random.Generator) -> list[dict]:
     """Per proposal and metric: the mean over windows and its difference from p on the same windows,
     each with a bootstrap 95% interval over windows."""
-    windows = list(dict.fromkeys(r["series"] for r in rows))
-    by = {(r["series"], r["proposal"]): r for r in rows}
+    windows, by = index_rows(rows)
     out = []
     for name in dict.fromkeys(r["proposal"] for r in rows):
         present = [w for w in windows if (w, name) in by and (w, PRIOR) in by]
@@ -217,8 +221,7 @@ def choose_head(rows: list[dict], incumbent: str, n_boot: int, rng: np.random.Ge
     """Each challenger's paired ESS ratio to the incumbent, and the choice: the challenger with the
     highest ratio whose 95% interval lies above 1, else the incumbent (a lead that windows cannot
     separate from noise does not replace what ships)."""
-    windows = list(dict.fromkeys(r["series"] for r in rows))
-    by = {(r["series"], r["proposal"]): r for r in rows}
+    windows, by = index_rows(rows)
     if not any((w, incumbent) in by for w in windows):
         raise ValueError(f"`incumbent` {incumbent!r} is not a proposal of these rows "
                          f"({sorted({r['proposal'] for r in rows})})")
@@ -270,8 +273,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r["proposal"] for r in rows))
-    windows = list(dict.fromkeys(r["series"] for r in rows))
-    by = {(r["series"], r["proposal"]): r for r in rows}
+    windows, by = index_rows(rows)
     titles = ("ESS / N (higher: closer to π*)", "KL(π*‖q) (lower)", "KL(q‖π*) (lower)",
               "E_q[r], the draws' mean reward")
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))

@@ -92,7 +92,7 @@ def duel_rows(ratios: dict[str, list[float]]) -> list[dict]:
 
 def test_a_challenger_replaces_the_incumbent_only_when_its_paired_interval_lies_above_one():
     rng = np.random.default_rng(0)
-    # "noisy" has the higher geometric mean (1.26) but loses on two windows of six: not separable.
+    # "noisy" has the higher geometric mean (1.37) but loses on two windows of six: not separable.
     noisy, steady = [3.0, 3.0, 3.0, 0.5, 0.5, 1.0], [1.2, 1.3, 1.1, 1.25, 1.15, 1.2]
     choice, duels = choose_head(duel_rows({"noisy": noisy, "steady": steady}), "inc", 2000, rng)
     assert choice == "steady"
@@ -101,9 +101,9 @@ def test_a_challenger_replaces_the_incumbent_only_when_its_paired_interval_lies_
     assert by["noisy"]["ratio"] == pytest.approx(np.exp(np.log(noisy).mean()))
     assert by["noisy"]["ci"][0] < 1 < by["noisy"]["ratio"] and by["noisy"]["above"] == 3
     assert by["steady"]["ci"][0] > 1 and by["steady"]["above"] == 6
-    choice, _ = choose_head(duel_rows({"noisy": noisy}), "inc", 2000, rng)
+    choice, duels = choose_head(duel_rows({"noisy": noisy}), "inc", 2000, rng)
     assert choice == "inc"
-    assert "Chosen: **inc**" in choice_summary(choice, _, "inc")
+    assert "Chosen: **inc**" in choice_summary(choice, duels, "inc")
     with pytest.raises(ValueError, match="'P_F soft s=1' is not a proposal"):
         choose_head(duel_rows({"noisy": noisy}), "P_F soft s=1", 10, rng)
 
