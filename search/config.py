@@ -54,6 +54,11 @@ class SearchConfig:
     # children ∝ p e^{λV̂} (DTS Alg. 2); "search" makes each sample one more selection + rollout (it leaves the
     # tree early: mostly prior draws; costs n_samples rollouts, counted). "auto": resample for maxent_ts, every
     # other method its own final sampler (`search.methods`)
+    defensive: float = 0.5  # maxent_ts (other methods ignore it): ε, the share of descents that draw from the
+    # rollout policy (p, or P_F when guided) instead of the tree's values; every draw is weighted by the mixture
+    # ε q_roll + (1 − ε) q_tree, so no weight exceeds 1/ε times an i.i.d. rollout-policy draw's (`DescentLaw`)
+    selection_scale: float = 1.0  # maxent_ts: Boltzmann selection at λ_sel = selection_scale · λ (below 1: tempered,
+    # a wider selection law); the backups and the target stay at λ
     ess_threshold: float = 0.5  # smc / twisted_smc: resample when ESS < ess_threshold · particles (n_rollouts)
     seed: int = 0
     progress: bool = True
@@ -93,6 +98,10 @@ class SearchConfig:
             raise ValueError(f"search `sampling` must be one of {SAMPLINGS}, got {self.sampling!r}")
         if self.sampling not in ("auto", "tree") and self.method != "maxent_ts":
             raise ValueError(f"search `sampling: {self.sampling}` needs method maxent_ts, got {self.method!r}")
+        if not 0 <= self.defensive < 1:
+            raise ValueError(f"search `defensive` must be in [0, 1) (a share of descents), got {self.defensive}")
+        if not self.selection_scale > 0:
+            raise ValueError(f"search `selection_scale` must be > 0, got {self.selection_scale}")
         if not 0 <= self.ess_threshold <= 1:
             raise ValueError(f"search `ess_threshold` must be in [0, 1], got {self.ess_threshold}")
 

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from sadt.policy import proposal_log_probs
 from search import selection
 
 if TYPE_CHECKING:
@@ -32,25 +30,20 @@ Selector = Callable[["TreeSearch", int], int]  # (search, node) -> action
 
 
 def draw_from_policy(search: TreeSearch, node: int) -> int:
-    """A draw from p(·|s), or from P_F ∝ p exp(g Q_φ) for method flow; counted in the node's draws."""
-    tree, config = search.tree, search.config
-    log_probs = tree.log_prior[node]
-    if config.method == "flow":  # the same P_F as the rollouts' policy step
-        log_probs = proposal_log_probs(torch.from_numpy(log_probs), torch.from_numpy(tree.q[node]),
-                                       config.guide_lam).numpy()
-    action = int(np.argmax(log_probs + search.rng.gumbel(size=log_probs.shape)))
+    """A draw from the rollout policy (p, or P_F ∝ p exp(g Q_φ) for method flow); counted in the node's draws."""
+    action = selection.gumbel_max(search.rollout_log_probs(node), search.rng)
     search.count_draw(node, action)
     return action
 
 
 def select_boltzmann(search: TreeSearch, node: int) -> int:
-    """MaxEnt-TS: `a ∝ p(a|s) exp(λ Ṽ(s·a))` over the eligible actions; records log p − log q of the choice."""
+    """MaxEnt-TS: `a ∝ p(a|s) exp(λ_sel Ṽ(s·a))` over the eligible actions (λ_sel = selection_scale · λ), or
+    on a defensive descent a draw from the rollout policy (`TreeSearch.choose`)."""
     tree = search.tree
     values = search.values.selection(node)
-    action, log_q = selection.boltzmann(search.eligible_log_prior(node), values, np.ones(values.shape, bool),
-                                        tree.value[node], search.config.lam, search.rng)
-    search.descent_log_ratio += tree.log_prior[node, action] - log_q
-    return action
+    log_tree = selection.boltzmann_log_probs(search.eligible_log_prior(node), values, np.ones(values.shape, bool),
+                                             tree.value[node], search.config.selection_scale * search.config.lam)
+    return search.choose(node, log_tree)
 
 
 def _widen_or(rule: Selector) -> Selector:

@@ -17,9 +17,22 @@ def boltzmann(
 ) -> tuple[int, float]:
     """Sample `a ∝ w_a exp(λ Ṽ(s·a))` by Gumbel-max (unvisited children valued at V̂(s)); returns the
     action and its log-probability under that softmax (the proposal's share of an importance weight)."""
+    log_probs = boltzmann_log_probs(log_w, values, visited, parent_value, lam)
+    action = gumbel_max(log_probs, rng)
+    return action, float(log_probs[action])
+
+
+def boltzmann_log_probs(
+    log_w: np.ndarray, values: np.ndarray, visited: np.ndarray, parent_value: float, lam: float
+) -> np.ndarray:
+    """log of the Boltzmann law `w_a exp(λ Ṽ(s·a)) / Σ_b w_b exp(λ Ṽ(s·b))` over the actions, (A,)."""
     logits = boltzmann_logits(values, log_w, visited, parent_value, lam)
-    action = int(np.argmax(logits + rng.gumbel(size=logits.shape)))
-    return action, float(logits[action] - logsumexp(logits))
+    return logits - logsumexp(logits)
+
+
+def gumbel_max(log_probs: np.ndarray, rng: np.random.Generator) -> int:
+    """One action drawn from `exp(log_probs)` (unnormalised is fine) by the Gumbel-max trick."""
+    return int(np.argmax(log_probs + rng.gumbel(size=log_probs.shape)))
 
 
 def uct(values: np.ndarray, visits: np.ndarray, visited: np.ndarray, parent_visits: float, c: float) -> int:

@@ -50,17 +50,41 @@ import torch
 from tqdm.auto import tqdm
 
 from sadt.lm.backend import LMBackend
-from sadt.policy import masked_log_softmax
+from sadt.policy import masked_log_softmax, proposal_log_probs
 from sadt.rewards import checked_rewards
 from sadt.rollout import head_q, rollout
 from search.backup import mean_backup, soft_backup
 from search.config import METHODS, SMC_METHODS, RewardFn, SearchConfig, SearchResult
 from search.methods import METHOD_STRATEGIES
+from search.selection import gumbel_max
 from search.tree import ROOT, Tree
 from search.tree_sampling import final_samples, resample
 from search.values import TreeValues
 
 __all__ = ["METHODS", "Draw", "RewardFn", "SearchConfig", "SearchResult", "TreeSearch"]
+
+
+@dataclass
+class DescentLaw:
+    """One descent's in-tree choices, their log-probabilities summed under each law that could have made them.
+
+    A defensive descent (probability ε) draws from the rollout policy q_roll, any other from the tree's
+    Boltzmann law q_tree; below the new leaf both roll out alike. So the descent's share of the draw's
+    log-weight is log p − log(ε q_roll + (1 − ε) q_tree), the mixture density of the choices actually made,
+    which keeps Ẑ unbiased and bounds the weight by 1/ε times an i.i.d. rollout-policy draw's.
+    """
+
+    defensive: bool = False  # this descent draws from q_roll
+    log_prior: float = 0.0  # Σ log p(a|s)
+    log_tree: float = 0.0  # Σ log q_tree(a|s)
+    log_roll: float = 0.0  # Σ log q_roll(a|s) (kept only when ε > 0)
+
+    def log_ratio(self, epsilon: float) -> float:
+        """log p − log q_mix of the choices so far (log p − log q_tree when ε = 0)."""
+        if epsilon == 0:
+            return self.log_prior - self.log_tree
+        return self.log_prior - float(np.logaddexp(np.log(epsilon) + self.log_roll,
+                                                   np.log1p(-epsilon) + self.log_tree))
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,7 @@ class TreeSearch:
             raise ValueError("a value_head is needed by, and only used by, `hybrid` or method 'flow'")
         self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, reward_fn, config
         self.method = METHOD_STRATEGIES[config.method]
+        self.epsilon = config.defensive if self.method.records_draws else 0.0  # the IS methods' defensive share
         self.value_head = value_head
         self.action_token_ids = list(action_token_ids)
         self.top_k = 1 if config.method == "greedy" else config.top_k
@@ -120,10 +145,10 @@ class TreeSearch:
         self.tree.set_prior(ROOT, masked_log_softmax(root.logits.double(), mask, self.top_k)[0].cpu().numpy(), root_q)
         self.rollouts_done = 0
         # Per iteration (reset by `iterate`): leaves picked per node, the draws counted, and for each
-        # selection Σ log p(a|s) − log q(a|s) over its Boltzmann choices (`descent_log_ratio` while descending).
+        # selection Σ log p(a|s) − log q(a|s) over its choices (`descent` while descending).
         self.pending_leaves: dict[int, dict[int, int]] = {}
         self._counted_draws: list[tuple[int, int]] = []
-        self.descent_log_ratio = 0.0
+        self.descent = DescentLaw()
         self._pick_log_ratios: list[float] = []
         self.draws: list[Draw] = []  # maxent_ts: one record per draw, for the IS estimates and resampling
         self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds
@@ -143,6 +168,26 @@ class TreeSearch:
         """A draw of the action in `slot` at `node` (undone if the iteration does not finish)."""
         self.tree.draws[node, slot] += 1
         self._counted_draws.append((node, slot))
+
+    def rollout_log_probs(self, node: int) -> np.ndarray:
+        """log q_roll(·|s) of the policy the rollouts draw from: P_F ∝ p exp(g Q_φ) when guided by a head, else p."""
+        log_prior = self.tree.log_prior[node]
+        guided = self.config.guided_rollouts or self.config.method == "flow"
+        if self.value_head is None or not guided:
+            return log_prior
+        return proposal_log_probs(torch.from_numpy(log_prior), torch.from_numpy(self.tree.q[node]),
+                                  self.config.guide_lam).numpy()
+
+    def choose(self, node: int, log_tree: np.ndarray) -> int:
+        """A slot at `node` from the tree's law `log_tree`, or from the rollout policy on a defensive descent;
+        its log-probabilities under p and both laws join `self.descent`."""
+        log_roll = self.rollout_log_probs(node) if self.epsilon > 0 else None
+        slot = gumbel_max(log_roll if self.descent.defensive else log_tree, self.rng)
+        self.descent.log_prior += self.tree.log_prior[node, slot]
+        self.descent.log_tree += log_tree[slot]
+        if log_roll is not None:
+            self.descent.log_roll += log_roll[slot]
+        return slot
 
     def widening(self, node: int) -> float:
         """C (N(s) + 1)^α, counting this iteration's virtual visits."""
@@ -167,8 +212,8 @@ class TreeSearch:
 
     def select(self) -> tuple[int, int]:
         """One descent: (parent, slot) of a new leaf, or (terminal node, -1). Adds virtual visits."""
-        tree, node = self.tree, ROOT
-        self.descent_log_ratio = 0.0
+        tree, node, epsilon = self.tree, ROOT, self.epsilon
+        self.descent = DescentLaw(defensive=epsilon > 0 and self.rng.random() < epsilon)
         while True:
             slot = self.method.select(self, node)
             tree.pending[node] += 1  # after choosing: a descent's own visit does not count for itself
@@ -176,11 +221,11 @@ class TreeSearch:
             if child < 0:
                 leaves = self.pending_leaves.setdefault(node, {})
                 leaves[slot] = leaves.get(slot, 0) + 1
-                self._pick_log_ratios.append(self.descent_log_ratio)
+                self._pick_log_ratios.append(self.descent.log_ratio(epsilon))
                 return node, slot
             if tree.terminal[child]:
                 tree.pending[child] += 1
-                self._pick_log_ratios.append(self.descent_log_ratio)
+                self._pick_log_ratios.append(self.descent.log_ratio(epsilon))
                 return child, -1
             node = child
 

@@ -74,3 +74,23 @@ def test_guided_draws_carry_exact_proposal_probabilities_and_the_exact_head_has_
     got = importance_summary(log_w, rewards, lam)
     assert got["ess_fraction"] == pytest.approx(1.0, abs=1e-6)
     assert got["kl_target_proposal"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [0.0, 0.3, 0.7, 1.0])
+def test_pareto_khat_recovers_the_tail_shape_of_generalised_pareto_weights(shape):
+    """Weights drawn from a generalised Pareto with shape k: k̂ is within 0.12 of k on average over 10
+    draws of 4000 (its standard deviation there is ≈ 0.1; measured bias < 0.05)."""
+    from scipy.stats import genpareto
+
+    from sadt.importance import psis_khat
+
+    rng = np.random.default_rng(0)
+    estimates = [psis_khat(np.log1p(genpareto.rvs(shape, size=4000, random_state=rng))) for _ in range(10)]
+    assert np.mean(estimates) == pytest.approx(shape, abs=0.12)
+
+
+def test_pareto_khat_is_low_for_bounded_weights_and_undefined_for_a_handful():
+    from sadt.importance import psis_khat
+
+    assert psis_khat(np.log(np.random.default_rng(0).uniform(size=2000))) < 0
+    assert np.isnan(psis_khat(np.zeros(10)))  # a tail of 5 needs N >= 25

@@ -17,8 +17,8 @@ from toy_problem import (
     PROMPT,
     ExactHead,
     Toy,
+    mixture_distribution,
     policy_step_log_probs,
-    search_sampler_distribution,
     total_variation,
     tree_distribution,
 )
@@ -126,7 +126,7 @@ def test_every_draw_of_a_batch_carries_its_exact_importance_weight(toy, n0):
     laws, picks, select = [], [], search.select
 
     def spying_select():
-        laws.append(search_sampler_distribution(search, toy, completion))
+        laws.append(mixture_distribution(search, toy, completion))
         picks.append(select())
         return picks[-1]
 

@@ -176,13 +176,14 @@ def policy_step_log_probs(toy: Toy, lam: float, q: np.ndarray | None = None) -> 
 
 
 def search_sampler_distribution(search: TreeSearch, toy: Toy, completion: np.ndarray) -> np.ndarray:
-    """The exact distribution of one `sampling: search` draw from the tree as it stands.
+    """The exact distribution of one `sampling: search` draw from the tree as it stands, on a descent that is
+    not defensive (`mixture_distribution` adds those).
 
-    Descend with the selection rule over every allowed action (`p exp(λ Ṽ)`, Ṽ = Q_φ or V̂(s) for
+    Descend with the selection rule over every allowed action (`p exp(λ_sel Ṽ)`, Ṽ = Q_φ or V̂(s) for
     unvisited children); an unvisited child is completed by the rollout policy, whose per-step
     log-probs of each sequence's actions are `completion` (S, L).
     """
-    tree, lam = search.tree, search.config.lam
+    tree, lam = search.tree, search.config.selection_scale * search.config.lam
     sequences = np.asarray(toy.sequences)
     q = np.zeros(len(sequences))
     stack = [(ROOT, 0.0)]
@@ -204,3 +205,11 @@ def search_sampler_distribution(search: TreeSearch, toy: Toy, completion: np.nda
             below = np.all(sequences[:, :depth] == prefix + [a], axis=1)
             q[below] += np.exp(log_q + logits[a] + completion[below, depth:].sum(axis=1))
     return q
+
+
+def mixture_distribution(search: TreeSearch, toy: Toy, completion: np.ndarray) -> np.ndarray:
+    """The exact law of the search's next draw: ε q_roll + (1 − ε) q_tree, q_roll the rollout policy's
+    whole-path law (per-step log-probs `completion`, (S, L)) and q_tree `search_sampler_distribution`."""
+    epsilon = search.config.defensive
+    tree_law = search_sampler_distribution(search, toy, completion)
+    return epsilon * np.exp(completion.sum(axis=1)) + (1 - epsilon) * tree_law

@@ -1,0 +1,93 @@
+"""MaxEnt-TS's defensive mixture on the enumerable toy: exact weights, unbiased Z, each weight within 1/ε of an
+i.i.d. rollout-policy draw's, and an estimate of log Z no worse than i.i.d. draws of p at equal LM tokens."""
+
+import numpy as np
+import pytest
+from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy, mixture_distribution, policy_step_log_probs
+
+from sadt.importance import log_mean_exp
+from search.tree_search import SearchConfig, TreeSearch
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return Toy()
+
+
+def search(toy, lam, n, seed=0, head=None, **settings) -> TreeSearch:
+    config = SearchConfig(lam=lam, n_rollouts=n, batch_size=8, seed=seed, progress=False, **settings)
+    tree = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=head)
+    tree.run()
+    return tree
+
+
+@pytest.mark.parametrize("settings", [
+    {"defensive": 0.5}, {"defensive": 0.2, "selection_scale": 0.5}, {"defensive": 0.0, "selection_scale": 0.5},
+    {"defensive": 0.5, "hybrid": "visits"},
+])
+def test_each_draw_is_weighted_by_the_exact_mixture_law(toy, settings):
+    """log w = log p(x) + λ r(x) − log(ε q_roll(x) + (1 − ε) q_tree(x)), both laws enumerated before the draw."""
+    lam = 4.0
+    head = ExactHead(toy, lam, noise=0.3) if "hybrid" in settings else None
+    completion = policy_step_log_probs(toy, lam, toy_q(toy, head) if head else None)
+    tree = search(toy, lam, 24, head=head, **settings)
+    for _ in range(6):
+        law = mixture_distribution(tree, toy, completion)
+        x = toy.index(tree.tree.actions_to(tree.iterate(1)[0]))
+        assert tree.draw_log_weights[-1] == pytest.approx(toy.log_p[x] + lam * toy.table[x] - np.log(law[x]), abs=1e-6)
+
+
+def toy_q(toy, head) -> np.ndarray:
+    """The head's Q_φ(s_t, ·) at every step of every toy sequence, (S, L, A)."""
+    import torch
+
+    ids = torch.tensor([PROMPT + [ACTION_IDS[a] for a in s] for s in toy.sequences])
+    with torch.no_grad():
+        hidden = toy.lm.model.model(ids).last_hidden_state[:, len(PROMPT) - 1 : -1].double()
+    return np.stack([head(h).numpy() for h in hidden])
+
+
+def test_defensive_weights_are_unbiased_for_z(toy):
+    """Ẑ = mean w has mean Z over seeds (a sharp tilt, where the tree's selection is most uneven)."""
+    lam = 10.0
+    _, root = toy.target(lam)
+    ratios = np.array([np.exp(log_mean_exp(search(toy, lam, 32, seed=s, defensive=0.5).draw_log_weights) - lam * root)
+                       for s in range(60)])
+    standard_error = ratios.std(ddof=1) / np.sqrt(ratios.size)
+    assert abs(ratios.mean() - 1) < 3 * standard_error, (ratios.mean(), standard_error)
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_no_weight_exceeds_one_over_epsilon_times_the_rollout_policys(toy, hybrid):
+    """w(x) ≤ (1/ε) p(x) e^{λr(x)} / q_roll(x): the i.i.d. weight of the same x under the rollout policy."""
+    lam, epsilon = 10.0, 0.25
+    head = ExactHead(toy, lam, noise=0.5) if hybrid else None
+    roll = policy_step_log_probs(toy, lam, toy_q(toy, head) if hybrid else None).sum(axis=1)  # log q_roll(x)
+    tree = search(toy, lam, 64, head=head, defensive=epsilon, hybrid="visits" if hybrid else "off")
+    x = np.array([toy.index(tree.tree.actions_to(int(t))) for t in tree.draw_terminals])
+    iid = toy.log_p[x] + lam * toy.table[x] - roll[x]
+    assert np.all(tree.draw_log_weights <= iid - np.log(epsilon) + 1e-9)
+    if not hybrid:  # the undefended tree has no such bound: some of its draws weigh more than 1/ε i.i.d. weights
+        undefended = search(toy, lam, 64, defensive=0.0)
+        x = np.array([toy.index(undefended.tree.actions_to(int(t))) for t in undefended.draw_terminals])
+        assert np.max(undefended.draw_log_weights - (toy.log_p[x] + lam * toy.table[x])) > -np.log(epsilon)
+
+
+def test_the_default_tree_estimates_log_z_no_worse_than_iid_prior_draws_at_equal_tokens(toy):
+    """At a sharp tilt (λ = 30) the undefended tree's log Ẑ had 1.4× the RMSE of i.i.d. p at its tokens
+    (measured: 1.87 vs 1.36 over 30 seeds, 64 rollouts); the default (ε = 0.5) must not lose to i.i.d. p."""
+    lam, n, seeds = 30.0, 64, 24
+    _, root = toy.target(lam)
+    errors, tokens = [], []
+    for seed in range(seeds):
+        before = toy.lm.stats.tokens
+        tree = search(toy, lam, n, seed=seed)
+        tokens.append(toy.lm.stats.tokens - before - len(PROMPT))
+        errors.append(log_mean_exp(tree.draw_log_weights) - lam * root)
+    draws = int(np.mean(tokens) / toy.length)  # i.i.d. p draws the same tokens buy (a draw is `length` tokens)
+    rng = np.random.default_rng(0)
+    prior = np.exp(toy.log_p - np.logaddexp.reduce(toy.log_p))
+    iid = [log_mean_exp(lam * toy.table[rng.choice(prior.size, size=draws, p=prior)]) - lam * root
+           for _ in range(400)]
+    tree_rmse, iid_rmse = np.sqrt(np.mean(np.square(errors))), np.sqrt(np.mean(np.square(iid)))
+    assert tree_rmse <= iid_rmse, (tree_rmse, iid_rmse, draws)
