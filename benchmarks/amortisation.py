@@ -243,27 +243,12 @@ def plot_toy(rows: list[dict], path: Path, length: int) -> None:
 
 
 def heldout_windows(name: str, config: RealPart) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(label, context, truth) for window k = 0, 1, ... of `name`'s test part.
-
-    Truth: test steps [k·horizon, (k+1)·horizon); context: the `context_length` steps before them.
-    """
-    from data.series import load_builtin
+    """(label, context, truth) for window k = 0, 1, ... of `name`'s test part (`benchmarks.evaluation.windows`)."""
+    from benchmarks.evaluation.windows import heldout_windows as windows
 
     if config.windows_per_series < 1:
         raise ValueError(f"real.windows_per_series must be >= 1, got {config.windows_per_series}")
-    series = load_builtin(name)
-    n_fit = series.horizon // config.horizon
-    if n_fit == 0:
-        raise ValueError(f"{name}: test part of {series.horizon} steps is shorter than horizon {config.horizon}")
-    start = len(series.context)
-    windows = []
-    for k in range(min(config.windows_per_series, n_fit)):
-        t = start + k * config.horizon
-        if t < config.context_length:
-            raise ValueError(f"{name}: {t} steps before window {k}, fewer than context_length {config.context_length}")
-        label = name if k == 0 else f"{name}+{k * config.horizon}"
-        windows.append((label, series.values[t - config.context_length : t], series.values[t : t + config.horizon]))
-    return windows
+    return windows(name, config.windows_per_series, config.context_length, config.horizon)
 
 
 def series_of(window: str) -> str:

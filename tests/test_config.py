@@ -17,13 +17,18 @@ FIT_CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("fit/*.yaml"))
 def benchmark_schema(path: Path):
     """The config class of the benchmark script a benchmarks/configs/ file is for (benchmarks/ holds
     scripts, not a package): `proposal_*.yaml` is benchmarks/proposal_quality.py's, `forward_kl_scan*.yaml`
-    forward_kl_scan.py's, `tilt_room*.yaml` tilt_room.py's, `caption*.yaml` search.caption's, the rest
+    forward_kl_scan.py's, `tilt_room*.yaml` tilt_room.py's, `caption*.yaml` search.caption's, `samplers*.yaml`
+    benchmarks.samplers', the rest
     amortisation.py's."""
     import importlib.util
     import sys
 
     if path.name.startswith("caption"):
         return CaptionConfig
+    if path.name.startswith("samplers"):
+        from benchmarks.samplers import SamplersConfig
+
+        return SamplersConfig
     if path.name.startswith("proposal_"):
         script, name = "proposal_quality", "ProposalConfig"
     elif path.name.startswith("forward_kl_scan"):

@@ -1,0 +1,105 @@
+"""Every sampler as an importance sampler of π*(x) ∝ p(x|c) exp(λ r(x)), run to a budget of LM tokens.
+
+Each runner returns a `DrawSet`: the draws in the order they were made, with log-weights
+`log p(x) + λ r(x) − log q(x)` (q the law each draw came from) and the LM tokens spent when each draw
+was complete, so one run to the largest budget gives every smaller budget as a prefix (`upto`).
+SMC is the exception: its particles are only weighted at the end, so it runs once per budget with
+as many particles as the budget buys, and keeps its own estimate of log Z (the product of its
+resampling means).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sadt.importance import log_mean_exp
+from sadt.lm.backend import LMBackend
+from sadt.rollout import rollout
+from search.config import SearchConfig
+from search.forecast_task import ForecastTask
+from search.smc import SMC
+from search.tree_search import TreeSearch
+
+
+@dataclass
+class DrawSet:
+    """A sampler's draws in order: log-weights, cumulative LM tokens after each, actions and rewards."""
+
+    log_weights: np.ndarray  # (N,) log p(x) + λ r(x) − log q(x)
+    tokens: np.ndarray  # (N,) LM token positions spent when draw i was complete (non-decreasing)
+    actions: list[list[int]]
+    rewards: np.ndarray  # (N,)
+    log_z: float | None = None  # the sampler's own log Ẑ where it is not log mean w (SMC)
+
+    def upto(self, budget: float) -> DrawSet:
+        """The draws complete within `budget` tokens (the whole set for SMC, which has no prefixes)."""
+        if self.log_z is not None:
+            return self
+        n = int(np.searchsorted(self.tokens, budget, side="right"))
+        return DrawSet(self.log_weights[:n], self.tokens[:n], self.actions[:n], self.rewards[:n])
+
+    @property
+    def log_z_hat(self) -> float:
+        """log Ẑ: log (1/N) Σ w, unbiased in Ẑ; the sampler's own where it keeps one."""
+        return self.log_z if self.log_z is not None else log_mean_exp(self.log_weights)
+
+    def at_lam(self, lam: float) -> DrawSet:
+        """The same draws of p reweighted for another λ (valid only for draws of p itself: log w = λ r)."""
+        return dataclasses.replace(self, log_weights=lam * self.rewards)
+
+
+@torch.inference_mode()
+def policy_draws(lm: LMBackend, task: ForecastTask, lam: float, budget: float, *, value_head=None,
+                 batch_size: int = 64, seed: int = 0) -> DrawSet:
+    """i.i.d. draws of p (no head) or of P_F ∝ p exp(λ Q_φ) (a head), batch after batch until `budget` tokens.
+
+    The prompt is prefilled once and counted; each batch's tokens are shared equally by its draws."""
+    generator = torch.Generator(device=lm.device).manual_seed(seed)
+    tokens0 = lm.stats.tokens
+    prompt = lm.prefill(task.prompt_ids)
+    value = task.value(value_head, lam)
+    log_w, tokens, actions, rewards = [], [], [], []
+    spent = lm.stats.tokens - tokens0
+    while spent < budget:
+        before = spent
+        out = rollout(lm, prompt, task.codec.action_token_ids, task.grammar, [[]] * batch_size,
+                      generator=generator, value_head=value, guide_lam=lam if value is not None else 0.0)
+        batch_actions = out.full_sequences([[]] * batch_size)
+        r = task.reward_fn(batch_actions)
+        spent = lm.stats.tokens - tokens0
+        log_w.append((out.log_prior - out.log_proposal).sum(dim=1).cpu().numpy() + lam * r)
+        tokens.append(before + (spent - before) * np.arange(1, batch_size + 1) / batch_size)
+        actions += batch_actions
+        rewards.append(r)
+    return DrawSet(np.concatenate(log_w), np.concatenate(tokens), actions, np.concatenate(rewards))
+
+
+def tree_draws(lm: LMBackend, task: ForecastTask, config: SearchConfig, budget: float, value_head=None) -> DrawSet:
+    """MaxEnt-TS's draws (each rollout, weighted by the law it was selected and rolled out with), iteration
+    after iteration until `budget` tokens; the hybrid when `config.hybrid` is set."""
+    tokens0 = lm.stats.tokens
+    search: TreeSearch = task.sampler(lm, dataclasses.replace(config, progress=False), value_head)
+    tokens = []
+    while lm.stats.tokens - tokens0 < budget:
+        done = len(search.draws)
+        search.iterate(config.batch_size)
+        tokens += [lm.stats.tokens - tokens0] * (len(search.draws) - done)
+    terminals = search.draw_terminals
+    tree = search.tree
+    return DrawSet(search.draw_log_weights, np.asarray(tokens, dtype=np.float64),
+                   [tree.actions_to(int(t)) for t in terminals], tree.reward[terminals].astype(np.float64))
+
+
+def smc_draws(lm: LMBackend, task: ForecastTask, config: SearchConfig, particles: int, value_head=None) -> DrawSet:
+    """One SMC (or twisted SMC) run with `particles` particles: its final weighted particles and its log Ẑ."""
+    tokens0 = lm.stats.tokens
+    sampler: SMC = task.sampler(lm, dataclasses.replace(config, n_rollouts=particles, progress=False), value_head)
+    result = sampler.run()
+    spent = float(lm.stats.tokens - tokens0)
+    rewards = task.reward_fn(result.particles)
+    return DrawSet(result.log_weights.astype(np.float64), np.full(particles, spent), result.particles, rewards,
+                   log_z=result.log_Z)

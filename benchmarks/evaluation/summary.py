@@ -1,0 +1,81 @@
+"""Means over windows with bootstrap 95% intervals, each sampler paired with the i.i.d. draws of its rollout policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def bootstrap_interval(per_window: np.ndarray, rng: np.random.Generator, n_boot: int) -> tuple[float, float]:
+    """95% percentile interval of the mean over windows (resampling windows)."""
+    means = per_window[rng.integers(0, per_window.size, (n_boot, per_window.size))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def grouped(rows: list[dict]) -> dict[tuple[float, str, float], dict[str, dict]]:
+    """(λ, sampler, budget) -> window -> row."""
+    out: dict[tuple[float, str, float], dict[str, dict]] = {}
+    for r in rows:
+        out.setdefault((float(r["lam"]), str(r["sampler"]), float(r["budget"])), {})[str(r["window"])] = r
+    return out
+
+
+def summary_table(rows: list[dict], baselines: dict[str, str | None], n_boot: int = 2000) -> str:
+    """A markdown table: per λ, sampler and budget, means over windows [95% CI]: tokens, ESS (geometric),
+    ESS per 1000 tokens against the rollout policy's i.i.d. draws (paired ratio, geometric), |log Z error|,
+    median k̂ and the share of windows above 0.7, CRPS of resampled forecasts."""
+    rng = np.random.default_rng(0)
+    groups = grouped(rows)
+    lines = ["| λ | sampler | budget | tokens | ESS | ESS/ktok vs i.i.d. rollout policy | \\|log Z err\\| | "
+             "k̂ median (> 0.7) | CRPS |", "|---|---|---|---|---|---|---|---|---|"]
+    for (lam, name, budget), by_window in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        windows = sorted(by_window)
+        ess = np.log(np.array([max(by_window[w]["ess"], 1e-12) for w in windows]))
+        err = np.abs(np.array([by_window[w]["log_z_error"] for w in windows]))
+        khat = np.array([by_window[w]["khat"] for w in windows])
+        crps = np.array([by_window[w]["crps"] for w in windows])
+        tokens = np.mean([by_window[w]["tokens"] for w in windows])
+        lo, hi = bootstrap_interval(ess, rng, n_boot)
+        elo, ehi = bootstrap_interval(err, rng, n_boot)
+        paired = "–"
+        base = groups.get((lam, baselines.get(name) or "", budget))
+        if base is not None:
+            shared = [w for w in windows if w in base]
+            log_ratio = np.log(np.array([by_window[w]["ess_per_ktoken"] / base[w]["ess_per_ktoken"] for w in shared]))
+            plo, phi = bootstrap_interval(log_ratio, rng, n_boot)
+            paired = f"{np.exp(log_ratio.mean()):.2f} [{np.exp(plo):.2f}, {np.exp(phi):.2f}]"
+        finite = khat[np.isfinite(khat)]
+        lines.append(
+            f"| {lam:g} | {name} | {budget:g} | {tokens:,.0f} | {np.exp(ess.mean()):.1f} [{np.exp(lo):.1f}, "
+            f"{np.exp(hi):.1f}] | {paired} | {err.mean():.2f} [{elo:.2f}, {ehi:.2f}] | "
+            f"{np.median(finite) if finite.size else float('nan'):.2f} ({(finite > 0.7).mean():.0%}) | "
+            f"{np.nanmean(crps):.3f} |")
+    return "\n".join(lines) + f"\n\n{len({r['window'] for r in rows})} windows; intervals: bootstrap over windows."
+
+
+def plot_ess(rows: list[dict], path: Path) -> None:
+    """ESS (geometric mean over windows) and mean |log Z error| against mean tokens, a line per sampler, per λ."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = grouped(rows)
+    lams = sorted({lam for lam, _, _ in groups})
+    fig, axes = plt.subplots(2, len(lams), figsize=(5 * len(lams), 7), squeeze=False)
+    for column, lam in enumerate(lams):
+        for name in dict.fromkeys(n for la, n, _ in groups if la == lam):
+            budgets = sorted(b for la, n, b in groups if la == lam and n == name)
+            cells = [list(groups[lam, name, b].values()) for b in budgets]
+            tokens = [np.mean([r["tokens"] for r in c]) for c in cells]
+            ess = [np.exp(np.mean(np.log([max(r["ess"], 1e-12) for r in c]))) for c in cells]
+            err = [np.mean([abs(r["log_z_error"]) for r in c]) for c in cells]
+            axes[0, column].plot(tokens, ess, "o-", label=name)
+            axes[1, column].plot(tokens, err, "o-", label=name)
+        axes[0, column].set(title=f"λ = {lam:g}", xscale="log", yscale="log", ylabel="draws' ESS (geometric mean)")
+        axes[1, column].set(xscale="log", xlabel="LM tokens", ylabel="|log Ẑ − log Z_ref| (mean)")
+        axes[0, column].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,167 @@
+"""Every sampler of π* ∝ p·exp(λ r) at equal LM tokens, beside i.i.d. draws of p and of P_F.
+
+    python -m benchmarks.samplers --config benchmarks/configs/samplers_heldout13.yaml [--resume] [--shard i/n]
+
+Per held-out window, λ and sampler, one run to the largest budget (SMC: one run per budget) is scored at
+every budget of the token grid (`benchmarks.evaluation.scoring`): log Ẑ's error against a reference
+from a long i.i.d. run of p with its own seed, ESS per 1000 tokens with PSIS k̂, and CRPS of resampled
+forecasts. Writes `<output_dir>/rows.csv` (after every window, λ and sampler; `--resume` runs only
+what is missing), `references.csv`, `summary.md` (means over windows with bootstrap 95% intervals,
+each sampler paired with the i.i.d. draws of its own rollout policy) and `ess_vs_tokens.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks.evaluation.draws import DrawSet, policy_draws, smc_draws, tree_draws
+from benchmarks.evaluation.scoring import Reference, score
+from benchmarks.evaluation.store import RowStore
+from benchmarks.evaluation.summary import plot_ess, summary_table
+from benchmarks.evaluation.windows import heldout_windows
+from sadt.cli import CommandParser, run_command
+from sadt.config import load_config, to_dict
+from search.config import SearchConfig
+
+DRAWS = ("policy", "tree", "smc")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    draws: str  # "policy" (i.i.d.), "tree" (MaxEnt-TS, the hybrid) or "smc" (SMC, twisted SMC)
+    head: bool = False  # reads the flow head (P_F, the hybrid, twisted SMC)
+    search: dict = field(default_factory=dict)  # SearchConfig fields for tree and smc
+    baseline: str | None = None  # the label of the i.i.d. sampler of this one's rollout policy (paired ratios)
+
+    def __post_init__(self) -> None:
+        if self.draws not in DRAWS:
+            raise ValueError(f"sampler `draws` must be one of {DRAWS}, got {self.draws!r}")
+
+
+@dataclass(frozen=True)
+class SamplersConfig:
+    output_dir: str = "benchmarks/results/samplers/heldout13"
+    series: list[str] = field(default_factory=lambda: ["AirPassengers", "AusBeer", "Sunspots", "Wine", "Wooly"])
+    windows_per_series: int = 3
+    context_length: int = 48
+    horizon: int = 12
+    lams: list[float] = field(default_factory=lambda: [15.0])
+    budgets: list[float] = field(default_factory=lambda: [2500.0, 10000.0])  # LM tokens
+    reference_budget: float = 60000.0  # tokens of the reference's i.i.d. p draws per window
+    head: str = "checkpoints/heads/soft_ahead_lam15"
+    samplers: dict[str, SamplerSpec] = field(default_factory=dict)
+    policy_batch: int = 64
+    n_resampled: int = 48
+    seed: int = 0
+    bootstrap: int = 2000
+
+    def __post_init__(self) -> None:
+        if not self.samplers:
+            raise ValueError("samplers: name at least one sampler")
+        if sorted(self.budgets) != list(self.budgets) or not all(b > 0 for b in self.budgets):
+            raise ValueError(f"budgets must be positive and increasing, got {self.budgets}")
+        for name, spec in self.samplers.items():
+            if spec.baseline is not None and spec.baseline not in self.samplers:
+                raise ValueError(f"samplers.{name}.baseline names no sampler: {spec.baseline!r}")
+
+
+def run_sampler(spec: SamplerSpec, lm, task, lam: float, config: SamplersConfig, head, tokens_per_draw: float,
+                prior_draws: DrawSet) -> dict[float, DrawSet]:
+    """budget -> the sampler's draws for it (one run to the largest budget, or one SMC run per budget)."""
+    if spec.draws == "policy" and not spec.head:  # the prior's draws serve every λ and sampler label
+        return dict.fromkeys(config.budgets, prior_draws.at_lam(lam))
+    value = head if spec.head else None
+    search = SearchConfig(**{"lam": lam, "seed": config.seed, "n_samples": 1, **spec.search})
+    top = config.budgets[-1]
+    if spec.draws == "policy":
+        return dict.fromkeys(config.budgets, policy_draws(lm, task, lam, top, value_head=value,
+                                                          batch_size=config.policy_batch, seed=config.seed))
+    if spec.draws == "tree":
+        return dict.fromkeys(config.budgets, tree_draws(lm, task, search, top, value))
+    if search.method not in ("smc", "twisted_smc"):
+        search = dataclasses.replace(search, method="twisted_smc" if spec.head else "smc")
+    return {b: smc_draws(lm, task, search, max(2, round(b / tokens_per_draw)), value) for b in config.budgets}
+
+
+def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int]) -> RowStore:
+    from sadt.codec import Codec
+    from sadt.head_io import load_value_head
+    from sadt.lm.base_model import lm_fingerprint, load_base_lm
+    from search.forecast_task import ForecastTask
+
+    lm, tokenizer = load_base_lm()
+    codec = Codec(tokenizer)
+    head = None
+    if any(spec.head for spec in config.samplers.values()):
+        head, _ = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
+    rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume)
+    references = RowStore(out / "references.csv", ("window", "lam"), resume)
+    windows = [w for name in config.series for w in heldout_windows(name, config.windows_per_series,
+                                                                      config.context_length, config.horizon)]
+    index, count = shard
+    for label, context, truth in tqdm(windows[index::count], desc="windows", unit="window"):
+        task = ForecastTask.build(codec, context, config.horizon)
+        if all(rows.done(label, lam, name) for lam in config.lams for name in config.samplers):
+            continue
+        rng = np.random.default_rng([config.seed, zlib.crc32(label.encode())])
+        reference_draws = policy_draws(lm, task, 1.0, config.reference_budget, batch_size=config.policy_batch,
+                                       seed=10_000 + config.seed)  # a seed no compared sampler uses
+        prior_draws = policy_draws(lm, task, 1.0, config.budgets[-1], batch_size=config.policy_batch,
+                                   seed=config.seed)
+        tokens_per_draw = float(prior_draws.tokens[-1] / prior_draws.tokens.size)
+        for lam in config.lams:
+            reference = Reference.from_prior_rewards(reference_draws.rewards, lam, rng)
+            if not references.done(label, lam):
+                references.add([{"window": label, "lam": lam, **reference.__dict__}])
+            for name, spec in config.samplers.items():
+                if rows.done(label, lam, name):
+                    continue
+                start = time.perf_counter()
+                runs = run_sampler(spec, lm, task, lam, config, head, tokens_per_draw, prior_draws)
+                wall = time.perf_counter() - start
+                scored = [{"window": label, "lam": lam, "sampler": name,
+                           **score(draws, budget, reference, task, truth, rng, config.n_resampled), "wall_s": wall}
+                          for budget, draws in runs.items()]
+                rows.add(scored)
+                last = scored[-1]
+                tqdm.write(f"{label:16s} λ={lam:g} {name:22s} ESS {last['ess']:6.1f}  k̂ {last['khat']:5.2f}  "
+                           f"log Z err {last['log_z_error']:+.2f}  ({wall:.0f} s)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = CommandParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true", help="keep rows.csv and run only what it lacks")
+    parser.add_argument("--shard", default="0/1", help="i/n: this process takes windows i, i+n, ... (resumable)")
+    parser.add_argument("--summarise", action="store_true", help="rebuild summary.md and the plot from rows.csv")
+    args = parser.parse_args(argv)
+    try:
+        index, count = (int(x) for x in args.shard.split("/"))
+        assert 0 <= index < count
+    except (ValueError, AssertionError):
+        parser.error(f"--shard must be i/n with 0 <= i < n, got {args.shard!r}")
+    config = load_config(args.config, SamplersConfig)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.summarise:
+        rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume=True).rows
+    else:
+        rows = run(config, out, args.resume, (index, count)).rows
+    baselines = {name: spec.baseline for name, spec in config.samplers.items()}
+    header = f"# Samplers at equal LM tokens ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)\n"
+    (out / "summary.md").write_text(header + "\n" + summary_table(rows, baselines, config.bootstrap) + "\n")
+    plot_ess(rows, out / "ess_vs_tokens.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))

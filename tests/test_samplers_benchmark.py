@@ -1,0 +1,105 @@
+"""The samplers benchmark's parts (`benchmarks.evaluation`): draws at a token budget with exact weights on the
+toy, scores with exact answers, a row store that two shards share and a run resumes."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy
+
+from benchmarks.evaluation.draws import DrawSet, policy_draws, tree_draws
+from benchmarks.evaluation.scoring import Reference, score
+from benchmarks.evaluation.store import RowStore
+from benchmarks.samplers import SamplersConfig, SamplerSpec
+from sadt.config import ConfigError, load_config
+from search.config import SearchConfig
+from search.sampler import make_sampler
+
+LAM = 3.0
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return Toy(length=4)
+
+
+class ToyTask:
+    """The toy as the benchmark's runners see a forecast task."""
+
+    def __init__(self, toy: Toy) -> None:
+        self.toy, self.prompt_ids, self.grammar = toy, PROMPT, toy.grammar
+        self.codec = SimpleNamespace(action_token_ids=ACTION_IDS)
+        self.reward_fn = toy.reward
+
+    def value(self, head, lam):
+        return head
+
+    def sampler(self, lm, config, value_head=None):
+        return make_sampler(lm, PROMPT, ACTION_IDS, self.grammar, self.reward_fn, config, value_head)
+
+
+def test_prior_draws_weigh_e_to_the_lambda_r_and_stop_at_the_budget(toy):
+    draws = policy_draws(toy.lm, ToyTask(toy), LAM, budget=100, batch_size=8)
+    x = [toy.index(a) for a in draws.actions]
+    np.testing.assert_allclose(draws.log_weights, LAM * toy.table[x], atol=1e-9)
+    assert np.all(np.diff(draws.tokens) >= 0) and draws.tokens[-1] >= 100 > draws.tokens[-9]
+    within = draws.upto(50)
+    assert within.tokens.size and within.tokens[-1] <= 50 and within.log_weights.size < draws.log_weights.size
+
+
+def test_draws_of_an_exact_head_all_weigh_log_z(toy):
+    """P_F of the exact soft values is π*: every weight p e^{λr} / P_F equals Z."""
+    _, root = toy.target(LAM)
+    draws = policy_draws(toy.lm, ToyTask(toy), LAM, budget=60, value_head=ExactHead(toy, LAM), batch_size=8)
+    np.testing.assert_allclose(draws.log_weights, LAM * root, atol=1e-6)
+
+
+def test_tree_draws_are_the_searchs_own_weighted_draws_in_order(toy):
+    config = SearchConfig(lam=LAM, batch_size=4, seed=2, progress=False)
+    draws = tree_draws(toy.lm, ToyTask(toy), config, budget=40)
+    search = make_sampler(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config)
+    while len(search.draws) < len(draws.actions):
+        search.iterate(4)
+    np.testing.assert_allclose(draws.log_weights, search.draw_log_weights)
+    assert np.all(np.diff(draws.tokens) >= 0) and draws.tokens[-1] >= 40 and draws.tokens[0] < 40
+
+
+def test_scores_are_exact_for_equal_weights():
+    draws = DrawSet(np.full(4, -1.0), np.array([10.0, 20, 30, 40]), [[0]] * 4, np.zeros(4))
+    reference = Reference(log_z=-1.5, low=-1.6, high=-1.4, khat=0.1, n_draws=100)
+    task = SimpleNamespace(values=lambda actions: np.ones((len(actions), 2)))
+    row = score(draws, 30, reference, task, np.array([1.0, 2.0]), np.random.default_rng(0), n_resampled=5)
+    assert (row["n_draws"], row["tokens"]) == (3, 30.0)
+    assert row["ess"] == pytest.approx(3.0) and row["ess_per_ktoken"] == pytest.approx(100.0)
+    assert row["log_z_error"] == pytest.approx(0.5)
+    # Every forecast is (1, 1) against the truth (1, 2): QL_q = 2q, CRPS = 2 mean(q) / Σ|y| = 2 · 0.525 / 3.
+    assert row["crps"] == pytest.approx(0.35)
+
+
+def test_the_reference_is_the_log_mean_of_its_weights_with_an_interval_around_it():
+    rewards = np.random.default_rng(0).uniform(-1, 0, 500)
+    reference = Reference.from_prior_rewards(rewards, 5.0, np.random.default_rng(1))
+    assert reference.log_z == pytest.approx(np.log(np.mean(np.exp(5 * rewards))))
+    assert reference.low < reference.log_z < reference.high and reference.n_draws == 500
+
+
+def test_two_shards_share_one_row_store_and_a_resumed_run_sees_both(tmp_path):
+    path = tmp_path / "rows.csv"
+    first, second = RowStore(path, ("window", "sampler"), resume=True), RowStore(path, ("window", "sampler"), True)
+    first.add([{"window": "A", "sampler": "p", "ess": 1.0}])
+    second.add([{"window": "B", "sampler": "p", "ess": 2.0}])
+    first.add([{"window": "A", "sampler": "tree", "ess": 3.0}])
+    resumed = RowStore(path, ("window", "sampler"), resume=True)
+    assert {(r["window"], r["sampler"]) for r in resumed.rows} == {("A", "p"), ("B", "p"), ("A", "tree")}
+    assert resumed.done("B", "p") and not resumed.done("B", "tree")
+    assert not RowStore(path, ("window", "sampler"), resume=False).rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv", "rows.csv.lock"]
+
+
+def test_a_config_naming_an_unknown_baseline_or_draws_kind_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("samplers:\n  tree: {draws: tree, baseline: iid p}\n")
+    with pytest.raises((ConfigError, ValueError), match="baseline names no sampler"):
+        load_config(bad, SamplersConfig)
+    with pytest.raises(ValueError, match="draws"):
+        SamplerSpec(draws="beam")
