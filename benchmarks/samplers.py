@@ -16,6 +16,7 @@ import dataclasses
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,18 @@ def run_sampler(spec: SamplerSpec, lm, task, lam: float, config: SamplersConfig,
     return {b: smc_draws(lm, task, search, max(2, round(b / tokens_per_draw)), value) for b in config.budgets}
 
 
+def cached(path: Path, make: Callable[..., DrawSet], *args, **kwargs) -> DrawSet:
+    """The draws saved at `path`, or `make(*args, **kwargs)`'s, saved there first (λ-free draws of p, reused on resume).
+    A file written before the reference budget or the seed changed is stale: remove the `draws/` folder then."""
+    if path.exists():
+        return DrawSet.load(path)
+    draws = make(*args, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draws.save(path.with_suffix(".partial.npz"))
+    path.with_suffix(".partial.npz").replace(path)
+    return draws
+
+
 def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int]) -> RowStore:
     from sadt.codec import Codec
     from sadt.head_io import load_value_head
@@ -112,10 +125,11 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int])
         if all(rows.done(label, lam, name) for lam in config.lams for name in config.samplers):
             continue
         rng = np.random.default_rng([config.seed, zlib.crc32(label.encode())])
-        reference_draws = policy_draws(lm, task, 1.0, config.reference_budget, batch_size=config.policy_batch,
-                                       seed=10_000 + config.seed)  # a seed no compared sampler uses
-        prior_draws = policy_draws(lm, task, 1.0, config.budgets[-1], batch_size=config.policy_batch,
-                                   seed=config.seed)
+        reference_draws = cached(out / "draws" / f"{label}.reference.npz", policy_draws, lm, task, 1.0,
+                                 config.reference_budget, batch_size=config.policy_batch,
+                                 seed=10_000 + config.seed)  # a seed no compared sampler uses
+        prior_draws = cached(out / "draws" / f"{label}.prior.npz", policy_draws, lm, task, 1.0, config.budgets[-1],
+                             batch_size=config.policy_batch, seed=config.seed)
         tokens_per_draw = float(prior_draws.tokens[-1] / prior_draws.tokens.size)
         for lam in config.lams:
             reference = Reference.from_prior_rewards(reference_draws.rewards, lam, rng)

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from sadt.lm.backend import TorchLM
 from sadt.lm.fetch import base_model_dir, is_fetched
+from sadt.lm.tiny import tiny_llama
 
-
-def tiny_llama(seed: int = 0, vocab_size: int = 64) -> LlamaForCausalLM:
-    """A 2-layer Llama with random weights in float64, so batched-vs-single checks are exact."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config).to(torch.float64).eval()
+__all__ = ["tiny_llama"]  # the tests import it from here
 
 
 @pytest.fixture

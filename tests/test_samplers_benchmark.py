@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy
+from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy, ToyTask
 
-from benchmarks.evaluation.draws import DrawSet, policy_draws, tree_draws
+from benchmarks.evaluation.draws import DrawSet, policy_draws, smc_draws, tree_draws
 from benchmarks.evaluation.scoring import Reference, score
 from benchmarks.evaluation.store import RowStore
 from benchmarks.samplers import SamplersConfig, SamplerSpec
@@ -21,21 +21,6 @@ LAM = 3.0
 @pytest.fixture(scope="module")
 def toy():
     return Toy(length=4)
-
-
-class ToyTask:
-    """The toy as the benchmark's runners see a forecast task."""
-
-    def __init__(self, toy: Toy) -> None:
-        self.toy, self.prompt_ids, self.grammar = toy, PROMPT, toy.grammar
-        self.codec = SimpleNamespace(action_token_ids=ACTION_IDS)
-        self.reward_fn = toy.reward
-
-    def value(self, head, lam):
-        return head
-
-    def sampler(self, lm, config, value_head=None):
-        return make_sampler(lm, PROMPT, ACTION_IDS, self.grammar, self.reward_fn, config, value_head)
 
 
 def test_prior_draws_weigh_e_to_the_lambda_r_and_stop_at_the_budget(toy):
@@ -103,3 +88,33 @@ def test_a_config_naming_an_unknown_baseline_or_draws_kind_is_refused(tmp_path):
         load_config(bad, SamplersConfig)
     with pytest.raises(ValueError, match="draws"):
         SamplerSpec(draws="beam")
+
+
+def test_smc_counts_each_distinct_particle_once(toy):
+    """Resampling copies particles; the copies merge into one draw whose weight is their sum, Ẑ stays SMC's."""
+    config = SearchConfig(method="smc", lam=LAM, ess_threshold=1.0, seed=0, progress=False)  # resample every step
+    draws = smc_draws(toy.lm, ToyTask(toy), config, particles=64)
+    result = make_sampler(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward,
+                          SearchConfig(method="smc", lam=LAM, ess_threshold=1.0, seed=0, n_rollouts=64,
+                                       progress=False)).run()
+    distinct = {tuple(a) for a in result.particles}
+    assert len(draws.actions) == len(distinct) < 64
+    assert draws.log_z_hat == pytest.approx(result.log_Z)
+    assert np.logaddexp.reduce(draws.log_weights) == pytest.approx(np.logaddexp.reduce(result.log_weights))
+
+
+def test_a_tree_that_holds_every_sequence_stops_before_its_budget():
+    small = Toy(length=2)  # 9 sequences: the tree is complete long before 10^6 tokens
+    draws = tree_draws(small.lm, ToyTask(small), SearchConfig(lam=LAM, batch_size=4, progress=False), budget=1e6)
+    assert {small.index(a) for a in draws.actions} == set(range(9)) and draws.tokens[-1] < 100
+
+
+def test_draws_survive_a_round_trip_to_disk(tmp_path):
+    iid = DrawSet(np.array([0.5, -1.0]), np.array([4.0, 9.0]), [[1, 2], [0]], np.array([0.1, -0.3]))
+    smc = DrawSet(np.array([0.0]), np.array([7.0]), [[2, 2, 1]], np.array([0.4]), log_z=-2.5)
+    for draws in (iid, smc):
+        draws.save(tmp_path / "d.npz")
+        back = DrawSet.load(tmp_path / "d.npz")
+        np.testing.assert_array_equal(back.log_weights, draws.log_weights)
+        np.testing.assert_array_equal(back.tokens, draws.tokens)
+        assert back.actions == draws.actions and back.log_z == draws.log_z

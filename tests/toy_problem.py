@@ -9,36 +9,18 @@ import itertools
 
 import numpy as np
 import torch
-from conftest import tiny_llama
 from scipy.special import logsumexp
 
-from sadt.grammar import FixedLengthGrammar
-from sadt.lm.backend import TorchLM
-from sadt.policy import masked_log_softmax
+from benchmarks.evaluation.toy import ACTION_IDS, N_ACTIONS, PROMPT, ToyTask
+from benchmarks.evaluation.toy import Toy as EnumerableToy
 from search.tree import ROOT
 from search.tree_search import SearchConfig, TreeSearch
 
-PROMPT = [1, 9, 4]
-ACTION_IDS = [3, 5, 7]
-N_ACTIONS = 3
+__all__ = ["ACTION_IDS", "N_ACTIONS", "PROMPT", "Toy", "ToyTask"]
 
 
-class Toy:
-    def __init__(self, length: int = 5, sharpness: float = 4.0, seed: int = 0) -> None:
-        self.length = length
-        self.lm = TorchLM(tiny_llama(seed))
-        with torch.no_grad():
-            self.lm.head.weight.mul_(sharpness)  # a random tiny LM is nearly uniform; give the prior some shape
-        self.grammar = FixedLengthGrammar(N_ACTIONS, length)
-        self.table = np.random.default_rng(seed).uniform(0.0, 1.0, N_ACTIONS**length)
-        self.sequences = [list(s) for s in itertools.product(range(N_ACTIONS), repeat=length)]
-        self.log_p = self._exact_log_prior()  # (243,)
-
-    def index(self, sequence) -> int:
-        return int("".join(map(str, sequence)), N_ACTIONS)
-
-    def reward(self, sequences) -> np.ndarray:
-        return np.array([self.table[self.index(s)] for s in sequences])
+class Toy(EnumerableToy):
+    """The enumerable toy (`benchmarks.evaluation.toy`) with the exact quantities the tests compare against."""
 
     def step_log_priors(self) -> np.ndarray:
         """log p(·|s_t) over the actions at every step of every sequence, (S, L, A)."""
@@ -74,21 +56,6 @@ class Toy:
                         cache[key] = self.exact_value(list(key), lam)
                     q[i, t, a] = cache[key]
         return q
-
-    def _exact_log_prior(self) -> np.ndarray:
-        """log p(x) from one full forward over all sequences (no cache, no tree)."""
-        ids = torch.tensor([PROMPT + [ACTION_IDS[a] for a in s] for s in self.sequences])
-        with torch.no_grad():
-            logits = self.lm.model(ids).logits[:, len(PROMPT) - 1 : -1][..., ACTION_IDS]  # (S, L, A)
-        log_probs = masked_log_softmax(logits.reshape(-1, N_ACTIONS), torch.ones(1, N_ACTIONS, dtype=torch.bool))
-        chosen = torch.tensor(self.sequences).reshape(-1, 1)
-        return log_probs.gather(1, chosen).reshape(-1, self.length).sum(1).numpy()
-
-    def target(self, lam: float) -> tuple[np.ndarray, float]:
-        """π*(x) over all sequences and the exact root value (1/λ) log Z."""
-        scores = self.log_p + lam * self.table
-        log_z = logsumexp(scores)
-        return np.exp(scores - log_z), log_z / lam
 
     def exact_value(self, prefix: list[int], lam: float) -> float:
         """V(s) = (1/λ) log Σ_{x extends s} p(x|s) exp(λ r(x)), by enumeration."""

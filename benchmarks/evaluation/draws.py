@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +48,21 @@ class DrawSet:
         """log Ẑ: log (1/N) Σ w, unbiased in Ẑ; the sampler's own where it keeps one."""
         return self.log_z if self.log_z is not None else log_mean_exp(self.log_weights)
 
+    def save(self, path: Path) -> None:
+        """To an .npz (a finished window's draws survive an interrupted run)."""
+        lengths = np.array([len(a) for a in self.actions])
+        np.savez(path, log_weights=self.log_weights, tokens=self.tokens, rewards=self.rewards, lengths=lengths,
+                 actions=np.concatenate([np.asarray(a, dtype=np.int64) for a in self.actions]) if self.actions
+                 else np.zeros(0, np.int64), log_z=np.nan if self.log_z is None else self.log_z)
+
+    @classmethod
+    def load(cls, path: Path) -> DrawSet:
+        with np.load(path) as f:
+            cuts = np.cumsum(f["lengths"])[:-1]
+            actions = [a.tolist() for a in np.split(f["actions"], cuts)] if f["lengths"].size else []
+            log_z = float(f["log_z"])
+            return cls(f["log_weights"], f["tokens"], actions, f["rewards"], None if np.isnan(log_z) else log_z)
+
     def at_lam(self, lam: float) -> DrawSet:
         """The same draws of p reweighted for another λ (valid only for draws of p itself: log w = λ r)."""
         return dataclasses.replace(self, log_weights=lam * self.rewards)
@@ -78,16 +94,21 @@ def policy_draws(lm: LMBackend, task: ForecastTask, lam: float, budget: float, *
     return DrawSet(np.concatenate(log_w), np.concatenate(tokens), actions, np.concatenate(rewards))
 
 
+STALLED_ITERATIONS = 20  # a tree whose iterations only revisit known terminals (cost 0 tokens) is complete
+
+
 def tree_draws(lm: LMBackend, task: ForecastTask, config: SearchConfig, budget: float, value_head=None) -> DrawSet:
     """MaxEnt-TS's draws (each rollout, weighted by the law it was selected and rolled out with), iteration
-    after iteration until `budget` tokens; the hybrid when `config.hybrid` is set."""
+    after iteration until `budget` tokens, or until `STALLED_ITERATIONS` iterations in a row spent none (a
+    small problem's tree holds every sequence); the hybrid when `config.hybrid` is set."""
     tokens0 = lm.stats.tokens
     search: TreeSearch = task.sampler(lm, dataclasses.replace(config, progress=False), value_head)
-    tokens = []
-    while lm.stats.tokens - tokens0 < budget:
-        done = len(search.draws)
+    tokens, stalled = [], 0
+    while lm.stats.tokens - tokens0 < budget and stalled < STALLED_ITERATIONS:
+        done, before = len(search.draws), lm.stats.tokens
         search.iterate(config.batch_size)
         tokens += [lm.stats.tokens - tokens0] * (len(search.draws) - done)
+        stalled = stalled + 1 if lm.stats.tokens == before else 0
     terminals = search.draw_terminals
     tree = search.tree
     return DrawSet(search.draw_log_weights, np.asarray(tokens, dtype=np.float64),
@@ -100,6 +121,11 @@ def smc_draws(lm: LMBackend, task: ForecastTask, config: SearchConfig, particles
     sampler: SMC = task.sampler(lm, dataclasses.replace(config, n_rollouts=particles, progress=False), value_head)
     result = sampler.run()
     spent = float(lm.stats.tokens - tokens0)
-    rewards = task.reward_fn(result.particles)
-    return DrawSet(result.log_weights.astype(np.float64), np.full(particles, spent), result.particles, rewards,
-                   log_z=result.log_Z)
+    # Resampling copies particles: copies are one draw, not several, so identical particles are merged (their
+    # weights summed) before the ESS is counted; Ẑ is the sampler's own.
+    merged: dict[tuple[int, ...], list[float]] = {}
+    for actions, log_w in zip(result.particles, result.log_weights.astype(np.float64)):
+        merged.setdefault(tuple(actions), []).append(log_w)
+    actions = [list(a) for a in merged]
+    log_weights = np.array([float(np.logaddexp.reduce(w)) for w in merged.values()])
+    return DrawSet(log_weights, np.full(len(actions), spent), actions, task.reward_fn(actions), log_z=result.log_Z)
