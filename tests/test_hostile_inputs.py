@@ -218,3 +218,27 @@ def test_a_bad_option_of_fit_is_one_line_not_a_usage_block(tmp_path):
                    "--trainer.default_root_dir", str(tmp_path / "run"), cwd=tmp_path)
     assert_one_line_error(proc, "model.lam", "abc")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_fit_refuses_to_overwrite_a_head_before_anything_runs(tmp_path):
+    """Issue 37.2: the documented fit once replaced the shipped head with a 1-epoch one."""
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "head.json").write_text("{}")
+    proc = command("trainers.fit", "--config", str(ROOT / "configs/fit/soft_ahead.yaml"), "--model.save_to", str(head),
+                   "--trainer.default_root_dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert_one_line_error(proc, str(head), "already holds a head", "--model.overwrite")
+    assert (head / "head.json").read_text() == "{}" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model.lr", "0"], ["model `lr`", "> 0"]), (["--model.lr", "-0.001"], ["model `lr`", "-0.001"]),
+    (["--trainer.max_epochs", "0"], ["trainer.max_epochs", ">= 1"]),
+])
+def test_a_fit_that_would_train_nothing_or_ascend_is_refused(tmp_path, args, words):
+    """Issue 37.6: lr 0 or below trained (or ascended) and saved a head; max_epochs 0 saved nothing, silently."""
+    proc = command("trainers.fit", "--config", str(ROOT / "configs/fit/soft_ahead.yaml"), *args,
+                   "--model.save_to", str(tmp_path / "head"), "--trainer.default_root_dir", str(tmp_path / "run"),
+                   cwd=tmp_path)
+    assert_one_line_error(proc, *words)
+    assert not (tmp_path / "head").exists() and not (tmp_path / "run").exists()

@@ -40,6 +40,8 @@ def main(args: list[str] | None = None) -> FlowHeadModule:
         FlowHeadModule, BufferDataModule, run=False, args=args, save_config_kwargs={"overwrite": True},
         seed_everything_default=0, parser_class=FitParser,
     )
+    if cli.trainer.max_epochs == 0:  # Lightning would train nothing and save nothing, silently
+        raise ValueError("trainer.max_epochs must be >= 1 (or -1 for no limit), got 0")
     cli.datamodule.check()  # a missing or foreign buffer fails here, before the run's log directory exists
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     return cli.model
@@ -50,7 +52,7 @@ def run(args: list[str] | None = None) -> int:
     line on stderr and exit status 2, not a traceback."""
     try:
         main(args)
-    except (BufferError, FileNotFoundError, ValueError) as err:
+    except (BufferError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
