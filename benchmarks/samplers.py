@@ -117,8 +117,10 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int])
         head, _ = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
     rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume)
     references = RowStore(out / "references.csv", ("window", "lam"), resume)
-    windows = [w for name in config.series for w in heldout_windows(name, config.windows_per_series,
-                                                                      config.context_length, config.horizon)]
+    per_series = [heldout_windows(name, config.windows_per_series, config.context_length, config.horizon)
+                  for name in config.series]
+    # Window k of every series before window k + 1 of any, so a run stopped early still covers every series.
+    windows = [w for k in range(config.windows_per_series) for series in per_series for w in series[k : k + 1]]
     index, count = shard
     for label, context, truth in tqdm(windows[index::count], desc="windows", unit="window"):
         task = ForecastTask.build(codec, context, config.horizon)
