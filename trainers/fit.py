@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from data.buffer import BufferError
 from sadt.cli import one_line
+from sadt.head_io import SIDECAR
 from trainers.data import BufferDataModule
 from trainers.module import FlowHeadModule
 
@@ -40,6 +42,10 @@ def main(args: list[str] | None = None) -> FlowHeadModule:
         FlowHeadModule, BufferDataModule, run=False, args=args, save_config_kwargs={"overwrite": True},
         seed_everything_default=0, parser_class=FitParser,
     )
+    save_to, resuming = Path(cli.model.hparams.save_to), cli.config.ckpt_path is not None
+    if (save_to / SIDECAR).exists() and not (cli.model.hparams.overwrite or resuming):  # a shipped head stays
+        raise FileExistsError(f"model.save_to {save_to} already holds a head; choose another folder or pass "
+                              f"--model.overwrite true to replace it")
     if cli.trainer.max_epochs == 0:  # Lightning would train nothing and save nothing, silently
         raise ValueError("trainer.max_epochs must be >= 1 (or -1 for no limit), got 0")
     cli.datamodule.check()  # a missing or foreign buffer fails here, before the run's log directory exists

@@ -27,7 +27,7 @@ from sadt.codec import Codec, CodecConfig
 from sadt.config import from_dict
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.grammar import DigitGrammar
-from sadt.head_io import SIDECAR, save_head
+from sadt.head_io import save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from sadt.lora_head import LoRAHeadConfig, adapted_path_states, add_lora, frozen, lora_parameters, save_adapter
 from sadt.partial_reward import digits_written, prompt_reward, shaping_value
@@ -59,8 +59,9 @@ class FlowHeadModule(pl.LightningModule):
             `forward_kl` whenever a batch holds such draws, weighted in or not: below 0 on the
             validation prompts means P_F covers π* better than p there.
         subtb_weight: the geometric weight w of SubTB.
-        save_to: where the final head (safetensors + JSON sidecar) is written; a folder that already holds
-            a head is refused before anything runs unless `overwrite` is set.
+        save_to: where the final head (safetensors + JSON sidecar) is written; `trainers.fit` refuses a
+            folder that already holds a head before training, unless `overwrite` is set or it resumes a run.
+        overwrite: let `trainers.fit` replace a head already in `save_to`.
         feature_cache_mb: memory for the frozen LM's per-trajectory hidden states and logits, so
             epochs after the first skip the LM (0 disables; past the budget, features are recomputed).
         feature_store: a folder that keeps those features on disk across fits (`FeatureStore`): a
@@ -99,9 +100,6 @@ class FlowHeadModule(pl.LightningModule):
         reward_weight_positions: int = 0, feature_store: str | None = None, overwrite: bool = False,
     ) -> None:
         super().__init__()
-        if not overwrite and (Path(save_to) / SIDECAR).exists():  # before any LM work: a shipped head stays
-            raise FileExistsError(f"model.save_to {save_to} already holds a head; choose another folder or pass "
-                                  f"--model.overwrite true to replace it")
         floats = {"lam": lam, "lr": lr, "log_z_lr": log_z_lr, "tb": tb, "subtb": subtb, "db": db, "vargrad": vargrad,
                   "value": value, "forward_kl": forward_kl, "subtb_weight": subtb_weight, "lora_alpha": lora_alpha,
                   "lora_lr": lora_lr, "weight_decay": weight_decay, "reward_weight_lr": reward_weight_lr}
