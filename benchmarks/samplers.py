@@ -26,7 +26,7 @@ from tqdm import tqdm
 from benchmarks.evaluation.draws import DrawSet, policy_draws, smc_draws, tree_draws
 from benchmarks.evaluation.scoring import Reference, score
 from benchmarks.evaluation.store import RowStore
-from benchmarks.evaluation.summary import plot_ess, summary_table
+from benchmarks.evaluation.summary import headline, pairs_table, plot_ess, summary_table
 from benchmarks.evaluation.windows import heldout_windows
 from sadt.cli import CommandParser, run_command
 from sadt.config import load_config, to_dict
@@ -59,6 +59,7 @@ class SamplersConfig:
     reference_budget: float = 60000.0  # tokens of the reference's i.i.d. p draws per window
     head: str = "checkpoints/heads/soft_ahead_lam15"
     samplers: dict[str, SamplerSpec] = field(default_factory=dict)
+    pairs: list[list[str]] = field(default_factory=list)  # [a, b] pairs of sampler labels compared in summary.md
     policy_batch: int = 64
     n_resampled: int = 48
     seed: int = 0
@@ -69,6 +70,9 @@ class SamplersConfig:
             raise ValueError("samplers: name at least one sampler")
         if sorted(self.budgets) != list(self.budgets) or not all(b > 0 for b in self.budgets):
             raise ValueError(f"budgets must be positive and increasing, got {self.budgets}")
+        for pair in self.pairs:
+            if len(pair) != 2 or any(name not in self.samplers for name in pair):
+                raise ValueError(f"pairs: each pair names two samplers of `samplers`, got {pair}")
         for name, spec in self.samplers.items():
             if spec.baseline is not None and spec.baseline not in self.samplers:
                 raise ValueError(f"samplers.{name}.baseline names no sampler: {spec.baseline!r}")
@@ -174,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(config, out, args.resume, (index, count)).rows
     baselines = {name: spec.baseline for name, spec in config.samplers.items()}
     header = f"# Samplers at equal LM tokens ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)\n"
-    (out / "summary.md").write_text(header + "\n" + summary_table(rows, baselines, config.bootstrap) + "\n")
+    heads = {name: spec.head for name, spec in config.samplers.items()}
+    (out / "summary.md").write_text(
+        header + "\n" + summary_table(rows, baselines, config.bootstrap) + "\n\n## The best sampler with a head "
+        "against the best without (paired over windows; best: lowest mean |log Z error|)\n\n" +
+        headline(rows, heads, config.bootstrap) + "\n\n## Chosen pairs\n\n" +
+        pairs_table(rows, [tuple(pair) for pair in config.pairs], config.bootstrap) + "\n")
     plot_ess(rows, out / "ess_vs_tokens.png")
     return 0
 

@@ -29,7 +29,9 @@ def summary_table(rows: list[dict], baselines: dict[str, str | None], n_boot: in
     groups = grouped(rows)
     lines = ["| λ | sampler | budget | tokens | ESS | ESS/ktok vs i.i.d. rollout policy | \\|log Z err\\| | "
              "k̂ median (> 0.7) | CRPS |", "|---|---|---|---|---|---|---|---|---|"]
-    for (lam, name, budget), by_window in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+    order = {name: i for i, name in enumerate(baselines)}  # the config's order within each (λ, budget)
+    for (lam, name, budget), by_window in sorted(groups.items(),
+                                                 key=lambda kv: (kv[0][0], kv[0][2], order.get(kv[0][1], 0))):
         windows = sorted(by_window)
         ess = np.log(np.array([max(by_window[w]["ess"], 1e-12) for w in windows]))
         err = np.abs(np.array([by_window[w]["log_z_error"] for w in windows]))
@@ -79,3 +81,68 @@ def plot_ess(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def paired(rows: list[dict], lam: float, budget: float, a: str, b: str, rng: np.random.Generator,
+           n_boot: int = 2000) -> dict:
+    """Sampler `a` against `b` on the windows both ran: ESS per token as a geometric-mean ratio a/b, and
+    |log Z error| as a mean difference a − b, each with a bootstrap 95% interval over windows."""
+    groups = grouped(rows)
+    first, second = groups.get((lam, a, budget), {}), groups.get((lam, b, budget), {})
+    shared = sorted(set(first) & set(second))
+    if not shared:
+        return {"windows": 0}
+    log_ratio = np.log([first[w]["ess_per_ktoken"] / second[w]["ess_per_ktoken"] for w in shared])
+    error_gap = np.array([abs(first[w]["log_z_error"]) - abs(second[w]["log_z_error"]) for w in shared])
+    lo, hi = bootstrap_interval(log_ratio, rng, n_boot)
+    elo, ehi = bootstrap_interval(error_gap, rng, n_boot)
+    return {"windows": len(shared), "ess_ratio": float(np.exp(log_ratio.mean())), "ess_low": float(np.exp(lo)),
+            "ess_high": float(np.exp(hi)), "error_gap": float(error_gap.mean()), "error_low": elo, "error_high": ehi,
+            "above": int((log_ratio > 0).sum())}
+
+
+def best(rows: list[dict], lam: float, budget: float, names: list[str]) -> str:
+    """Of `names`, the sampler with the lowest mean |log Z error| at (λ, budget): ESS alone can crown a sampler
+    that missed a mode (plain SMC's few distinct particles)."""
+    groups = grouped(rows)
+
+    def error(name: str) -> float:
+        cells = groups.get((lam, name, budget), {})
+        return float(np.mean([abs(r["log_z_error"]) for r in cells.values()])) if cells else np.inf
+
+    return min(names, key=error)
+
+
+def headline(rows: list[dict], heads: dict[str, bool], n_boot: int = 2000) -> str:
+    """Per λ and budget: the best sampler with a head against the best without, paired. For i.i.d. draws ESS
+    grows in proportion to tokens, so the ESS-per-token ratio is the tokens the sampler without a head needs
+    to match the one with it (the amortisation factor), when the sampler without a head is i.i.d."""
+    rng = np.random.default_rng(0)
+    lines = ["| λ | budget | best with a head | best without | ESS/token ratio [95% CI] (windows above 1) | "
+             "\\|log Z err\\| with − without [95% CI] |", "|---|---|---|---|---|---|"]
+    for lam, budget in sorted({(la, b) for la, _, b in grouped(rows)}):
+        with_head = best(rows, lam, budget, [n for n, h in heads.items() if h])
+        without = best(rows, lam, budget, [n for n, h in heads.items() if not h])
+        p = paired(rows, lam, budget, with_head, without, rng, n_boot)
+        if p["windows"]:
+            lines.append(f"| {lam:g} | {budget:g} | {with_head} | {without} | {pair_cells(p)} |")
+    return "\n".join(lines)
+
+
+def pair_cells(p: dict) -> str:
+    """`paired`'s result as two table cells: the ESS-per-token ratio and the |log Z error| gap."""
+    return (f"{p['ess_ratio']:.2f} [{p['ess_low']:.2f}, {p['ess_high']:.2f}] ({p['above']}/{p['windows']}) | "
+            f"{p['error_gap']:+.2f} [{p['error_low']:+.2f}, {p['error_high']:+.2f}]")
+
+
+def pairs_table(rows: list[dict], pairs: list[tuple[str, str]], n_boot: int = 2000) -> str:
+    """Chosen pairs of samplers (a, b), paired over windows at every λ and budget both ran."""
+    rng = np.random.default_rng(0)
+    lines = ["| λ | budget | a | b | ESS/token a / b [95% CI] (windows above 1) | \\|log Z err\\| a − b [95% CI] |",
+             "|---|---|---|---|---|---|"]
+    for lam, budget in sorted({(la, b) for la, _, b in grouped(rows)}):
+        for a, b in pairs:
+            p = paired(rows, lam, budget, a, b, rng, n_boot)
+            if p["windows"]:
+                lines.append(f"| {lam:g} | {budget:g} | {a} | {b} | {pair_cells(p)} |")
+    return "\n".join(lines)
