@@ -18,13 +18,17 @@ def benchmark_schema(path: Path):
     """The config class of the benchmark script a benchmarks/configs/ file is for (benchmarks/ holds
     scripts, not a package): `proposal_*.yaml` is benchmarks/proposal_quality.py's, `forward_kl_scan*.yaml`
     forward_kl_scan.py's, `tilt_room*.yaml` tilt_room.py's, `caption*.yaml` search.caption's, `samplers*.yaml`
-    benchmarks.samplers', the rest
+    benchmarks.samplers' (`samplers_toy*` its toy's), the rest
     amortisation.py's."""
     import importlib.util
     import sys
 
     if path.name.startswith("caption"):
         return CaptionConfig
+    if path.name.startswith("samplers_toy"):
+        from benchmarks.samplers_toy import ToySamplersConfig
+
+        return ToySamplersConfig
     if path.name.startswith("samplers"):
         from benchmarks.samplers import SamplersConfig
 
