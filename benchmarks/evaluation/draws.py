@@ -51,10 +51,10 @@ class DrawSet:
     def save(self, path: Path) -> None:
         """To an .npz (a finished window's draws survive an interrupted run)."""
         lengths = np.array([len(a) for a in self.actions])
+        actions = np.concatenate([np.asarray(a, dtype=np.int64) for a in self.actions]) if self.actions \
+            else np.zeros(0, np.int64)
         np.savez_compressed(path, log_weights=self.log_weights, tokens=self.tokens, rewards=self.rewards,
-                            lengths=lengths,
-                 actions=np.concatenate([np.asarray(a, dtype=np.int64) for a in self.actions]) if self.actions
-                 else np.zeros(0, np.int64), log_z=np.nan if self.log_z is None else self.log_z)
+                            lengths=lengths, actions=actions, log_z=np.nan if self.log_z is None else self.log_z)
 
     @classmethod
     def load(cls, path: Path) -> DrawSet:
