@@ -35,7 +35,7 @@ class ToySamplersConfig:
     rewards: list[str] = field(default_factory=lambda: ["uniform", "sparse"])
     length: int = 5
     lams: list[float] = field(default_factory=lambda: [5.0, 15.0, 50.0])
-    budgets: list[float] = field(default_factory=lambda: [100.0, 400.0, 1600.0])  # LM tokens (a draw of p is 5)
+    budgets: list[float] = field(default_factory=lambda: [100.0, 400.0, 1600.0])  # LM tokens (a p draw: `length`)
     seeds: int = 20
     samplers: dict[str, SamplerSpec] = field(default_factory=dict)
     policy_batch: int = 8

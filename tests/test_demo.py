@@ -82,7 +82,8 @@ def test_the_demo_config_names_a_shipped_head_for_this_base_model(base_tokenizer
 
     root = Path(__file__).parents[1]
     config = load_config(root / "configs/demo/airpassengers.yaml", RunConfig)
-    assert config.search_config("hybrid").hybrid == "visits" and config.search_config("hybrid").n_rollouts == 200
+    assert config.methods[2] == "twisted_smc" and config.search_config("twisted_smc").n_rollouts == 200  # recommended
+    assert config.search_config("hybrid").hybrid == "visits" and config.search_config("hybrid").defensive == 0.5
     head = load_search_head(root / config.head, lm_fingerprint(), to_dict(config.codec))  # raises on a mismatch
     assert head.lm is None and head.meta["lam"] == config.search.lam
 

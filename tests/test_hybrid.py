@@ -192,6 +192,7 @@ def test_the_default_search_is_the_recommended_recipe():
     the hybrid trusting MC after one visit with the head's offset, samples resampled from the draws."""
     config = SearchConfig(hybrid="visits")
     assert (config.lam, config.hybrid_n0, config.hybrid_offset, config.n_rollouts) == (15.0, 1.0, True, 200)
+    assert (config.defensive, config.selection_scale) == (0.5, 1.0)  # issue 34: half the descents follow P_F
     assert config.final_sampling == "resample"
     assert SearchConfig(method="dts").final_sampling == "tree"  # other methods keep their own sampler
     with pytest.raises(ValueError, match="needs method maxent_ts"):

@@ -76,7 +76,7 @@ def plot_ess(rows: list[dict], path: Path) -> None:
             axes[0, column].plot(tokens, ess, "o-", label=name)
             axes[1, column].plot(tokens, err, "o-", label=name)
         axes[0, column].set(title=f"λ = {lam:g}", xscale="log", yscale="log", ylabel="draws' ESS (geometric mean)")
-        axes[1, column].set(xscale="log", xlabel="LM tokens", ylabel="|log Ẑ − log Z_ref| (mean)")
+        axes[1, column].set(xscale="log", yscale="log", xlabel="LM tokens", ylabel="|log Ẑ − log Z_ref| (mean)")
         axes[0, column].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
