@@ -19,13 +19,13 @@ def test_readme_opens_with_the_two_commands_and_stays_short():
 @pytest.mark.base_model
 def test_the_readme_python_runs_as_written(base_tokenizer, monkeypatch, capsys):
     snippets = re.findall(r"```python\n(.*?)```", README, re.S)
-    assert snippets, "the README shows the hybrid from a script"
+    assert snippets, "the README shows the recommended sampler from a script"
     monkeypatch.chdir(ROOT)  # paths in the README are relative to the repository root
     namespace: dict = {}  # one session: later snippets use what earlier ones loaded (lm, tokenizer)
     for snippet in snippets:
         exec(compile(snippet, "README.md", "exec"), namespace)
     assert namespace["forecasts"].shape == (12, namespace["series"].horizon)
-    assert "effective samples" in capsys.readouterr().out
+    assert "effective particles" in capsys.readouterr().out
     captions, rewards = namespace["captions"], namespace["result"].sample_rewards
     assert len(captions) == 4 and rewards.tolist() == namespace["says_rising"](captions)
 
