@@ -5,7 +5,8 @@ Sampling (Jain et al., NeurIPS 2025, Algorithms 1-2). One iteration, for a batch
 
 1. Select: descend from the root sampling `a ∝ p(a|s) exp(λ Ṽ(s·a))` (Gumbel-max), where Ṽ is
    the child's soft value or, for an unvisited child, the parent's own V̂(s); stop at the first
-   unvisited child (a new leaf) or at a known terminal.
+   unvisited child (a new leaf) or at a known terminal. A share ε (`defensive`) of descents draws
+   from the rollout policy instead, and every draw is weighted by the mixture of both laws (`DescentLaw`).
 2. Expand + roll out: one batched LM pass extends all new leaves and samples p to a terminal;
    every state of the rollout joins the tree with its full prior vector (full expansion costs
    nothing extra: the rollout's forward already computed it).
