@@ -78,22 +78,22 @@ class SamplersConfig:
                 raise ValueError(f"samplers.{name}.baseline names no sampler: {spec.baseline!r}")
 
 
-def run_sampler(spec: SamplerSpec, lm, task, lam: float, config: SamplersConfig, head, tokens_per_draw: float,
-                prior_draws: DrawSet) -> dict[float, DrawSet]:
-    """budget -> the sampler's draws for it (one run to the largest budget, or one SMC run per budget)."""
+def run_sampler(spec: SamplerSpec, lm, task, lam: float, budgets: list[float], seed: int, head,
+                tokens_per_draw: float, prior_draws: DrawSet, policy_batch: int = 64) -> dict[float, DrawSet]:
+    """budget -> the sampler's draws for it (one run to the largest budget, or one SMC run per budget with the
+    particles the budget buys at `tokens_per_draw`)."""
     if spec.draws == "policy" and not spec.head:  # the prior's draws serve every λ and sampler label
-        return dict.fromkeys(config.budgets, prior_draws.at_lam(lam))
+        return dict.fromkeys(budgets, prior_draws.at_lam(lam))
     value = head if spec.head else None
-    search = SearchConfig(**{"lam": lam, "seed": config.seed, "n_samples": 1, **spec.search})
-    top = config.budgets[-1]
+    search = SearchConfig(**{"lam": lam, "seed": seed, "n_samples": 1, **spec.search})
     if spec.draws == "policy":
-        return dict.fromkeys(config.budgets, policy_draws(lm, task, lam, top, value_head=value,
-                                                          batch_size=config.policy_batch, seed=config.seed))
+        return dict.fromkeys(budgets, policy_draws(lm, task, lam, budgets[-1], value_head=value,
+                                                   batch_size=policy_batch, seed=seed))
     if spec.draws == "tree":
-        return dict.fromkeys(config.budgets, tree_draws(lm, task, search, top, value))
+        return dict.fromkeys(budgets, tree_draws(lm, task, search, budgets[-1], value))
     if search.method not in ("smc", "twisted_smc"):
         search = dataclasses.replace(search, method="twisted_smc" if spec.head else "smc")
-    return {b: smc_draws(lm, task, search, max(2, round(b / tokens_per_draw)), value) for b in config.budgets}
+    return {b: smc_draws(lm, task, search, max(2, round(b / tokens_per_draw)), value) for b in budgets}
 
 
 def cached(path: Path, make: Callable[..., DrawSet], *args, **kwargs) -> DrawSet:
@@ -127,9 +127,9 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int])
     windows = [w for k in range(config.windows_per_series) for series in per_series for w in series[k : k + 1]]
     index, count = shard
     for label, context, truth in tqdm(windows[index::count], desc="windows", unit="window"):
-        task = ForecastTask.build(codec, context, config.horizon)
         if all(rows.done(label, lam, name) for lam in config.lams for name in config.samplers):
             continue
+        task = ForecastTask.build(codec, context, config.horizon)
         rng = np.random.default_rng([config.seed, zlib.crc32(label.encode())])
         reference_draws = cached(out / "draws" / f"{label}.reference.npz", policy_draws, lm, task, 1.0,
                                  config.reference_budget, batch_size=config.policy_batch,
@@ -145,7 +145,8 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int])
                 if rows.done(label, lam, name):
                     continue
                 start = time.perf_counter()
-                runs = run_sampler(spec, lm, task, lam, config, head, tokens_per_draw, prior_draws)
+                runs = run_sampler(spec, lm, task, lam, config.budgets, config.seed, head, tokens_per_draw,
+                                   prior_draws, config.policy_batch)
                 wall = time.perf_counter() - start
                 scored = [{"window": label, "lam": lam, "sampler": name,
                            **score(draws, budget, reference, task, truth, rng, config.n_resampled), "wall_s": wall}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.evaluation.draws import policy_draws
 from benchmarks.evaluation.scoring import Reference, score
 from benchmarks.evaluation.store import RowStore
 from benchmarks.evaluation.summary import plot_ess, summary_table
@@ -65,7 +66,6 @@ def run(config: ToySamplersConfig, reward: str, out: Path, resume: bool) -> RowS
     rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume)
     for seed in tqdm(range(config.seeds), desc=f"{reward} toy seeds", unit="seed"):
         label = f"seed{seed}"
-        run_config = SamplersConfigView(config, seed)
         prior = None
         for lam in config.lams:
             target, root = toy.target(lam)
@@ -73,30 +73,18 @@ def run(config: ToySamplersConfig, reward: str, out: Path, resume: bool) -> RowS
             for name, spec in config.samplers.items():
                 if rows.done(label, lam, name):
                     continue
-                if prior is None:
-                    from benchmarks.evaluation.draws import policy_draws
-
+                if prior is None:  # p's draws serve every λ of this seed
                     prior = policy_draws(toy.lm, task, 1.0, config.budgets[-1], batch_size=config.policy_batch,
                                          seed=seed)
                 start = time.perf_counter()
-                runs = run_sampler(spec, toy.lm, task, lam, run_config, None, float(toy.length), prior)
+                runs = run_sampler(spec, toy.lm, task, lam, config.budgets, seed, None, float(toy.length), prior,
+                                   config.policy_batch)
                 rng = np.random.default_rng(seed)
                 rows.add({"window": label, "lam": lam, "sampler": name,
                           **score(draws, budget, reference, task, None, rng, config.n_resampled),
                           "tv": weighted_tv(draws.upto(budget), toy, target), "wall_s": time.perf_counter() - start}
                          for budget, draws in runs.items())
     return rows
-
-
-@dataclass(frozen=True)
-class SamplersConfigView:
-    """What `run_sampler` reads of a config, for one seed of the toy."""
-
-    config: ToySamplersConfig
-    seed: int
-
-    def __getattr__(self, name):
-        return getattr(self.config, name)
 
 
 def main(argv: list[str] | None = None) -> int:
