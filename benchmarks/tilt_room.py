@@ -65,10 +65,9 @@ def prior_rewards(buffers: list[str]) -> dict[str, np.ndarray]:
         buffer = read_buffer(path)
         a = buffer.arrays
         keys = buffer.prompt_keys()
-        row_of_task = {int(t): row for row, t in enumerate(a["prompt_task_index"])}  # as trainers.data maps them
         drawn = a["source"] == SOURCES["prior_sample"]
-        for task, reward in zip(a["prompt_index"][drawn], a["reward"][drawn]):
-            by_key.setdefault(keys[row_of_task[int(task)]], []).append(float(reward))
+        for row, reward in zip(buffer.prompt_rows[drawn], a["reward"][drawn]):
+            by_key.setdefault(keys[row], []).append(float(reward))
     if not by_key:
         raise ValueError(f"no draws from p (source 'prior_sample') in {buffers}: harvest with `sampler: prior`")
     return {key: np.asarray(rewards) for key, rewards in by_key.items()}

@@ -15,15 +15,22 @@ flushed first, then its `lengths`, then its `prompt_traj_end` row, the commit ma
 see exactly the committed prompts; anything past the last marker is ignored. Files are written
 in SWMR mode, so a trainer can read while harvesting goes on and a writer killed by SIGKILL
 leaves a file that opens (read-only, SWMR); reopening it for appends first copies the committed
-part to a fresh file (HDF5 refuses to reopen a crashed SWMR file for writing).
+part to a fresh file (HDF5 refuses to reopen a crashed SWMR file for writing). One writer at a time:
+a writer holds an advisory lock on `<file>.lock` (released by the kernel if it dies), and a second
+writer is refused rather than mistaken for a crash. Readers open a file no writer holds without SWMR,
+so a corrupt file fails at once (SWMR retries a bad checksum for minutes). A buffer records what its
+trajectories mean (`defining_settings`: task set, codec, reward, λ, actions); a resume or merge that
+differs in any of them is refused, naming the setting.
 Nothing is pickled: every field is a numeric or fixed-width bytes dataset, attributes are JSON.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +54,15 @@ PROMPT_FIELDS = {
 }
 ALL_FIELDS = {**STEP_FIELDS, **TRAJ_FIELDS, **PROMPT_FIELDS}
 REQUIRED_ATTRS = ("schema_version", "lm_fingerprint", "meta")
+# Meta keys (dotted paths into the meta dict) that define what a buffer's trajectories mean: which task an
+# index names (the task set), how numbers are written (codec), what was scored (reward, λ) and what an
+# action is. Settings of how they were produced (device, shard, search budget, `generated`, which only
+# extends the task set) may differ between a buffer's runs and shards.
+DEFINING_SETTINGS = (
+    "lam", "gamma", "task", "n_actions", "action_token_ids", "codec", "config.codec", "config.reward",
+    "config.series", "config.context_length", "config.horizon", "config.windows_per_series", "config.seeds",
+    "config.generator_seed", "config.sampler",
+)
 
 
 class BufferError(ValueError):
@@ -129,16 +145,22 @@ class BufferWriter:
 
     def __init__(self, path: str | Path, lm_fingerprint: str, meta: dict) -> None:
         self.path = Path(path)
-        if self.path.exists():
-            self._check_existing(lm_fingerprint)
-            self.file = self._open_for_append()
-        else:
-            self.file = self._create(lm_fingerprint, meta)
-        self.file.swmr_mode = True
+        self._lock = hold_writer_lock(self.path)
+        try:
+            if self.path.exists():
+                self._check_existing(lm_fingerprint, meta)
+                self.file = self._open_for_append()
+            else:
+                self.file = self._create(lm_fingerprint, meta)
+            self.file.swmr_mode = True
+        except BaseException:
+            self._lock.close()
+            raise
 
-    def _check_existing(self, lm_fingerprint: str) -> None:
-        with open_h5(self.path) as f:
-            check_attrs(f, self.path, lm_fingerprint)
+    def _check_existing(self, lm_fingerprint: str, meta: dict) -> None:
+        with reading(self.path) as f:
+            stored = check_attrs(f, self.path, lm_fingerprint)
+        refuse_different_settings(stored, meta, f"{self.path} was written with", "this run has")
 
     def _open_for_append(self) -> h5py.File:
         try:
@@ -189,12 +211,62 @@ class BufferWriter:
 
     def close(self) -> None:
         self.file.close()
+        self._lock.close()  # releases the lock
 
     def __enter__(self) -> BufferWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def hold_writer_lock(path: Path):
+    """An exclusive advisory lock on `<path>.lock`, held while the returned file stays open (the kernel
+    drops it when the process dies, so a crashed writer never blocks the next one).
+
+    Raises:
+        BufferError: another process is writing `path`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path.with_name(path.name + ".lock"), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise BufferError(f"{path}: another process is writing this buffer; wait for it to finish, or write "
+                          f"a shard of your own (`--shard i/n`) and merge") from None
+    return lock
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def defining_settings(meta: dict) -> dict[str, object]:
+    """The settings of `DEFINING_SETTINGS` that `meta` holds, flattened to dotted keys."""
+    flat = _flatten(meta)
+    return {key: value for key, value in flat.items()
+            if any(key == d or key.startswith(d + ".") for d in DEFINING_SETTINGS)}
+
+
+def refuse_different_settings(a: dict, b: dict, a_says: str, b_says: str) -> None:
+    """Raise `BufferError` naming the first defining setting in which metas `a` and `b` differ."""
+    left, right = defining_settings(a), defining_settings(b)
+    for key in sorted(left.keys() | right.keys()):
+        if left.get(key) != right.get(key):
+            raise BufferError(f"{a_says} {key} = {_show(left.get(key))}, {b_says} {_show(right.get(key))}: "
+                              f"trajectories of different {key} do not belong in one buffer (write a new one)")
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value) if value is not None else "(unset)"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _create_datasets(f: h5py.File, actions: type = np.int8) -> None:
@@ -207,27 +279,48 @@ def _create_datasets(f: h5py.File, actions: type = np.int8) -> None:
         )
 
 
-def _refuse_truncated(path: Path) -> None:
-    """A file cut short (a copy that stopped, a full disk) opens under SWMR, whose reads then retry its
-    missing metadata for minutes; a plain open sees the short end of file at once and says so."""
-    try:
-        h5py.File(path, "r").close()
-    except OSError as err:
-        if "truncated file" in str(err):
-            raise BufferError(f"{path}: truncated ({err}); the file was cut short: restore it or harvest again") \
-                from None  # other errors (e.g. a writer holds the file) are SWMR's to handle
-
-
 def open_h5(path: str | Path) -> h5py.File:
-    """Open read-only in SWMR mode (works while a writer appends, and after a writer crashed)."""
+    """Open read-only: plainly when no writer has the file open, so a corrupt file fails at once (under SWMR,
+    HDF5 retries a bad checksum for minutes, deaf to Ctrl-C); in SWMR mode when a writer holds it, or a
+    crashed writer left it flagged as open."""
     path = Path(path)
     if not path.is_file():
         raise BufferError(f"{path}: no such buffer file")
-    _refuse_truncated(path)
+    try:
+        return h5py.File(path, "r", libver="latest", locking=False)
+    except OSError as err:
+        if "truncated file" in str(err):
+            raise BufferError(f"{path}: truncated ({err}); the file was cut short: restore it or harvest again") \
+                from None
+        if "already open for write" not in str(err):
+            raise BufferError(f"{path}: not a readable HDF5 file ({err})") from None
     try:
         return h5py.File(path, "r", swmr=True, libver="latest")
     except OSError as err:
         raise BufferError(f"{path}: not a readable HDF5 file ({err})") from err
+
+
+@contextmanager
+def reading(path: str | Path) -> Iterator[h5py.File]:
+    """`open_h5(path)` as a context; an HDF5 error while reading (a bad checksum, a broken structure) becomes
+    one `BufferError` naming the file."""
+    with open_h5(path) as f:
+        try:
+            yield f
+        except (OSError, KeyError, RuntimeError) as err:
+            raise BufferError(f"{path}: corrupt ({err}); restore the file or harvest again") from None
+
+
+def check_virtual_sources(f: h5py.File, path: Path) -> None:
+    """A merged buffer's views read as zeros when a shard they point at is gone: name the missing shard."""
+    for name in ALL_FIELDS:
+        if name in f and f[name].is_virtual:
+            for source in f[name].virtual_sources():
+                shard = Path(source.file_name)
+                shard = shard if shard.is_absolute() else path.parent / shard
+                if source.file_name != "." and not shard.is_file():
+                    raise BufferError(f"{path}: merged over shard {shard}, which is missing (moved or deleted); "
+                                      f"put it back beside the merged file, or merge again")
 
 
 def check_attrs(f: h5py.File, path: Path, lm_fingerprint: str | None = None) -> dict:
@@ -244,6 +337,7 @@ def check_attrs(f: h5py.File, path: Path, lm_fingerprint: str | None = None) -> 
     absent = [name for name in ALL_FIELDS if name not in f]
     if absent:
         raise BufferError(f"{path}: dataset {absent[0]!r} is missing")
+    check_virtual_sources(f, path)
     return json.loads(f.attrs["meta"])
 
 
@@ -282,6 +376,13 @@ class Buffer:
         """(n + 1,) start of each trajectory in the per-step arrays."""
         return np.concatenate([[0], np.cumsum(self.arrays["lengths"], dtype=np.int64)])
 
+    @property
+    def prompt_rows(self) -> np.ndarray:
+        """(n,) the row of each trajectory's prompt (its position among the prompts), from the commit markers:
+        the link that holds even where two prompts share a `prompt_task_index` (buffers of other task sets)."""
+        counts = np.diff(np.concatenate([[0], self.arrays["prompt_traj_end"]]))
+        return np.repeat(np.arange(self.n_prompts), counts)
+
     def trajectory(self, i: int) -> dict[str, np.ndarray]:
         start, stop = self.offsets[i], self.offsets[i + 1]
         out = {name: self.arrays[name][start:stop] for name in STEP_FIELDS}
@@ -300,7 +401,7 @@ def read_buffer(path: str | Path, lm_fingerprint: str | None = None) -> Buffer:
             dataset, lengths that do not add up).
     """
     path = Path(path)
-    with open_h5(path) as f:
+    with reading(path) as f:
         meta = check_attrs(f, path, lm_fingerprint)
         sizes = committed_sizes(f)
         for name, size in sizes.items():
@@ -319,7 +420,7 @@ def recover(path: str | Path) -> None:
     path = Path(path)
     buffer = read_buffer(path)
     tmp = path.with_name(path.name + ".recovering")
-    with open_h5(path) as src, h5py.File(tmp, "w", libver="latest") as dst:
+    with reading(path) as src, h5py.File(tmp, "w", libver="latest") as dst:
         _create_datasets(dst, src["actions"].dtype.type)
         for name, value in src.attrs.items():
             dst.attrs[name] = value
@@ -357,8 +458,11 @@ def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
     metas, sizes, fingerprints, action_types = [], [], set(), set()
     holder: dict[bytes, str] = {}  # prompt key -> the shard that holds it
     for shard in shards:
-        with open_h5(shard) as f:
+        with reading(shard) as f:
             metas.append(check_attrs(f, Path(shard)))
+            if len(metas) > 1:
+                refuse_different_settings(metas[0], metas[-1], f"cannot merge: {shards[0]} has",
+                                          f"{shard} has")
             sizes.append(committed_sizes(f))
             for key in f["prompt_keys"][: sizes[-1]["prompt_keys"]]:
                 if key in holder:

@@ -26,6 +26,7 @@ class TrajectoryDataset(Dataset):
     ) -> None:
         self.buffer = buffer
         self.offsets = buffer.offsets
+        self.prompt_rows = buffer.prompt_rows  # `prompt_index` of a batch: the prompt's row, unique per prompt
         keep = np.ones(buffer.n_trajectories, dtype=bool)
         if sources is not None:
             keep &= np.isin(buffer.arrays["source"], iter_sources(sources))
@@ -47,7 +48,7 @@ class TrajectoryDataset(Dataset):
             "values": torch.as_tensor(item["values"], dtype=torch.float32),
             "visits": torch.as_tensor(item["visits"], dtype=torch.long),
             "reward": torch.tensor(float(item["reward"]), dtype=torch.float64),
-            "prompt_index": torch.tensor(int(item["prompt_index"])),
+            "prompt_index": torch.tensor(int(self.prompt_rows[self.indices[i]])),
             "source": torch.tensor(int(item["source"])),
         }
 
@@ -65,7 +66,7 @@ class TrajectoryDataset(Dataset):
                                  ("values", np.nan, torch.float32), ("visits", 0, torch.long)):
             batch[name] = torch.from_numpy(np.where(mask, a[name][gather], pad)).to(dtype)
         batch["reward"] = torch.from_numpy(a["reward"][rows].astype(np.float64))
-        batch["prompt_index"] = torch.from_numpy(a["prompt_index"][rows].astype(np.int64))
+        batch["prompt_index"] = torch.from_numpy(self.prompt_rows[rows].astype(np.int64))
         batch["source"] = torch.from_numpy(a["source"][rows].astype(np.int64))
         return batch
 

@@ -89,6 +89,10 @@ def task_set(config: HarvestConfig) -> list[Task]:
         first, last = config.context_length, history.size - config.horizon
         if last < first:
             raise ValueError(f"{name}: history of {history.size} steps is too short for the windows")
+        if config.windows_per_series > last - first + 1:  # more windows than distinct ends: some twice
+            raise ValueError(f"windows_per_series = {config.windows_per_series}, but {name}'s history of "
+                             f"{history.size} steps has only {last - first + 1} distinct windows of context_length "
+                             f"{config.context_length} and horizon {config.horizon}; use at most that many")
         for end in np.linspace(first, last, config.windows_per_series).round().astype(int):
             tasks.extend(Task(0, name, int(end), seed) for seed in config.seeds)
     for i in range(config.generated):

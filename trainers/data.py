@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data.buffer import Buffer, check_attrs, iter_sources, open_h5, read_buffer
+from data.buffer import Buffer, check_attrs, iter_sources, read_buffer, reading
 
 
 class PromptTrajectories(Dataset):
@@ -87,13 +87,13 @@ def collate(items: list[dict]) -> dict:
 def _items(buffer: Buffer, buffer_id: int, sources: list[int] | None) -> list[dict]:
     a = buffer.arrays
     prompt_tokens = np.split(a["prompt_tokens"], np.cumsum(a["prompt_lengths"])[:-1])
-    row_of_task = {int(t): p for p, t in enumerate(a["prompt_task_index"])}
+    rows = buffer.prompt_rows
     keys = buffer.prompt_keys()
     items = []
     for i in range(buffer.n_trajectories):
         if sources is not None and int(a["source"][i]) not in sources:
             continue
-        row = row_of_task[int(a["prompt_index"][i])]
+        row = int(rows[i])
         trajectory = buffer.trajectory(i)
         items.append({
             "prompt": tuple(int(t) for t in prompt_tokens[row]), "key": keys[row],
@@ -142,7 +142,7 @@ class BufferDataModule(pl.LightningDataModule):
         """Every buffer exists and is a readable S-ADT buffer of this LM: headers only, before any run
         directory is made (`trainers.fit` calls it first, so bad input leaves nothing behind)."""
         for path in self.paths:
-            with open_h5(path) as f:
+            with reading(path) as f:
                 check_attrs(f, Path(path), self.lm_fingerprint)
 
     def setup(self, stage: str | None = None) -> None:
