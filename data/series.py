@@ -79,8 +79,11 @@ def load_csv(path: str | Path, column: str | int, test_fraction: float = 0.2, ho
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 CSV") from None
     if not rows:
         raise ValueError(f"{path}: the file is empty")
     header = rows[0]

@@ -29,26 +29,35 @@ def load_config(path: str | Path, cls: type[T]) -> T:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
     return from_dict(raw, cls, source=str(path))
 
 
 def from_dict(raw: Any, cls: type[T], *, source: str = "config", prefix: str = "") -> T:
-    """Build dataclass `cls` from a mapping, checking keys and types recursively."""
+    """Build dataclass `cls` from a mapping, checking keys and types recursively; errors start with `source: `
+    (none when `source` is empty)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: `{prefix or '<top>'}` must be a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{_at(source)}`{prefix or '<top>'}` must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:
-        raise ConfigError(f"{source}: unknown key `{prefix}{unknown[0]}`; allowed keys are {sorted(fields)}")
+        raise ConfigError(f"{_at(source)}unknown key `{prefix}{unknown[0]}`; allowed keys are {sorted(fields)}")
     values = {name: _convert(value, hints[name], source, f"{prefix}{name}") for name, value in raw.items()}
     try:
         return cls(**values)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{source}: {err}") from err
+    except (TypeError, ValueError) as err:  # a range check of the block at `prefix`: name it as the user wrote it
+        where = f"in `{prefix.rstrip('.')}`: " if prefix else ""
+        raise ConfigError(f"{_at(source)}{where}{err}") from err
+
+
+def _at(source: str) -> str:
+    """The message's `<file>: ` prefix; none for a block checked inside another (its file is named outside)."""
+    return f"{source}: " if source else ""
 
 
 def check_finite(config: Any, block: str) -> None:
@@ -82,12 +91,12 @@ def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
         raise ConfigError(errors[0])
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: `{key}` must be a mapping, got {value!r}")
+            raise ConfigError(f"{_at(source)}`{key}` must be a mapping, got {value!r}")
         _, item = typing.get_args(hint)
         return {str(k): _convert(v, item, source, f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: `{key}` must be a list, got {value!r}")
+            raise ConfigError(f"{_at(source)}`{key}` must be a list, got {value!r}")
         (item,) = typing.get_args(hint)[:1] or (Any,)
         return origin(_convert(v, item, source, f"{key}[{i}]") for i, v in enumerate(value))
     if hint is Any:
@@ -95,7 +104,7 @@ def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{source}: `{key}` must be a finite number, got {value}")
+        raise ConfigError(f"{_at(source)}`{key}` must be a finite number, got {value}")
     if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
-        raise ConfigError(f"{source}: `{key}` must be {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{_at(source)}`{key}` must be {hint.__name__}, got {value!r}")
     return value

@@ -70,8 +70,19 @@ def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = N
     directory = Path(directory)
     meta = read_sidecar(directory, lm_fingerprint, codec)
     tensors = read_weights(directory / WEIGHTS)
-    head = MLPFlowHead(tensors["action_embeddings"], FlowHeadConfig(**migrate_value_flags(meta["head_config"])))
-    head.load_state_dict(tensors)
+    try:
+        config = FlowHeadConfig(**migrate_value_flags(meta["head_config"]))
+        head = MLPFlowHead(tensors["action_embeddings"], config)
+        head.load_state_dict(tensors)
+    except KeyError as err:  # a sidecar without `head_config`, weights without the action embeddings
+        raise HeadMismatchError(f"{directory}: {SIDECAR} or {WEIGHTS} lacks {err}; re-train or restore the head") \
+            from None
+    except (TypeError, ValueError) as err:  # an unknown or out-of-range field of `head_config`
+        raise HeadMismatchError(f"{directory / SIDECAR}: `head_config` is not a valid head ({err})") from None
+    except RuntimeError as err:  # load_state_dict: missing, unexpected or differently shaped tensors
+        detail = " ".join(str(err).split("\n", 2)[1:2]).strip() or str(err)
+        raise HeadMismatchError(f"{directory}: the weights do not match {SIDECAR}'s `head_config` ({detail})") \
+            from None
     head.trained_lam = meta.get("lam")  # make_sampler warns when a search runs at another λ
     return head, meta
 

@@ -22,6 +22,10 @@ class RewardError(ValueError):
     """A reward raised or produced a non-finite value; the message names the sample."""
 
 
+MAX_WEIGHT = 1e6  # the largest reward weight a config may set
+MAX_REWARD = 1e12  # the largest |r| a reward may return: λ·r and its sums stay far from float64's overflow
+
+
 @dataclass(frozen=True)
 class RewardConfig:
     gamma: float = 1.0  # weight of the spectral penalty
@@ -31,12 +35,10 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         check_finite(self, "reward")
-        if self.gamma < 0:
-            raise ValueError(f"reward `gamma` must be >= 0, got {self.gamma}")
-        if self.invalid_penalty < 0:
-            raise ValueError(f"reward `invalid_penalty` must be >= 0, got {self.invalid_penalty}")
-        if self.oracle_weight < 0:
-            raise ValueError(f"reward `oracle_weight` must be >= 0, got {self.oracle_weight}")
+        # Weights past MAX_WEIGHT overflow: λ·γ·penalty becomes inf and the search's probabilities NaN.
+        for name in ("gamma", "invalid_penalty", "oracle_weight"):
+            if not 0 <= getattr(self, name) <= MAX_WEIGHT:
+                raise ValueError(f"reward `{name}` must be in [0, {MAX_WEIGHT:g}], got {getattr(self, name)}")
 
 
 @dataclass
@@ -206,4 +208,9 @@ def checked_rewards(reward_fn, sequences: list[list[int]]) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raise RewardError(f"reward of sample {i} (actions {sequences[i]}) is {rewards[i]}; rewards must be finite")
+    bad = np.abs(rewards) > MAX_REWARD
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise RewardError(f"reward of sample {i} (actions {sequences[i]}) is {rewards[i]:g}, beyond ±{MAX_REWARD:g}: "
+                          f"exp(λ r) would overflow; rescale the reward")
     return rewards

@@ -16,6 +16,8 @@ from scipy.signal import welch
 
 from sadt.config import check_finite
 
+MIN_HORIZON = 4  # Welch needs a few points per segment: the shortest forecast the penalty scores
+
 
 @dataclass(frozen=True)
 class SpectralConfig:
@@ -92,8 +94,8 @@ class SpectralPenalty:
     def __init__(self, context: np.ndarray, horizon: int, config: SpectralConfig | None = None) -> None:
         self.config = config or SpectralConfig()
         self.nperseg = min(self.config.segment, horizon)
-        if self.nperseg < 4:
-            raise ValueError(f"spectral penalty needs a horizon of at least 4 steps, got {horizon}")
+        if self.nperseg < MIN_HORIZON:
+            raise ValueError(f"spectral penalty needs a horizon of at least {MIN_HORIZON} steps, got {horizon}")
         self.horizon = horizon
         self.context_psd = expected_context_psd(context, horizon, self.nperseg, self.config.context_stride)  # (F,)
         self.freqs = psd(np.zeros(self.nperseg), self.nperseg)[0]

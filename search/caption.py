@@ -13,6 +13,7 @@ captions' diversity (distinct word bigrams over all their bigrams) and NFE.
 from __future__ import annotations
 
 import csv
+import math
 import re
 import sys
 import time
@@ -26,6 +27,7 @@ from sadt.config import load_config
 
 UP = ("increas", "rise", "rising", "rose", "grew", "grow", "up", "higher", "upward")
 DOWN = ("decreas", "fall", "fell", "declin", "drop", "down", "lower", "downward")
+MIN_CONTEXT = 6  # values: the seasonality test looks at lags 2 to a third of the window
 SEASONAL = ("season", "cycl", "periodic", "every year", "each year", "summer", "winter", "peak")
 
 
@@ -43,7 +45,7 @@ class CaptionConfig:
     output_dir: str = "outputs/caption"
 
     def __post_init__(self) -> None:
-        from search.config import METHODS, SMC_METHODS
+        from search.config import METHODS, SMC_METHODS, SearchConfig
 
         known = (*METHODS, *SMC_METHODS)
         unknown = [m for m in self.methods if m not in known]
@@ -51,8 +53,17 @@ class CaptionConfig:
             raise ValueError(f"caption `methods`: unknown method {unknown[0]!r}; choose from {known}")
         if not self.series or not self.seeds or not self.methods:
             raise ValueError("caption `series`, `seeds` and `methods` each need at least one entry")
-        if min(self.context_length, self.max_tokens, self.top_k, self.n_rollouts, self.n_samples) < 1:
-            raise ValueError("caption `context_length`, `max_tokens`, `top_k`, `n_rollouts`, `n_samples` must be >= 1")
+        if min(self.max_tokens, self.top_k, self.n_rollouts, self.n_samples) < 1:
+            raise ValueError("caption `max_tokens`, `top_k`, `n_rollouts`, `n_samples` must be >= 1")
+        if self.context_length < MIN_CONTEXT:
+            raise ValueError(f"caption `context_length` must be >= {MIN_CONTEXT} (a trend and a season need that "
+                             f"many values), got {self.context_length}")
+        if not (math.isfinite(self.lam) and self.lam > 0):
+            raise ValueError(f"caption `lam` must be a finite number > 0 (λ = 0 is base sampling), got {self.lam}")
+        for method in self.methods:
+            if SearchConfig(method=method, lam=self.lam).needs_head:
+                raise ValueError(f"caption `methods`: {method!r} reads a flow head, and the caption task has none; "
+                                 f"choose from methods without one")
 
 
 def trend_sign(values: np.ndarray) -> int:

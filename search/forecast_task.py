@@ -29,6 +29,29 @@ class ContextTooLong(ValueError):
     """The prompt and forecast do not fit in the LM's context window; the message says how to shorten it."""
 
 
+def check_fits(prompt_tokens: int, forecast_tokens: int, window: int | None, context_steps: int, horizon: int,
+               back_test: bool = False) -> None:
+    """Raise `ContextTooLong` when `prompt_tokens + forecast_tokens > window`, with the advice that fixes it:
+    a back-test (the last 20% held out) keeps fewer rows; a forecast whose own tokens fill most of the window
+    names `horizon` and its maximum; otherwise forecast from fewer context steps."""
+    if window is None or prompt_tokens + forecast_tokens <= window:
+        return
+    per_step = prompt_tokens / max(context_steps, 1)  # prompt tokens per context step
+    per_forecast_step = forecast_tokens / max(horizon, 1)  # most tokens per forecast step
+    usable = 0.95 * window  # a margin: the encoding's length varies a little with the values
+    what = (f"a context of {context_steps} steps encodes to {prompt_tokens} tokens; with a forecast of {horizon} steps "
+            f"(up to {forecast_tokens} tokens) that exceeds the model's window of {window}")
+    if back_test:
+        rows = int(usable / (0.8 * per_step + 0.2 * per_forecast_step))
+        advice = (f"a back-test forecasts the series' last 20%: forecast from the last {rows} rows or fewer (keep "
+                  f"only the CSV's last rows), or forecast past the end with `horizon:`")
+    elif forecast_tokens > window / 2:
+        advice = f"`horizon` must be at most {int(window / 2 / per_forecast_step)} steps for this model"
+    else:
+        advice = f"forecast from the last {int((usable - forecast_tokens) / per_step)} steps or fewer"
+    raise ContextTooLong(f"{what}: {advice}")
+
+
 @dataclass
 class ForecastTask:
     codec: Codec
@@ -40,26 +63,22 @@ class ForecastTask:
 
     @classmethod
     def build(
-        cls, codec: Codec, context: np.ndarray, horizon: int, reward_config: RewardConfig | None = None
+        cls, codec: Codec, context: np.ndarray, horizon: int, reward_config: RewardConfig | None = None,
+        window: int | None = None, back_test: bool = False,
     ) -> ForecastTask:
-        """Encode `context` (series units), fit the scaler, and set up grammar and reward."""
+        """Encode `context` (series units), fit the scaler, and set up grammar and reward. With the LM's `window`,
+        a prompt plus forecast that cannot fit is refused (`ContextTooLong`) before the reward is built (its
+        context spectra once took 4 GB for a 30k-step series that did not fit anyway)."""
         prompt_ids, scaler = codec.encode_prompt(context)
         grammar = DigitGrammar(horizon=horizon, max_digits=codec.config.max_digits)
+        check_fits(len(prompt_ids), grammar.max_tokens, window, context.size, horizon, back_test)
         reward = ForecastReward(scaler.transform(context), horizon, reward_config)
         return cls(codec, prompt_ids, scaler, grammar, reward, horizon)
 
-    def check_window(self, window: int | None, context_steps: int) -> None:
+    def check_window(self, window: int | None, context_steps: int, back_test: bool = False) -> None:
         """Refuse, before any forward, a prompt whose tokens plus the longest forecast exceed `window`
         (a 100k-step CSV once ran the machine out of memory in its prefill)."""
-        need = len(self.prompt_ids) + self.grammar.max_tokens
-        if window is None or need <= window:
-            return
-        per_step = len(self.prompt_ids) / max(context_steps, 1)
-        keep = int((window - self.grammar.max_tokens) / per_step * 0.95)
-        raise ContextTooLong(
-            f"a context of {context_steps} steps encodes to {len(self.prompt_ids)} tokens; with a forecast of up to "
-            f"{self.grammar.max_tokens} tokens that exceeds the model's window of {window}: forecast from the last "
-            f"{max(keep, 0)} steps or fewer (e.g. keep only the CSV's last rows)")
+        check_fits(len(self.prompt_ids), self.grammar.max_tokens, window, context_steps, self.horizon, back_test)
 
     def decode(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Action sequences -> scaled values (B, H) and validity (B,)."""

@@ -26,27 +26,30 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from data.published import published_results
 from data.series import Series, load_builtin, load_csv
-from sadt.cli import CommandParser
+from sadt.cli import CommandParser, one_line
 from sadt.codec import Codec, CodecConfig
-from sadt.config import ConfigError, from_dict, load_config, to_dict
+from sadt.config import ConfigError, check_finite, from_dict, load_config, to_dict
 from sadt.head_io import HeadMismatchError, SearchHead, load_search_head
-from sadt.lm.base_model import BACKENDS, lm_fingerprint, load_base_lm
+from sadt.lm.base_model import BACKENDS, check_torch_settings, lm_fingerprint, load_base_lm
 from sadt.metrics import crps, scaled_mae
 from sadt.plots import fan_chart, psd_comparison
 from sadt.rewards import RewardConfig
-from sadt.spectral import spec_w1
+from sadt.spectral import MIN_HORIZON, spec_w1
 from search.ancestral import sample_prior
 from search.config import METHODS as TREE_METHODS
 from search.config import RECOMMENDED_HEAD, SearchConfig, SearchResult
@@ -84,6 +87,21 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)  # tree settings (method, n_samples set per row)
 
     def __post_init__(self) -> None:
+        # Every field is checked here, before the model loads: a bad value is one line, never a traceback later.
+        check_finite(self, "run")
+        if self.n_samples < 1:
+            raise ValueError(f"`n_samples` must be >= 1, got {self.n_samples}")
+        if self.batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
+        if self.horizon is not None and self.horizon < MIN_HORIZON:
+            raise ValueError(f"`horizon` must be >= {MIN_HORIZON} steps past the end (the spectral reward's "
+                             f"shortest), or null to back-test, got {self.horizon}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"`top_k` must be >= 1 (or null for the whole digit set), got {self.top_k}")
+        if self.seed < 0:
+            raise ValueError(f"`seed` must be >= 0, got {self.seed}")
+        if self.temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0, got {self.temperature}")
         clash = sorted(set(self.variants) & set(METHODS) - {HYBRID})
         if clash:
             raise ValueError(f"`variants` names must differ from the methods {METHODS}, got {clash}")
@@ -95,15 +113,13 @@ class RunConfig:
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"`backend` must be one of {BACKENDS}, got {self.backend!r}")
-        needing = self.rows_reading_head  # a bad variant fails here
+        if self.backend == "torch":
+            check_torch_settings(self.dtype, self.device)
+        for name in self.variants:  # a bad variant fails here, named, even when no row uses it
+            self.search_config(name)
+        needing = self.rows_reading_head
         if needing and self.head is None:
             raise ValueError(f"methods {needing} read a flow head: set `head` to a checkpoint directory")
-        if self.n_samples < 1:
-            raise ValueError(f"`n_samples` must be >= 1, got {self.n_samples}")
-        if self.batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
-        if self.horizon is not None and self.horizon < 1:
-            raise ValueError(f"`horizon` must be >= 1 steps past the end, or null to back-test, got {self.horizon}")
 
     @property
     def rows_reading_head(self) -> list[str]:
@@ -117,7 +133,8 @@ class RunConfig:
         if name == HYBRID:
             base = dataclasses.replace(base, method="maxent_ts", hybrid="visits")
         if name in self.variants:
-            return from_dict({**to_dict(base), **self.variants[name]}, SearchConfig, prefix=f"variants.{name}.")
+            return from_dict({**to_dict(base), **self.variants[name]}, SearchConfig, source="",
+                             prefix=f"variants.{name}.")
         return base if name == HYBRID else dataclasses.replace(base, method=name)
 
 
@@ -201,33 +218,103 @@ def run_method(
     return row, forecasts
 
 
-def scores(series: Series, forecasts: np.ndarray, segment: int) -> dict[str, float]:
-    """CRPS, scaled MAE and Spec-W1 against the held-out truth; NaN past the series' end (no truth)."""
+UNDEFINED = "undefined"  # a metric that cannot be computed here (e.g. scaled by an all-zero truth); "–": not scored
+
+
+def scores(series: Series, forecasts: np.ndarray, segment: int) -> dict[str, float | str]:
+    """CRPS, scaled MAE and Spec-W1 against the held-out truth; NaN past the series' end (no truth); `UNDEFINED`,
+    with a warning on stderr, for one that cannot be computed (an all-zero truth, values that overflow)."""
     truth = series.truth
     if truth is None:
         return {"crps": float("nan"), "scaled_mae": float("nan"), "spec_w1": float("nan")}
-    return {"crps": crps(truth, forecasts), "scaled_mae": scaled_mae(truth, forecasts),
-            "spec_w1": float(spec_w1(forecasts, truth, segment).mean())}
+    metrics = {"crps": lambda: crps(truth, forecasts), "scaled_mae": lambda: scaled_mae(truth, forecasts),
+               "spec_w1": lambda: float(spec_w1(forecasts, truth, segment).mean())}
+    out: dict[str, float | str] = {}
+    for name, compute in metrics.items():
+        try:
+            with np.errstate(all="ignore"):
+                value = float(compute())
+            problem = None if np.isfinite(value) else f"it came out {value}"
+        except (ValueError, FloatingPointError, ZeroDivisionError) as err:
+            problem = str(err)
+        out[name] = value if problem is None else UNDEFINED
+        if problem is not None:
+            warn(f"{series.name}: {name} is undefined ({problem})")
+    return out
 
 
-def run_series(lm, codec: Codec, series: Series, config: RunConfig, out_dir: Path, head=None) -> list[dict]:
-    """Every method on one series, then its fan chart and PSD plot; an interrupted row ends the list."""
-    rows, plots = [], {}
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def draw_plots(out_dir: Path, series: Series, forecasts: dict[str, np.ndarray], config: RunConfig) -> None:
+    """The series' fan chart and PSD comparison; a plot that cannot be drawn (values matplotlib cannot place)
+    is a warning, never the end of a job whose rows are done."""
+    span = f"the last {series.horizon} steps" if series.held_out else f"{series.horizon} steps past the end"
+    nperseg = min(config.reward.spectral.segment, series.horizon)
+    plots = {
+        f"{series.name}_fan.png": lambda path: fan_chart(path, series.context, series.truth, forecasts,
+                                                         f"{series.name}: forecasts of {span}"),
+        f"{series.name}_psd.png": lambda path: psd_comparison(path, series.context, series.truth, forecasts,
+                                                              nperseg, series.name),
+    }
+    for name, draw in plots.items():
+        try:
+            with np.errstate(all="ignore"):
+                draw(out_dir / name)
+        except (ValueError, OverflowError, FloatingPointError, RuntimeError) as err:
+            warn(f"{name} not drawn: {one_line(str(err))}")
+
+
+def run_series(lm, codec: Codec, series: Series, config: RunConfig, out_dir: Path, head=None,
+               on_row: Callable[[dict], None] = lambda row: None) -> list[dict]:
+    """Every method on one series (`on_row` gets each row as it is done), then its fan chart and PSD plot;
+    an interrupted row ends the list."""
+    rows, forecasts = [], {}
     for method in config.methods:
-        row, plots[row["method"]] = run_method(lm, codec, series, method, config, head)
+        row, forecasts[row["method"]] = run_method(lm, codec, series, method, config, head)
         rows.append(row)
+        on_row(row)
         if row["interrupted"]:
             break
-    span = f"the last {series.horizon} steps" if series.held_out else f"{series.horizon} steps past the end"
-    title = f"{series.name}: forecasts of {span}"
-    fan_chart(out_dir / f"{series.name}_fan.png", series.context, series.truth, plots, title)
-    nperseg = min(config.reward.spectral.segment, series.horizon)
-    psd_comparison(out_dir / f"{series.name}_psd.png", series.context, series.truth, plots, nperseg, series.name)
+    draw_plots(out_dir, series, forecasts, config)
     return rows
 
 
-def score_cell(value: float) -> str:
+def score_cell(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
     return "–" if np.isnan(value) else f"{value:.4f}"
+
+
+class ResultsFile:
+    """`results.csv`, rewritten whole (through a temporary file, atomically) after every row, so a job stopped
+    or failed later keeps every finished row."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path, self.rows = out_dir / "results.csv", []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        with partial.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
+            writer.writeheader()
+            writer.writerows(self.rows)
+        partial.replace(self.path)
+
+
+def check_output_dir(path: Path) -> None:
+    """Refuse an `output_dir` that is a file, lies under a file or cannot be written, before the model loads
+    (nothing is created yet)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"`output_dir` {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"`output_dir` {path}: {existing} is not writable")
 
 
 def print_table(rows: list[dict], console: Console, held_out: bool = True) -> None:
@@ -238,7 +325,8 @@ def print_table(rows: list[dict], console: Console, held_out: bool = True) -> No
         table.add_column(name, justify="left" if name in ("series", "method") else "right")
     for i, row in enumerate(rows):
         table.add_row(
-            row["series"], row["method"], *(score_cell(row[k]) for k in ("crps", "scaled_mae", "spec_w1")),
+            escape(row["series"]), escape(row["method"]),
+            *(score_cell(row[k]) for k in ("crps", "scaled_mae", "spec_w1")),
             f"{row['reward']:.3f}", str(row["nfe_tokens"]), str(row["forward_calls"]), f"{row['wall_s']:.1f}",
             f"{row['peak_rss_mb']:.0f}",
         )
@@ -253,7 +341,14 @@ def print_table(rows: list[dict], console: Console, held_out: bool = True) -> No
 def load_series_list(config: RunConfig) -> list[Series]:
     series = [load_csv(config.csv, config.column)] if config.csv is not None else [
         load_builtin(name) for name in config.series]
-    return series if config.horizon is None else [s.past_end(config.horizon) for s in series]
+    if config.horizon is not None:
+        return [s.past_end(config.horizon) for s in series]
+    for s in series:
+        if s.horizon < MIN_HORIZON:
+            raise ValueError(f"{s.name}: its held-out last 20% is {s.horizon} steps, under the {MIN_HORIZON} the "
+                             f"spectral reward needs; use a series of at least {5 * MIN_HORIZON - 4} values, or "
+                             f"`horizon: {MIN_HORIZON}` to forecast past its end")
+    return series
 
 
 def load_run_head(config: RunConfig) -> SearchHead | None:
@@ -275,43 +370,52 @@ def main(argv: list[str] | None = None, default_config: str = "configs/search/ai
     args = parser.parse_args(argv)
     console = Console(width=150)  # a wide table even when piped to a log
     errors = Console(stderr=True, width=150)
+
+    def refuse(message: object) -> int:  # user text (paths, columns) is printed as text, never as markup
+        errors.print(f"[red]error:[/red] {escape(one_line(str(message)))}", highlight=False, soft_wrap=True)
+        return 2
+
     try:
         config = load_config(args.config, RunConfig)
         overrides = {"series": args.series, "n_samples": args.n_samples, "head": args.head}
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
         series_list = load_series_list(config)
+        check_output_dir(Path(config.output_dir))
     except (ConfigError, ValueError) as err:
-        errors.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        return 2
+        return refuse(err)
     lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device, backend=config.backend)
     codec = Codec(tokenizer, config.codec)
     try:
         head = load_run_head(config)
     except (FileNotFoundError, HeadMismatchError) as err:
-        errors.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        return 2
+        return refuse(err)
     out_dir = Path(config.output_dir)
     try:  # every series fits the LM's window, checked before any forward
         for series in series_list:
-            task = ForecastTask.build(codec, series.context, series.horizon, config.reward)
-            task.check_window(getattr(lm, "context_window", None), series.context.size)
+            ForecastTask.build(codec, series.context, series.horizon, config.reward,
+                               window=getattr(lm, "context_window", None), back_test=series.held_out)
     except ContextTooLong as err:
-        errors.print(f"[red]error:[/red] {series.name}: {err}", highlight=False, soft_wrap=True)
-        return 2
-    rows: list[dict] = []
-    for series in series_list:
-        rows += run_series(lm, codec, series, config, out_dir, head)
-        if rows[-1]["interrupted"]:  # Ctrl-C: keep what is done, run nothing more
-            errors.print(f"interrupted: stopped after {rows[-1]['series']} / {rows[-1]['method']}")
-            break
-    print_table(rows, console, held_out=config.horizon is None)
+        return refuse(f"{series.name}: {err}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
-    console.print(f"plots and results.csv in {out_dir}/")
+    results = ResultsFile(out_dir)
+    interrupted = False
+    try:
+        for series in series_list:
+            rows = run_series(lm, codec, series, config, out_dir, head, on_row=results.add)
+            if rows[-1]["interrupted"]:  # a tree search stopped by Ctrl-C: keep what is done, run nothing more
+                interrupted = True
+                break
+    except KeyboardInterrupt:  # Ctrl-C outside a tree search (base sampling, SMC, scoring)
+        interrupted = True
+    if results.rows:
+        print_table(results.rows, console, held_out=config.horizon is None)
+    if interrupted:
+        done = (f"after {escape(results.rows[-1]['series'])} / {escape(results.rows[-1]['method'])}"
+                if results.rows else "before any row")
+        errors.print(f"interrupted: stopped {done}; finished rows are in {escape(str(results.path))}")
+        return 130  # the shell's status for Ctrl-C: a script can tell a cut-short job from a finished one
+    console.print(f"plots and results.csv in {escape(str(out_dir))}/")
     return 0
 
 

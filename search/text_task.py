@@ -20,6 +20,7 @@ from data.buffer import BufferWriter
 from sadt.config import to_dict
 from sadt.grammar import TextGrammar
 from sadt.lm.backend import LMBackend
+from sadt.rewards import checked_rewards
 from search.config import SMC_METHODS, SearchConfig, SearchResult
 from search.sampler import make_sampler
 from search.smc import SMC, SMCResult
@@ -63,8 +64,9 @@ class TextTask:
         return [self.tokenizer.decode([t for t in s if t not in stops]) for s in sequences]
 
     def reward_fn(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
-        """r(x) of each terminal token sequence, (B,)."""
-        return np.asarray(self.reward(self.decode(sequences)), dtype=np.float64)
+        """r(x) of each terminal token sequence, (B,); a reward that is not a number (a string too, even "1.0"),
+        not finite or too large for exp(λ r) is a `RewardError` naming the sample (`sadt.rewards.checked_rewards`)."""
+        return checked_rewards(lambda batch: self.reward(self.decode(batch)), list(sequences))
 
     def sampler(self, lm: LMBackend, config: SearchConfig, value_head=None) -> TreeSearch | SMC:
         """The configured sampler on this task, not yet run."""

@@ -72,7 +72,7 @@ def test_every_shipped_config_loads(path):
         ("reward:\n  gamma: -1\n", "gamma"),
         ("n_samples: [\n", "not valid YAML"),
         ("methods: [hybrid]\nhead: null\n", "read a flow head: set `head`"),
-        ("horizon: 0\n", "`horizon` must be >= 1"),
+        ("horizon: 0\n", "`horizon` must be >= 4"),
         ("methods: [h]\nvariants:\n  h: {hybird: visits}\n", "unknown key `variants.h.hybird`"),
         ("methods: [h]\nvariants:\n  h: {n_rollouts: 0}\n", "`n_rollouts` must be >= 1"),
         ("methods: [h]\nhead: null\nvariants:\n  h: {hybrid: visits}\n", "read a flow head: set `head`"),

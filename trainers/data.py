@@ -127,6 +127,8 @@ class BufferDataModule(pl.LightningDataModule):
         super().__init__()
         if not buffers:
             raise ValueError("BufferDataModule needs at least one buffer path")
+        if batch_size < 1:
+            raise ValueError(f"data `batch_size` must be >= 1, got {batch_size}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in [0, 1), got {val_fraction}")
         if train_prompts is not None and train_prompts < 1:

@@ -48,7 +48,11 @@ def main(args: list[str] | None = None) -> FlowHeadModule:
                               f"--model.overwrite true to replace it")
     if cli.trainer.max_epochs == 0:  # Lightning would train nothing and save nothing, silently
         raise ValueError("trainer.max_epochs must be >= 1 (or -1 for no limit), got 0")
-    cli.datamodule.check()  # a missing or foreign buffer fails here, before the run's log directory exists
+    # Bad data fails here, before the run's log directory exists: a missing or foreign buffer (headers), an empty
+    # one, then data the model cannot train on (a text-task buffer, forward KL without draws from p).
+    cli.datamodule.check()
+    cli.datamodule.setup("fit")
+    cli.model.attach(cli.datamodule)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
     return cli.model
 

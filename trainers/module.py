@@ -155,6 +155,9 @@ class FlowHeadModule(pl.LightningModule):
         """Read the buffers' grammar, codec and reward config, and the normalisers of their draws from p
         (`setup` calls this; outside a Trainer, call it with a set-up `BufferDataModule`)."""
         meta = datamodule.meta
+        if meta.get("task") == "text":
+            raise ValueError(f"{', '.join(map(str, datamodule.paths))}: a text-task buffer (search.text_task); "
+                             f"trainers.fit trains the forecasting head, on digit buffers from search.harvest")
         if meta.get("action_token_ids") != self.action_token_ids:
             raise ValueError(f"{', '.join(map(str, datamodule.paths))}: the buffer's action tokens differ from this "
                              f"LM's codec; harvest with this LM")

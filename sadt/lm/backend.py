@@ -99,6 +99,15 @@ class TorchLM:
         """The most positions the model attends over (prompt + generated), when its config says."""
         return getattr(self.model.config, "max_position_embeddings", None)
 
+    @property
+    def kv_bytes_per_position(self) -> int:
+        """Bytes the KV cache holds per sequence position, over every layer: 2 · layers · KV heads · head dim ·
+        the dtype's size (a batch of B rows of length L holds B · L times this)."""
+        c = self.model.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        return 2 * c.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> TorchLM:
         from transformers import AutoModelForCausalLM

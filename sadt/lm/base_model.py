@@ -17,6 +17,28 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 BACKENDS = ("torch", "mlx")
 
 
+def check_torch_settings(dtype: str, device: str) -> None:
+    """Refuse a dtype torch does not name here, or a device this machine does not have, before a model loads.
+
+    Raises:
+        ValueError: naming `dtype` or `device` and what is allowed.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` {dtype!r} is unknown; choose one of {sorted(DTYPES)}")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"`device` {device!r} is not a torch device (cpu, cuda, cuda:N or mps)") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` {device!r}: this machine's torch sees no CUDA GPU; use `device: cpu`")
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        raise ValueError(f"`device` {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"`device` {device!r}: MPS is not available on this machine; use `device: cpu`")
+    if target.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"`device` {device!r}: S-ADT runs on cpu, cuda or mps")
+
+
 def load_base_lm(
     path: str | Path | None = None, *, dtype: str = "float32", device: str = "cpu", backend: str = "torch"
 ) -> tuple[TorchLM, object]:
