@@ -53,8 +53,9 @@ from sadt.spectral import MIN_HORIZON, spec_w1
 from search.ancestral import sample_prior
 from search.config import METHODS as TREE_METHODS
 from search.config import RECOMMENDED_HEAD, SearchConfig, SearchResult
-from search.forecast_task import ContextTooLong, ForecastTask
+from search.forecast_task import ForecastTask
 from search.peers import auto_arima_samples, seasonal_period
+from search.sampler import check_resources
 from search.smc import SMC_METHODS
 
 PEER = "auto_arima"  # AutoARIMA fitted on the same context (search.peers): what a user would pick instead
@@ -390,11 +391,14 @@ def main(argv: list[str] | None = None, default_config: str = "configs/search/ai
     except (FileNotFoundError, HeadMismatchError) as err:
         return refuse(err)
     out_dir = Path(config.output_dir)
-    try:  # every series fits the LM's window, checked before any forward
+    try:  # every series fits the LM's window, and every search its memory, checked before any forward
         for series in series_list:
-            ForecastTask.build(codec, series.context, series.horizon, config.reward,
-                               window=getattr(lm, "context_window", None), back_test=series.held_out)
-    except ContextTooLong as err:
+            task = ForecastTask.build(codec, series.context, series.horizon, config.reward,
+                                      window=getattr(lm, "context_window", None), back_test=series.held_out)
+            for method in (m for m in config.methods if m not in ("base", PEER)):
+                check_resources(lm, len(task.prompt_ids), task.grammar, len(codec.action_token_ids),
+                                config.search_config(method))
+    except ValueError as err:  # ContextTooLong, or a search over the memory budget
         return refuse(f"{series.name}: {err}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
@@ -408,6 +412,8 @@ def main(argv: list[str] | None = None, default_config: str = "configs/search/ai
                 break
     except KeyboardInterrupt:  # Ctrl-C outside a tree search (base sampling, SMC, scoring)
         interrupted = True
+    except ValueError as err:  # bad input found mid-run (e.g. a reward that is not a number): rows so far are kept
+        return refuse(err)
     if results.rows:
         print_table(results.rows, console, held_out=config.horizon is None)
     if interrupted:

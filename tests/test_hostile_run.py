@@ -66,6 +66,10 @@ def test_bad_files_and_folders_are_named_in_one_line(tmp_path, capsys, monkeypat
     (tmp_path / "short").mkdir()
     short = run_config(tmp_path / "short", "", "value\n" + "\n".join(map(str, range(12))) + "\n")
     cases.append((short, ["held-out last 20% is 3 steps", "horizon: 4"]))
+    (tmp_path / "latin1csv").mkdir()
+    latin1_csv = run_config(tmp_path / "latin1csv", "", "value\n" + "\n".join(map(str, range(30))) + "\n")
+    (tmp_path / "latin1csv" / "s.csv").write_bytes(b"caf\xe9\n" + b"1\n" * 30)
+    cases.append((latin1_csv, ["s.csv", "not UTF-8"]))
     markup = tmp_path / "a[" / "x].yaml"  # read as rich markup, "[/x]" once ended in a MarkupError
     cases.append((markup, ["a[/x].yaml"]))
     for path, words in cases:
@@ -222,3 +226,17 @@ def test_fit_refuses_data_it_cannot_train_on_before_the_run_directory_exists(tmp
         with pytest.raises(ValueError, match=message):
             fit.main(args)
         assert list(root.iterdir()) == [], message  # no lightning_logs/version_N left behind
+
+
+@pytest.mark.base_model
+def test_a_run_whose_particles_exceed_memory_is_refused_before_any_forward(tmp_path, capsys, base_tokenizer,
+                                                                          monkeypatch):
+    import search.sampler
+
+    monkeypatch.setattr(search.sampler, "device_memory", lambda device: 2**30)  # a 1 GiB machine
+    config = run_config(tmp_path, "search:\n  n_rollouts: 400\n").read_text().replace("[base, maxent_ts]", "[smc]")
+    (tmp_path / "smc.yaml").write_text(config)
+    assert run.main(["--config", str(tmp_path / "smc.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "`n_rollouts (SMC particles)` = 400 needs about" in err and "use at most" in err, err
+    assert not (tmp_path / "out").exists()
