@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from data.buffer import SOURCES, BufferWriter, PromptRecord
 from data.generator import generate_one
 from data.series import load_builtin
-from sadt.cli import CommandParser
+from sadt.cli import CommandParser, run_command
 from sadt.codec import Codec, CodecConfig
 from sadt.config import ConfigError, load_config, to_dict
 from sadt.rewards import RewardConfig
@@ -239,4 +239,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))  # bad input found after the model loads (a held buffer, a search over memory): one line

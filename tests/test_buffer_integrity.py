@@ -138,3 +138,21 @@ def test_more_windows_than_a_series_has_is_refused_on_the_command_line(tmp_path)
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "windows_per_series = 500" in proc.stderr and "Wooly" in proc.stderr
     assert not (tmp_path / "h.h5").exists()
+
+
+@pytest.mark.base_model
+def test_a_second_harvest_on_a_buffer_being_written_is_one_line(tmp_path, base_tokenizer):
+    path = tmp_path / "b.h5"
+    child = subprocess.Popen([sys.executable, str(Path(__file__).with_name("buffer_records.py")), str(path)],
+                             stdout=subprocess.PIPE, env=ENV)
+    try:
+        assert child.stdout.readline().strip() == b"ready"
+        config = tmp_path / "h.yaml"
+        config.write_text(f"series: [Wooly]\nwindows_per_series: 1\noutput: {path}\n")
+        proc = subprocess.run([sys.executable, "-m", "search.harvest", "--config", str(config)], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        child.kill()
+        child.wait()
+    assert proc.returncode == 2 and "another process is writing" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
