@@ -19,7 +19,7 @@ part to a fresh file (HDF5 refuses to reopen a crashed SWMR file for writing). O
 a writer holds an advisory lock on `<file>.lock` (released by the kernel if it dies), and a second
 writer is refused rather than mistaken for a crash. Readers open a file no writer holds without SWMR,
 so a corrupt file fails at once (SWMR retries a bad checksum for minutes). A buffer records what its
-trajectories mean (`defining_settings`: task set, codec, reward, λ, actions); a resume or merge that
+trajectories mean (`data.buffer_settings`: task set, codec, reward, λ, actions); a resume or merge that
 differs in any of them is refused, naming the setting.
 Nothing is pickled: every field is a numeric or fixed-width bytes dataset, attributes are JSON.
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +37,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from data.buffer_settings import first_difference
+from data.prompt_record import KEY_BYTES, PromptRecord
+
 SCHEMA_VERSION = 1
 # tree_path: a root-to-leaf path of the search tree; tree_sample: a draw from the finished tree;
 # prior_sample: an ancestral draw from p(x|c), no tree (`search.harvest` with `sampler: prior`).
 SOURCES = {"tree_path": 0, "rollout": 1, "tree_sample": 2, "prior_sample": 3}
-KEY_BYTES = 200
 
 STEP_FIELDS = {"actions": np.int8, "log_prior": np.float32, "values": np.float32, "visits": np.int32}
 TRAJ_FIELDS = {
@@ -54,64 +56,8 @@ PROMPT_FIELDS = {
 }
 ALL_FIELDS = {**STEP_FIELDS, **TRAJ_FIELDS, **PROMPT_FIELDS}
 REQUIRED_ATTRS = ("schema_version", "lm_fingerprint", "meta")
-# Meta keys (dotted paths into the meta dict) that define what a buffer's trajectories mean: which task an
-# index names (the task set), how numbers are written (codec), what was scored (reward, λ) and what an
-# action is. Settings of how they were produced (device, shard, search budget, `generated`, which only
-# extends the task set) may differ between a buffer's runs and shards.
-DEFINING_SETTINGS = (
-    "lam", "gamma", "task", "n_actions", "action_token_ids", "codec", "config.codec", "config.reward",
-    "config.series", "config.context_length", "config.horizon", "config.windows_per_series", "config.seeds",
-    "config.generator_seed", "config.sampler",
-)
-
-
 class BufferError(ValueError):
     """A buffer file is foreign, corrupt or inconsistent; the message names the file and problem."""
-
-
-@dataclass
-class PromptRecord:
-    """One prompt's trajectories, ready to append: per-step arrays are flat, cut by `lengths`."""
-
-    key: str  # identifies the task (series, window, seed): resuming skips keys already stored
-    task_index: int  # global index of the task in its task set
-    prompt_tokens: np.ndarray  # (P,)
-    lengths: np.ndarray  # (n,)
-    actions: np.ndarray  # (S,)
-    log_prior: np.ndarray  # (S,)
-    reward: np.ndarray  # (n,)
-    source: np.ndarray  # (n,) codes from SOURCES
-    values: np.ndarray | None = None  # (S,) NaN where unknown
-    visits: np.ndarray | None = None  # (S,) 0 where unknown
-    reward_task: np.ndarray | None = None  # (n,)
-    reward_spectral: np.ndarray | None = None  # (n,)
-    root_value: float = float("nan")
-
-    def __post_init__(self) -> None:
-        n, S = len(self.lengths), int(np.sum(self.lengths))
-        if len(self.key.encode()) > KEY_BYTES:
-            raise ValueError(f"prompt key longer than {KEY_BYTES} bytes: {self.key[:60]}...")
-        for name in ("actions", "log_prior", "values", "visits"):
-            value = getattr(self, name)
-            if value is not None and len(value) != S:
-                raise ValueError(f"prompt {self.key!r}: `{name}` has {len(value)} steps, lengths sum to {S}")
-        for name in ("reward", "source", "reward_task", "reward_spectral"):
-            value = getattr(self, name)
-            if value is not None and len(value) != n:
-                raise ValueError(f"prompt {self.key!r}: `{name}` has {len(value)} rows for {n} trajectories")
-
-    def columns(self) -> dict[str, np.ndarray]:
-        n, S = len(self.lengths), int(np.sum(self.lengths))
-        nan_n = np.full(n, np.nan)
-        return {
-            "actions": self.actions, "log_prior": self.log_prior,
-            "values": self.values if self.values is not None else np.full(S, np.nan),
-            "visits": self.visits if self.visits is not None else np.zeros(S),
-            "reward": self.reward, "reward_task": nan_n if self.reward_task is None else self.reward_task,
-            "reward_spectral": nan_n if self.reward_spectral is None else self.reward_spectral,
-            "prompt_index": np.full(n, self.task_index), "source": self.source,
-            "prompt_tokens": self.prompt_tokens,
-        }
 
 
 def actions_dtype(meta: dict) -> type:
@@ -238,35 +184,13 @@ def hold_writer_lock(path: Path):
     return lock
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def defining_settings(meta: dict) -> dict[str, object]:
-    """The settings of `DEFINING_SETTINGS` that `meta` holds, flattened to dotted keys."""
-    flat = _flatten(meta)
-    return {key: value for key, value in flat.items()
-            if any(key == d or key.startswith(d + ".") for d in DEFINING_SETTINGS)}
-
-
 def refuse_different_settings(a: dict, b: dict, a_says: str, b_says: str) -> None:
-    """Raise `BufferError` naming the first defining setting in which metas `a` and `b` differ."""
-    left, right = defining_settings(a), defining_settings(b)
-    for key in sorted(left.keys() | right.keys()):
-        if left.get(key) != right.get(key):
-            raise BufferError(f"{a_says} {key} = {_show(left.get(key))}, {b_says} {_show(right.get(key))}: "
-                              f"trajectories of different {key} do not belong in one buffer (write a new one)")
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value) if value is not None else "(unset)"
-    return text if len(text) <= 60 else text[:57] + "..."
+    """Raise `BufferError` naming the first defining setting (`data.buffer_settings`) in which metas differ."""
+    difference = first_difference(a, b)
+    if difference is not None:
+        key, left, right = difference
+        raise BufferError(f"{a_says} {key} = {left}, {b_says} {right}: trajectories of different {key} do not "
+                          f"belong in one buffer (write a new one)")
 
 
 def _create_datasets(f: h5py.File, actions: type = np.int8) -> None:
@@ -427,78 +351,6 @@ def recover(path: str | Path) -> None:
         for name, values in buffer.arrays.items():
             _append(dst[name], values)
     os.replace(tmp, path)
-
-
-def check_merge_paths(shards: Sequence[str | Path], out: Path) -> None:
-    """Refuse an output that exists (merge never overwrites) or that is one of the inputs, and a shard
-    named twice, before anything is read or written."""
-    resolved = [Path(s).resolve() for s in shards]
-    if out.resolve() in resolved:
-        raise BufferError(f"merge output {out} is also one of its inputs: the merged file would point at itself")
-    if out.exists():
-        raise BufferError(f"merge output {out} exists: merge never overwrites a buffer; remove it or pick a new name")
-    twice = sorted({str(s) for s, r in zip(shards, resolved) if resolved.count(r) > 1})
-    if twice:
-        raise BufferError(f"shard {twice[0]} is given more than once")
-    missing = [str(s) for s in shards if not Path(s).is_file()]
-    if missing:
-        raise BufferError(f"no such shard file: {missing[0]}")
-
-
-def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
-    """One file whose datasets are virtual views over the shards' committed rows (nothing copied).
-
-    `prompt_traj_end` is recomputed for the concatenation and stored for real (one int per prompt).
-    The shards must share schema and LM; keep them beside the merged file (it points at them).
-    """
-    out = Path(out)
-    if not shards:
-        raise BufferError("merge needs at least one shard")
-    check_merge_paths(shards, out)
-    metas, sizes, fingerprints, action_types = [], [], set(), set()
-    holder: dict[bytes, str] = {}  # prompt key -> the shard that holds it
-    for shard in shards:
-        with reading(shard) as f:
-            metas.append(check_attrs(f, Path(shard)))
-            if len(metas) > 1:
-                refuse_different_settings(metas[0], metas[-1], f"cannot merge: {shards[0]} has",
-                                          f"{shard} has")
-            sizes.append(committed_sizes(f))
-            for key in f["prompt_keys"][: sizes[-1]["prompt_keys"]]:
-                if key in holder:
-                    raise BufferError(f"prompt {key.decode()!r} is in both {holder[key]} and {shard}: merging "
-                                      f"would store its trajectories twice; merge each shard once")
-                holder[key] = str(shard)
-            fingerprints.add(str(f.attrs["lm_fingerprint"]))
-            action_types.add(f["actions"].dtype.str)
-            ends = f["prompt_traj_end"][: sizes[-1]["prompt_traj_end"]]
-            sizes[-1]["_ends"] = ends
-    if len(fingerprints) != 1:
-        raise BufferError(f"cannot merge shards of different LMs: {sorted(fingerprints)}")
-    if len(action_types) != 1:
-        raise BufferError(f"cannot merge shards whose actions are stored as different types: {sorted(action_types)}")
-    tmp = out.with_name(out.name + ".merging")
-    with h5py.File(tmp, "w", libver="latest") as dst:
-        for name, dtype in {**ALL_FIELDS, "actions": np.dtype(action_types.pop())}.items():
-            if name == "prompt_traj_end":
-                continue
-            total = sum(s[name] for s in sizes)
-            layout = h5py.VirtualLayout(shape=(total,), dtype=dtype)
-            start = 0
-            for shard, size in zip(shards, sizes):
-                if size[name]:
-                    source = h5py.VirtualSource(os.path.relpath(shard, out.parent), name, shape=(size[name],))
-                    layout[start : start + size[name]] = source[: size[name]]
-                start += size[name]
-            dst.create_virtual_dataset(name, layout)
-        offsets = np.cumsum([0] + [s["lengths"] for s in sizes[:-1]])
-        ends = np.concatenate([s["_ends"] + off for s, off in zip(sizes, offsets)]) if sizes else np.zeros(0)
-        dst.create_dataset("prompt_traj_end", data=ends.astype(np.int64), maxshape=(None,))
-        dst.attrs["schema_version"] = SCHEMA_VERSION
-        dst.attrs["lm_fingerprint"] = fingerprints.pop()
-        dst.attrs["meta"] = json.dumps({**metas[0], "merged_from": [str(s) for s in shards]}, sort_keys=True)
-    os.replace(tmp, out)
-    return out
 
 
 def iter_sources(codes: Iterable[str]) -> list[int]:

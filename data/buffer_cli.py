@@ -6,7 +6,8 @@ import sys
 
 import numpy as np
 
-from data.buffer import SOURCES, BufferError, merge, read_buffer
+from data.buffer import SOURCES, BufferError, read_buffer
+from data.buffer_merge import merge
 from sadt.cli import CommandParser
 
 

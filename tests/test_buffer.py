@@ -11,9 +11,10 @@ import pytest
 import torch
 from buffer_records import FINGERPRINT, META, make_record
 
-from data.buffer import SCHEMA_VERSION, BufferError, BufferWriter, PromptRecord, merge, read_buffer
+from data.buffer import SCHEMA_VERSION, BufferError, BufferWriter, PromptRecord, read_buffer
 from data.buffer_cli import main as buffer_cli
 from data.buffer_cli import summary
+from data.buffer_merge import merge
 from data.loader import TrajectoryDataset, pad_collate, trajectory_loader
 
 STEP = ("actions", "log_prior", "values", "visits")

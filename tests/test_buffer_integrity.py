@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from buffer_records import FINGERPRINT, META, make_record
 
-from data.buffer import BufferError, BufferWriter, merge, read_buffer
+from data.buffer import BufferError, BufferWriter, read_buffer
+from data.buffer_merge import merge
 from data.loader import TrajectoryDataset
 from trainers.data import _items
 

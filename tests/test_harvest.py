@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from data.buffer import SOURCES, merge, read_buffer
+from data.buffer import SOURCES, read_buffer
+from data.buffer_merge import merge
 from data.series import load_builtin
 from sadt.codec import Codec
 from sadt.config import from_dict

@@ -16,7 +16,7 @@ from sadt.grammar import TextGrammar
 from sadt.lm.backend import TorchLM
 from sadt.lm.tiny import tiny_llama
 from sadt.rewards import RewardError, checked_rewards
-from search import run
+from search import report, run
 from search.config import SearchConfig
 from search.sampler import check_resources
 
@@ -81,15 +81,15 @@ def test_bad_files_and_folders_are_named_in_one_line(tmp_path, capsys, monkeypat
 
 def test_metrics_that_cannot_be_computed_are_marked_and_warned(capsys):
     zeros = Series(name="flat", values=np.zeros(40), horizon=8)
-    scores = run.scores(zeros, np.ones((3, 8)), segment=24)
-    assert scores == {"crps": run.UNDEFINED, "scaled_mae": run.UNDEFINED, "spec_w1": run.UNDEFINED}
+    scores = report.scores(zeros, np.ones((3, 8)), segment=24)
+    assert scores == {"crps": report.UNDEFINED, "scaled_mae": report.UNDEFINED, "spec_w1": report.UNDEFINED}
     assert "warning: flat: crps is undefined (the truth is all zeros" in capsys.readouterr().err
-    assert run.score_cell(scores["crps"]) == "undefined" and run.score_cell(float("nan")) == "–"
+    assert report.score_cell(scores["crps"]) == "undefined" and report.score_cell(float("nan")) == "–"
 
 
 def test_a_plot_that_cannot_be_drawn_is_a_warning_not_the_end_of_the_job(tmp_path, capsys):
     huge = Series(name="huge", values=np.where(np.arange(40) % 2, 1e300, -1e300), horizon=8)
-    run.draw_plots(tmp_path, huge, {"base": np.full((3, 8), 1e300)}, run.RunConfig())
+    report.draw_plots(tmp_path, huge, {"base": np.full((3, 8), 1e300)}, segment=24)
     err = capsys.readouterr().err
     assert "warning: huge_" in err and "not drawn" in err
 
