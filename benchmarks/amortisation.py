@@ -325,8 +325,8 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
     codec = Codec(tokenizer)
     head = config.head  # a parameter-free Q(s, a) = R(s·a), R⁺(s·a) or R⁺ᵈ(s·a), bound to each window by `task.search`
     if config.head not in PARAMETER_FREE_VALUES:
-        head, meta = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
-        warn_if_other_lam(meta.get("lam"), config.lam, f"head {config.head}")
+        head, card = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
+        warn_if_other_lam(card.lam, config.lam, f"head {config.head}")
     rows = []
     windows = [w for name in config.series for w in heldout_windows(name, config)]
     for name, context, truth in tqdm(windows, desc="held-out windows", unit="window"):

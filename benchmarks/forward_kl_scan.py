@@ -76,7 +76,6 @@ def load_module(head_dir: str, datamodule, lam: float):
     """A FlowHeadModule built from the head's sidecar (its training settings), holding the head's weights;
     for a parameter-free value's name (`forecast_task.PARAMETER_FREE_VALUES`), an untrained module
     whose Q is that value exactly (β = 1, no residual, zero bias)."""
-    from sadt.flow_head import migrate_value_flags
     from sadt.head_io import load_head
     from sadt.lm.base_model import lm_fingerprint
     from search.forecast_task import PARAMETER_FREE_VALUES
@@ -86,11 +85,11 @@ def load_module(head_dir: str, datamodule, lam: float):
         module = FlowHeadModule(lam=lam, value_form=PARAMETER_FREE_VALUES[head_dir], residual=False)
         module.attach(datamodule)
         return module.eval()
-    head, meta = load_head(head_dir, lm_fingerprint())
-    if meta.get("adapter"):  # its adapter's weights live beside the head; this rebuild would leave them random
+    head, card = load_head(head_dir, lm_fingerprint())
+    if card.adapter:  # its adapter's weights live beside the head; this rebuild would leave them random
         raise ValueError(f"{head_dir}: forward_kl_scan reads MLP heads on the frozen LM, not LoRA heads")
     accepted = inspect.signature(FlowHeadModule).parameters
-    module = FlowHeadModule(**{k: v for k, v in migrate_value_flags(meta["training"]).items() if k in accepted})
+    module = FlowHeadModule(**{k: v for k, v in card.training.items() if k in accepted})  # migrated on reading
     module.head.load_state_dict(head.state_dict())
     module.attach(datamodule)
     return module.eval()

@@ -151,8 +151,8 @@ def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
         if path in PARAMETER_FREE_VALUES:  # bound to each window by `task.value`
             heads[name] = path
             continue
-        heads[name], meta = load_value_head(path, lm_fingerprint(), to_dict(codec.config))
-        warn_if_other_lam(meta.get("lam"), config.lam, f"head {path}")
+        heads[name], card = load_value_head(path, lm_fingerprint(), to_dict(codec.config))
+        warn_if_other_lam(card.lam, config.lam, f"head {path}")
     done = {(r["series"], r["proposal"]): r for r in keep}
     rows = []
     for label, context in tqdm(windows_of(config), desc=f"{config.windows} windows", unit="window"):

@@ -15,22 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-VALUE_FORM_FLAGS = ("partial_reward", "look_ahead", "digit_ahead", "soft_ahead")  # the old chain, oldest first
-
-
-def migrate_value_flags(settings: dict) -> dict:
-    """Settings (a head's `head_config` or a trainer's `training`) with the old chain of flags
-    partial_reward → look_ahead → digit_ahead → soft_ahead replaced by the one `value_form` they meant."""
-    settings = dict(settings)
-    if not any(flag in settings for flag in VALUE_FORM_FLAGS):
-        return settings
-    form = "none"
-    for flag, name in zip(VALUE_FORM_FLAGS, ("partial", "look_ahead", "digit_ahead", "soft_ahead")):
-        if settings.pop(flag, False):  # each flag refined the one before it: the last one set is the form
-            form = name
-    settings.setdefault("value_form", form)
-    return settings
-
 
 @dataclass(frozen=True)
 class FlowHeadConfig:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from sadt.codec import SEP, Codec
+from sadt.head_card import ValueForm
 from sadt.rewards import ForecastReward, RewardConfig
 
 
@@ -49,9 +50,11 @@ def completed_values(codec: Codec, actions: Sequence[int]) -> np.ndarray:
     return codec.text_to_values(codec.actions_to_text(np.asarray(actions, dtype=np.int64)))
 
 
-TASK_VALUES = ("partial", "look_ahead", "digit_ahead", "soft_ahead")  # R, R⁺, R⁺ᵈ, V⁺ᵈ (module docstring)
-VALUE_FORMS = ("digit_ahead", "soft_ahead")  # what a trained head may add: R⁺ᵈ, V⁺ᵈ
-DROPPED_VALUE_FORMS = ("partial", "look_ahead")  # heads on R / R⁺: the last commit that trains and loads them
+# The forms of `sadt.head_card.ValueForm`, as the strings configs and cards hold.
+TASK_VALUES = tuple(f.value for f in ValueForm if f is not ValueForm.NONE)  # R, R⁺, R⁺ᵈ, V⁺ᵈ (module docstring)
+VALUE_FORMS = (ValueForm.DIGIT_AHEAD.value, ValueForm.SOFT_AHEAD.value)  # what a trained head may add: R⁺ᵈ, V⁺ᵈ
+DROPPED_VALUE_FORMS = (ValueForm.PARTIAL.value, ValueForm.LOOK_AHEAD.value)  # heads on R / R⁺: the last commit that
+# trains and loads them
 DROPPED_AT = "ca14b55"
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from sadt.codec import Codec, Scaler
 from sadt.grammar import DigitGrammar
+from sadt.head_card import ValueForm
 from sadt.lm.backend import LMBackend
 from sadt.partial_reward import PartialRewardValue, ShapedValue, completed_values
 from sadt.rewards import ForecastReward, RewardConfig
@@ -16,13 +17,12 @@ from search.sampler import make_sampler
 from search.smc import SMC, SMCResult
 from search.tree_search import TreeSearch
 
-PARTIAL_REWARD = "partial_reward"  # as a value head: Q(s, a) = R(s·a), no trained head
-LOOK_AHEAD_REWARD = "look_ahead_reward"  # Q(s, a) = R⁺(s·a), the look-ahead reward
-DIGIT_AHEAD_REWARD = "digit_ahead_reward"  # Q(s, a) = R⁺ᵈ(s·a): R⁺ with the value being written completed
-SOFT_AHEAD_REWARD = "soft_ahead_reward"  # Q(s, a) = V⁺ᵈ(s·a): R⁺ᵈ averaged over noisy guesses of the rest, at λ
-# each parameter-free value's name -> its value form (sadt.partial_reward.VALUE_FORMS)
-PARAMETER_FREE_VALUES = {PARTIAL_REWARD: "partial", LOOK_AHEAD_REWARD: "look_ahead", DIGIT_AHEAD_REWARD: "digit_ahead",
-                         SOFT_AHEAD_REWARD: "soft_ahead"}
+# The parameter-free values, by the name a run gives them (`ValueForm.parameter_free_name`):
+PARTIAL_REWARD = ValueForm.PARTIAL.parameter_free_name  # Q(s, a) = R(s·a), no trained head
+LOOK_AHEAD_REWARD = ValueForm.LOOK_AHEAD.parameter_free_name  # Q(s, a) = R⁺(s·a), the look-ahead reward
+DIGIT_AHEAD_REWARD = ValueForm.DIGIT_AHEAD.parameter_free_name  # Q = R⁺ᵈ(s·a): R⁺ with the value being written done
+SOFT_AHEAD_REWARD = ValueForm.SOFT_AHEAD.parameter_free_name  # Q = V⁺ᵈ(s·a): R⁺ᵈ over guesses of the rest, at λ
+PARAMETER_FREE_VALUES = {f.parameter_free_name: f.value for f in ValueForm if f is not ValueForm.NONE}  # name -> form
 
 
 class ContextTooLong(ValueError):

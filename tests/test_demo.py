@@ -41,10 +41,12 @@ def write_head(directory, fingerprint: str) -> None:
     from sadt.codec import CodecConfig
     from sadt.config import to_dict
     from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+    from sadt.head_card import HeadCard
     from sadt.head_io import save_head
 
     head = MLPFlowHead(torch.randn(12, 576), FlowHeadConfig(hidden=8, layers=1))
-    save_head(head, directory, {"lm_fingerprint": fingerprint, "lam": 5.0, "codec": to_dict(CodecConfig())})
+    save_head(head, directory, HeadCard.for_head(head, lm_fingerprint=fingerprint, lam=5.0,
+                                                 codec=to_dict(CodecConfig())))
 
 
 @pytest.mark.base_model
@@ -85,7 +87,7 @@ def test_the_demo_config_names_a_shipped_head_for_this_base_model(base_tokenizer
     assert config.methods[2] == "twisted_smc" and config.search_config("twisted_smc").n_rollouts == 200  # recommended
     assert config.search_config("hybrid").hybrid == "visits" and config.search_config("hybrid").defensive == 0.5
     head = load_search_head(root / config.head, lm_fingerprint(), to_dict(config.codec))  # raises on a mismatch
-    assert head.lm is None and head.meta["lam"] == config.search.lam
+    assert head.lm is None and head.card.lam == config.search.lam
 
 
 @pytest.mark.base_model

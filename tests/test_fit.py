@@ -65,13 +65,13 @@ def test_fit_trains_logs_and_writes_a_head_that_loads_back(tmp_path, buffer_path
     assert list(out.glob("wandb/offline-run-*/files/media/table/samples/*.table.json"))
     assert list(out.glob("wandb/offline-run-*/files/media/images/samples/*.png"))
     head, sidecar = load_head(tmp_path / "head", lm_fingerprint())
-    assert head_state_equal(head, model.head) and sidecar["lam"] == 2.0
+    assert head_state_equal(head, model.head) and sidecar.lam == 2.0
     # keep_best: the written head is the one of the epoch with the lowest validation loss.
     val_losses = {int(r["epoch"]): float(r["val/loss"]) for r in csv.DictReader(metrics.open()) if r.get("val/loss")}
     best_epoch = min(val_losses, key=val_losses.get)
-    assert sidecar["best"]["epoch"] == best_epoch
-    assert sidecar["best"]["val_loss"] == pytest.approx(val_losses[best_epoch], rel=1e-5)
-    assert sidecar["codec"] == read_buffer(buffer_path).meta["config"]["codec"]
+    assert sidecar.best["epoch"] == best_epoch
+    assert sidecar.best["val_loss"] == pytest.approx(val_losses[best_epoch], rel=1e-5)
+    assert sidecar.codec == read_buffer(buffer_path).meta["config"]["codec"]
     with pytest.raises(HeadMismatchError, match="trained for LM"):
         load_head(tmp_path / "head", "another-lm")
     # Epochs after the first read the LM's features from the cache: the same as recomputing them. The cache was
@@ -134,7 +134,7 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     lm, tokenizer = load_base_lm()
     codec = Codec(tokenizer)
     head = load_search_head(tmp_path / "head", lm_fingerprint(), read_buffer(buffer_path).meta["config"]["codec"])
-    assert isinstance(head.lm, LoRALM) and head.meta["adapter"]["kind"] == "lora"
+    assert isinstance(head.lm, LoRALM) and head.card.adapter["kind"] == "lora"
     task = ForecastTask.build(codec, torch.linspace(1, 3, 16).numpy(), 4)
     config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
     result = task.search(head.lm, config, head.value_head)
@@ -168,7 +168,7 @@ def test_fit_with_a_value_form_trains_the_residual_over_r_and_the_search_adds_r(
 
     meta_codec = read_buffer(buffer_path).meta["config"]["codec"]
     head, sidecar = load_head(tmp_path / "head", lm_fingerprint(), meta_codec)
-    assert head.config.value_form == form == sidecar["training"]["value_form"]
+    assert head.config.value_form == form == sidecar.training["value_form"]
     assert head.config.reward_weight_bins == bins and head.config.reward_weight_positions == positions
     assert head.config.residual == residual and hasattr(head, "q_mlp") == residual  # no residual: no MLP weights
     if bins:  # β is trained, from 1, at its own lr and without weight decay pulling it towards 0
@@ -217,8 +217,8 @@ def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_dow
 ):
     model = fit.main(fit_args(f"{buffer_path},{prior_buffer_path}", tmp_path, "--trainer.max_epochs", "3",
                               "--model.tb", "0", "--model.forward_kl", "1", "--model.lr", "0.01"))
-    _, meta = load_head(tmp_path / "head", lm_fingerprint())  # each buffer's harvest, in order: both rebuildable
-    assert [h["sampler"] for h in meta["training_data"]["harvests"]] == ["tree", "prior"]
+    _, card = load_head(tmp_path / "head", lm_fingerprint())  # each buffer's harvest, in order: both rebuildable
+    assert [h["sampler"] for h in card.training_data["harvests"]] == ["tree", "prior"]
     items = model.trainer.datamodule.train_set.items
     prior = [x for x in items if x["source"] == SOURCES["prior_sample"]]
     assert len(prior) == 3 * 6 and len(items) > len(prior)
@@ -345,8 +345,8 @@ def test_a_head_fits_on_generated_contexts_end_to_end(tmp_path, monkeypatch):
                               "--model.prompt_cache_size", "1", "--model.feature_cache_mb", "0"))
     assert model.trainer.current_epoch == 2
     assert len(prefills) == 3 * 2  # whole prompts per batch: each prompt prefilled once an epoch, with a 1-prompt cache
-    _, meta = load_head(tmp_path / "head", lm_fingerprint())
-    data = meta["training_data"]  # enough to rebuild the head: the generator's seed and count, the prompts
+    _, card = load_head(tmp_path / "head", lm_fingerprint())
+    data = card.training_data  # enough to rebuild the head: the generator's seed and count, the prompts
     (recorded,) = data["harvests"]  # one per buffer
     assert recorded["generated"] == 3 and recorded["generator_seed"] == 5
     assert data["train_prompts"] == 3 and data["val_prompts"] == 0

@@ -18,6 +18,7 @@ if sys.platform not in ("linux", "darwin"):
     pytest.skip(f"mlx publishes no wheels for {sys.platform}", allow_module_level=True)
 
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead  # noqa: E402
+from sadt.head_card import HeadCard  # noqa: E402
 from sadt.head_io import HeadMismatchError, save_head  # noqa: E402
 from sadt.lm.backend import TorchLM  # noqa: E402
 from sadt.mlx.backend import MLXLM  # noqa: E402  (installed by the `mlx` extra, which `make test` installs)
@@ -70,8 +71,8 @@ def test_flow_head_loads_the_trainers_checkpoint_and_matches(tmp_path, pair):
     with torch.no_grad():
         for p in torch_head.parameters():
             p.add_(0.3 * torch.randn_like(p))  # the zero-init outputs would make Q trivially equal
-    save_head(torch_head, tmp_path, {"lm_fingerprint": "tiny", "lam": 2.0, "codec": None})
-    mlx_head, meta = MLXFlowHead.load(tmp_path, "tiny")
+    save_head(torch_head, tmp_path, HeadCard.for_head(torch_head, lm_fingerprint="tiny", lam=2.0))
+    mlx_head, card = MLXFlowHead.load(tmp_path, "tiny")
     hidden = torch.randn(5, 32)
     with torch.no_grad():
         torch.testing.assert_close(mlx_head(hidden), torch_head.q(hidden), atol=1e-5, rtol=1e-5)
@@ -79,7 +80,7 @@ def test_flow_head_loads_the_trainers_checkpoint_and_matches(tmp_path, pair):
 
         log_z = torch.from_numpy(np.array(mlx_head.log_z(mx.array(hidden.numpy()))))
         torch.testing.assert_close(log_z, torch_head.log_z(hidden), atol=1e-5, rtol=1e-5)
-    assert meta["lam"] == 2.0
+    assert card.lam == 2.0
     with pytest.raises(HeadMismatchError, match="head trained for LM 'tiny'"):
         MLXFlowHead.load(tmp_path, "another")
 
@@ -171,7 +172,7 @@ def test_hybrid_on_mlx_with_the_mlx_head_matches_torch(toys, tmp_path):
         for p in torch_head.parameters():
             p.add_(0.3 * torch.randn_like(p))
     torch_head.requires_grad_(False)
-    save_head(torch_head, tmp_path, {"lm_fingerprint": "toy", "lam": 2.0, "codec": None})
+    save_head(torch_head, tmp_path, HeadCard.for_head(torch_head, lm_fingerprint="toy", lam=2.0))
     mlx_head, _ = MLXFlowHead.load(tmp_path, "toy")
     config = SearchConfig(lam=2.0, n_rollouts=48, batch_size=8, progress=False, hybrid="visits", hybrid_n0=1.0)
     by_torch = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=torch_head).run()

@@ -7,7 +7,8 @@ from conftest import tiny_llama
 
 from data.series import load_builtin
 from sadt.codec import SEP, Codec
-from sadt.flow_head import FlowHeadConfig, MLPFlowHead, migrate_value_flags
+from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+from sadt.head_card import migrate_value_flags
 from sadt.lm.backend import TorchLM
 from sadt.partial_reward import completed_values, digit_ahead_q, digits_written, nearest_completion, shaping_value
 from search.config import SearchConfig

@@ -27,6 +27,7 @@ from sadt.codec import Codec, CodecConfig
 from sadt.config import from_dict
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.grammar import DigitGrammar
+from sadt.head_card import HeadCard
 from sadt.head_io import save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from sadt.lora_head import LoRAHeadConfig, adapted_path_states, add_lora, frozen, lora_parameters, save_adapter
@@ -393,15 +394,14 @@ class FlowHeadModule(pl.LightningModule):
         if self.best is not None:
             self.load_state_dict(self.best["state"])
         config = self.buffer_meta.get("config", {})
-        sidecar = {
-            "lm_fingerprint": self.fingerprint, "lam": self.hparams.lam, "gamma": self.buffer_meta.get("gamma"),
-            "codec": config.get("codec"), "action_token_ids": self.action_token_ids,
-            "training": dict(self.hparams),
-            "adapter": None if self.lora_config is None else {"kind": "lora", **vars(self.lora_config)},
-            "best": None if self.best is None else {k: self.best[k] for k in ("epoch", "val_loss")},
-            "training_data": self._training_data(),
-        }
-        path = save_head(self.head, Path(self.hparams.save_to), sidecar)
+        card = HeadCard.for_head(
+            self.head, lm_fingerprint=self.fingerprint, lam=self.hparams.lam, gamma=self.buffer_meta.get("gamma"),
+            codec=config.get("codec"), action_token_ids=self.action_token_ids, training=dict(self.hparams),
+            adapter=None if self.lora_config is None else {"kind": "lora", **vars(self.lora_config)},
+            best=None if self.best is None else {k: self.best[k] for k in ("epoch", "val_loss")},
+            training_data=self._training_data(),
+        )
+        path = save_head(self.head, Path(self.hparams.save_to), card)
         if self.peft is not None:
             save_adapter(self.peft, path, self.lora_config)
         best = self.best

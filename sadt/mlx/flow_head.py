@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 import torch
 
-from sadt.head_io import WEIGHTS, read_sidecar
+from sadt.head_card import WEIGHTS_FILE, HeadCard, read_card
 
 
 def _linear_layers(weights: dict[str, mx.array], prefix: str) -> list[tuple[mx.array, mx.array]]:
@@ -41,11 +41,12 @@ class MLXFlowHead:
         self.scale = 1.0 / math.sqrt(self.action_embeddings.shape[1])
 
     @classmethod
-    def load(cls, directory: str | Path, lm_fingerprint: str, codec: dict | None = None) -> tuple[MLXFlowHead, dict]:
-        """The head in `directory` and its sidecar, checked against the LM and codec like `load_head`."""
+    def load(cls, directory: str | Path, lm_fingerprint: str,
+             codec: dict | None = None) -> tuple[MLXFlowHead, HeadCard]:
+        """The head in `directory` and its card, checked against the LM and codec like `load_head`."""
         directory = Path(directory)
-        meta = read_sidecar(directory, lm_fingerprint, codec)
-        return cls(mx.load(str(directory / WEIGHTS))), meta
+        card = read_card(directory, lm_fingerprint, codec)
+        return cls(mx.load(str(directory / WEIGHTS_FILE))), card
 
     def q(self, hidden: mx.array) -> mx.array:
         """(..., H) -> (..., A)."""
