@@ -144,8 +144,6 @@ def toy_head_q(toy, head) -> np.ndarray:
 
 def run_toy(config: ToyPart, out: Path) -> list[dict]:
     from toy_problem import (
-        ACTION_IDS,
-        PROMPT,
         ExactHead,
         Toy,
         policy_step_log_probs,
@@ -178,7 +176,7 @@ def run_toy(config: ToyPart, out: Path) -> list[dict]:
                     lam=lam, n_rollouts=budget, batch_size=8, seed=seed, progress=False, sampling="search",
                     hybrid="visits" if head is not None else "off", hybrid_n0=n0, hybrid_offset=offset,
                 )
-                search = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, search_config, head)
+                search = TreeSearch(toy.lm, toy.problem, search_config, head)
                 root_is = search.run().root_value_is
                 by_search, in_tree = search_sampler_distribution(search, toy, completion), tree_distribution(search)
                 resampled = resample_distribution(search, toy)

@@ -5,7 +5,6 @@ The methods themselves are `search.methods` (tree methods) and `search.smc` (par
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +13,7 @@ from sadt.config import check_finite
 from sadt.importance import effective_sample_size, log_mean_exp
 from search.methods import METHOD_STRATEGIES
 from search.smc import SMC_METHODS  # particle samplers, configured by the same SearchConfig
+from search.task import RewardFn  # noqa: F401  (re-exported: callers have imported it from here)
 from search.tree import Tree
 
 METHODS = tuple(METHOD_STRATEGIES)  # the tree methods
@@ -24,7 +24,6 @@ SAMPLINGS = ("auto", "resample", "tree", "search")  # SearchConfig.sampling
 # λ = 15 on other windows (checkpoints/heads/README.md); a path from the repository root.
 RECOMMENDED_HEAD = "checkpoints/heads/soft_ahead_lam15"
 
-RewardFn = Callable[[list[list[int]]], np.ndarray]  # B action sequences -> (B,) rewards
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,11 @@ class ForecastTask:
         reward = ForecastReward(scaler.transform(context), horizon, reward_config)
         return cls(codec, prompt_ids, scaler, grammar, reward, horizon)
 
+    @property
+    def action_token_ids(self) -> list[int]:
+        """The digits, the separator and the stop: each action's token id (the codec's)."""
+        return self.codec.action_token_ids
+
     def check_window(self, window: int | None, context_steps: int, back_test: bool = False) -> None:
         """Refuse, before any forward, a prompt whose tokens plus the longest forecast exceed `window`
         (a 100k-step CSV once ran the machine out of memory in its prefill)."""
@@ -123,10 +128,7 @@ class ForecastTask:
 
     def sampler(self, lm: LMBackend, config: SearchConfig, value_head=None) -> TreeSearch | SMC:
         """The configured sampler on this task, not yet run (`run(until)` for an anytime curve)."""
-        return make_sampler(
-            lm, self.prompt_ids, self.codec.action_token_ids, self.grammar, self.reward_fn, config,
-            self.value(value_head, config.lam),
-        )
+        return make_sampler(lm, self, config, value_head)
 
     def search(self, lm: LMBackend, config: SearchConfig, value_head=None) -> SearchResult | SMCResult:
         """Run the configured sampler (MaxEnt-TS by default; any tree or SMC method) on this task.

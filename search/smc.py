@@ -22,7 +22,6 @@ cost what N rollouts cost.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +33,7 @@ from sadt.lm.backend import LMBackend
 from sadt.policy import draw, policy_log_probs
 from sadt.rewards import checked_rewards
 from sadt.rollout import head_q
+from search.task import Task
 
 SMC_METHODS = ("smc", "twisted_smc")
 
@@ -74,24 +74,23 @@ class SMC:
     """SMC sampler of π*(x) ∝ p(x|c) exp(λ r(x)) with the search's backend, grammar and reward.
 
     Args:
-        lm, prompt_ids, action_token_ids, grammar, reward_fn: as for `TreeSearch`.
+        lm, task: as for `TreeSearch`.
         config: a `SearchConfig` with method `smc` or `twisted_smc`; `n_rollouts` particles,
             `ess_threshold`, `lam`, `top_k`, `n_samples`, `seed`.
         value_head: `hidden (B, H) -> Q_φ (B, A)`, needed by (and only by) `twisted_smc`.
     """
 
     def __init__(
-        self, lm: LMBackend, prompt_ids: Sequence[int], action_token_ids: Sequence[int], grammar, reward_fn, config,
-        value_head=None,
+        self, lm: LMBackend, task: Task, config, value_head=None,
     ) -> None:
         if config.method not in SMC_METHODS:
             raise ValueError(f"SMC runs methods {SMC_METHODS}, got {config.method!r}")
         if config.needs_head != (value_head is not None):
             raise ValueError("a value_head is needed by, and only used by, method 'twisted_smc'")
-        self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, reward_fn, config
+        self.lm, self.grammar, self.reward_fn, self.config = lm, task.grammar, task.reward_fn, config
         self.value_head = value_head
-        self.action_token_ids = torch.tensor(list(action_token_ids), device=lm.device)
-        self.prompt_ids = list(prompt_ids)
+        self.action_token_ids = torch.tensor(list(task.action_token_ids), device=lm.device)
+        self.prompt_ids = list(task.prompt_ids)
 
     def run(self) -> SMCResult:
         config, lm, lam = self.config, self.lm, self.config.lam

@@ -58,6 +58,10 @@ class TextTask:
         """Action a is token a: the whole vocabulary."""
         return range(self.grammar.n_actions)
 
+    def value(self, head, lam: float | None = None):
+        """A head reads the text's hidden states as it is (a text task has no partial reward to add)."""
+        return head
+
     def decode(self, sequences: Sequence[Sequence[int]]) -> list[str]:
         """Each action sequence as text, without its stop token."""
         stops = set(self.grammar.stop_actions)
@@ -73,8 +77,7 @@ class TextTask:
         if config.method not in SMC_METHODS and config.top_k is None:
             raise ValueError(f"method {config.method!r} on a text task needs `top_k` (e.g. 20): a node over the "
                              f"full vocabulary of {self.grammar.n_actions} tokens would hold ~1 MB")
-        return make_sampler(lm, self.prompt_ids, self.action_token_ids, self.grammar, self.reward_fn, config,
-                            value_head)
+        return make_sampler(lm, self, config, value_head)
 
     def search(self, lm: LMBackend, config: SearchConfig, value_head=None) -> SearchResult | SMCResult:
         """Run the configured sampler; `task.decode(result.samples)` gives the texts."""

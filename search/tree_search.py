@@ -58,6 +58,7 @@ from search.backup import mean_backup, soft_backup
 from search.config import METHODS, SMC_METHODS, RewardFn, SearchConfig, SearchResult
 from search.methods import METHOD_STRATEGIES
 from search.selection import gumbel_max
+from search.task import Task
 from search.tree import ROOT, Tree
 from search.tree_sampling import final_samples, resample
 from search.values import TreeValues
@@ -100,11 +101,8 @@ class TreeSearch:
     """Tree search over an LM prior restricted by a grammar; `config.method` picks the algorithm.
 
     Args:
-        lm: the torch backend.
-        prompt_ids: the context's token ids.
-        action_token_ids: (A,) vocabulary id of each action index.
-        grammar: allowed actions per state (`initial`, `mask`, `advance`, `replay`).
-        reward_fn: terminal action sequences -> rewards (B,).
+        lm: the torch (or MLX) backend.
+        task: the prompt, actions, grammar and reward (`search.task.Task`).
         config: method, λ, budget, batch size, seed.
         value_head: `hidden (B, H) -> Q_φ (B, A)` for the hybrid (`config.hybrid`), read from the
             hidden states the search's own forwards compute.
@@ -113,10 +111,7 @@ class TreeSearch:
     def __init__(
         self,
         lm: LMBackend,
-        prompt_ids: Sequence[int],
-        action_token_ids: Sequence[int],
-        grammar,
-        reward_fn: RewardFn,
+        task: Task,
         config: SearchConfig,
         value_head=None,
     ) -> None:
@@ -124,11 +119,12 @@ class TreeSearch:
             raise ValueError(f"method {config.method!r} is a particle sampler: use search.smc.SMC or make_sampler")
         if config.needs_head != (value_head is not None):
             raise ValueError("a value_head is needed by, and only used by, `hybrid` or method 'flow'")
-        self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, reward_fn, config
+        grammar, prompt_ids = task.grammar, task.prompt_ids
+        self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, task.reward_fn, config
         self.method = METHOD_STRATEGIES[config.method]
         self.epsilon = config.defensive if self.method.records_draws else 0.0  # the IS methods' defensive share
         self.value_head = value_head
-        self.action_token_ids = list(action_token_ids)
+        self.action_token_ids = list(task.action_token_ids)
         self.top_k = 1 if config.method == "greedy" else config.top_k
         self.rng = np.random.default_rng(config.seed)
         self.sample_rng = np.random.default_rng([config.seed, 1])  # in-tree samples: drawing them mid-run

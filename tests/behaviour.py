@@ -37,7 +37,7 @@ def record(result) -> dict:
 
 def toy_runs() -> dict[str, dict]:
     """Every method on the toy (length 5, λ 2, 24 rollouts in batches of 4, 6 samples, seed 3)."""
-    from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy
+    from toy_problem import ExactHead, Toy
 
     from search.config import SearchConfig
     from search.sampler import make_sampler
@@ -50,7 +50,7 @@ def toy_runs() -> dict[str, dict]:
         config = SearchConfig(**{"lam": TOY_LAM, "n_rollouts": 24, "batch_size": 4, "n_samples": 6, "seed": 3,
                                  "progress": False, **settings})
         toy.lm.stats.reset()
-        sampler = make_sampler(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config,
+        sampler = make_sampler(toy.lm, toy.problem, config,
                                head if config.needs_head else None)
         out[name] = record(sampler.run())
     return out

@@ -16,7 +16,7 @@ def toy():
 
 def search(toy, lam, n, seed=0, head=None, **settings) -> TreeSearch:
     config = SearchConfig(lam=lam, n_rollouts=n, batch_size=8, seed=seed, progress=False, **settings)
-    tree = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=head)
+    tree = TreeSearch(toy.lm, toy.problem, config, value_head=head)
     tree.run()
     return tree
 

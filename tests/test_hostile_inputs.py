@@ -143,7 +143,7 @@ def test_a_head_trained_at_another_lambda_warns_wherever_a_sampler_is_made():
     import sys as _sys
 
     _sys.path.insert(0, str(ROOT / "tests"))
-    from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy
+    from toy_problem import ExactHead, Toy
 
     from search.sampler import make_sampler
 
@@ -153,13 +153,13 @@ def test_a_head_trained_at_another_lambda_warns_wherever_a_sampler_is_made():
     for method, extra in (("maxent_ts", {"hybrid": "visits"}), ("twisted_smc", {})):
         config = SearchConfig(method=method, lam=5.0, n_rollouts=4, batch_size=4, progress=False, **extra)
         with pytest.warns(UserWarning, match="trained at λ=2, the search runs at λ=5"):
-            make_sampler(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, head)
+            make_sampler(toy.lm, toy.problem, config, head)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the same λ: no warning
         config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, progress=False, hybrid="visits")
-        make_sampler(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, head)
+        make_sampler(toy.lm, toy.problem, config, head)
 
 
 @pytest.mark.parametrize("reward_fn, message", [

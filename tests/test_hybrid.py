@@ -6,7 +6,6 @@ import torch
 from scipy.special import logsumexp
 from toy_problem import (
     ACTION_IDS,
-    PROMPT,
     ExactHead,
     Toy,
     mixture_distribution,
@@ -28,7 +27,7 @@ def toy():
 
 def run(toy, n, head=None, **hybrid):
     config = SearchConfig(lam=LAM, n_rollouts=n, batch_size=8, seed=3, progress=False, **hybrid)
-    search = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=head)
+    search = TreeSearch(toy.lm, toy.problem, config, value_head=head)
     search.run()
     return search
 
@@ -163,7 +162,7 @@ def test_importance_root_value_is_unbiased_where_the_tree_backup_is_not(toy):
         # ε = 0: every descent follows the tree's values, whose backup the adaptive selection biases most
         # (the default ε = 0.5 roughly thirds that bias: −0.018 measured).
         config = SearchConfig(lam=LAM, n_rollouts=80, batch_size=8, seed=seed, progress=False, defensive=0.0)
-        result = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config).run()
+        result = TreeSearch(toy.lm, toy.problem, config).run()
         tree_errors.append(result.root_value - exact_root)
         is_errors.append(result.root_value_is - exact_root)
     # Measured: V̂(root) −0.054 (standard error 0.011), the IS estimate −0.0001 (0.010).

@@ -78,8 +78,8 @@ def test_lora_backend_runs_the_hybrid_and_counts_both_forwards():
     toy = Toy()
     head = MLPFlowHead(torch.randn(3, 32, dtype=torch.float64), FlowHeadConfig(hidden=8)).double().requires_grad_(False)
     config = SearchConfig(lam=2.0, n_rollouts=24, batch_size=8, progress=False, hybrid="visits")
-    plain = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=head.q).run()
+    plain = TreeSearch(toy.lm, toy.problem, config, value_head=head.q).run()
     backend = LoRALM(add_lora(toy.lm.model, LoRAHeadConfig(r=4)))  # zero-init adapter: same states
-    lora = TreeSearch(backend, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=head.q).run()
+    lora = TreeSearch(backend, toy.problem, config, value_head=head.q).run()
     assert lora.samples == plain.samples and lora.root_value == pytest.approx(plain.root_value, abs=1e-12)
     assert lora.nfe_tokens == 2 * plain.nfe_tokens

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_llama
-from toy_problem import ACTION_IDS, PROMPT, Toy, total_variation, tree_distribution
+from toy_problem import ACTION_IDS, Toy, total_variation, tree_distribution
 
 if sys.platform not in ("linux", "darwin"):
     pytest.skip(f"mlx publishes no wheels for {sys.platform}", allow_module_level=True)
@@ -96,7 +96,7 @@ def toys(tmp_path_factory):
 
 def fixed_tree(lm, toy, sequences, lam=2.0) -> TreeSearch:
     """A tree holding exactly `sequences`, priors from `lm`, soft values backed up by the shared code."""
-    search = TreeSearch(lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, SearchConfig(lam=lam, progress=False))
+    search = TreeSearch(lm, toy.problem, SearchConfig(lam=lam, progress=False))
     _, logits = lm.path_states(search.prompt, [[ACTION_IDS[a] for a in s] for s in sequences], ACTION_IDS)
     log_priors = masked_log_softmax(logits.double().flatten(0, 1), torch.ones(1, 3, dtype=torch.bool))
     log_priors = log_priors.reshape(len(sequences), -1, 3).numpy()  # (S, L+1, A)
@@ -125,7 +125,7 @@ def test_maxent_ts_on_mlx_converges_to_the_exact_target(toys):
     lam = 2.0
     target, exact_root = toy.target(lam)
     config = SearchConfig(lam=lam, n_rollouts=3000, batch_size=8, progress=False)
-    search = TreeSearch(mlx_lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config)
+    search = TreeSearch(mlx_lm, toy.problem, config)
     search.run()
     # The torch backend's test allows 0.03 (measured 0.002-0.012); the priors differ by ~1e-7 here.
     assert total_variation(tree_distribution(search), target) < 0.03
@@ -175,8 +175,8 @@ def test_hybrid_on_mlx_with_the_mlx_head_matches_torch(toys, tmp_path):
     save_head(torch_head, tmp_path, HeadCard.for_head(torch_head, lm_fingerprint="toy", lam=2.0))
     mlx_head, _ = MLXFlowHead.load(tmp_path, "toy")
     config = SearchConfig(lam=2.0, n_rollouts=48, batch_size=8, progress=False, hybrid="visits", hybrid_n0=1.0)
-    by_torch = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=torch_head).run()
-    by_mlx = TreeSearch(mlx_lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=mlx_head).run()
+    by_torch = TreeSearch(toy.lm, toy.problem, config, value_head=torch_head).run()
+    by_mlx = TreeSearch(mlx_lm, toy.problem, config, value_head=mlx_head).run()
     # Same seed, same decisions: the float32 differences (~1e-6) are far below the selection noise.
     assert by_mlx.samples == by_torch.samples and by_mlx.tree.size == by_torch.tree.size
     assert by_mlx.root_value == pytest.approx(by_torch.root_value, abs=1e-5)

@@ -39,7 +39,7 @@ def toy():
 
 def hybrid_search(toy, n, head, **kwargs):
     config = SearchConfig(lam=LAM, n_rollouts=n, batch_size=8, seed=3, progress=False, hybrid="visits", **kwargs)
-    search = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=head)
+    search = TreeSearch(toy.lm, toy.problem, config, value_head=head)
     search.run()
     return search
 
@@ -165,7 +165,7 @@ def test_twisted_smc_twists_at_the_guide_scale_and_stays_unbiased(toy):
     def run(seed, scale):
         config = SearchConfig(method="twisted_smc", lam=LAM, n_rollouts=200, n_samples=8, seed=seed,
                               guide_scale=scale, ess_threshold=0.0, progress=False)
-        return SMC(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=head).run()
+        return SMC(toy.lm, toy.problem, config, value_head=head).run()
 
     assert np.ptp(run(0, 1.0).log_weights) < 1e-5  # the exact head is a nearest-state lookup: ~1e-7
     results = [run(seed, 0.5) for seed in range(12)]

@@ -1,11 +1,12 @@
 """The samplers benchmark's parts (`benchmarks.evaluation`): draws at a token budget with exact weights on the
 toy, scores with exact answers, a row store that two shards share and a run resumes."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy, ToyTask
+from toy_problem import ExactHead, Toy, ToyTask
 
 from benchmarks.evaluation.draws import DrawSet, policy_draws, smc_draws, tree_draws
 from benchmarks.evaluation.scoring import Reference, score
@@ -42,7 +43,7 @@ def test_draws_of_an_exact_head_all_weigh_log_z(toy):
 def test_tree_draws_are_the_searchs_own_weighted_draws_in_order(toy):
     config = SearchConfig(lam=LAM, batch_size=4, seed=2, progress=False)
     draws = tree_draws(toy.lm, ToyTask(toy), config, budget=40)
-    search = make_sampler(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config)
+    search = make_sampler(toy.lm, toy.problem, config)
     while len(search.draws) < len(draws.actions):
         search.iterate(4)
     np.testing.assert_allclose(draws.log_weights, search.draw_log_weights)
@@ -94,9 +95,7 @@ def test_smc_counts_each_distinct_particle_once(toy):
     """Resampling copies particles; the copies merge into one draw whose weight is their sum, Ẑ stays SMC's."""
     config = SearchConfig(method="smc", lam=LAM, ess_threshold=1.0, seed=0, progress=False)  # resample every step
     draws = smc_draws(toy.lm, ToyTask(toy), config, particles=64)
-    result = make_sampler(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward,
-                          SearchConfig(method="smc", lam=LAM, ess_threshold=1.0, seed=0, n_rollouts=64,
-                                       progress=False)).run()
+    result = make_sampler(toy.lm, toy.problem, dataclasses.replace(config, n_rollouts=64)).run()
     distinct = {tuple(a) for a in result.particles}
     assert len(draws.actions) == len(distinct) < 64
     assert draws.log_z_hat == pytest.approx(result.log_Z)

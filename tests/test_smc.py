@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy, total_variation
+from toy_problem import PROMPT, ExactHead, Toy, total_variation
 
 from sadt.importance import effective_sample_size
 from search.sampler import make_sampler
@@ -25,7 +25,7 @@ class ZeroHead:
 
 def run(toy, method, n, head=None, seed=0, **kwargs):
     config = SearchConfig(method=method, lam=LAM, n_rollouts=n, n_samples=n, seed=seed, progress=False, **kwargs)
-    return SMC(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, value_head=head).run()
+    return SMC(toy.lm, toy.problem, config, value_head=head).run()
 
 
 def empirical(toy, samples):
@@ -75,17 +75,17 @@ def test_zero_twist_is_plain_smc_for_the_same_seed(toy):
 def test_smc_costs_what_the_same_number_of_rollouts_costs(toy):
     smc = run(toy, "smc", 64)
     config = SearchConfig(method="ancestral", lam=LAM, n_rollouts=64, batch_size=64, progress=False)
-    tree = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config).run()
+    tree = TreeSearch(toy.lm, toy.problem, config).run()
     assert smc.nfe_tokens == tree.nfe_tokens == len(PROMPT) + 64 * (toy.length - 1)
 
 
 def test_make_sampler_dispatches_and_checks_the_head(toy):
     config = SearchConfig(method="twisted_smc", lam=LAM, n_rollouts=8, progress=False)
     with pytest.raises(ValueError, match="value_head"):
-        make_sampler(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config)
-    assert isinstance(make_sampler(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config, ZeroHead()), SMC)
+        make_sampler(toy.lm, toy.problem, config)
+    assert isinstance(make_sampler(toy.lm, toy.problem, config, ZeroHead()), SMC)
     with pytest.raises(ValueError, match="particle sampler"):
-        TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, SearchConfig(method="smc"))
+        TreeSearch(toy.lm, toy.problem, SearchConfig(method="smc"))
     with pytest.raises(ValueError, match="ess_threshold"):
         SearchConfig(method="smc", ess_threshold=1.5)
 

@@ -4,10 +4,11 @@ import math
 
 import numpy as np
 import pytest
-from toy_problem import ACTION_IDS, PROMPT, Toy, total_variation, tree_distribution
+from toy_problem import Toy, total_variation, tree_distribution
 
 from sadt.rewards import RewardError
 from search.backup import soft_backup
+from search.task import Problem
 from search.tree import ROOT
 from search.tree_search import SearchConfig, TreeSearch
 
@@ -99,7 +100,7 @@ def test_batch_size_does_not_change_the_answer(toy):
 def test_an_anytime_run_grows_the_trees_of_shorter_searches(toy):
     """`run(until)` then in-tree samples, then on: the samples do not touch the search's own stream."""
     config = SearchConfig(lam=2.0, n_rollouts=64, batch_size=8, progress=False)
-    anytime = TreeSearch(toy.lm, PROMPT, ACTION_IDS, toy.grammar, toy.reward, config)
+    anytime = TreeSearch(toy.lm, toy.problem, config)
     for budget in (32, 64):
         snapshot = anytime.run(until=budget) if budget < 64 else anytime.run()
         plain = toy.search(2.0, budget, batch_size=8).tree
@@ -135,7 +136,8 @@ def test_a_failing_reward_names_the_sample(toy):
         out[-1] = np.nan
         return out
 
-    search = TreeSearch(toy.lm, [1, 9, 4], [3, 5, 7], toy.grammar, reward, SearchConfig(n_rollouts=8, progress=False))
+    problem = Problem([1, 9, 4], [3, 5, 7], toy.grammar, reward)
+    search = TreeSearch(toy.lm, problem, SearchConfig(n_rollouts=8, progress=False))
     with pytest.raises(RewardError, match=r"sample \d+ \(actions \[.*\]\) is nan"):
         search.run()
 
@@ -150,7 +152,7 @@ def test_ctrl_c_returns_the_partial_result(toy):
         return toy.reward(sequences)
 
     config = SearchConfig(n_rollouts=64, batch_size=8, n_samples=5, progress=False)
-    result = TreeSearch(toy.lm, [1, 9, 4], [3, 5, 7], toy.grammar, reward, config).run()
+    result = TreeSearch(toy.lm, Problem([1, 9, 4], [3, 5, 7], toy.grammar, reward), config).run()
     assert result.interrupted and result.n_rollouts == 16
     assert len(result.samples) == 5 and np.isfinite(result.root_value)
 

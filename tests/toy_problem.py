@@ -69,7 +69,7 @@ class Toy(EnumerableToy):
         config = SearchConfig(
             method=method, lam=lam, n_rollouts=n_rollouts, batch_size=batch_size, seed=seed, progress=False, **kwargs
         )
-        search = TreeSearch(self.lm, PROMPT, ACTION_IDS, self.grammar, self.reward, config)
+        search = TreeSearch(self.lm, self.problem, config)
         search.run()
         return search
 

@@ -42,6 +42,11 @@ class Toy:
             self.table = np.zeros(N_ACTIONS**length)
             self.table[chosen] = 1.0
 
+    @property
+    def problem(self) -> ToyTask:
+        """The toy as a sampler's task (`search.task.Task`)."""
+        return ToyTask(self)
+
     def index(self, sequence) -> int:
         return int("".join(map(str, sequence)), N_ACTIONS)
 
@@ -71,6 +76,7 @@ class ToyTask:
         from types import SimpleNamespace
 
         self.toy, self.prompt_ids, self.grammar, self.reward_fn = toy, PROMPT, toy.grammar, toy.reward
+        self.action_token_ids = ACTION_IDS
         self.codec = SimpleNamespace(action_token_ids=ACTION_IDS)
 
     def value(self, head, lam):
@@ -79,4 +85,4 @@ class ToyTask:
     def sampler(self, lm, config, value_head=None):
         from search.sampler import make_sampler
 
-        return make_sampler(lm, PROMPT, ACTION_IDS, self.grammar, self.reward_fn, config, value_head)
+        return make_sampler(lm, self, config, value_head)
