@@ -2,7 +2,7 @@
 
     python benchmarks/amortisation.py --config benchmarks/configs/amortisation.yaml [--part toy|real|all]
 
-Part `toy` (exact, seconds): the enumerable toy of `tests/toy_problem.py`. For MC-only MaxEnt-TS
+Part `toy` (exact, seconds): the enumerable toy of `benchmarks/evaluation/exact.py`. For MC-only MaxEnt-TS
 and the hybrid with (a) a head trained with TB on trajectories of one MC-only search (seed 100)
 and (b) the exact head, over budgets and seeds: total variation to π* of the `sampling: search`
 draw (its exact distribution) and of the in-tree sampler, and the root-value error.
@@ -38,7 +38,6 @@ import torch
 from tqdm import tqdm
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT_DIR / "tests"))  # the toy problem lives with the tests
 
 from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
@@ -105,8 +104,7 @@ def train_toy_head(toy, lam: float, rollouts: int, steps: int):
     while the hybrid mixes Q_φ with Monte-Carlo values in absolute terms: DB's residual
     `λ (Q_φ(s_t, a_t) − V_φ(s_{t+1}))` (and `Q_φ = r` at the end) pins the level.
     """
-    from toy_problem import ACTION_IDS, PROMPT
-
+    from benchmarks.evaluation.exact import ACTION_IDS, PROMPT
     from sadt.flow_head import FlowHeadConfig, MLPFlowHead
     from sadt.losses import detailed_balance, trajectory_balance
 
@@ -134,7 +132,7 @@ def train_toy_head(toy, lam: float, rollouts: int, steps: int):
 
 def toy_head_q(toy, head) -> np.ndarray:
     """Q_φ at every state of every sequence, (S, L, A)."""
-    from toy_problem import ACTION_IDS, PROMPT
+    from benchmarks.evaluation.exact import ACTION_IDS, PROMPT
 
     prompt = toy.lm.prefill(PROMPT)
     hidden, _ = toy.lm.path_states(prompt, [[ACTION_IDS[a] for a in s] for s in toy.sequences], ACTION_IDS)
@@ -143,7 +141,7 @@ def toy_head_q(toy, head) -> np.ndarray:
 
 
 def run_toy(config: ToyPart, out: Path) -> list[dict]:
-    from toy_problem import (
+    from benchmarks.evaluation.exact import (
         ExactHead,
         Toy,
         policy_step_log_probs,
@@ -152,7 +150,6 @@ def run_toy(config: ToyPart, out: Path) -> list[dict]:
         total_variation,
         tree_distribution,
     )
-
     from search.tree_search import TreeSearch
 
     toy, lam = Toy(length=config.length), config.lam

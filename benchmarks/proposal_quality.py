@@ -40,11 +40,8 @@ import numpy as np
 from tqdm import tqdm
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT_DIR))
-sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
-from amortisation import RealPart, earlier_rows, heldout_windows, write_csv  # noqa: E402
-
+from benchmarks.amortisation import RealPart, earlier_rows, heldout_windows, write_csv  # noqa: E402
 from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402
 from sadt.head_io import warn_if_other_lam  # noqa: E402

@@ -27,11 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT_DIR))
-sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
-from amortisation import AmortisationConfig, RealPart, heldout_windows, read_rows, write_csv  # noqa: E402
-
+from benchmarks.amortisation import AmortisationConfig, RealPart, heldout_windows, read_rows, write_csv  # noqa: E402
 from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.config import load_config  # noqa: E402
 from sadt.importance import importance_summary  # noqa: E402

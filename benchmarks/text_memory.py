@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT_DIR))
 
 from sadt.cli import CommandParser, positive_int, run_command  # noqa: E402
 

@@ -31,11 +31,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT_DIR))
-sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
-from amortisation import write_csv  # noqa: E402
-
+from benchmarks.amortisation import write_csv  # noqa: E402
 from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.config import load_config  # noqa: E402
 from sadt.importance import importance_summary  # noqa: E402

@@ -18,11 +18,8 @@ import time
 from pathlib import Path
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT_DIR))
-sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
 
-from amortisation import AmortisationConfig, heldout_windows  # noqa: E402
-
+from benchmarks.amortisation import AmortisationConfig, heldout_windows  # noqa: E402
 from sadt.cli import CommandParser, run_command  # noqa: E402
 from sadt.codec import Codec  # noqa: E402
 from sadt.config import load_config, to_dict  # noqa: E402

@@ -49,7 +49,6 @@ import numpy as np
 import torch
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT_DIR))
 
 from sadt.cli import CommandParser, run_command  # noqa: E402
 

@@ -11,7 +11,6 @@ the final particles' (SMC).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +36,7 @@ def record(result) -> dict:
 
 def toy_runs() -> dict[str, dict]:
     """Every method on the toy (length 5, λ 2, 24 rollouts in batches of 4, 6 samples, seed 3)."""
-    from toy_problem import ExactHead, Toy
-
+    from benchmarks.evaluation.exact import ExactHead, Toy
     from search.config import SearchConfig
     from search.sampler import make_sampler
 
@@ -50,8 +48,7 @@ def toy_runs() -> dict[str, dict]:
         config = SearchConfig(**{"lam": TOY_LAM, "n_rollouts": 24, "batch_size": 4, "n_samples": 6, "seed": 3,
                                  "progress": False, **settings})
         toy.lm.stats.reset()
-        sampler = make_sampler(toy.lm, toy.problem, config,
-                               head if config.needs_head else None)
+        sampler = make_sampler(toy.lm, toy.problem, config, head if config.needs_head else None)
         out[name] = record(sampler.run())
     return out
 
@@ -80,7 +77,6 @@ def real_runs() -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps({"toy": toy_runs(), "real": real_runs()}, indent=1) + "\n")
     print(f"wrote {GOLDEN}")

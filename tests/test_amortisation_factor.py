@@ -1,15 +1,11 @@
 """The amortisation benchmark: its factor and equal-budget gain on rows whose answers are known, the
 held-out windows, the rows a resumed run keeps, and the reward plot."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from amortisation import (  # noqa: E402
+from benchmarks.amortisation import (  # noqa: E402
     IN_TREE,
     RESAMPLED,
     RealPart,
@@ -30,7 +26,6 @@ from amortisation import (  # noqa: E402
     rows_to_keep,
     series_of,
 )
-
 from data.series import load_builtin  # noqa: E402
 
 SERIES = ["A", "B", "C", "D"]

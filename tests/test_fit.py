@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.forward_kl_scan import ScanConfig, load_module, scan_head  # noqa: E402
+from benchmarks.forward_kl_scan import run as run_scan  # noqa: E402
 from data.buffer import SOURCES, read_buffer
 from sadt.codec import Codec
 from sadt.config import from_dict
@@ -20,10 +22,6 @@ from sadt.partial_reward import digit_ahead_q
 from search.harvest import HarvestConfig, harvest
 from trainers import fit
 from trainers.data import PromptBatches, collate
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from forward_kl_scan import ScanConfig, load_module, scan_head  # noqa: E402
-from forward_kl_scan import run as run_scan  # noqa: E402
 
 
 @pytest.fixture(scope="module")

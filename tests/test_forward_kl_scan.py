@@ -1,14 +1,10 @@
 """The forward-KL scan's summary: means and intervals per head, split and scale; s chosen on validation prompts only."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from forward_kl_scan import (  # noqa: E402
+from benchmarks.forward_kl_scan import (  # noqa: E402
     ScanConfig,
     best_scales,
     paired_differences,

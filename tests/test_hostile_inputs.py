@@ -140,9 +140,6 @@ def test_a_series_longer_than_the_models_window_is_refused_before_any_forward(tm
 
 
 def test_a_head_trained_at_another_lambda_warns_wherever_a_sampler_is_made():
-    import sys as _sys
-
-    _sys.path.insert(0, str(ROOT / "tests"))
     from toy_problem import ExactHead, Toy
 
     from search.sampler import make_sampler

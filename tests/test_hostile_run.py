@@ -188,7 +188,6 @@ def test_the_caption_job_refuses_bad_settings_before_the_model_loads(tmp_path, e
 
 
 def fit_buffer(path: Path, meta: dict, n_records: int) -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
     from buffer_records import make_record
 
     from data.buffer import BufferWriter

@@ -1,15 +1,11 @@
 """The proposal benchmark's windows sit between the head's training windows, and its paired scores are
 the differences from p on the same windows."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from proposal_quality import (  # noqa: E402
+from benchmarks.proposal_quality import (  # noqa: E402
     PRIOR,
     ProposalConfig,
     choice_summary,
@@ -20,7 +16,6 @@ from proposal_quality import (  # noqa: E402
     summary,
     validation_windows,
 )
-
 from data.series import load_builtin  # noqa: E402
 from search.harvest import HarvestConfig, task_set  # noqa: E402
 
@@ -109,8 +104,8 @@ def test_a_challenger_replaces_the_incumbent_only_when_its_paired_interval_lies_
 
 
 def test_heldout_windows_are_the_amortisation_benchmarks():
-    from amortisation import RealPart, heldout_windows
-    from proposal_quality import windows_of
+    from benchmarks.amortisation import RealPart, heldout_windows
+    from benchmarks.proposal_quality import windows_of
 
     config = ProposalConfig(windows="heldout", series=["Wine", "Wooly"], windows_per_series=3)
     expected = [w for name in config.series for w in heldout_windows(name, RealPart(windows_per_series=3))]
@@ -121,8 +116,7 @@ def test_heldout_windows_are_the_amortisation_benchmarks():
 
 
 def test_generated_windows_lie_past_every_harvested_context():
-    from proposal_quality import windows_of
-
+    from benchmarks.proposal_quality import windows_of
     from data.generator import generate_one
 
     config = ProposalConfig(windows="generated", generated_windows=4, generated_first=30, context_length=48)
@@ -136,7 +130,7 @@ def test_generated_windows_lie_past_every_harvested_context():
 
 
 def test_parameter_free_values_run_as_proposals_on_the_base_model(tmp_path):
-    from proposal_quality import run
+    from benchmarks.proposal_quality import run
 
     config = ProposalConfig(series=["Wine"], windows_per_series=1, head="look_ahead_reward",
                             other_heads={"digit": "digit_ahead_reward"}, n_draws=2, batch_size=2,
@@ -147,7 +141,7 @@ def test_parameter_free_values_run_as_proposals_on_the_base_model(tmp_path):
 
 
 def test_an_unknown_incumbent_is_named_before_anything_is_written(tmp_path, capsys):
-    from proposal_quality import main
+    from benchmarks.proposal_quality import main
 
     out = tmp_path / "out"
     config = tmp_path / "c.yaml"

@@ -1,15 +1,11 @@
 """The importance-sampling reference for π*: exact on a Gaussian reward, stable at large λ, and the
 per-method scores on rows whose answers are known."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from target_reference import equal_budget_differences, importance_reference, score_rows  # noqa: E402
+from benchmarks.target_reference import equal_budget_differences, importance_reference, score_rows  # noqa: E402
 
 
 def test_gaussian_rewards_give_the_closed_form_tilt_and_log_partition():

@@ -1,15 +1,10 @@
 """tilt_room: p's coverage of π*_λ from stored draws, against the closed form for Gaussian rewards."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from tilt_room import RoomConfig, prior_rewards, room_rows, summarise  # noqa: E402
-
+from benchmarks.tilt_room import RoomConfig, prior_rewards, room_rows, summarise  # noqa: E402
 from data.buffer import SOURCES, BufferWriter, PromptRecord  # noqa: E402
 
 

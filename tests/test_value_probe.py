@@ -1,13 +1,9 @@
 """The value probe's statistics: within-group demeaning and the cross-validated ridge fit."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from value_probe import demean_by, fit_probe, r_squared  # noqa: E402
+from benchmarks.value_probe import demean_by, fit_probe, r_squared  # noqa: E402
 
 
 def test_demean_by_subtracts_each_groups_own_mean():
