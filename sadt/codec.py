@@ -44,6 +44,10 @@ class CodecConfig:
             raise ValueError(f"codec `separator` must be one non-digit character, got {self.separator!r}")
         if not 1 <= self.max_digits <= 9:
             raise ValueError(f"codec `max_digits` must be in [1, 9], got {self.max_digits}")
+        if self.max_digits < self.precision + 1:  # the α-quantile maps to 1.0, written with precision + 1 digits
+            raise ValueError(f"codec `max_digits` = {self.max_digits} caps every value below 1.0 (the context's "
+                             f"{self.alpha:g} quantile) at precision {self.precision}: it must be >= precision + 1 = "
+                             f"{self.precision + 1}")
 
 
 @dataclass(frozen=True)

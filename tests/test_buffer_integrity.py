@@ -157,3 +157,22 @@ def test_a_second_harvest_on_a_buffer_being_written_is_one_line(tmp_path, base_t
         child.wait()
     assert proc.returncode == 2 and "another process is writing" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.base_model
+def test_a_harvest_resumed_with_another_lambda_is_refused_on_the_command_line(tmp_path, base_tokenizer):
+    out = tmp_path / "h.h5"
+    base = (f"series: [Wooly]\nwindows_per_series: 1\ncontext_length: 16\nhorizon: 4\nsampler: prior\n"
+            f"output: {out}\nsearch:\n  n_samples: 2\n  batch_size: 2\n")
+
+    def harvest(extra: str) -> subprocess.CompletedProcess:
+        config = tmp_path / "h.yaml"
+        config.write_text(base + extra)
+        return subprocess.run([sys.executable, "-m", "search.harvest", "--config", str(config)], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+
+    assert harvest("  lam: 2.0\n").returncode == 0
+    before = out.read_bytes()
+    proc = harvest("  lam: 5.0\n")
+    assert proc.returncode == 2 and "was written with lam = 2.0, this run has 5.0" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and out.read_bytes() == before

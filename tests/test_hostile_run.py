@@ -239,3 +239,11 @@ def test_a_run_whose_particles_exceed_memory_is_refused_before_any_forward(tmp_p
     err = capsys.readouterr().err
     assert "`n_rollouts (SMC particles)` = 400 needs about" in err and "use at most" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_too_few_digits_for_the_context_is_refused_naming_max_digits(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run, "load_base_lm", lambda **kw: pytest.fail("the model loaded"))
+    config = run_config(tmp_path, "codec:\n  max_digits: 2\n")
+    assert run.main(["--config", str(config)]) == 2  # every forecast would be capped below the context's level
+    err = capsys.readouterr().err
+    assert "`max_digits` = 2" in err and ">= precision + 1 = 4" in err and err.count("\n") == 1, err
