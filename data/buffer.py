@@ -1,11 +1,13 @@
 """HDF5 trajectory buffers: flat chunked datasets plus lengths, crash-safe appends, SWMR, merging.
 
-Layout (schema 1). Per step, S rows: `actions` (int8, or int32 over more than 127 actions, e.g. an LM's
+Layout (schema 2). Per step, S rows: `actions` (int8, or int32 over more than 127 actions, e.g. an LM's
 vocabulary: `actions_dtype`), `log_prior` (float32, log p(a_t|s_t)),
 `values` (float32, the tree's V̂(s_{t+1}), NaN where unknown), `visits` (int32, N(s_{t+1}), 0
 where unknown). Per trajectory, n rows: `lengths` (steps), `reward`, `reward_task`,
 `reward_spectral` (raw, before λ: one buffer serves any λ), `prompt_index` (the task's global
-index, so shards merge without renumbering), `source` (see `SOURCES`). Per prompt, m rows:
+index, so shards merge without renumbering), `source` (see `SOURCES`), `log_q` (log q(x) under the policy that
+drew the trajectory, exact: a draw's importance weight is p(x) e^{λ r(x)} / q(x); NaN where unknown, as for tree
+paths; schema 1 had no `log_q`: such files read as NaN and gain the field when appended to). Per prompt, m rows:
 `prompt_tokens` (flat) with `prompt_lengths`, `prompt_keys` (what the task was, for resuming),
 `prompt_task_index`, `prompt_root_value`, and `prompt_traj_end`, the number of trajectories
 committed once that prompt was complete.
@@ -40,15 +42,18 @@ import numpy as np
 from data.buffer_settings import first_difference
 from data.prompt_record import KEY_BYTES, PromptRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # schema 1: no `log_q`
 # tree_path: a root-to-leaf path of the search tree; tree_sample: a draw from the finished tree;
-# prior_sample: an ancestral draw from p(x|c), no tree (`search.harvest` with `sampler: prior`).
-SOURCES = {"tree_path": 0, "rollout": 1, "tree_sample": 2, "prior_sample": 3}
+# prior_sample: an ancestral draw from p(x|c), no tree (`search.harvest` with `sampler: prior`);
+# policy_sample: a draw from a flow head's P_F, tempered or mixed with p (`sampler: policy`), with its log q.
+SOURCES = {"tree_path": 0, "rollout": 1, "tree_sample": 2, "prior_sample": 3, "policy_sample": 4}
+ADDED_IN_SCHEMA_2 = ("log_q",)
 
 STEP_FIELDS = {"actions": np.int8, "log_prior": np.float32, "values": np.float32, "visits": np.int32}
 TRAJ_FIELDS = {
     "lengths": np.int32, "reward": np.float64, "reward_task": np.float64, "reward_spectral": np.float64,
-    "prompt_index": np.int64, "source": np.int8,
+    "prompt_index": np.int64, "source": np.int8, "log_q": np.float64,
 }
 PROMPT_FIELDS = {
     "prompt_tokens": np.int32, "prompt_lengths": np.int32, "prompt_keys": f"S{KEY_BYTES}",
@@ -110,10 +115,11 @@ class BufferWriter:
 
     def _open_for_append(self) -> h5py.File:
         try:
-            return h5py.File(self.path, "r+", libver="latest")
+            f = h5py.File(self.path, "r+", libver="latest")
         except OSError:  # a writer crashed with the file open: copy the committed part, then append
             recover(self.path)
-            return h5py.File(self.path, "r+", libver="latest")
+            f = h5py.File(self.path, "r+", libver="latest")
+        return _upgrade(f)
 
     def _create(self, lm_fingerprint: str, meta: dict) -> h5py.File:
         tmp = self.path.with_name(self.path.name + ".creating")
@@ -193,6 +199,18 @@ def refuse_different_settings(a: dict, b: dict, a_says: str, b_says: str) -> Non
                           f"belong in one buffer (write a new one)")
 
 
+def _upgrade(f: h5py.File) -> h5py.File:
+    """A schema-1 file opened for appending, made schema 2 (before SWMR: datasets cannot be added under it): its
+    committed trajectories get `log_q` NaN, unknown."""
+    if int(f.attrs["schema_version"]) == 1:
+        n = f["lengths"].shape[0]
+        for name in ADDED_IN_SCHEMA_2:
+            f.create_dataset(name, data=np.full(n, np.nan, dtype=TRAJ_FIELDS[name]), maxshape=(None,), chunks=(1024,),
+                             compression="lzf")
+        f.attrs["schema_version"] = SCHEMA_VERSION
+    return f
+
+
 def _create_datasets(f: h5py.File, actions: type = np.int8) -> None:
     # Small chunks: every append rewrites the last, partly filled chunk to new space (SWMR files do
     # not reuse freed space), so 64k-element chunks bloated a 235 MiB payload to a 604 MiB file.
@@ -252,13 +270,14 @@ def check_attrs(f: h5py.File, path: Path, lm_fingerprint: str | None = None) -> 
     missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
     if missing:
         raise BufferError(f"{path}: not an S-ADT buffer (attribute {missing[0]!r} missing)")
-    if int(f.attrs["schema_version"]) != SCHEMA_VERSION:
-        raise BufferError(f"{path}: schema version {int(f.attrs['schema_version'])}, this code reads {SCHEMA_VERSION}")
+    version = int(f.attrs["schema_version"])
+    if version not in READABLE_SCHEMAS:
+        raise BufferError(f"{path}: schema version {version}, this code reads {READABLE_SCHEMAS}")
     if lm_fingerprint is not None and f.attrs["lm_fingerprint"] != lm_fingerprint:
         raise BufferError(
             f"{path}: written for LM {f.attrs['lm_fingerprint']!r}, not {lm_fingerprint!r}; use a buffer of this LM"
         )
-    absent = [name for name in ALL_FIELDS if name not in f]
+    absent = [name for name in ALL_FIELDS if name not in f and not (version == 1 and name in ADDED_IN_SCHEMA_2)]
     if absent:
         raise BufferError(f"{path}: dataset {absent[0]!r} is missing")
     check_virtual_sources(f, path)
@@ -329,9 +348,10 @@ def read_buffer(path: str | Path, lm_fingerprint: str | None = None) -> Buffer:
         meta = check_attrs(f, path, lm_fingerprint)
         sizes = committed_sizes(f)
         for name, size in sizes.items():
-            if f[name].shape[0] < size:
+            if name in f and f[name].shape[0] < size:
                 raise BufferError(f"{path}: `{name}` has {f[name].shape[0]} rows, the lengths need {size}")
-        arrays = {name: f[name][:size] for name, size in sizes.items()}
+        arrays = {name: f[name][:size] if name in f else np.full(size, np.nan)  # schema 1: no log_q
+                  for name, size in sizes.items()}
         fingerprint = str(f.attrs["lm_fingerprint"])
     ends = arrays["prompt_traj_end"]
     if np.any(np.diff(ends) < 0) or np.any(arrays["lengths"] < 0):
@@ -348,6 +368,7 @@ def recover(path: str | Path) -> None:
         _create_datasets(dst, src["actions"].dtype.type)
         for name, value in src.attrs.items():
             dst.attrs[name] = value
+        dst.attrs["schema_version"] = SCHEMA_VERSION  # every field is written, a schema-1 file's log_q as NaN
         for name, values in buffer.arrays.items():
             _append(dst[name], values)
     os.replace(tmp, path)

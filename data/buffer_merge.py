@@ -40,11 +40,15 @@ def check_merge_paths(shards: Sequence[str | Path], out: Path) -> None:
         raise BufferError(f"no such shard file: {missing[0]}")
 
 
+STORED = ("prompt_traj_end", "log_q")  # stored for real in the merged file, not views
+
+
 def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
     """One file whose datasets are virtual views over the shards' committed rows (nothing copied).
 
-    `prompt_traj_end` is recomputed for the concatenation and stored for real (one int per prompt).
-    The shards must share schema and LM; keep them beside the merged file (it points at them).
+    `prompt_traj_end` is recomputed for the concatenation and stored for real (one int per prompt), and so is
+    `log_q` (one float per trajectory; NaN from schema-1 shards, which lack it). The shards must share LM and
+    defining settings; keep them beside the merged file (it points at them).
     """
     out = Path(out)
     if not shards:
@@ -68,6 +72,8 @@ def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
             action_types.add(f["actions"].dtype.str)
             ends = f["prompt_traj_end"][: sizes[-1]["prompt_traj_end"]]
             sizes[-1]["_ends"] = ends
+            n = sizes[-1]["lengths"]
+            sizes[-1]["_log_q"] = f["log_q"][:n] if "log_q" in f else np.full(n, np.nan)
     if len(fingerprints) != 1:
         raise BufferError(f"cannot merge shards of different LMs: {sorted(fingerprints)}")
     if len(action_types) != 1:
@@ -75,7 +81,7 @@ def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
     tmp = out.with_name(out.name + ".merging")
     with h5py.File(tmp, "w", libver="latest") as dst:
         for name, dtype in {**ALL_FIELDS, "actions": np.dtype(action_types.pop())}.items():
-            if name == "prompt_traj_end":
+            if name in STORED:
                 continue
             total = sum(s[name] for s in sizes)
             layout = h5py.VirtualLayout(shape=(total,), dtype=dtype)
@@ -89,6 +95,7 @@ def merge(shards: Sequence[str | Path], out: str | Path) -> Path:
         offsets = np.cumsum([0] + [s["lengths"] for s in sizes[:-1]])
         ends = np.concatenate([s["_ends"] + off for s, off in zip(sizes, offsets)]) if sizes else np.zeros(0)
         dst.create_dataset("prompt_traj_end", data=ends.astype(np.int64), maxshape=(None,))
+        dst.create_dataset("log_q", data=np.concatenate([s["_log_q"] for s in sizes]), maxshape=(None,))
         dst.attrs["schema_version"] = SCHEMA_VERSION
         dst.attrs["lm_fingerprint"] = fingerprints.pop()
         dst.attrs["meta"] = json.dumps({**metas[0], "merged_from": [str(s) for s in shards]}, sort_keys=True)

@@ -25,6 +25,7 @@ class PromptRecord:
     visits: np.ndarray | None = None  # (S,) 0 where unknown
     reward_task: np.ndarray | None = None  # (n,)
     reward_spectral: np.ndarray | None = None  # (n,)
+    log_q: np.ndarray | None = None  # (n,) log q(x) of the policy that drew each trajectory; None: unknown
     root_value: float = float("nan")
 
     def __post_init__(self) -> None:
@@ -35,7 +36,7 @@ class PromptRecord:
             value = getattr(self, name)
             if value is not None and len(value) != S:
                 raise ValueError(f"prompt {self.key!r}: `{name}` has {len(value)} steps, lengths sum to {S}")
-        for name in ("reward", "source", "reward_task", "reward_spectral"):
+        for name in ("reward", "source", "reward_task", "reward_spectral", "log_q"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"prompt {self.key!r}: `{name}` has {len(value)} rows for {n} trajectories")
@@ -50,5 +51,6 @@ class PromptRecord:
             "reward": self.reward, "reward_task": nan_n if self.reward_task is None else self.reward_task,
             "reward_spectral": nan_n if self.reward_spectral is None else self.reward_spectral,
             "prompt_index": np.full(n, self.task_index), "source": self.source,
+            "log_q": nan_n if self.log_q is None else self.log_q,
             "prompt_tokens": self.prompt_tokens,
         }

@@ -8,8 +8,11 @@ the tree (source `tree_path`, with per-step prior log-probs, tree values and vis
 samples drawn from the finished tree (source `tree_sample`). With `sampler: prior` there is no
 tree: each task stores `search.n_samples` ancestral draws from p(x|c) (source `prior_sample`), the
 on-prior data that lets a fit see where p goes, not only where the search went, and weigh it by
-exp(λ r) (the importance-weighted cross-entropy of `trainers.module`). Rewards are stored raw
-(total, task and spectral parts): λ is applied at training time.
+exp(λ r) (the importance-weighted cross-entropy of `trainers.module`). With `sampler: policy` each task
+stores `search.n_samples` draws from the flow head `head`'s P_F ∝ p exp(λ Q_φ), explored as GFlowNets are
+trained (`Exploration`: tempered batches, a share from p), each with its exact log q (source `policy_sample`):
+the on-policy data of issue 36's rounds. Rewards are stored raw (total, task and spectral parts): λ is applied
+at training time.
 
 Resumable: tasks already committed in the output file are skipped. Scale-out: `--shard i/n`
 (or torchrun's RANK / WORLD_SIZE) takes every n-th task starting at i and writes its own file;
@@ -33,11 +36,41 @@ from data.generator import generate_one
 from data.series import load_builtin
 from sadt.cli import CommandParser, run_command
 from sadt.codec import Codec, CodecConfig
-from sadt.config import ConfigError, load_config, to_dict
+from sadt.config import ConfigError, check_finite, load_config, to_dict
+from sadt.head_io import load_value_head, warn_if_other_lam
 from sadt.rewards import RewardConfig
 from search.ancestral import sample_policy
 from search.config import SearchConfig
 from search.forecast_task import ForecastTask
+
+SAMPLERS = ("tree", "prior", "policy")
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """How `sampler: policy` explores around P_F (Hu et al., ICLR 2024): each batch is tempered with probability
+    `tempered_share`, at a temperature T drawn uniformly from [`temperature_low`, `temperature_high`] (log q ∝
+    log p / T + λ Q_φ), and a share `prior_share` of batches is drawn from p (tempered alike) instead."""
+
+    tempered_share: float = 2 / 3
+    temperature_low: float = 0.5
+    temperature_high: float = 2.0
+    prior_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_finite(self, "exploration")
+        for name in ("tempered_share", "prior_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"exploration `{name}` must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.temperature_low <= self.temperature_high:
+            raise ValueError(f"exploration needs 0 < temperature_low <= temperature_high, got "
+                             f"{self.temperature_low}, {self.temperature_high}")
+
+    def batch_policy(self, rng: np.random.Generator) -> tuple[float, bool]:
+        """(temperature, from p) of the next batch."""
+        from_prior = bool(rng.random() < self.prior_share)
+        tempered = rng.random() < self.tempered_share
+        return (float(rng.uniform(self.temperature_low, self.temperature_high)) if tempered else 1.0), from_prior
 
 
 @dataclass(frozen=True)
@@ -52,7 +85,10 @@ class HarvestConfig:
     output: str = "data/buffers/harvest.h5"  # shard i/n writes `<stem>.shard<i>of<n>.h5`
     device: str = "cpu"
     dtype: str = "float32"
-    sampler: str = "tree"  # "tree": MaxEnt-TS paths and samples; "prior": `search.n_samples` draws from p, no tree
+    sampler: str = "tree"  # "tree": MaxEnt-TS paths and samples; "prior": `search.n_samples` draws from p, no tree;
+    # "policy": `search.n_samples` draws from the head's P_F, explored (`exploration`)
+    head: str | None = None  # the flow head `sampler: policy` draws from
+    exploration: Exploration = field(default_factory=lambda: Exploration())
     wandb: bool = False  # log per-prompt reward statistics to W&B (offline unless logged in)
     codec: CodecConfig = field(default_factory=CodecConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -65,8 +101,10 @@ class HarvestConfig:
             raise ValueError("need windows_per_series >= 1 and at least one seed")
         if self.generated < 0:
             raise ValueError(f"harvest `generated` must be >= 0, got {self.generated}")
-        if self.sampler not in ("tree", "prior"):
-            raise ValueError(f"harvest `sampler` must be 'tree' or 'prior', got {self.sampler!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"harvest `sampler` must be one of {SAMPLERS}, got {self.sampler!r}")
+        if (self.sampler == "policy") != (self.head is not None):
+            raise ValueError("harvest `head` is read by, and only by, `sampler: policy`: set both or neither")
 
 
 @dataclass(frozen=True)
@@ -132,12 +170,16 @@ def shard_path(output: str, shard: tuple[int, int]) -> Path:
     return path if n == 1 else path.with_name(f"{path.stem}.shard{i}of{n}{path.suffix}")
 
 
-def harvest_task(lm, codec: Codec, task: Task, config: HarvestConfig) -> PromptRecord:
-    """Search one task (or, with `sampler: prior`, draw from p) and turn the result into a prompt record."""
+def harvest_task(lm, codec: Codec, task: Task, config: HarvestConfig, head=None) -> PromptRecord:
+    """Search one task (or, with `sampler: prior`, draw from p; with `sampler: policy`, from the head's P_F) and
+    turn the result into a prompt record."""
     forecast = ForecastTask.build(codec, task_context(task, config), config.horizon, config.reward)
     search_config = dataclasses.replace(config.search, seed=task.seed * 100_003 + task.index, progress=False)
     if config.sampler == "prior":
         return _prior_record(lm, forecast, task, search_config)
+    if config.sampler == "policy":
+        return policy_record(lm, forecast, task.key, task.index, search_config, forecast.value(head, config.search.lam),
+                             config.exploration)
     result = forecast.search(lm, search_config)
 
     def rewards(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,6 +212,31 @@ def tree_record(result, key: str, task_index: int, prompt_ids, rewards) -> Promp
     )
 
 
+def policy_record(lm, forecast: ForecastTask, key: str, task_index: int, search: SearchConfig, value,
+                  exploration: Exploration) -> PromptRecord:
+    """`search.n_samples` draws from P_F ∝ p exp(λ Q_φ) (`value`, bound to the task), batch by batch under
+    `exploration`'s temperatures and share from p, each stored with log q(x) under the policy that drew it."""
+    rng = np.random.default_rng([search.seed, 36])
+    actions, log_q, step_log_prior = [], [], []
+    for batch, start in enumerate(range(0, search.n_samples, search.batch_size)):
+        size = min(search.batch_size, search.n_samples - start)
+        temperature, from_prior = exploration.batch_policy(rng)
+        draws = sample_policy(lm, forecast, n_samples=size, batch_size=size, temperature=temperature,
+                              top_k=search.top_k, value_head=None if from_prior else value,
+                              guide_lam=0.0 if from_prior else search.lam, seed=search.seed + batch, progress=False)
+        actions += draws.actions
+        log_q.append(draws.log_proposal)
+        step_log_prior += draws.step_log_prior
+    parts = forecast.reward(*forecast.decode(actions))
+    return PromptRecord(
+        key=key, task_index=task_index, prompt_tokens=np.asarray(forecast.prompt_ids),
+        lengths=np.array([len(a) for a in actions]), actions=np.concatenate(actions),
+        log_prior=np.concatenate(step_log_prior), reward=parts.total, reward_task=parts.task,
+        reward_spectral=parts.spectral, source=np.full(len(actions), SOURCES["policy_sample"]),
+        log_q=np.concatenate(log_q),
+    )
+
+
 def _prior_record(lm, forecast: ForecastTask, task: Task, search: SearchConfig) -> PromptRecord:
     """`search.n_samples` ancestral draws from p(x|c); no tree, so no per-step values or visits."""
     draws = sample_policy(lm, forecast, n_samples=search.n_samples, batch_size=search.batch_size,
@@ -184,7 +251,7 @@ def _prior_record(lm, forecast: ForecastTask, task: Task, search: SearchConfig) 
 
 
 def harvest(lm, codec: Codec, config: HarvestConfig, lm_fingerprint: str, shard: tuple[int, int] = (0, 1),
-            log=None) -> Path:
+            log=None, head=None) -> Path:
     """Run every task of this shard not yet in the output file; returns the file's path."""
     path = shard_path(config.output, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +263,7 @@ def harvest(lm, codec: Codec, config: HarvestConfig, lm_fingerprint: str, shard:
         start, n_traj = time.perf_counter(), 0
         with tqdm(todo, desc=f"harvest {path.name}", unit="prompt") as bar:
             for task in bar:
-                record = harvest_task(lm, codec, task, config)
+                record = harvest_task(lm, codec, task, config, head)
                 writer.append(record)
                 n_traj += len(record.lengths)
                 bar.set_postfix(traj_per_s=f"{n_traj / (time.perf_counter() - start):.1f}")
@@ -230,8 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
 
     lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device)
+    codec = Codec(tokenizer, config.codec)
+    head = None
+    if config.head is not None:
+        head, card = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config), config.device)
+        warn_if_other_lam(card.lam, config.search.lam, f"head {config.head}")
     run = wandb_run(config) if config.wandb else None
-    path = harvest(lm, Codec(tokenizer, config.codec), config, lm_fingerprint(), shard, run.log if run else None)
+    path = harvest(lm, codec, config, lm_fingerprint(), shard, run.log if run else None, head)
     if run is not None:
         run.finish()
     print(f"buffer: {path}")

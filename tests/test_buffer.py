@@ -207,3 +207,33 @@ def test_a_vocabulary_sized_action_space_is_stored_whole_and_a_digit_buffer_refu
     assert read_buffer(tmp_path / "digits.h5").n_trajectories == 0  # nothing half-written
     with pytest.raises(BufferError, match=r"n_actions = 49152, .*digits.h5 has \(unset\)"):
         merge([tmp_path / "text.h5", tmp_path / "digits.h5"], tmp_path / "merged.h5")
+
+
+def as_schema_1(path):
+    """Rewrite a buffer as schema 1 wrote it: no `log_q`."""
+    with h5py.File(path, "r+") as f:
+        del f["log_q"]
+        f.attrs["schema_version"] = 1
+
+
+def test_a_draws_log_q_is_stored_and_a_schema_1_buffer_reads_appends_and_merges(tmp_path):
+    old, new = tmp_path / "old.h5", tmp_path / "new.h5"
+    write(old, [0])
+    as_schema_1(old)
+    buffer = read_buffer(old)  # schema 1 reads: log_q unknown
+    assert np.isnan(buffer.arrays["log_q"]).all() and buffer.n_prompts == 1
+    with BufferWriter(old, FINGERPRINT, META) as writer:  # appending upgrades it: old rows NaN, new ones stored
+        record = make_record(1)
+        record.log_q = -np.arange(len(record.lengths), dtype=np.float64)
+        writer.append(record)
+    with h5py.File(old, "r") as f:
+        assert f.attrs["schema_version"] == SCHEMA_VERSION
+    log_q = read_buffer(old).arrays["log_q"]
+    n0 = len(make_record(0).lengths)
+    assert np.isnan(log_q[:n0]).all()
+    np.testing.assert_array_equal(log_q[n0:], record.log_q)
+    write(new, [2])
+    as_schema_1(new)
+    merged = merge([old, new], tmp_path / "m.h5")  # a schema-1 shard's log_q is NaN in the merge
+    np.testing.assert_array_equal(read_buffer(merged).arrays["log_q"][n0:-len(make_record(2).lengths)], record.log_q)
+    assert np.isnan(read_buffer(merged).arrays["log_q"][-1])

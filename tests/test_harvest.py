@@ -157,3 +157,72 @@ def test_generated_contexts_harvest_and_resume_without_duplicates(tmp_path, setu
     assert lm.stats.forward_calls == calls  # everything committed: nothing to do
     with pytest.raises(ValueError, match="generated"):
         from_dict({**base, "generated": -1}, HarvestConfig)
+
+
+def policy_log_q(lm, forecast: ForecastTask, head, lam: float, sequences: list[list[int]],
+                 temperature: float = 1.0) -> np.ndarray:
+    """log q(x) of each sequence under P_F ∝ p^{1/T} exp(λ Q_φ), from one teacher-forced forward."""
+    from sadt.policy import proposal_log_probs
+
+    action_ids = forecast.codec.action_token_ids
+    paths = [[action_ids[a] for a in seq] for seq in sequences]
+    hidden, logits = lm.path_states(lm.prefill(forecast.prompt_ids), paths, action_ids)
+    out = []
+    for row, seq in enumerate(sequences):
+        state, total = forecast.grammar.initial(1), 0.0
+        for t, a in enumerate(seq):
+            log_p = masked_log_softmax(logits[row, t][None].double(), forecast.grammar.mask(state))
+            with torch.no_grad():
+                q = head(hidden[row, t][None].float()).double()
+            total += float(proposal_log_probs(log_p, q, lam, temperature)[0, a])
+            state = forecast.grammar.advance(state, torch.tensor([a]))
+        out.append(total)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("exploration, temperature", [
+    ({"tempered_share": 0.0}, 1.0),
+    ({"tempered_share": 1.0, "temperature_low": 2.0, "temperature_high": 2.0}, 2.0),
+])
+def test_policy_sampler_stores_each_draws_exact_log_q(tmp_path, setup, exploration, temperature):
+    from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+
+    lm, codec = setup
+    torch.manual_seed(0)
+    head = MLPFlowHead(torch.randn(len(codec.action_token_ids), 32), FlowHeadConfig(hidden=8, layers=1))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # a head that tilts p (a zero-init head is P_F = p)
+    head.eval()
+    cfg = from_dict({**dataclasses.asdict(config(tmp_path)), "sampler": "policy", "head": "unused-path",
+                     "exploration": exploration}, HarvestConfig)
+    buffer = read_buffer(harvest(lm, codec, cfg, FINGERPRINT, head=head), FINGERPRINT)
+    a = buffer.arrays
+    assert np.all(a["source"] == SOURCES["policy_sample"]) and buffer.n_trajectories == 4 * 3
+    task = task_set(cfg)[2]
+    context = load_builtin(task.series).context[task.end - 16 : task.end]
+    forecast = ForecastTask.build(codec, context, 4, cfg.reward)
+    rows = np.flatnonzero(buffer.prompt_rows == 2)
+    sequences = [buffer.trajectory(int(i))["actions"].tolist() for i in rows]
+    np.testing.assert_allclose(a["log_q"][rows], policy_log_q(lm, forecast, head, 2.0, sequences, temperature),
+                               atol=1e-5)  # the head computes Q_φ in float32
+    prior = np.array([buffer.trajectory(int(i))["log_prior"].sum() for i in rows])
+    assert not np.allclose(a["log_q"][rows], prior)  # the tilt (and temperature) moved q off p
+
+
+def test_policy_exploration_draws_from_p_with_its_log_q(tmp_path, setup):
+    lm, codec = setup
+    cfg = from_dict({**dataclasses.asdict(config(tmp_path)), "sampler": "policy", "head": "unused-path",
+                     "exploration": {"tempered_share": 0.0, "prior_share": 1.0}}, HarvestConfig)
+    buffer = read_buffer(harvest(lm, codec, cfg, FINGERPRINT, head=lambda hidden: 1 / 0), FINGERPRINT)
+    prior = np.array([buffer.trajectory(i)["log_prior"].sum() for i in range(buffer.n_trajectories)])
+    np.testing.assert_allclose(buffer.arrays["log_q"], prior, atol=1e-4)  # q = p (steps stored in float32)
+
+
+def test_exploration_and_policy_settings_are_checked():
+    with pytest.raises(ValueError, match="`head` is read by, and only by, `sampler: policy`"):
+        HarvestConfig(sampler="policy")
+    with pytest.raises(ValueError, match="`tempered_share` must be in"):
+        from_dict({"exploration": {"tempered_share": 1.5}}, HarvestConfig)
+    with pytest.raises(ValueError, match="temperature_low <= temperature_high"):
+        from_dict({"exploration": {"temperature_low": 2.0, "temperature_high": 1.0}}, HarvestConfig)
