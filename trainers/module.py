@@ -28,7 +28,7 @@ from sadt.config import from_dict
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.grammar import DigitGrammar
 from sadt.head_card import HeadCard
-from sadt.head_io import save_head
+from sadt.head_io import load_head, save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from sadt.lora_head import LoRAHeadConfig, adapted_path_states, add_lora, frozen, lora_parameters, save_adapter
 from sadt.partial_reward import digits_written, prompt_reward, shaping_value
@@ -86,6 +86,8 @@ class FlowHeadModule(pl.LightningModule):
         reward_weight_positions: with `reward_weight_bins`, split each β by the digits of the unfinished
             value written so far, clamped to this many columns (0: one β per bin). The codec's
             `max_digits` + 1 gives every digit position and a full value its own weight.
+        init_from: a head directory whose weights start the fit (its `head_config` must be this fit's): an
+            on-policy round (`trainers.rounds`) goes on from the last round's head.
         reward_weight_lr: β's learning rate. β is a handful of scales that start at 1, so at the
             residual's lr Adam could move them by at most lr per step (0.2 over a 200-step fit).
     """
@@ -99,6 +101,7 @@ class FlowHeadModule(pl.LightningModule):
         lora_lr: float = 1e-4, weight_decay: float = 0.0, keep_best: bool = True, value_form: str = "none",
         reward_weight_bins: int = 0, reward_weight_lr: float = 1e-2, residual: bool = True,
         reward_weight_positions: int = 0, feature_store: str | None = None, overwrite: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         floats = {"lam": lam, "lr": lr, "log_z_lr": log_z_lr, "tb": tb, "subtb": subtb, "db": db, "vargrad": vargrad,
@@ -130,6 +133,8 @@ class FlowHeadModule(pl.LightningModule):
                                      reward_weight_bins=reward_weight_bins, residual=residual,
                                      reward_weight_positions=reward_weight_positions)
         self.head = MLPFlowHead(embeddings, head_config)
+        if init_from is not None:
+            self.head.load_state_dict(self._initial_weights(init_from, head_config))
         self.lora_config = self.peft = None
         if adapter == "lora":
             self.lora_config = LoRAHeadConfig(r=lora_r, alpha=lora_alpha, top_layers=lora_top_layers)
@@ -148,6 +153,14 @@ class FlowHeadModule(pl.LightningModule):
         self.prior_draws: dict[int, tuple[float, int]] = {}  # prompt id -> (log Σ_j exp(λ r_j), n) over its p draws
         self.best: dict | None = None  # {"epoch", "val_loss", "state"}: the kept head (keep_best)
         self.val_sums = torch.zeros(2, dtype=torch.float64)  # Σ batch loss · B, Σ B over this validation epoch
+
+    def _initial_weights(self, directory: str, config: FlowHeadConfig) -> dict:
+        """The weights of the head in `directory`, refused unless its LM and config are this fit's."""
+        head, card = load_head(directory, self.fingerprint)
+        if head.config != config:
+            raise ValueError(f"model.init_from {directory}: its head_config {card.head_config} is not this fit's "
+                             f"{vars(config)}; set the fit's head options to match")
+        return head.state_dict()
 
     def setup(self, stage: str) -> None:
         self.attach(self.trainer.datamodule)

@@ -1,0 +1,79 @@
+"""On-policy rounds (`trainers.rounds`) end to end on the base model: each round draws from the last head,
+fits on every round's draws from that head, and a rerun resumes without drawing again."""
+
+import csv
+
+import pytest
+import torch
+
+from data.buffer import SOURCES, read_buffer
+from trainers.rounds import RoundsConfig, run_rounds
+
+HARVEST = {"series": ["Wooly"], "windows_per_series": 2, "context_length": 16, "horizon": 4, "seeds": [0],
+           "search": {"n_samples": 4, "batch_size": 4, "lam": 2.0},
+           "exploration": {"tempered_share": 0.5, "prior_share": 0.25}}
+FIT = ["--model.hidden", "8", "--model.layers", "1", "--model.tb", "0", "--model.vargrad", "1",
+       "--model.keep_best", "false", "--data.batch_size", "8", "--data.val_fraction", "0", "--trainer.max_epochs",
+       "2", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+       "--trainer.enable_checkpointing", "false"]
+
+
+def write_start_head(directory, tokenizer) -> None:
+    """An untrained MLP head (hidden 8, one layer) on the base model's action embeddings, at λ = 2."""
+    from sadt.codec import Codec, CodecConfig
+    from sadt.config import to_dict
+    from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+    from sadt.head_card import HeadCard
+    from sadt.head_io import save_head
+    from sadt.lm.base_model import lm_fingerprint, load_base_lm
+
+    lm, _ = load_base_lm()
+    head = MLPFlowHead(lm.head.weight[Codec(tokenizer).action_token_ids].detach(), FlowHeadConfig(hidden=8, layers=1))
+    save_head(head, directory, HeadCard.for_head(head, lm_fingerprint=lm_fingerprint(), lam=2.0,
+                                                 codec=to_dict(CodecConfig())))
+
+
+@pytest.mark.base_model
+def test_two_rounds_draw_from_the_last_head_fit_and_resume_without_drawing_again(tmp_path, base_tokenizer,
+                                                                                 monkeypatch):
+    from sadt.head_io import head_state_equal, load_head
+    from sadt.lm.base_model import lm_fingerprint
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    write_start_head(tmp_path / "start", base_tokenizer)
+    config = RoundsConfig(output_dir=str(tmp_path / "rounds"), initial_head=str(tmp_path / "start"), rounds=2,
+                          harvest=HARVEST, fit=FIT, validation_contexts=2, validation_draws=4)
+    rows = run_rounds(config)
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    assert all(row["var_log_w"] >= 0 and 0 < row["ess_per_draw"] <= 1 for row in rows)
+    sizes = []
+    for r in (1, 2):
+        buffer = read_buffer(tmp_path / "rounds" / f"round_{r}" / "draws.h5")
+        assert (buffer.arrays["source"] == SOURCES["policy_sample"]).all() and buffer.n_trajectories == 2 * 4
+        assert torch.isfinite(torch.from_numpy(buffer.arrays["log_q"])).all()
+        sizes.append(buffer.n_trajectories)
+    first, _ = load_head(tmp_path / "rounds" / "round_1" / "head", lm_fingerprint())
+    second, _ = load_head(tmp_path / "rounds" / "round_2" / "head", lm_fingerprint())
+    assert not head_state_equal(first, second)  # round 2 trained on from round 1's head
+    again = run_rounds(config)  # every round is done: nothing is drawn or fitted again
+    assert [read_buffer(tmp_path / "rounds" / f"round_{r}" / "draws.h5").n_trajectories for r in (1, 2)] == sizes
+    assert [row["var_log_w"] for row in again] == pytest.approx([row["var_log_w"] for row in rows])
+    with (tmp_path / "rounds" / "rounds.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert (tmp_path / "rounds" / "rounds.png").is_file()
+
+
+def test_rounds_refuse_settings_they_set_themselves():
+    with pytest.raises(ValueError, match="rounds set `harvest.head` themselves"):
+        RoundsConfig(harvest={"head": "x"})
+    with pytest.raises(ValueError, match="harvest.search"):
+        RoundsConfig(harvest={"search": {"lam": -1.0}})
+
+
+def test_the_shipped_rounds_config_loads_and_starts_from_the_shipped_head():
+    from sadt.config import load_config
+
+    config = load_config("configs/rounds/soft_ahead.yaml", RoundsConfig)
+    harvest = config.harvest_config(config.initial_head, "x.h5")
+    assert harvest.sampler == "policy" and harvest.head == "checkpoints/heads/soft_ahead_lam15"
+    assert "--model.init_from" not in config.fit  # each round sets it

@@ -1,0 +1,167 @@
+"""On-policy rounds for P_F, the way GFlowNets are trained (issue 36):
+
+    python -m trainers.rounds --config configs/rounds/soft_ahead.yaml
+
+Round r draws from round r−1's head on the training contexts (`search.harvest` with `sampler: policy`: P_F
+explored by tempering and a share of p, each draw's exact log q stored), keeps every round's draws (the replay),
+and fits the head on all of them, warm-started from round r−1's head (`trainers.fit` with `--model.init_from`;
+the balance losses TB / SubTB / VarGrad are minimised at P_F = π* whatever policy drew the data). After each
+round, i.i.d. draws of the new P_F on validation contexts that no round trains on give the two numbers that
+govern an importance sampler: Var(log w) with w = p e^{λ r} / P_F (issue 36's Var(log R − log P_F)) and ESS/N.
+Round 0 is the initial head. Resumable: a round whose head exists is skipped, and a round cut short resumes its
+harvest without drawing its finished prompts again. Writes `<output_dir>/rounds.csv` and `rounds.png`.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sadt.cli import CommandParser, run_command
+from sadt.config import from_dict, load_config, to_dict
+from search.config import RECOMMENDED_HEAD
+from search.harvest import HarvestConfig
+
+CARD = "head.json"
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    output_dir: str = "outputs/rounds/run"
+    initial_head: str = RECOMMENDED_HEAD  # round 0's head; the fit's head options must match its config
+    rounds: int = 3
+    harvest: dict = field(default_factory=dict)  # search.harvest settings of each round's draws (sampler: policy
+    # and the head are set per round)
+    fit: list[str] = field(default_factory=list)  # trainers.fit options of each round, e.g. ["--model.vargrad", "1"]
+    validation_contexts: int = 8  # generated contexts no round trains on (`data.generator`, `validation_seed`)
+    validation_seed: int = 1000
+    validation_draws: int = 32  # i.i.d. draws of P_F per validation context
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.validation_contexts < 1 or self.validation_draws < 2:
+            raise ValueError("rounds need `rounds` >= 1, `validation_contexts` >= 1 and `validation_draws` >= 2")
+        for key in ("sampler", "head", "output"):
+            if key in self.harvest:
+                raise ValueError(f"rounds set `harvest.{key}` themselves; remove it from the config")
+        harvest = self.harvest_config(self.initial_head, "unused.h5")  # a bad harvest setting fails here, named
+        if harvest.generator_seed == self.validation_seed and harvest.generated:
+            raise ValueError("`validation_seed` must differ from `harvest.generator_seed`: validation contexts "
+                             "would be training contexts")
+
+    def harvest_config(self, head: str, output: str) -> HarvestConfig:
+        return from_dict({**self.harvest, "sampler": "policy", "head": head, "output": output}, HarvestConfig,
+                         source="", prefix="harvest.")
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round's files: its draws, the head fitted after them, the fit's logs."""
+
+    directory: Path
+
+    @property
+    def draws(self) -> Path:
+        return self.directory / "draws.h5"
+
+    @property
+    def head(self) -> Path:
+        return self.directory / "head"
+
+    @property
+    def done(self) -> bool:
+        return (self.head / CARD).is_file()
+
+
+def validation_scores(lm, codec, head_dir: str, config: RoundsConfig) -> dict[str, float]:
+    """Mean over the validation contexts of Var(log w) and ESS/N of i.i.d. P_F draws, w = p e^{λ r} / P_F."""
+    from data.generator import generate_one
+    from sadt.head_io import load_value_head
+    from sadt.importance import effective_sample_size
+    from sadt.lm.base_model import lm_fingerprint
+    from search.ancestral import sample_policy
+    from search.forecast_task import ForecastTask
+
+    harvest = config.harvest_config(head_dir, "unused.h5")
+    lam = harvest.search.lam
+    head, _ = load_value_head(head_dir, lm_fingerprint(), to_dict(codec.config))
+    variances, ess = [], []
+    for i in range(config.validation_contexts):
+        values = generate_one(config.validation_seed, i, harvest.context_length).values
+        task = ForecastTask.build(codec, values, harvest.horizon, harvest.reward)
+        draws = sample_policy(lm, task, n_samples=config.validation_draws, batch_size=config.validation_draws,
+                              value_head=task.value(head, lam), guide_lam=lam, seed=i, progress=False)
+        log_w = draws.log_prior - draws.log_proposal + lam * task.reward_fn(draws.actions)
+        variances.append(float(np.var(log_w)))
+        ess.append(effective_sample_size(log_w) / len(log_w))
+    return {"var_log_w": float(np.mean(variances)), "ess_per_draw": float(np.mean(ess))}
+
+
+def run_rounds(config: RoundsConfig) -> list[dict]:
+    """Every round not yet done, then the curve of every round (module docstring)."""
+    from sadt.codec import Codec
+    from sadt.head_io import load_value_head
+    from sadt.lm.base_model import lm_fingerprint, load_base_lm
+    from search.harvest import harvest
+    from trainers import fit
+
+    out = Path(config.output_dir)
+    lm, tokenizer = load_base_lm()
+    codec = Codec(tokenizer, config.harvest_config(config.initial_head, "unused.h5").codec)
+    rounds = [Round(out / f"round_{r}") for r in range(1, config.rounds + 1)]
+    heads = [config.initial_head] + [str(r.head) for r in rounds]
+    for r, this in enumerate(rounds, start=1):
+        if this.done:
+            continue
+        harvest_config = config.harvest_config(heads[r - 1], str(this.draws))
+        previous, _ = load_value_head(heads[r - 1], lm_fingerprint(), to_dict(codec.config))
+        harvest(lm, codec, harvest_config, lm_fingerprint(), head=previous)
+        replay = ",".join(str(p.draws) for p in rounds[:r])
+        fit.main([*config.fit, "--data.buffers", f"[{replay}]", "--model.lam", str(harvest_config.search.lam),
+                  "--model.init_from", heads[r - 1], "--model.save_to", str(this.head), "--model.overwrite", "true",
+                  "--trainer.default_root_dir", str(this.directory / "fit")])
+    rows = [{"round": r, "head": head, **validation_scores(lm, codec, head, config)} for r, head in enumerate(heads)]
+    write_curve(rows, out)
+    return rows
+
+
+def write_curve(rows: list[dict], out: Path) -> None:
+    """`rounds.csv` and `rounds.png`: Var(log w) and ESS/N of the validation draws by round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "rounds.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    rounds = [row["round"] for row in rows]
+    left.plot(rounds, [row["var_log_w"] for row in rows], marker="o")
+    left.set(xlabel="round", ylabel="Var(log w) on validation contexts", yscale="log")
+    right.plot(rounds, [row["ess_per_draw"] for row in rows], marker="o")
+    right.set(xlabel="round", ylabel="ESS / N of i.i.d. P_F draws", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(out / "rounds.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = CommandParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    config = load_config(args.config, RoundsConfig)
+    rows = run_rounds(config)
+    for row in rows:
+        print(f"round {row['round']}: Var(log w) {row['var_log_w']:.3f}, ESS/N {row['ess_per_draw']:.3f}")
+    print(f"curve: {Path(config.output_dir) / 'rounds.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))
