@@ -25,3 +25,19 @@ def base_tokenizer():
     if not is_fetched(path):
         pytest.fail(f"{path} is missing: run `python -m sadt.lm.fetch` (make test does) before the tests")
     return AutoTokenizer.from_pretrained(path)
+
+
+def interrupt_reward_at(monkeypatch, call: int) -> None:
+    """Make the forecast reward's `call`-th call raise KeyboardInterrupt, as Ctrl-C there would."""
+    from search.forecast_task import ForecastTask
+
+    calls = {"n": 0}
+    reward_fn = ForecastTask.reward_fn
+
+    def interrupting(task, sequences):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return reward_fn(task, sequences)
+
+    monkeypatch.setattr(ForecastTask, "reward_fn", interrupting)

@@ -92,18 +92,9 @@ def test_the_demo_config_names_a_shipped_head_for_this_base_model(base_tokenizer
 
 @pytest.mark.base_model
 def test_ctrl_c_marks_the_interrupted_row_and_stops_the_job(tmp_path, capsys, base_tokenizer, monkeypatch):
-    from search.forecast_task import ForecastTask
+    from conftest import interrupt_reward_at
 
-    calls = {"n": 0}
-    reward_fn = ForecastTask.reward_fn
-
-    def interrupting(task, sequences):  # 1: base sampling, 2: the search's first batch, 3: Ctrl-C
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return reward_fn(task, sequences)
-
-    monkeypatch.setattr(ForecastTask, "reward_fn", interrupting)
+    interrupt_reward_at(monkeypatch, 3)  # 1: base sampling, 2: the search's first batch, 3: Ctrl-C
     series = tmp_path / "short.csv"
     series.write_text("value\n" + "\n".join(f"{50 + 5 * (i % 7):.1f}" for i in range(30)) + "\n")
     config = tmp_path / "run.yaml"

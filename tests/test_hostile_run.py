@@ -96,18 +96,9 @@ def test_a_plot_that_cannot_be_drawn_is_a_warning_not_the_end_of_the_job(tmp_pat
 
 @pytest.mark.base_model
 def test_ctrl_c_in_the_second_series_keeps_the_first_series_rows(tmp_path, capsys, base_tokenizer, monkeypatch):
-    from search.forecast_task import ForecastTask
+    from conftest import interrupt_reward_at
 
-    calls = {"n": 0}
-    reward_fn = ForecastTask.reward_fn
-
-    def interrupting(task, sequences):  # 1: the first series' base sampling, 2: the second's: Ctrl-C
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return reward_fn(task, sequences)
-
-    monkeypatch.setattr(ForecastTask, "reward_fn", interrupting)
+    interrupt_reward_at(monkeypatch, 2)  # 1: the first series' base sampling, 2: the second's: Ctrl-C
     config = tmp_path / "run.yaml"
     config.write_text(f"series: [Wooly, AusBeer]\nmethods: [base]\nn_samples: 2\noutput_dir: {tmp_path / 'out'}\n")
     assert run.main(["--config", str(config)]) == 130  # not 0: the job was cut short
