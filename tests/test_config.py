@@ -6,6 +6,7 @@ from sadt.config import ConfigError, load_config
 from search.caption import CaptionConfig
 from search.harvest import HarvestConfig
 from search.run import RunConfig
+from trainers.rounds import RoundsConfig
 
 ROOT = Path(__file__).parents[1]
 # what a user runs (configs/) and the benchmarks' and experiments' own (benchmarks/configs, benchmarks/experiments)
@@ -50,7 +51,7 @@ def benchmark_schema(path: Path):
 
 
 SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig, "text": CaptionConfig,
-           "configs": benchmark_schema}
+           "rounds": RoundsConfig, "configs": benchmark_schema}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
