@@ -146,6 +146,8 @@ def write_curve(rows: list[dict], out: Path) -> None:
     left.set(xlabel="round", ylabel="Var(log w) on validation contexts", yscale="log")
     right.plot(rounds, [row["ess_per_draw"] for row in rows], marker="o")
     right.set(xlabel="round", ylabel="ESS / N of i.i.d. P_F draws", ylim=(0, 1))
+    for axis in (left, right):
+        axis.set_xticks(rounds)
     fig.tight_layout()
     fig.savefig(out / "rounds.png", dpi=120)
     plt.close(fig)
