@@ -16,38 +16,21 @@ FIT_CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("fit/*.yaml"))
 
 
 def benchmark_schema(path: Path):
-    """The config class of the benchmark script a benchmarks/configs/ file is for (benchmarks/ holds
-    scripts, not a package): `proposal_*.yaml` is benchmarks/proposal_quality.py's, `forward_kl_scan*.yaml`
-    forward_kl_scan.py's, `tilt_room*.yaml` tilt_room.py's, `caption*.yaml` search.caption's, `samplers*.yaml`
-    benchmarks.samplers' (`samplers_toy*` its toy's), the rest
-    amortisation.py's."""
-    import importlib.util
-    import sys
+    """The config class of the benchmark a benchmarks/configs/ file is for, by its name's prefix: `caption*`
+    search.caption's, `rounds_*` trainers.rounds', else the `benchmarks.<script>` whose prefix it has (the
+    amortisation benchmark's when none)."""
+    import importlib
 
     if path.name.startswith("caption"):
         return CaptionConfig
-    if path.name.startswith("samplers_toy"):
-        from benchmarks.samplers_toy import ToySamplersConfig
-
-        return ToySamplersConfig
-    if path.name.startswith("samplers"):
-        from benchmarks.samplers import SamplersConfig
-
-        return SamplersConfig
-    if path.name.startswith("proposal_"):
-        script, name = "proposal_quality", "ProposalConfig"
-    elif path.name.startswith("forward_kl_scan"):
-        script, name = "forward_kl_scan", "ScanConfig"
-    elif path.name.startswith("tilt_room"):
-        script, name = "tilt_room", "RoomConfig"
-    else:
-        script, name = "amortisation", "AmortisationConfig"
-    spec = importlib.util.spec_from_file_location(f"{script}_benchmark", Path(__file__).parents[1] / "benchmarks" /
-                                                  f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return getattr(module, name)
+    if path.name.startswith("rounds_"):
+        return RoundsConfig
+    prefixes = {"samplers_toy": ("samplers_toy", "ToySamplersConfig"), "samplers": ("samplers", "SamplersConfig"),
+                "proposal_": ("proposal_quality", "ProposalConfig"),
+                "forward_kl_scan": ("forward_kl_scan", "ScanConfig"), "tilt_room": ("tilt_room", "RoomConfig")}
+    script, name = next((v for k, v in prefixes.items() if path.name.startswith(k)),
+                        ("amortisation", "AmortisationConfig"))
+    return getattr(importlib.import_module(f"benchmarks.{script}"), name)
 
 
 SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig, "text": CaptionConfig,
