@@ -46,6 +46,7 @@ def test_two_rounds_draw_from_the_last_head_fit_and_resume_without_drawing_again
     rows = run_rounds(config)
     assert [row["round"] for row in rows] == [0, 1, 2]
     assert all(row["var_log_w"] >= 0 and 0 < row["ess_per_draw"] <= 1 for row in rows)
+    assert all(row["ess_vs_p"] > 0 for row in rows)  # against as many i.i.d. draws of p
     sizes = []
     for r in (1, 2):
         buffer = read_buffer(tmp_path / "rounds" / f"round_{r}" / "draws.h5")

@@ -76,28 +76,39 @@ class Round:
         return (self.head / CARD).is_file()
 
 
-def validation_scores(lm, codec, head_dir: str, config: RoundsConfig) -> dict[str, float]:
-    """Mean over the validation contexts of Var(log w) and ESS/N of i.i.d. P_F draws, w = p e^{λ r} / P_F."""
+def validation_log_weights(lm, codec, head_dir: str | None, config: RoundsConfig) -> list[np.ndarray]:
+    """Per validation context, the log-weights log p − log q + λ r of `validation_draws` i.i.d. draws of the
+    head's P_F (of p itself when `head_dir` is None)."""
     from data.generator import generate_one
     from sadt.head_io import load_value_head
-    from sadt.importance import effective_sample_size
     from sadt.lm.base_model import lm_fingerprint
     from search.ancestral import sample_policy
     from search.forecast_task import ForecastTask
 
-    harvest = config.harvest_config(head_dir, "unused.h5")
+    harvest = config.harvest_config(config.initial_head, "unused.h5")
     lam = harvest.search.lam
-    head, _ = load_value_head(head_dir, lm_fingerprint(), to_dict(codec.config))
-    variances, ess = [], []
+    head = None if head_dir is None else load_value_head(head_dir, lm_fingerprint(), to_dict(codec.config))[0]
+    out = []
     for i in range(config.validation_contexts):
         values = generate_one(config.validation_seed, i, harvest.context_length).values
         task = ForecastTask.build(codec, values, harvest.horizon, harvest.reward)
         draws = sample_policy(lm, task, n_samples=config.validation_draws, batch_size=config.validation_draws,
-                              value_head=task.value(head, lam), guide_lam=lam, seed=i, progress=False)
-        log_w = draws.log_prior - draws.log_proposal + lam * task.reward_fn(draws.actions)
-        variances.append(float(np.var(log_w)))
-        ess.append(effective_sample_size(log_w) / len(log_w))
-    return {"var_log_w": float(np.mean(variances)), "ess_per_draw": float(np.mean(ess))}
+                              value_head=task.value(head, lam), guide_lam=lam if head is not None else 0.0,
+                              seed=i, progress=False)
+        out.append(draws.log_prior - draws.log_proposal + lam * task.reward_fn(draws.actions))
+    return out
+
+
+def validation_scores(log_w: list[np.ndarray], prior_log_w: list[np.ndarray]) -> dict[str, float]:
+    """Means over the validation contexts of Var(log w), ESS/N and PSIS k̂ of P_F's draws, and of ESS_q/ESS_p
+    against as many i.i.d. draws of p (P_F adds no LM forwards: equal draws are equal LM tokens)."""
+    from sadt.importance import effective_sample_size, psis_khat
+
+    ess = [effective_sample_size(w) / len(w) for w in log_w]
+    ess_p = [effective_sample_size(w) / len(w) for w in prior_log_w]
+    return {"var_log_w": float(np.mean([np.var(w) for w in log_w])), "ess_per_draw": float(np.mean(ess)),
+            "khat": float(np.mean([psis_khat(w) for w in log_w])),
+            "ess_vs_p": float(np.mean(np.asarray(ess) / np.asarray(ess_p)))}
 
 
 def run_rounds(config: RoundsConfig) -> list[dict]:
@@ -123,7 +134,9 @@ def run_rounds(config: RoundsConfig) -> list[dict]:
         fit.main([*config.fit, "--data.buffers", f"[{replay}]", "--model.lam", str(harvest_config.search.lam),
                   "--model.init_from", heads[r - 1], "--model.save_to", str(this.head), "--model.overwrite", "true",
                   "--trainer.default_root_dir", str(this.directory / "fit")])
-    rows = [{"round": r, "head": head, **validation_scores(lm, codec, head, config)} for r, head in enumerate(heads)]
+    prior = validation_log_weights(lm, codec, None, config)
+    rows = [{"round": r, "head": head, **validation_scores(validation_log_weights(lm, codec, head, config), prior)}
+            for r, head in enumerate(heads)]
     write_curve(rows, out)
     return rows
 
@@ -160,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, RoundsConfig)
     rows = run_rounds(config)
     for row in rows:
-        print(f"round {row['round']}: Var(log w) {row['var_log_w']:.3f}, ESS/N {row['ess_per_draw']:.3f}")
+        print(f"round {row['round']}: Var(log w) {row['var_log_w']:.3f}, ESS/N {row['ess_per_draw']:.3f} "
+              f"(k̂ {row['khat']:.2f}; {row['ess_vs_p']:.2f}× i.i.d. p's)")
     print(f"curve: {Path(config.output_dir) / 'rounds.png'}")
     return 0
 
