@@ -25,7 +25,6 @@ prompts with bootstrap 95% intervals, and the s that minimises each head's valid
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from dataclasses import dataclass, field
@@ -73,20 +72,21 @@ def load_module(head_dir: str, datamodule, lam: float):
     """A FlowHeadModule built from the head's sidecar (its training settings), holding the head's weights;
     for a parameter-free value's name (`forecast_task.PARAMETER_FREE_VALUES`), an untrained module
     whose Q is that value exactly (β = 1, no residual, zero bias)."""
+    from sadt.flow_head import FlowHeadConfig
     from sadt.head_io import load_head
     from sadt.lm.base_model import lm_fingerprint
     from search.forecast_task import PARAMETER_FREE_VALUES
-    from trainers.module import FlowHeadModule
+    from trainers.module import FlowHeadModule, module_options
 
     if head_dir in PARAMETER_FREE_VALUES:  # R⁺ᵈ or V⁺ᵈ: FlowHeadConfig refuses the dropped R and R⁺ by name
-        module = FlowHeadModule(lam=lam, value_form=PARAMETER_FREE_VALUES[head_dir], residual=False)
+        config = FlowHeadConfig(value_form=PARAMETER_FREE_VALUES[head_dir], residual=False)
+        module = FlowHeadModule(lam=lam, head=config)
         module.attach(datamodule)
         return module.eval()
     head, card = load_head(head_dir, lm_fingerprint())
     if card.adapter:  # its adapter's weights live beside the head; this rebuild would leave them random
         raise ValueError(f"{head_dir}: forward_kl_scan reads MLP heads on the frozen LM, not LoRA heads")
-    accepted = inspect.signature(FlowHeadModule).parameters
-    module = FlowHeadModule(**{k: v for k, v in card.training.items() if k in accepted})  # migrated on reading
+    module = FlowHeadModule(**module_options(card.training))  # flat options of older cards: grouped on reading
     module.head.load_state_dict(head.state_dict())
     module.attach(datamodule)
     return module.eval()
@@ -152,7 +152,8 @@ def run(config: ScanConfig, keep: list[dict]) -> list[dict]:
             keys = training_keys(config.trained_on[name], config.val_fraction) if name in config.trained_on else None
             module = load_module(path, datamodule, config.lam)
             if previous is not None:  # the cache and its size together, so the memory budget stays one budget
-                module.feature_cache, module.feature_cache_bytes = previous.feature_cache, previous.feature_cache_bytes
+                features, kept = module.features, previous.features
+                features.memory, features.memory_bytes = kept.memory, kept.memory_bytes
             rows += scan_head(name, module, datamodule, config, keys)
             previous = module
     return with_common_validation(rows)

@@ -10,14 +10,14 @@ explains 60%), so a head on those states alone cannot learn it. Two values use R
 - `ShapedValue`: Q(s, a) = β_φ(k/H)·R(s·a) + g_φ(h(s))_a, a flow head trained on the residual (the
   forward-looking parameterisation of Pan et al. 2023, "Better training of GFlowNets with local
   credit and incomplete trajectories"), with β = 1 or one learned weight per share k/H of the
-  horizon's values completed (`--model.reward_weight_bins`): R is near pure noise about the soft
+  horizon's values completed (`--model.head.reward_weight_bins`): R is near pure noise about the soft
   value early in a forecast and exact at its end.
 
 The value R is one choice (`TASK_VALUES`): "partial" R; "look_ahead" R⁺, the completed values plus a
 seasonal-naive fill of the rest (`ForecastReward.ahead`); "digit_ahead" R⁺ᵈ, R⁺ that also reads the value
 being written (`digit_ahead_q`); "soft_ahead" V⁺ᵈ, R⁺ᵈ averaged over noisy guesses of the rest at λ
 (`ForecastReward.soft_ahead`). All four serve as parameter-free values (the benchmarks compare them);
-a trained head's `value_form` (`--model.value_form`, `VALUE_FORMS`) is R⁺ᵈ or V⁺ᵈ only: heads on R and R⁺
+a trained head's `value_form` (`--model.head.value_form`, `VALUE_FORMS`) is R⁺ᵈ or V⁺ᵈ only: heads on R and R⁺
 were no better proposals than p at λ = 15 and were dropped (`DROPPED_VALUE_FORMS`).
 
 R and R⁺ change only at a separator, so they tell digits apart only once a value is finished: the

@@ -15,6 +15,7 @@ from benchmarks.forward_kl_scan import run as run_scan  # noqa: E402
 from data.buffer import SOURCES, read_buffer
 from sadt.codec import Codec
 from sadt.config import from_dict
+from sadt.flow_head import FlowHeadConfig
 from sadt.head_io import HeadMismatchError, head_state_equal, load_head
 from sadt.lm.backend import TorchLM
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
@@ -39,7 +40,7 @@ def test_fit_trains_logs_and_writes_a_head_that_loads_back(tmp_path, buffer_path
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "run"
     model = fit.main([
-        "--model.lam", "2.0", "--model.hidden", "32", "--model.save_to", str(tmp_path / "head"),
+        "--model.lam", "2.0", "--model.head.hidden", "32", "--model.save_to", str(tmp_path / "head"),
         "--data.buffers", f"[{buffer_path}]", "--data.batch_size", "8", "--data.val_fraction", "0.34",
         "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu", "--trainer.log_every_n_steps", "1",
         "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
@@ -76,17 +77,17 @@ def test_fit_trains_logs_and_writes_a_head_that_loads_back(tmp_path, buffer_path
     # filled from other batches (other padding), so float32 attention may differ in the last digits (transformers
     # 5.24: up to 1.6e-5); a feature of the wrong trajectory would differ by O(1).
     batch = next(iter(model.trainer.datamodule.train_dataloader()))
-    assert model.feature_cache and all((p, tuple(a[m].tolist())) in model.feature_cache
+    assert model.features.memory and all((p, tuple(a[m].tolist())) in model.features.memory
                                        for p, a, m in zip(batch["prompts"], batch["actions"], batch["mask"]))
     cached = model.features(batch)
-    model.feature_cache.clear()
+    model.features.memory.clear()
     for x, y in zip(cached, model.features(batch)):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
 
 
 def fit_args(buffer_path, out, *extra):
     return [
-        "--model.lam", "2.0", "--model.hidden", "16", "--model.save_to", str(out / "head"),
+        "--model.lam", "2.0", "--model.head.hidden", "16", "--model.save_to", str(out / "head"),
         "--data.buffers", f"[{buffer_path}]", "--data.batch_size", "8", "--data.val_fraction", "0",
         "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(out),
         "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
@@ -121,8 +122,8 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     from search.config import SearchConfig
     from search.forecast_task import ForecastTask
 
-    model = fit.main(fit_args(buffer_path, tmp_path, "--model.adapter", "lora", "--model.lora_top_layers", "1",
-                              "--model.lora_lr", "1e-3", "--trainer.max_steps", "4"))
+    model = fit.main(fit_args(buffer_path, tmp_path, "--model.lora.top_layers", "1",
+                              "--model.optimiser.lora_lr", "1e-3", "--trainer.max_steps", "4"))
     (metrics,) = tmp_path.glob("lightning_logs/*/metrics.csv")
     tb = [float(r["train/tb"]) for r in csv.DictReader(metrics.open()) if r.get("train/tb")]
     assert len(tb) == 4 and all(map(torch.isfinite, torch.tensor(tb)))
@@ -150,10 +151,10 @@ def test_fit_with_a_value_form_trains_the_residual_over_r_and_the_search_adds_r(
     from search.config import SearchConfig
     from search.forecast_task import PARAMETER_FREE_VALUES, ForecastTask
 
-    model = fit.main(fit_args(buffer_path, tmp_path, "--model.value_form", form, "--trainer.max_steps", "3",
-                              "--model.reward_weight_bins", str(bins), "--model.weight_decay", "0.5",
-                              "--model.residual", str(residual).lower(),
-                              "--model.reward_weight_positions", str(positions)))
+    model = fit.main(fit_args(buffer_path, tmp_path, "--model.head.value_form", form, "--trainer.max_steps", "3",
+                              "--model.head.reward_weight_bins", str(bins), "--model.optimiser.weight_decay", "0.5",
+                              "--model.head.residual", str(residual).lower(),
+                              "--model.head.reward_weight_positions", str(positions)))
     batch = next(iter(model.trainer.datamodule.train_dataloader()))
     shaping, share, position = model.shaping(batch)
     first = position[:, 0, 0]  # every forecast starts a value: no digit written yet
@@ -166,7 +167,7 @@ def test_fit_with_a_value_form_trains_the_residual_over_r_and_the_search_adds_r(
 
     meta_codec = read_buffer(buffer_path).meta["config"]["codec"]
     head, sidecar = load_head(tmp_path / "head", lm_fingerprint(), meta_codec)
-    assert head.config.value_form == form == sidecar.training["value_form"]
+    assert head.config.value_form == form == sidecar.training["head"]["value_form"]
     assert head.config.reward_weight_bins == bins and head.config.reward_weight_positions == positions
     assert head.config.residual == residual and hasattr(head, "q_mlp") == residual  # no residual: no MLP weights
     if bins:  # β is trained, from 1, at its own lr and without weight decay pulling it towards 0
@@ -174,7 +175,7 @@ def test_fit_with_a_value_form_trains_the_residual_over_r_and_the_search_adds_r(
         assert not torch.equal(head.reward_weight, torch.ones_like(head.reward_weight))
         groups = model.trainer.optimizers[0].param_groups
         beta = [g for g in groups if any(p is model.head.reward_weight for p in g["params"])]
-        assert [(g["weight_decay"], g["lr"]) for g in beta] == [(0, model.hparams.reward_weight_lr)]
+        assert [(g["weight_decay"], g["lr"]) for g in beta] == [(0, model.optimiser_config.reward_weight_lr)]
     with pytest.raises(RuntimeError, match="adds a task value"):
         head(torch.zeros(1, head.action_embeddings.shape[1]))  # Q_φ without R would be silently wrong
     with pytest.raises(HeadMismatchError, match="torch backend only"):
@@ -214,7 +215,8 @@ def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_dow
     tmp_path, buffer_path, prior_buffer_path
 ):
     model = fit.main(fit_args(f"{buffer_path},{prior_buffer_path}", tmp_path, "--trainer.max_epochs", "3",
-                              "--model.tb", "0", "--model.forward_kl", "1", "--model.lr", "0.01"))
+                              "--model.losses.tb", "0", "--model.losses.forward_kl", "1",
+                              "--model.optimiser.lr", "0.01"))
     _, card = load_head(tmp_path / "head", lm_fingerprint())  # each buffer's harvest, in order: both rebuildable
     assert [h["sampler"] for h in card.training_data["harvests"]] == ["tree", "prior"]
     items = model.trainer.datamodule.train_set.items
@@ -265,7 +267,7 @@ def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_dow
 
 def test_forward_kl_without_draws_from_p_is_a_clear_error(tmp_path, buffer_path):
     with pytest.raises(ValueError, match="prior_sample"):
-        fit.main(fit_args(buffer_path, tmp_path, "--trainer.max_epochs", "1", "--model.forward_kl", "1"))
+        fit.main(fit_args(buffer_path, tmp_path, "--trainer.max_epochs", "1", "--model.losses.forward_kl", "1"))
 
 
 def test_the_trainer_recomputes_the_truncated_prior_the_search_sampled_under(tmp_path, base_tokenizer):
@@ -286,9 +288,9 @@ def test_the_trainer_recomputes_the_truncated_prior_the_search_sampled_under(tmp
               for i in range(buffer.n_trajectories)}
     dm = BufferDataModule([str(path)], val_fraction=0.0)
     dm.setup()
-    module = FlowHeadModule(lam=2.0, hidden=8)
+    module = FlowHeadModule(lam=2.0, head=FlowHeadConfig(hidden=8))
     module.attach(dm)
-    assert module.top_k == 3
+    assert module.features.top_k == 3
     batch = collate(dm.train_set.items)
     _, _, log_prior = module.features(batch)
     chosen = log_prior.gather(-1, batch["actions"].clamp(min=0)[..., None])[..., 0]
@@ -338,9 +340,10 @@ def test_a_head_fits_on_generated_contexts_end_to_end(tmp_path, monkeypatch):
     assert read_buffer(path).prompt_keys() == [f"series=gen5-{i}/end=16/seed=0" for i in range(3)]
     prefills, real_prefill = [], TorchLM.prefill
     monkeypatch.setattr(TorchLM, "prefill", lambda self, ids: prefills.append(1) or real_prefill(self, ids))
-    model = fit.main(fit_args(path, tmp_path, "--trainer.max_epochs", "2", "--model.tb", "0",
-                              "--model.subtb", "1", "--model.forward_kl", "1", "--data.batch_by_prompt", "true",
-                              "--model.prompt_cache_size", "1", "--model.feature_cache_mb", "0"))
+    model = fit.main(fit_args(path, tmp_path, "--trainer.max_epochs", "2", "--model.losses.tb", "0",
+                              "--model.losses.subtb", "1", "--model.losses.forward_kl", "1",
+                              "--data.batch_by_prompt", "true",
+                              "--model.features.prompt_cache_size", "1", "--model.features.cache_mb", "0"))
     assert model.trainer.current_epoch == 2
     assert len(prefills) == 3 * 2  # whole prompts per batch: each prompt prefilled once an epoch, with a 1-prompt cache
     _, card = load_head(tmp_path / "head", lm_fingerprint())
@@ -352,7 +355,7 @@ def test_a_head_fits_on_generated_contexts_end_to_end(tmp_path, monkeypatch):
 
 def test_a_feature_store_lets_a_second_fit_skip_the_lm_and_fit_the_same_head(tmp_path, buffer_path, monkeypatch):
     store = tmp_path / "features"
-    args = ("--trainer.max_epochs", "2", "--model.feature_store", str(store))
+    args = ("--trainer.max_epochs", "2", "--model.features.store", str(store))
     first = fit.main(fit_args(buffer_path, tmp_path / "first", *args))
     distinct = {(x["prompt"], tuple(x["actions"])) for x in first.trainer.datamodule.train_set.items}
     assert len(list(store.rglob("*.safetensors"))) == len(distinct) and not list(store.rglob("*.partial"))
@@ -361,3 +364,21 @@ def test_a_feature_store_lets_a_second_fit_skip_the_lm_and_fit_the_same_head(tmp
     second = fit.main(fit_args(buffer_path, tmp_path / "second", *args))
     assert not calls  # every state came from the store
     assert head_state_equal(first.head, second.head)  # the same features and seed: the same head
+
+
+def test_the_flat_training_options_of_older_cards_are_read_as_the_module_groups():
+    """Issue 35.3: the fit's options became groups; a head card written before them still rebuilds its module."""
+    from sadt.lora_head import LoRAHeadConfig
+    from trainers.module import module_options, training_settings
+    from trainers.options import FeatureConfig, LossWeights, OptimiserConfig
+
+    flat = {"lam": 15.0, "tb": 0.0, "forward_kl": 1.0, "value_form": "soft_ahead", "residual": False,
+            "reward_weight_bins": 8, "reward_weight_lr": 0.05, "feature_cache_mb": 512, "adapter": "none",
+            "lora_r": 8, "look_ahead": False}  # lora_r without the adapter, and an option since dropped
+    options = module_options(flat)
+    assert options == {"lam": 15.0, "losses": LossWeights(tb=0.0, forward_kl=1.0),
+                       "head": FlowHeadConfig(value_form="soft_ahead", residual=False, reward_weight_bins=8),
+                       "optimiser": OptimiserConfig(reward_weight_lr=0.05), "features": FeatureConfig(cache_mb=512)}
+    assert module_options(training_settings(options)) == options  # what new cards hold reads back the same
+    assert module_options({"adapter": "lora", "lora_r": 4, "lora_lr": 1e-3}) == {
+        "lora": LoRAHeadConfig(r=4), "optimiser": OptimiserConfig(lora_lr=1e-3)}

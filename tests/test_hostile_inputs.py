@@ -229,8 +229,10 @@ def test_a_fit_refuses_to_overwrite_a_head_before_anything_runs(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--model.lr", "0"], ["model `lr`", "> 0"]), (["--model.lr", "-0.001"], ["model `lr`", "-0.001"]),
+    (["--model.optimiser.lr", "0"], ["model.optimiser `lr`", "> 0"]),
+    (["--model.optimiser.lr", "-0.001"], ["model.optimiser `lr`", "-0.001"]),
     (["--trainer.max_epochs", "0"], ["trainer.max_epochs", ">= 1"]),
+    (["--model.tb", "1"], ["--model.tb", "is now `--model.losses.tb`"]),  # an option from before the groups
 ])
 def test_a_fit_that_would_train_nothing_or_ascend_is_refused(tmp_path, args, words):
     """Issue 37.6: lr 0 or below trained (or ascended) and saved a head; max_epochs 0 saved nothing, silently."""

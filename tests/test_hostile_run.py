@@ -204,7 +204,7 @@ def test_fit_refuses_data_it_cannot_train_on_before_the_run_directory_exists(tmp
     text = fit_buffer(tmp_path / "text.h5", {"lam": 1.0, "task": "text", "n_actions": 49_152}, 3)
     cases = [
         ([empty], [], "no trajectories"),
-        ([tree_only], ["--model.forward_kl", "1.0"], "`forward_kl` needs draws from p"),
+        ([tree_only], ["--model.losses.forward_kl", "1.0"], "`losses.forward_kl` needs draws from p"),
         ([text], [], "a text-task buffer"),
         ([tree_only], ["--data.batch_size", "0"], "`batch_size` must be >= 1"),
     ]

@@ -12,7 +12,7 @@ from trainers.rounds import RoundsConfig, run_rounds
 HARVEST = {"series": ["Wooly"], "windows_per_series": 2, "context_length": 16, "horizon": 4, "seeds": [0],
            "search": {"n_samples": 4, "batch_size": 4, "lam": 2.0},
            "exploration": {"tempered_share": 0.5, "prior_share": 0.25}}
-FIT = ["--model.hidden", "8", "--model.layers", "1", "--model.tb", "0", "--model.vargrad", "1",
+FIT = ["--model.head.hidden", "8", "--model.head.layers", "1", "--model.losses.tb", "0", "--model.losses.vargrad", "1",
        "--model.keep_best", "false", "--data.batch_size", "8", "--data.val_fraction", "0", "--trainer.max_epochs",
        "2", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
        "--trainer.enable_checkpointing", "false"]

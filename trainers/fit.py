@@ -1,6 +1,7 @@
 """Train F_φ: `python -m trainers.fit --config configs/fit/soft_ahead.yaml` (LightningCLI, `--help` lists every option).
 
-Every option can be overridden on the command line, e.g. `--model.lam 2.0 --trainer.max_epochs 20`;
+Every option can be overridden on the command line, e.g. `--model.lam 2.0 --model.losses.tb 1 --trainer.max_epochs 20`
+(the model's options come in groups: `head`, `losses`, `optimiser`, `features`, `lora`; `trainers.options`);
 `--ckpt_path outputs/fit/lightning_logs/version_0/checkpoints/last.ckpt` resumes a run.
 W&B runs offline by default (under `outputs/fit/wandb`, sync later with `wandb sync`); set
 WANDB_MODE=online when logged in. CSV logs go beside them.
@@ -19,6 +20,7 @@ from sadt.cli import one_line
 from sadt.head_io import SIDECAR
 from trainers.data import BufferDataModule
 from trainers.module import FlowHeadModule
+from trainers.options import moved_option_hint
 
 
 class FitParser(LightningArgumentParser):
@@ -27,7 +29,7 @@ class FitParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # a nested parse: the caller handles the error
             return super().error(message, ex)
-        print(f"error: {one_line(message)}", file=sys.stderr)
+        print(f"error: {one_line(moved_option_hint(message))}", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -36,7 +36,8 @@ class RoundsConfig:
     rounds: int = 3
     harvest: dict = field(default_factory=dict)  # search.harvest settings of each round's draws (sampler: policy
     # and the head are set per round)
-    fit: list[str] = field(default_factory=list)  # trainers.fit options of each round, e.g. ["--model.vargrad", "1"]
+    fit: list[str] = field(default_factory=list)  # trainers.fit options of each round, e.g.
+    # ["--model.losses.vargrad", "1"]
     validation_contexts: int = 8  # generated contexts no round trains on (`data.generator`, `validation_seed`)
     validation_seed: int = 1000
     validation_draws: int = 32  # i.i.d. draws of P_F per validation context

@@ -1,0 +1,93 @@
+"""What the losses read besides the LM: the forecast task's value terms along each trajectory, and the
+self-normalised weights of the buffers' draws from p. Both are rebuilt from the buffers' own metadata.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data.buffer import SOURCES
+from sadt.codec import Codec
+from sadt.config import from_dict
+from sadt.partial_reward import digits_written, prompt_reward, shaping_value
+from sadt.rewards import ForecastReward, RewardConfig
+
+
+class ForecastShaping:
+    """R(s_t·a), k(s_t·a)/H and the digits of s_t's unfinished value for every step and action of a batch's
+    trajectories (`sadt.partial_reward.shaping_value` of `value_form` at λ), each prompt's reward rebuilt from
+    its own values and the harvest's reward config; cached per trajectory.
+
+    Args:
+        codec: the buffers' codec.
+        harvest_config: the buffers' run config (its `horizon` and `reward` blocks).
+        value_form: the head's task value ("digit_ahead", "soft_ahead", ...).
+        lam: the soft look-ahead's λ (the fit's).
+        positions: whether the head's β reads the digits written (`reward_weight_positions`).
+    """
+
+    def __init__(self, codec: Codec, harvest_config: dict, value_form: str, lam: float, positions: bool) -> None:
+        self.codec, self.value_form, self.lam, self.positions = codec, value_form, lam, positions
+        self.horizon = harvest_config["horizon"]
+        self.reward_config = from_dict(harvest_config.get("reward", {}), RewardConfig)
+        self.rewards: dict[tuple, ForecastReward] = {}
+        self.cache: dict[tuple, torch.Tensor] = {}  # (prompt, actions) -> (3, T, A)
+
+    def reward_of(self, prompt: tuple) -> ForecastReward:
+        """The buffer's reward for one prompt, rebuilt from its own values (cached)."""
+        if prompt not in self.rewards:
+            self.rewards[prompt] = prompt_reward(self.codec, prompt, self.horizon, self.reward_config)
+        return self.rewards[prompt]
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        """(3, B, T, A): R, the share of values completed and the digits written; 0 on padded steps."""
+        actions, mask = batch["actions"], batch["mask"]
+        out = torch.zeros(3, *actions.shape, len(self.codec.action_token_ids))
+        for row, prompt in enumerate(batch["prompts"]):
+            path = tuple(actions[row][mask[row]].tolist())
+            if (prompt, path) not in self.cache:
+                self.cache[prompt, path] = self._along(prompt, path)
+            out[:, row, : len(path)] = self.cache[prompt, path]
+        return out
+
+    def _along(self, prompt: tuple, path: tuple) -> torch.Tensor:
+        states = [path[:t] for t in range(len(path))]
+        r, share = shaping_value(self.codec, self.reward_of(prompt), states, self.value_form, self.lam)
+        written = digits_written(self.codec, states) if self.positions else np.zeros(len(states))
+        position = np.broadcast_to(written[:, None], r.shape)  # read only by a per-position β
+        return torch.as_tensor(np.stack([r, share, position]), dtype=torch.float32)
+
+
+class PriorDrawWeights:
+    """ω_i = n exp(λ r_i) / Σ_j exp(λ r_j) over the n draws from p (source `prior_sample`) of draw i's prompt,
+    the self-normalised importance weights of π* the forward KL reads; 0 for other trajectories.
+
+    Args:
+        datasets: the train and validation sets (every draw of a prompt counts, whichever side it is on).
+        lam: the fit's λ.
+    """
+
+    def __init__(self, datasets, lam: float) -> None:
+        rewards: dict[int, list[float]] = {}
+        for dataset in datasets:
+            for x in dataset.items:
+                if x["source"] == SOURCES["prior_sample"]:
+                    rewards.setdefault(x["prompt_id"], []).append(x["reward"])
+        self.lam = lam
+        # prompt id -> (log Σ_j exp(λ r_j), n)
+        self.normalisers = {k: (float(torch.logsumexp(lam * torch.tensor(r, dtype=torch.float64), 0)), len(r))
+                            for k, r in rewards.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.normalisers)
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        """(B,) float64."""
+        rows = (batch["source"] == SOURCES["prior_sample"]).nonzero().flatten()
+        weights = torch.zeros(len(batch["source"]), dtype=torch.float64)
+        if len(rows):
+            norm = torch.tensor([self.normalisers[int(p)] for p in batch["prompt_index"][rows]], dtype=torch.float64)
+            log_norm, n = norm.unbind(dim=1)  # (k,), (k,)
+            weights[rows] = n * torch.exp(self.lam * batch["reward"][rows].double() - log_norm)
+        return weights
