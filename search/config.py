@@ -11,12 +11,12 @@ import numpy as np
 
 from sadt.config import check_finite
 from sadt.importance import effective_sample_size, log_mean_exp
-from search.methods import METHOD_STRATEGIES
 from search.smc import SMC_METHODS  # particle samplers, configured by the same SearchConfig
 from search.task import RewardFn  # noqa: F401  (re-exported: callers have imported it from here)
 from search.tree import Tree
 
-METHODS = tuple(METHOD_STRATEGIES)  # the tree methods
+# The tree methods (their strategies: `search.methods.METHOD_STRATEGIES`, the same names).
+METHODS = ("maxent_ts", "dts", "dts_star", "mcts_uct", "ancestral", "best_of_n", "greedy", "flow")
 HEAD_METHODS = ("flow", "twisted_smc")  # methods that need a value head whatever `hybrid` says
 SAMPLINGS = ("auto", "resample", "tree", "search")  # SearchConfig.sampling
 

@@ -17,39 +17,45 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from search import selection
-
-if TYPE_CHECKING:
-    from search.tree_search import TreeSearch
-
-Selector = Callable[["TreeSearch", int], int]  # (search, node) -> action
+from search import selection, tree_sampling
+from search.search_view import SearchView
 
 
-def draw_from_policy(search: TreeSearch, node: int) -> int:
+@dataclass(frozen=True)
+class Pick:
+    """What a selection rule decides at a node, without touching the search: a law the search draws the slot
+    from (and logs for the draw's importance weight), or the slot itself (UCT, PUCT)."""
+
+    log_probs: np.ndarray | None = None  # draw a slot ∝ exp(log_probs)
+    slot: int = -1  # else this slot
+    is_draw: bool = False  # a draw from the rollout policy: the search counts it in the node's draws
+
+
+Selector = Callable[[SearchView, int], Pick]  # (search, node) -> what to choose
+FinalSampler = Callable[[SearchView, int], list[int]]  # (search, n) -> n terminal node ids
+
+
+def draw_from_policy(search: SearchView, node: int) -> Pick:
     """A draw from the rollout policy (p, or P_F ∝ p exp(g Q_φ) for method flow); counted in the node's draws."""
-    action = selection.gumbel_max(search.rollout_log_probs(node), search.rng)
-    search.count_draw(node, action)
-    return action
+    return Pick(search.rollout_log_probs(node), is_draw=True)
 
 
-def select_boltzmann(search: TreeSearch, node: int) -> int:
-    """MaxEnt-TS: `a ∝ p(a|s) exp(λ_sel Ṽ(s·a))` over the eligible actions (λ_sel = selection_scale · λ), or
-    on a defensive descent a draw from the rollout policy (`TreeSearch.choose`)."""
-    tree = search.tree
+def select_boltzmann(search: SearchView, node: int) -> Pick:
+    """MaxEnt-TS: `a ∝ p(a|s) exp(λ_sel Ṽ(s·a))` over the eligible actions (λ_sel = selection_scale · λ); the
+    search mixes in the rollout policy on a defensive descent (`TreeSearch.choose`)."""
     values = search.values.selection(node)
-    log_tree = selection.boltzmann_log_probs(search.eligible_log_prior(node), values, np.ones(values.shape, bool),
-                                             tree.value[node], search.config.selection_scale * search.config.lam)
-    return search.choose(node, log_tree)
+    return Pick(selection.boltzmann_log_probs(search.eligible_log_prior(node), values, np.ones(values.shape, bool),
+                                              search.tree.value[node], search.config.selection_scale
+                                              * search.config.lam))
 
 
 def _widen_or(rule: Selector) -> Selector:
     """DTS / DTS*: draw a new child from p while the node's draws are below C (N+1)^α, else apply `rule`."""
 
-    def select(search: TreeSearch, node: int) -> int:
+    def select(search: SearchView, node: int) -> Pick:
         tree = search.tree
         if tree.draws[node].sum() < search.widening(node) or not (tree.children[node] >= 0).any():
             return draw_from_policy(search, node)
@@ -58,23 +64,22 @@ def _widen_or(rule: Selector) -> Selector:
     return select
 
 
-def _boltzmann_on_draws(search: TreeSearch, node: int) -> int:
+def _boltzmann_on_draws(search: SearchView, node: int) -> Pick:
     tree = search.tree
     children = tree.children[node]
-    action, _ = selection.boltzmann(search.child_log_weights(node), tree.value[children], children >= 0,
-                                    tree.value[node], search.config.lam, search.rng)
-    return action
+    return Pick(selection.boltzmann_log_probs(search.child_log_weights(node), tree.value[children], children >= 0,
+                                              tree.value[node], search.config.lam))
 
 
-def _uct(search: TreeSearch, node: int) -> int:
+def _uct(search: SearchView, node: int) -> Pick:
     tree = search.tree
     children = tree.children[node]
     visits = tree.visits[children] + tree.pending[children]
     parent_visits = tree.visits[node] + tree.pending[node]
-    return selection.uct(tree.value[children], visits, children >= 0, parent_visits, search.config.uct_c)
+    return Pick(slot=selection.uct(tree.value[children], visits, children >= 0, parent_visits, search.config.uct_c))
 
 
-def select_puct(search: TreeSearch, node: int) -> int:
+def select_puct(search: SearchView, node: int) -> Pick:
     """MCTS-UCT's PUCT; this iteration's virtual visits and leaves already picked count as visits."""
     tree = search.tree
     children = tree.children[node]
@@ -82,8 +87,8 @@ def select_puct(search: TreeSearch, node: int) -> int:
     visits = np.where(visited, tree.visits[children] + tree.pending[children], 0)
     for action, count in search.pending_leaves.get(node, {}).items():
         visits[action] += count
-    return selection.puct(tree.value[children], search.eligible_log_prior(node), visits, visited,
-                          tree.value[node], tree.visits[node] + tree.pending[node], search.config.uct_c)
+    return Pick(slot=selection.puct(tree.value[children], search.eligible_log_prior(node), visits, visited,
+                                    tree.value[node], tree.visits[node] + tree.pending[node], search.config.uct_c))
 
 
 @dataclass(frozen=True)
@@ -91,17 +96,19 @@ class Method:
     child_weights: str  # "prior": log p(a|s); "draws": log of the times a was drawn at s
     select: Selector
     backup: str  # "soft" (recomputed log-mean-exp) or "mean" (MCTS)
-    sampler: str  # final samples: "boltzmann", "rollouts" (λ = 0), "argmax_value", "most_visited", "top_rewards"
-    records_draws: bool = False  # keeps each draw's importance weight (root_value_is, resampling)
+    sample: FinalSampler  # the final samples (`search.tree_sampling`), unless `sampling` names another
+    records_draws: bool = False  # keeps each draw's importance weight (root_value_is, resampling, defensive)
+    top_k: int | None = None  # truncates the prior to its top k whatever the config says (greedy: 1)
+    guided: bool = False  # always rolls out from P_F (needs a head), whatever `guided_rollouts` says
 
 
 METHOD_STRATEGIES: dict[str, Method] = {
-    "maxent_ts": Method("prior", select_boltzmann, "soft", "boltzmann", records_draws=True),
-    "dts": Method("draws", _widen_or(_boltzmann_on_draws), "soft", "boltzmann"),
-    "dts_star": Method("draws", _widen_or(_uct), "soft", "argmax_value"),
-    "mcts_uct": Method("prior", select_puct, "mean", "most_visited"),
-    "ancestral": Method("draws", draw_from_policy, "soft", "rollouts"),
-    "best_of_n": Method("draws", draw_from_policy, "soft", "top_rewards"),
-    "greedy": Method("draws", draw_from_policy, "soft", "rollouts"),
-    "flow": Method("draws", draw_from_policy, "soft", "rollouts"),
+    "maxent_ts": Method("prior", select_boltzmann, "soft", tree_sampling.boltzmann, records_draws=True),
+    "dts": Method("draws", _widen_or(_boltzmann_on_draws), "soft", tree_sampling.boltzmann),
+    "dts_star": Method("draws", _widen_or(_uct), "soft", tree_sampling.argmax_value_path),
+    "mcts_uct": Method("prior", select_puct, "mean", tree_sampling.most_visited_path),
+    "ancestral": Method("draws", draw_from_policy, "soft", tree_sampling.rollouts),
+    "best_of_n": Method("draws", draw_from_policy, "soft", tree_sampling.top_rewards),
+    "greedy": Method("draws", draw_from_policy, "soft", tree_sampling.rollouts, top_k=1),
+    "flow": Method("draws", draw_from_policy, "soft", tree_sampling.rollouts, guided=True),
 }

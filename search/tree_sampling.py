@@ -10,18 +10,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 
 from sadt.importance import logsumexp
+from search.search_view import SearchView
 from search.tree import ROOT
 
-if TYPE_CHECKING:
-    from search.tree_search import TreeSearch
 
-
-def boltzmann_descent(search: TreeSearch, lam: float, rng: np.random.Generator) -> int:
+def boltzmann_descent(search: SearchView, lam: float, rng: np.random.Generator) -> int:
     """One terminal node id drawn from `Π_t w(s_t·a_t) exp(λ V̂(s_t·a_t)) / Σ_b (same)` over visited children."""
     tree, node = search.tree, ROOT
     while not tree.terminal[node]:
@@ -39,7 +37,7 @@ def resample(log_weights: np.ndarray, terminals: np.ndarray, n: int, rng: np.ran
     return rng.choice(terminals, size=n, p=probs / probs.sum()).tolist()
 
 
-def greedy_path(search: TreeSearch, key: np.ndarray) -> int:
+def greedy_path(search: SearchView, key: np.ndarray) -> int:
     """Follow the child with the largest `key` (V̂ or visits) down to a terminal."""
     tree, node = search.tree, ROOT
     while not tree.terminal[node]:
@@ -48,7 +46,28 @@ def greedy_path(search: TreeSearch, key: np.ndarray) -> int:
     return node
 
 
-def top_rewards(search: TreeSearch, n: int) -> list[int]:
+# -- the final samplers: (search, n) -> n terminal node ids ------------------------------------------
+
+
+def boltzmann(search: SearchView, n: int) -> list[int]:
+    """n Boltzmann descents at the search's λ (DTS Alg. 2)."""
+    return [boltzmann_descent(search, search.config.lam, search.sample_rng) for _ in range(n)]
+
+
+def rollouts(search: SearchView, n: int) -> list[int]:
+    """n descents at λ = 0: the empirical law of the rollouts."""
+    return [boltzmann_descent(search, 0.0, search.sample_rng) for _ in range(n)]
+
+
+def argmax_value_path(search: SearchView, n: int) -> list[int]:
+    return [greedy_path(search, search.tree.value)] * n
+
+
+def most_visited_path(search: SearchView, n: int) -> list[int]:
+    return [greedy_path(search, search.tree.visits)] * n
+
+
+def top_rewards(search: SearchView, n: int) -> list[int]:
     """The n highest-reward terminals (cycling if the tree holds fewer)."""
     tree = search.tree
     terminals = np.flatnonzero(tree.terminal[: tree.size])
@@ -56,20 +75,21 @@ def top_rewards(search: TreeSearch, n: int) -> list[int]:
     return [int(ranked[i % ranked.size]) for i in range(n)]
 
 
-def final_samples(search: TreeSearch, n: int) -> list[int]:
-    """n terminal node ids by the method's final sampler (and `config.sampling` for maxent_ts)."""
-    config, sampler, rng = search.config, search.method.sampler, search.sample_rng
-    if config.final_sampling == "resample":
-        return resample(search.draw_log_weights, search.draw_terminals, n, rng)
-    if config.final_sampling == "search":  # each sample is one more selection + rollout, backed up
-        terminals: list[int] = []
-        while len(terminals) < n:
-            terminals += search.iterate(min(config.batch_size, n - len(terminals)))
-        return terminals
-    if sampler == "top_rewards":
-        return top_rewards(search, n)
-    if sampler in ("argmax_value", "most_visited"):
-        key = search.tree.value if sampler == "argmax_value" else search.tree.visits
-        return [greedy_path(search, key)] * n
-    lam = 0.0 if sampler == "rollouts" else config.lam
-    return [boltzmann_descent(search, lam, rng) for _ in range(n)]
+def resampled_draws(search: SearchView, n: int) -> list[int]:
+    """n of the search's draws resampled by their importance weights (maxent_ts, `sampling: resample`)."""
+    return resample(search.draw_log_weights, search.draw_terminals, n, search.sample_rng)
+
+
+def more_descents(search: SearchView, n: int) -> list[int]:
+    """Each sample one more selection + rollout, backed up (maxent_ts, `sampling: search`)."""
+    terminals: list[int] = []
+    while len(terminals) < n:
+        terminals += search.iterate(min(search.config.batch_size, n - len(terminals)))
+    return terminals
+
+
+def final_samples(search: SearchView, own: Callable[[SearchView, int], list[int]], n: int) -> list[int]:
+    """n terminal node ids: by `config.sampling` where it names a sampler ("resample", "search"), else by the
+    method's own sampler `own` ("tree")."""
+    chosen = {"resample": resampled_draws, "search": more_descents}.get(search.config.final_sampling, own)
+    return chosen(search, n)

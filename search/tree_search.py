@@ -56,7 +56,7 @@ from sadt.rollout import head_q, rollout
 from search.backup import mean_backup, soft_backup
 from search.config import METHODS, SMC_METHODS, RewardFn, SearchConfig, SearchResult
 from search.draws import DescentLaw, Draw
-from search.methods import METHOD_STRATEGIES
+from search.methods import METHOD_STRATEGIES, Pick
 from search.selection import gumbel_max
 from search.task import Task
 from search.tree import ROOT, Tree
@@ -94,7 +94,7 @@ class TreeSearch:
         self.epsilon = config.defensive if self.method.records_draws else 0.0  # the IS methods' defensive share
         self.value_head = value_head
         self.action_token_ids = list(task.action_token_ids)
-        self.top_k = 1 if config.method == "greedy" else config.top_k
+        self.top_k = self.method.top_k if self.method.top_k is not None else config.top_k
         self.rng = np.random.default_rng(config.seed)
         self.sample_rng = np.random.default_rng([config.seed, 1])  # in-tree samples: drawing them mid-run
         # (`run(until)` then `result()`) leaves the search's own random stream, and so its tree, unchanged
@@ -130,6 +130,11 @@ class TreeSearch:
                 return np.log(self.tree.draws[node].astype(np.float64))
         return self.tree.log_prior[node]
 
+    @property
+    def guided(self) -> bool:
+        """Whether rollouts (and draws from the rollout policy) follow P_F rather than p."""
+        return self.config.guided_rollouts or self.method.guided
+
     def count_draw(self, node: int, slot: int) -> None:
         """A draw of the action in `slot` at `node` (undone if the iteration does not finish)."""
         self.tree.draws[node, slot] += 1
@@ -138,8 +143,7 @@ class TreeSearch:
     def rollout_log_probs(self, node: int) -> np.ndarray:
         """log q_roll(·|s) of the policy the rollouts draw from: P_F ∝ p exp(g Q_φ) when guided by a head, else p."""
         log_prior = self.tree.log_prior[node]
-        guided = self.config.guided_rollouts or self.config.method == "flow"
-        if self.value_head is None or not guided:
+        if self.value_head is None or not self.guided:
             return log_prior
         return proposal_log_probs(torch.from_numpy(log_prior), torch.from_numpy(self.tree.q[node]),
                                   self.config.guide_lam).numpy()
@@ -153,6 +157,16 @@ class TreeSearch:
         self.descent.log_tree += log_tree[slot]
         if log_roll is not None:
             self.descent.log_roll += log_roll[slot]
+        return slot
+
+    def take(self, node: int, pick: Pick) -> int:
+        """The slot a selection rule's `pick` names, or one drawn from its law (`choose`), counted as a draw from
+        the rollout policy when the rule says it is one."""
+        if pick.log_probs is None:
+            return pick.slot
+        slot = self.choose(node, pick.log_probs)
+        if pick.is_draw:
+            self.count_draw(node, slot)
         return slot
 
     def widening(self, node: int) -> float:
@@ -181,7 +195,7 @@ class TreeSearch:
         tree, node, epsilon = self.tree, ROOT, self.epsilon
         self.descent = DescentLaw(defensive=epsilon > 0 and self.rng.random() < epsilon)
         while True:
-            slot = self.method.select(self, node)
+            slot = self.take(node, self.method.select(self, node))
             tree.pending[node] += 1  # after choosing: a descent's own visit does not count for itself
             child = int(tree.children[node, slot])
             if child < 0:
@@ -256,11 +270,10 @@ class TreeSearch:
         to_roll = [i for i, end in enumerate(ended) if not end]
         clock = self._tick("select", clock)
         if to_roll:
-            guided = self.config.guided_rollouts or self.config.method == "flow"
             out = rollout(
                 self.lm, self.prompt, self.action_token_ids, self.grammar, [paths[i] for i in to_roll],
                 top_k=self.top_k, generator=self.generator, return_step_log_probs=True, value_head=self.value_head,
-                guide_lam=self.config.guide_lam if guided else 0.0,
+                guide_lam=self.config.guide_lam if self.guided else 0.0,
             )
             for row, i in enumerate(to_roll):
                 length = int(out.lengths[row])
@@ -328,7 +341,7 @@ class TreeSearch:
 
     def sample(self, n: int) -> list[int]:
         """n terminal node ids by the method's final sampler (`search.tree_sampling.final_samples`)."""
-        return final_samples(self, n)
+        return final_samples(self, self.method.sample, n)
 
     def resample_draws(self, n: int) -> list[int]:
         """n terminal node ids drawn with replacement from the search's draws ∝ p(x) exp(λ r(x)) / q(x)

@@ -190,3 +190,40 @@ def test_lean_logsumexp_matches_scipy_including_empty_rows():
     x = np.array([[0.5, -np.inf, 3.0], [-np.inf, -np.inf, -np.inf], [1e3, 1e3 - 1.0, -2.0]])
     expected = scipy_logsumexp(x, axis=-1)
     np.testing.assert_allclose(logsumexp(x), expected, rtol=1e-14)
+
+
+class ReadOnlyView:
+    """A search seen through a proxy that refuses every write, and hands out copies of the tree's arrays."""
+
+    def __init__(self, search):
+        object.__setattr__(self, "_search", search)
+
+    def __getattr__(self, name):
+        return getattr(self._search, name)
+
+    def __setattr__(self, name, value):
+        raise AssertionError(f"a strategy set `{name}` on the search")
+
+
+@pytest.mark.parametrize("method", ["maxent_ts", "dts", "dts_star", "mcts_uct", "ancestral", "best_of_n", "greedy"])
+def test_selection_rules_and_final_samplers_only_read_the_search(toy, method):
+    """Issue 35.2: a method's strategies return what to choose (`Pick`) or which terminals to sample; the search
+    alone counts draws and logs each choice's law, so a rule run twice on the same node says the same."""
+    from search.config import METHODS
+    from search.methods import METHOD_STRATEGIES
+
+    assert tuple(METHOD_STRATEGIES) == METHODS
+    search = toy.search(2.0, 40, method=method, expansion="widening" if method.startswith("dts") else "full")
+    tree, strategy = search.tree, METHOD_STRATEGIES[method]
+    before = {name: getattr(tree, name)[: tree.size].copy() for name in ("draws", "visits", "pending", "value")}
+    view = ReadOnlyView(search)
+    picks = [strategy.select(view, node) for node in (ROOT, int(tree.children[ROOT].max())) for _ in range(2)]
+    for first, second in (picks[:2], picks[2:]):
+        assert first.slot == second.slot and first.is_draw == second.is_draw
+        assert (first.log_probs is None) == (second.log_probs is None)
+        if first.log_probs is not None:
+            np.testing.assert_array_equal(first.log_probs, second.log_probs)
+            assert np.isclose(np.logaddexp.reduce(first.log_probs), 0.0)  # a law, normalised
+    assert len(strategy.sample(view, 5)) == 5
+    for name, array in before.items():
+        np.testing.assert_array_equal(getattr(tree, name)[: tree.size], array, err_msg=name)
