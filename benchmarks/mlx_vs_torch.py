@@ -14,8 +14,8 @@ import sys
 
 import mlx.core as mx
 import torch
-from search_throughput import prompt_ids, run_maxent, workload_parser
 
+from benchmarks.search_throughput import prompt_ids, run_maxent, workload_parser
 from sadt.cli import run_command
 from sadt.codec import Codec
 from sadt.lm.base_model import load_base_lm

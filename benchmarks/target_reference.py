@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-ROOT_DIR = Path(__file__).resolve().parents[1]
+from benchmarks.amortisation import AmortisationConfig
+from benchmarks.evaluation.amortisation_real import RealPart, heldout_windows
+from benchmarks.evaluation.tables import read_typed_rows, write_csv
+from sadt.cli import CommandParser, run_command
+from sadt.config import load_config
+from sadt.importance import importance_summary
 
-from benchmarks.amortisation import AmortisationConfig, RealPart, heldout_windows, read_rows, write_csv  # noqa: E402
-from sadt.cli import CommandParser, run_command  # noqa: E402
-from sadt.config import load_config  # noqa: E402
-from sadt.importance import importance_summary  # noqa: E402
+ROOT_DIR = Path(__file__).resolve().parents[1]
 
 
 def importance_reference(rewards: np.ndarray, lam: float) -> dict:
@@ -170,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     if not rows_path.is_file():
         parser.error(f"no {rows_path}: run benchmarks/amortisation.py --config {args.config} --part real first")
     if args.summarise:
-        references = read_rows(out / "target.csv")
+        references = read_typed_rows(out / "target.csv")
     else:
         references = sample_references(config.real, args.prior_samples, args.batch_size, args.seed)
         write_csv(out / "target.csv", references)
-    rows, by_window = read_rows(rows_path), {r["series"]: r for r in references}
+    rows, by_window = read_typed_rows(rows_path), {r["series"]: r for r in references}
     scores = score_rows(rows, by_window, np.random.default_rng(0), config.real.bootstrap)
     differences = equal_budget_differences(rows, by_window, np.random.default_rng(0), config.real.bootstrap)
     header = f"# π* reference by importance sampling ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)"

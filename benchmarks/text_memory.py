@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT_DIR = Path(__file__).resolve().parents[1]
+from sadt.cli import CommandParser, positive_int, run_command
 
-from sadt.cli import CommandParser, positive_int, run_command  # noqa: E402
+ROOT_DIR = Path(__file__).resolve().parents[1]
 
 
 def memory_mb(field: str) -> float:

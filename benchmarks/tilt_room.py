@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT_DIR = Path(__file__).resolve().parents[1]
+from benchmarks.evaluation.tables import write_csv
+from sadt.cli import CommandParser, run_command
+from sadt.config import load_config
+from sadt.importance import importance_summary
 
-from benchmarks.amortisation import write_csv  # noqa: E402
-from sadt.cli import CommandParser, run_command  # noqa: E402
-from sadt.config import load_config  # noqa: E402
-from sadt.importance import importance_summary  # noqa: E402
+ROOT_DIR = Path(__file__).resolve().parents[1]
 
 CLAIMED_FACTOR = 10.0  # hybrid@200 ≈ MC@2000
 

@@ -17,16 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT_DIR = Path(__file__).resolve().parents[1]
+from benchmarks.amortisation import AmortisationConfig
+from benchmarks.evaluation.amortisation_real import heldout_windows
+from sadt.cli import CommandParser, run_command
+from sadt.codec import Codec
+from sadt.config import load_config, to_dict
+from sadt.head_io import load_value_head
+from sadt.lm.base_model import lm_fingerprint, load_base_lm
+from search.config import SearchConfig
+from search.forecast_task import ForecastTask
 
-from benchmarks.amortisation import AmortisationConfig, heldout_windows  # noqa: E402
-from sadt.cli import CommandParser, run_command  # noqa: E402
-from sadt.codec import Codec  # noqa: E402
-from sadt.config import load_config, to_dict  # noqa: E402
-from sadt.head_io import load_value_head  # noqa: E402
-from sadt.lm.base_model import lm_fingerprint, load_base_lm  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.forecast_task import ForecastTask  # noqa: E402
+ROOT_DIR = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

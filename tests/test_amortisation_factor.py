@@ -5,27 +5,29 @@ held-out windows, the rows a resumed run keeps, and the reward plot."""
 import numpy as np
 import pytest
 
-from benchmarks.amortisation import (  # noqa: E402
+from benchmarks.evaluation.amortisation_real import (
     IN_TREE,
     RESAMPLED,
     RealPart,
-    amortisation_factor,
     anytime_curves,
-    budget_reaching,
-    ess_factor,
-    ess_ratios,
     heldout_windows,
-    is_log_z_errors,
     kept_row,
     method_means,
-    plot_curves,
-    plot_ess,
     real_rows,
     reference_label,
-    reward_share,
     rows_to_keep,
     series_of,
 )
+from benchmarks.evaluation.amortisation_stats import (
+    amortisation_factor,
+    budget_reaching,
+    ess_factor,
+    ess_ratios,
+    is_log_z_errors,
+    plot_curves,
+    plot_ess,
+)
+from benchmarks.evaluation.amortisation_toy import reward_share
 from data.series import load_builtin  # noqa: E402
 
 SERIES = ["A", "B", "C", "D"]

@@ -4,14 +4,8 @@
 import numpy as np
 import pytest
 
-from benchmarks.forward_kl_scan import (  # noqa: E402
-    ScanConfig,
-    best_scales,
-    paired_differences,
-    report,
-    summarise,
-    with_common_validation,
-)
+from benchmarks.evaluation.kl_scan_stats import best_scales, paired_differences, summarise, with_common_validation
+from benchmarks.forward_kl_scan import ScanConfig, report
 
 
 def synthetic_rows() -> list[dict]:

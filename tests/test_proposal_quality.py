@@ -5,19 +5,10 @@ the differences from p on the same windows."""
 import numpy as np
 import pytest
 
-from benchmarks.proposal_quality import (  # noqa: E402
-    PRIOR,
-    ProposalConfig,
-    choice_summary,
-    choose_head,
-    paired_scores,
-    plot,
-    proposals,
-    summary,
-    validation_windows,
-)
-from data.series import load_builtin  # noqa: E402
-from search.harvest import HarvestConfig, task_set  # noqa: E402
+from benchmarks.evaluation.head_choice import PRIOR, choice_summary, choose_head, paired_scores, summary
+from benchmarks.proposal_quality import ProposalConfig, plot, proposals, validation_windows
+from data.series import load_builtin
+from search.harvest import HarvestConfig, task_set
 
 
 def test_validation_windows_end_strictly_between_the_harvest_windows():
@@ -104,7 +95,7 @@ def test_a_challenger_replaces_the_incumbent_only_when_its_paired_interval_lies_
 
 
 def test_heldout_windows_are_the_amortisation_benchmarks():
-    from benchmarks.amortisation import RealPart, heldout_windows
+    from benchmarks.evaluation.amortisation_real import RealPart, heldout_windows
     from benchmarks.proposal_quality import windows_of
 
     config = ProposalConfig(windows="heldout", series=["Wine", "Wooly"], windows_per_series=3)
