@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from sadt.head_card import (  # noqa: F401  (HeadMismatchError is re-exported: c
     ValueForm,
     read_card,
 )
+from sadt.value import SearchHead  # noqa: F401  (re-exported: loaders return it from here)
 
 WEIGHTS, SIDECAR = WEIGHTS_FILE, CARD_FILE
 HEAD_CLASSES = {"MLPFlowHead": MLPFlowHead}  # a card's `head_class` -> the class that loads its weights
@@ -67,7 +66,6 @@ def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = N
         detail = " ".join(str(err).split("\n", 2)[1:2]).strip() or str(err)
         raise HeadMismatchError(f"{directory}: the weights do not match {SIDECAR}'s `head_config` ({detail})") \
             from None
-    head.trained_lam = card.lam  # make_sampler warns when a search runs at another λ
     return head, card
 
 
@@ -84,15 +82,6 @@ def head_state_equal(a: MLPFlowHead, b: MLPFlowHead) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@dataclass
-class SearchHead:
-    """A loaded flow head ready for the search: Q_φ, and the backend whose hidden states it reads."""
-
-    value_head: Callable  # hidden (B, H) -> Q_φ (B, A)
-    card: HeadCard
-    lm: object | None = None  # a LoRA head's own backend (frozen prior + adapted states); None: the run's LM
-
-
 def load_search_head(
     directory: str | Path, lm_fingerprint: str, codec: dict | None = None, *, backend: str = "torch",
     device: str = "cpu", base_model: str | Path | None = None,
@@ -104,9 +93,7 @@ def load_search_head(
     """
     directory = Path(directory)
     card = read_card(directory, lm_fingerprint, codec)
-    search_head = _load_search_head(directory, card, lm_fingerprint, codec, backend, device, base_model)
-    search_head.value_head.trained_lam = card.lam  # make_sampler warns when a search runs at another λ
-    return search_head
+    return _load_search_head(directory, card, lm_fingerprint, codec, backend, device, base_model)
 
 
 def _load_search_head(directory: Path, card: HeadCard, lm_fingerprint: str, codec: dict | None, backend: str,

@@ -24,7 +24,7 @@ R and R⁺ change only at a separator, so they tell digits apart only once a val
 choice between the digits of a value, where the tilt acts first, they leave to the residual. R⁺ᵈ
 scores each digit by the value it commits to (`nearest_completion`).
 
-Both are called as `value(hidden, sequences)` (`reads_sequences`, see `sadt.rollout.head_q`).
+Both are `sadt.value.Value`s: called as `value(hidden, sequences)`, `sequences()` each row's actions.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import torch
 from sadt.codec import SEP, Codec
 from sadt.head_card import ValueForm
 from sadt.rewards import ForecastReward, RewardConfig
+from sadt.value import Sequences, Value
 
 
 def prompt_reward(codec: Codec, prompt_ids: Sequence[int], horizon: int, config: RewardConfig) -> ForecastReward:
@@ -150,7 +151,7 @@ def digits_written(codec: Codec, sequences: Sequence[Sequence[int]]) -> np.ndarr
                      for s in sequences], dtype=np.int64)
 
 
-class PartialRewardValue:
+class PartialRewardValue(Value):
     """Q(s, a) = the value of `form` at s·a (`shaping_value`: R, R⁺, R⁺ᵈ, or V⁺ᵈ at λ = `lam`): a value
     without parameters for the hybrid, twisted SMC or the flow sampler.
 
@@ -158,19 +159,17 @@ class PartialRewardValue:
     supplies the level that R, a score of the completed values only, lacks.
     """
 
-    reads_sequences = True
-
     def __init__(self, codec: Codec, reward: ForecastReward, form: str, lam: float | None = None) -> None:
         check_value_form(form, lam)
         self.codec, self.reward, self.form, self.lam = codec, reward, form, lam
 
-    def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-        """(B, H) hidden states, B action sequences -> Q (B, A) float64."""
-        q, _ = shaping_value(self.codec, self.reward, sequences, self.form, self.lam)
+    def __call__(self, hidden: torch.Tensor, sequences: Sequences) -> torch.Tensor:
+        """(B, H) hidden states, the B rows' action sequences -> Q (B, A) float64."""
+        q, _ = shaping_value(self.codec, self.reward, sequences(), self.form, self.lam)
         return torch.as_tensor(q, dtype=torch.float64, device=hidden.device)
 
 
-class ShapedValue:
+class ShapedValue(Value):
     """Q_φ(s, a) = β_φ(k/H)·R(s·a) + g_φ(h(s))_a: a head trained with a `value_form` on this task's reward.
 
     β_φ is 1 unless the head learned one weight per share k/H of the values completed
@@ -178,18 +177,16 @@ class ShapedValue:
     being written (`reward_weight_positions`); R is the head's form (R⁺ᵈ, or V⁺ᵈ at the search's λ, `lam`).
     """
 
-    reads_sequences = True
-
-    def __init__(self, head, codec: Codec, reward: ForecastReward, lam: float | None = None) -> None:
+    def __init__(self, head, codec: Codec, reward: ForecastReward, lam: float | None = None,
+                 trained_lam: float | None = None) -> None:
         form = head.config.value_form
         if form == "soft_ahead" and lam is None:
             raise ValueError("this head weighs the soft look-ahead value V⁺ᵈ, which needs the search's λ: pass `lam`")
         check_value_form(form, lam, VALUE_FORMS)
-        self.head, self.codec, self.reward, self.lam = head, codec, reward, lam
-        self.trained_lam = getattr(head, "trained_lam", None)
+        self.head, self.codec, self.reward, self.lam, self.trained_lam = head, codec, reward, lam, trained_lam
 
-    def __call__(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-        config = self.head.config
+    def __call__(self, hidden: torch.Tensor, sequences: Sequences) -> torch.Tensor:
+        config, sequences = self.head.config, sequences()
         r, share = shaping_value(self.codec, self.reward, sequences, config.value_form, self.lam)
         r, share = torch.as_tensor(r, device=hidden.device), torch.as_tensor(share, device=hidden.device)
         position = None

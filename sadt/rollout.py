@@ -7,25 +7,13 @@ defined on the truncated prior.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from sadt.lm.backend import LMBackend
 from sadt.policy import policy_step
-
-
-def head_q(value_head, hidden: torch.Tensor, sequences: Callable[[], list[list[int]]]) -> torch.Tensor:
-    """Q_φ(s, ·) of each row, (B, A).
-
-    A head with `reads_sequences = True` is called as `value_head(hidden, sequences)` with each
-    row's action sequence after the prompt (e.g. `PartialRewardValue`, which scores the values a
-    state has completed); `sequences` is only built for such a head.
-    """
-    if getattr(value_head, "reads_sequences", False):
-        return value_head(hidden, sequences())
-    return value_head(hidden)
 
 
 @dataclass
@@ -67,9 +55,9 @@ def rollout(
         prefixes: B ragged lists of action indices already taken after the prompt.
         return_step_log_probs: also keep the prior vector of every step (the tree stores it): over all
             actions, or under `top_k` < A over the top k only, with their actions (`step_actions`).
-        value_head: optional `hidden (B, H) -> Q_φ (B, A)`, applied to the hidden state the step's
-            forward already computed (a flow head costs no LM call); see `head_q` for heads that
-            also read the rows' action sequences.
+        value_head: an optional `sadt.value.Value` (`task.value(head, λ)`), called as
+            `value_head(hidden, sequences)` on the hidden state the step's forward already computed (a flow
+            head costs no LM call); `sequences()` gives each live row's actions, for values that read them.
         guide_lam: with a value head, sample from `P_F ∝ p exp(guide_lam · Q_φ)` instead of p (the
             recorded `log_prior` stays the prior's).
 
@@ -104,7 +92,7 @@ def rollout(
     live = (~state.done).nonzero().squeeze(1)
     batch, state = lm.select(batch, live), state.index(live)
     while batch.size > 0:
-        q = head_q(value_head, batch.hidden, live_sequences).double() if value_head is not None else None
+        q = value_head(batch.hidden, live_sequences).double() if value_head is not None else None
         step = policy_step(batch.logits, grammar.mask(state), q, top_k=top_k, guide_lam=guide_lam,
                            temperature=temperature, generator=generator)
         chosen, rows = step.action, batch.rows

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from sadt.codec import Codec, Scaler
+from sadt.flow_head import MLPFlowHead
 from sadt.grammar import DigitGrammar
 from sadt.head_card import ValueForm
 from sadt.lm.backend import LMBackend
 from sadt.partial_reward import PartialRewardValue, ShapedValue, completed_values
 from sadt.rewards import ForecastReward, RewardConfig
+from sadt.value import HeadValue, Value, head_parts
 from search.config import SearchConfig, SearchResult
 from search.sampler import make_sampler
 from search.smc import SMC, SMCResult
@@ -100,16 +102,17 @@ class ForecastTask:
         """R(s) of each (possibly unfinished) action sequence from its completed values, (B,)."""
         return self.reward.partial([completed_values(self.codec, s) for s in sequences])
 
-    def value(self, head, lam: float | None = None) -> object:
-        """The value the search reads for `head`: a trained head, `PARTIAL_REWARD` (Q = R(s·a)),
+    def value(self, head, lam: float | None = None) -> Value | None:
+        """The `Value` the search reads for `head`: a trained head (bare, or a loaded `SearchHead`, whose card
+        gives the λ it was trained at), `PARTIAL_REWARD` (Q = R(s·a)),
         `LOOK_AHEAD_REWARD` (Q = R⁺(s·a)), `DIGIT_AHEAD_REWARD` (Q = R⁺ᵈ(s·a)), `SOFT_AHEAD_REWARD`
         (Q = V⁺ᵈ(s·a) at λ = `lam`), or None.
 
         A head trained with a `value_form` is wrapped so that it adds this task's R(s·a); one trained
-        on "soft_ahead" needs the search's λ too.
+        on "soft_ahead" needs the search's λ too. A `Value` is returned as it is.
         """
-        if head is None:
-            return None
+        if head is None or isinstance(head, Value):
+            return head
         if isinstance(head, str):
             if head not in PARAMETER_FREE_VALUES:
                 raise ValueError(f"value head must be a loaded head or one of {list(PARAMETER_FREE_VALUES)}, "
@@ -117,9 +120,10 @@ class ForecastTask:
             if head == SOFT_AHEAD_REWARD and lam is None:
                 raise ValueError(f"value {head!r} averages exp(λ r): pass the search's `lam`")
             return PartialRewardValue(self.codec, self.reward, PARAMETER_FREE_VALUES[head], lam)
-        if getattr(getattr(head, "config", None), "shaped", False):
-            return ShapedValue(head, self.codec, self.reward, lam)
-        return head
+        module, trained_lam, lm = head_parts(head)
+        if isinstance(module, MLPFlowHead) and module.config.shaped:
+            return ShapedValue(module, self.codec, self.reward, lam, trained_lam)
+        return HeadValue(module, trained_lam, lm)
 
     def values(self, sequences: list[list[int]]) -> np.ndarray:
         """Valid forecasts in the series' own units, (B_valid, H)."""

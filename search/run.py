@@ -166,7 +166,7 @@ def sample_method(
     if not search_config.needs_head:
         result = task.search(lm, search_config)
     else:  # a LoRA head brings its own backend (frozen prior, adapted states)
-        result = task.search(head.lm or lm, search_config, head.value_head)
+        result = task.search(head.lm or lm, search_config, head)  # the card says the λ it was trained at
     if not isinstance(result, SearchResult):  # SMC: no partial result (Ctrl-C raises KeyboardInterrupt)
         return MethodDraws(result.samples, result.sample_rewards)
     return MethodDraws(result.samples, result.sample_rewards, result.n_rollouts, result.interrupted)

@@ -18,10 +18,11 @@ def make_sampler(lm: LMBackend, task: Task, config: SearchConfig, value_head=Non
     """`TreeSearch` for the tree methods, `SMC` for smc / twisted_smc, on `task` with `value_head` bound to it
     (`task.value`); call `.run()` on either.
 
-    A head loaded from a checkpoint knows the λ it was trained at (`trained_lam`); a search at another
-    λ gets a warning, since Q_φ estimates soft values at its own λ."""
-    warn_if_other_lam(getattr(value_head, "trained_lam", None), config.lam)
+    `value_head` is anything `task.value` binds: a loaded `SearchHead` (whose card says the λ it was trained at:
+    a search at another λ gets a warning, since Q_φ estimates soft values at its own λ), a bare head, a
+    parameter-free value's name, or a `sadt.value.Value`."""
     value = task.value(value_head, config.lam)
+    warn_if_other_lam(None if value is None else value.trained_lam, config.lam)
     check_resources(lm, len(task.prompt_ids), task.grammar, len(task.action_token_ids), config)
     sampler = SMC if config.method in SMC_METHODS else TreeSearch
     return sampler(lm, task, config, value_head=value)

@@ -32,7 +32,6 @@ from sadt.importance import effective_sample_size, log_mean_exp
 from sadt.lm.backend import LMBackend
 from sadt.policy import draw, policy_log_probs
 from sadt.rewards import checked_rewards
-from sadt.rollout import head_q
 from search.task import Task
 
 SMC_METHODS = ("smc", "twisted_smc")
@@ -77,7 +76,7 @@ class SMC:
         lm, task: as for `TreeSearch`.
         config: a `SearchConfig` with method `smc` or `twisted_smc`; `n_rollouts` particles,
             `ess_threshold`, `lam`, `top_k`, `n_samples`, `seed`.
-        value_head: `hidden (B, H) -> Q_φ (B, A)`, needed by (and only by) `twisted_smc`.
+        value_head: a head or value (`sadt.value.Value`, bound by `task.value`), needed by (and only by) `twisted_smc`.
     """
 
     def __init__(
@@ -88,7 +87,7 @@ class SMC:
         if config.needs_head != (value_head is not None):
             raise ValueError("a value_head is needed by, and only used by, method 'twisted_smc'")
         self.lm, self.grammar, self.reward_fn, self.config = lm, task.grammar, task.reward_fn, config
-        self.value_head = value_head
+        self.value_head = task.value(value_head, config.lam)
         self.action_token_ids = torch.tensor(list(task.action_token_ids), device=lm.device)
         self.prompt_ids = list(task.prompt_ids)
 
@@ -113,7 +112,7 @@ class SMC:
 
         with tqdm(total=n, desc=config.method, unit="particle done", disable=not config.progress) as bar:
             while live.size:
-                q = head_q(self.value_head, batch.hidden, live_sequences) if self.value_head is not None else None
+                q = self.value_head(batch.hidden, live_sequences) if self.value_head is not None else None
                 log_p, proposal = policy_log_probs(batch.logits, self.grammar.mask(state), q, top_k=config.top_k,
                                                    guide_lam=config.guide_lam)  # (B, A)
                 if self.value_head is not None:

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sadt.value import Value, plain_value
+
 RewardFn = Callable[[list[list[int]]], np.ndarray]  # B finished action sequences -> (B,) rewards
 
 
@@ -24,9 +26,9 @@ class Task(Protocol):
 
     def reward_fn(self, sequences: list[list[int]]) -> np.ndarray: ...
 
-    def value(self, head: Any, lam: float | None = None) -> Any:
-        """What the search reads for `head` (None: no value): `hidden -> Q_φ`, or `(hidden, sequences) -> Q_φ`
-        for a value with `reads_sequences`."""
+    def value(self, head: Any, lam: float | None = None) -> Value | None:
+        """What the search reads for `head` (None: no value), bound to this task at the search's λ: one
+        `sadt.value.Value`. A `Value` is returned as it is, so binding twice is binding once."""
 
 
 @dataclass
@@ -38,5 +40,5 @@ class Problem:
     grammar: Any
     reward_fn: RewardFn
 
-    def value(self, head: Any, lam: float | None = None) -> Any:
-        return head
+    def value(self, head: Any, lam: float | None = None) -> Value | None:
+        return plain_value(head)

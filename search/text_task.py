@@ -21,6 +21,7 @@ from sadt.config import to_dict
 from sadt.grammar import TextGrammar
 from sadt.lm.backend import LMBackend
 from sadt.rewards import checked_rewards
+from sadt.value import Value, plain_value
 from search.config import SMC_METHODS, SearchConfig, SearchResult
 from search.sampler import make_sampler
 from search.smc import SMC, SMCResult
@@ -58,9 +59,9 @@ class TextTask:
         """Action a is token a: the whole vocabulary."""
         return range(self.grammar.n_actions)
 
-    def value(self, head, lam: float | None = None):
+    def value(self, head, lam: float | None = None) -> Value | None:
         """A head reads the text's hidden states as it is (a text task has no partial reward to add)."""
-        return head
+        return plain_value(head)
 
     def decode(self, sequences: Sequence[Sequence[int]]) -> list[str]:
         """Each action sequence as text, without its stop token."""

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from sadt.lm.backend import LMBackend
 from sadt.policy import masked_log_softmax, proposal_log_probs
 from sadt.rewards import checked_rewards
-from sadt.rollout import head_q, rollout
+from sadt.rollout import rollout
 from search.backup import mean_backup, soft_backup
 from search.config import METHODS, SMC_METHODS, RewardFn, SearchConfig, SearchResult
 from search.draws import DescentLaw, Draw
@@ -73,8 +73,8 @@ class TreeSearch:
         lm: the torch (or MLX) backend.
         task: the prompt, actions, grammar and reward (`search.task.Task`).
         config: method, λ, budget, batch size, seed.
-        value_head: `hidden (B, H) -> Q_φ (B, A)` for the hybrid (`config.hybrid`), read from the
-            hidden states the search's own forwards compute.
+        value_head: a head or value (`sadt.value.Value`, bound by `task.value`) for the hybrid (`config.hybrid`),
+            read from the hidden states the search's own forwards compute.
     """
 
     def __init__(
@@ -92,7 +92,7 @@ class TreeSearch:
         self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, task.reward_fn, config
         self.method = METHOD_STRATEGIES[config.method]
         self.epsilon = config.defensive if self.method.records_draws else 0.0  # the IS methods' defensive share
-        self.value_head = value_head
+        self.value_head = value_head = task.value(value_head, config.lam)
         self.action_token_ids = list(task.action_token_ids)
         self.top_k = self.method.top_k if self.method.top_k is not None else config.top_k
         self.rng = np.random.default_rng(config.seed)
@@ -107,7 +107,7 @@ class TreeSearch:
         self.prompt = lm.prefill(prompt_ids)
         root = lm.extend(self.prompt, [[]], self.action_token_ids)
         mask = grammar.mask(grammar.initial(1, lm.device))
-        root_q = None if value_head is None else head_q(value_head, root.hidden, lambda: [[]])[0].double().cpu().numpy()
+        root_q = None if value_head is None else value_head(root.hidden, lambda: [[]])[0].double().cpu().numpy()
         self.tree.set_prior(ROOT, masked_log_softmax(root.logits.double(), mask, self.top_k)[0].cpu().numpy(), root_q)
         self.rollouts_done = 0
         # Per iteration (reset by `iterate`): leaves picked per node, the draws counted, and for each

@@ -187,13 +187,13 @@ def test_fit_with_a_value_form_trains_the_residual_over_r_and_the_search_adds_r(
     hidden, sequences = torch.randn(3, head.action_embeddings.shape[1]), [[], [1], [1, 10]]
     r, done = (torch.as_tensor(x) for x in shaping_value(task.codec, task.reward, sequences, form, lam))
     position = torch.as_tensor(digits_written(task.codec, sequences))[:, None] if positions else None
-    torch.testing.assert_close(value(hidden, sequences),
+    torch.testing.assert_close(value(hidden, lambda: sequences),
                                head.q(hidden).double() + head.weigh_reward(r, done, position).double())
     name = {v: k for k, v in PARAMETER_FREE_VALUES.items()}[form]
     parameter_free = task.value(name, lam)
-    torch.testing.assert_close(r, parameter_free(hidden, sequences))
+    torch.testing.assert_close(r, parameter_free(hidden, lambda: sequences))
     untrained = task.value(MLPFlowHead(head.action_embeddings, head.config), lam)  # zero output layer, β = 1: Q = R
-    torch.testing.assert_close(untrained(hidden, sequences), parameter_free(hidden, sequences))
+    torch.testing.assert_close(untrained(hidden, lambda: sequences), parameter_free(hidden, lambda: sequences))
     config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
     frozen_head, _ = load_value_head(tmp_path / "head", lm_fingerprint(), meta_codec)
     assert len(task.search(lm, config, frozen_head).samples) == 2

@@ -19,7 +19,7 @@ def test_a_card_round_trips_through_save_and_load(tmp_path):
     save_head(head, tmp_path, card)
     loaded, read = load_head(tmp_path, "lm", {"precision": 3})
     assert read == card and read.schema_version == HEAD_CARD_VERSION and read.value_form is ValueForm.SOFT_AHEAD
-    assert head_state_equal(loaded, head) and loaded.trained_lam == 3.0
+    assert head_state_equal(loaded, head) and read.lam == 3.0
 
 
 def test_a_schema_0_card_migrates_its_value_flags(tmp_path):

@@ -142,11 +142,11 @@ def test_a_series_longer_than_the_models_window_is_refused_before_any_forward(tm
 def test_a_head_trained_at_another_lambda_warns_wherever_a_sampler_is_made():
     from toy_problem import ExactHead, Toy
 
+    from sadt.value import HeadValue
     from search.sampler import make_sampler
 
     toy = Toy()
-    head = ExactHead(toy, 2.0)
-    head.trained_lam = 2.0
+    head = HeadValue(ExactHead(toy, 2.0), trained_lam=2.0)  # what `task.value` makes of a loaded head
     for method, extra in (("maxent_ts", {"hybrid": "visits"}), ("twisted_smc", {})):
         config = SearchConfig(method=method, lam=5.0, n_rollouts=4, batch_size=4, progress=False, **extra)
         with pytest.warns(UserWarning, match="trained at λ=2, the search runs at λ=5"):

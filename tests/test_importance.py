@@ -8,6 +8,7 @@ import pytest
 from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy, policy_step_log_probs
 
 from sadt.importance import importance_summary
+from sadt.value import HeadValue
 from search.ancestral import sample_policy
 
 
@@ -62,7 +63,7 @@ def test_prior_draws_record_their_own_probability_as_the_proposal():
 def test_guided_draws_carry_exact_proposal_probabilities_and_the_exact_head_has_constant_weights():
     toy, lam = Toy(length=4), 2.0
     head = ExactHead(toy, lam)
-    draws = sample_policy(toy.lm, toy_task(toy), n_samples=64, batch_size=16, value_head=head, guide_lam=lam,
+    draws = sample_policy(toy.lm, toy_task(toy), n_samples=64, batch_size=16, value_head=HeadValue(head), guide_lam=lam,
                           seed=3, progress=False)
     index = [toy.index(s) for s in draws.actions]
     exact_log_q = policy_step_log_probs(toy, lam, toy.exact_q(lam)).sum(1)[index]

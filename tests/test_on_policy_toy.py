@@ -11,6 +11,7 @@ from toy_problem import ACTION_IDS, PROMPT, Toy, policy_step_log_probs
 
 from sadt import losses
 from sadt.rollout import rollout
+from sadt.value import HeadValue
 from search.harvest import Exploration
 
 LAM = 5.0
@@ -56,7 +57,7 @@ def test_on_policy_balance_training_with_exploration_drives_p_f_to_the_target(lo
         temperature, _ = exploration.batch_policy(rng)
         with torch.no_grad():
             out = rollout(toy.lm, prompt, ACTION_IDS, toy.grammar, [[]] * 32, temperature=temperature,
-                          generator=generator, value_head=head, guide_lam=LAM)
+                          generator=generator, value_head=HeadValue(head), guide_lam=LAM)
         sequences = out.full_sequences([[]] * 32)
         hidden, logits = toy.lm.path_states(prompt, [[ACTION_IDS[a] for a in s] for s in sequences], ACTION_IDS)
         actions = torch.tensor(sequences)

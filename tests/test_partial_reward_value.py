@@ -32,7 +32,7 @@ def test_task_partial_reward_counts_only_completed_values(task):
 def test_partial_reward_value_is_the_partial_reward_of_each_next_state(task):
     value = task.value("partial_reward")
     sequences = [[], [1, 2], [1, 2, SEP, 3], [1, SEP, 2, SEP, 3, SEP, 4]]
-    q = value(torch.zeros(len(sequences), 8), sequences)
+    q = value(torch.zeros(len(sequences), 8), lambda: sequences)
     n_actions = len(task.codec.action_token_ids)
     expected = [[task.partial_reward([s + [a]])[0] for a in range(n_actions)] for s in sequences]
     np.testing.assert_allclose(q.numpy(), expected, rtol=0, atol=1e-12)
@@ -44,7 +44,7 @@ def test_shaping_value_gives_each_next_states_share_of_the_horizon_completed(tas
     expected = np.repeat(np.array([0, 0, 1, 3])[:, None] / 4, r.shape[1], axis=1)
     expected[1:, SEP] += 0.25  # the separator completes one more value (at the empty state, none: no digits yet)
     np.testing.assert_array_equal(share, expected)
-    np.testing.assert_array_equal(r, task.value("partial_reward")(torch.zeros(4, 8), sequences).numpy())
+    np.testing.assert_array_equal(r, task.value("partial_reward")(torch.zeros(4, 8), lambda: sequences).numpy())
 
 
 @pytest.mark.parametrize("share, weight", [(0.0, 1.5), (0.2, 1.5), (0.25, -2.0), (0.74, 0.5), (0.75, 3.0),
@@ -85,11 +85,11 @@ def test_a_reward_weight_or_no_residual_without_a_value_form_is_an_error(options
 
 def test_look_ahead_value_is_the_look_ahead_reward_of_each_next_state(task):
     sequences = [[], [1, 2, SEP, 3], [1, SEP, 2, SEP, 3, SEP, 4]]
-    q = task.value("look_ahead_reward")(torch.zeros(len(sequences), 8), sequences)
+    q = task.value("look_ahead_reward")(torch.zeros(len(sequences), 8), lambda: sequences)
     expected = [[task.reward.ahead([completed_values(task.codec, s + [a])])[0] for a in range(q.shape[1])]
                 for s in sequences]
     np.testing.assert_allclose(q.numpy(), expected, rtol=0, atol=1e-12)
-    assert not np.allclose(q.numpy(), task.value("partial_reward")(torch.zeros(3, 8), sequences).numpy())
+    assert not np.allclose(q.numpy(), task.value("partial_reward")(torch.zeros(3, 8), lambda: sequences).numpy())
 
 
 @pytest.mark.parametrize("method", ["maxent_ts", "twisted_smc"])
@@ -135,7 +135,7 @@ def test_digit_ahead_scores_each_digit_by_its_nearest_completion_and_sep_as_the_
     sequences = [[], [1], [1, 2, SEP, 3], [1, SEP, 0], [1, SEP, 2, SEP, 3, SEP, 4, 5]]
     r, share = digit_ahead_q(task.codec, task.reward, sequences)
     scale, sep = 10**task.codec.config.precision, task.codec.config.separator
-    look_ahead = task.value("look_ahead_reward")(torch.zeros(len(sequences), 8), sequences).numpy()
+    look_ahead = task.value("look_ahead_reward")(torch.zeros(len(sequences), 8), lambda: sequences).numpy()
     for row, s in enumerate(sequences):
         done = completed_values(task.codec, s)
         unfinished = task.codec.actions_to_text(np.array(s, dtype=np.int64)).rpartition(sep)[2]
@@ -174,7 +174,7 @@ def test_soft_ahead_value_scores_digit_ahead_completions_softly_at_the_searchs_l
     hidden = torch.zeros(len(sequences), 8)
     with pytest.raises(ValueError, match="pass the search's `lam`"):
         task.value("soft_ahead_reward")
-    q = task.value("soft_ahead_reward", lam=15.0)(hidden, sequences).numpy()
+    q = task.value("soft_ahead_reward", lam=15.0)(hidden, lambda: sequences).numpy()
     soft, share = digit_ahead_q(task.codec, task.reward, sequences, soft_lam=15.0)
     _, digit_share = digit_ahead_q(task.codec, task.reward, sequences)
     np.testing.assert_array_equal(q, soft)

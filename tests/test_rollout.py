@@ -8,6 +8,7 @@ from sadt.codec import END, SEP, Codec
 from sadt.grammar import DigitGrammar
 from sadt.policy import masked_log_softmax
 from sadt.rollout import rollout
+from sadt.value import Value
 
 PROMPT = [33, 28, 34, 28, 35, 28]  # "1,2,3," in the shipped tokenizer's ids
 
@@ -71,15 +72,14 @@ def test_samples_follow_the_restricted_prior(tiny_lm, base_tokenizer):
     assert 0.5 * np.abs(np.full(10, 0.1) - exact).sum() > 0.1  # the check can tell the prior from uniform
 
 
-class RecordingHead:
-    """A head that reads sequences: records what it is given, returns Q = 0."""
-
-    reads_sequences = True
+class RecordingHead(Value):
+    """A value that reads sequences: records what it is given, returns Q = 0."""
 
     def __init__(self, n_actions: int) -> None:
         self.n_actions, self.calls = n_actions, []
 
     def __call__(self, hidden, sequences):
+        sequences = sequences()
         assert len(sequences) == hidden.shape[0]
         self.calls.append([list(s) for s in sequences])
         return torch.zeros(hidden.shape[0], self.n_actions)

@@ -25,6 +25,7 @@ from toy_problem import (
 
 from sadt.policy import policy_step
 from sadt.rollout import rollout
+from sadt.value import HeadValue
 from search.config import SearchConfig
 from search.smc import SMC
 from search.tree_search import TreeSearch
@@ -89,7 +90,7 @@ def test_guided_rollouts_with_top_k_draw_from_the_truncated_proposal(toy):
     k, g, n = 2, LAM, 4000
     head = LeastLikelyHead(toy)
     prompt = toy.lm.prefill(PROMPT)
-    out = rollout(toy.lm, prompt, ACTION_IDS, toy.grammar, [[]] * n, top_k=k, value_head=head, guide_lam=g,
+    out = rollout(toy.lm, prompt, ACTION_IDS, toy.grammar, [[]] * n, top_k=k, value_head=HeadValue(head), guide_lam=g,
                   generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out.log_prior).all()  # no draw outside the truncated prior (before: 19 of 48)
     log_pk = toy.truncated_step_log_priors(k)

@@ -20,6 +20,7 @@ import torch
 from sadt.lora_head import LoRALM
 from sadt.partial_reward import ShapedValue
 from sadt.rollout import rollout
+from sadt.value import HeadValue
 
 COLUMNS = ["epoch", "prompt", "policy", "forecast", "reward"]
 
@@ -71,7 +72,7 @@ class SampleForecasts(pl.Callback):
         for policy, guide in (("prior", 0.0), ("P_F", module.hparams.lam)):
             generator = torch.Generator().manual_seed(self.seed)
             value = (ShapedValue(module.head, codec, reward, module.hparams.lam) if module.head.config.shaped
-                     else module.head.q)
+                     else HeadValue(module.head.q))
             out = rollout(
                 lm, cache, module.action_token_ids, module.grammar, [[]] * self.n_samples, generator=generator,
                 value_head=value, guide_lam=guide,

@@ -80,7 +80,9 @@ class ToyTask:
         self.codec = SimpleNamespace(action_token_ids=ACTION_IDS)
 
     def value(self, head, lam):
-        return head
+        from sadt.value import plain_value
+
+        return plain_value(head)
 
     def sampler(self, lm, config, value_head=None):
         from search.sampler import make_sampler
