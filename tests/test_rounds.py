@@ -78,3 +78,30 @@ def test_the_shipped_rounds_config_loads_and_starts_from_the_shipped_head():
     harvest = config.harvest_config(config.initial_head, "x.h5")
     assert harvest.sampler == "policy" and harvest.head == "checkpoints/heads/soft_ahead_lam15"
     assert "--model.init_from" not in config.fit  # each round sets it
+
+
+@pytest.mark.parametrize("replay", ["all", "best", "none"])
+def test_a_round_trains_on_its_own_draws_and_the_replay_it_asks_for(tmp_path, replay):
+    """Issue 36.1: "best" replays each prompt's best draws of the earlier rounds (Hu et al.), "all" every draw."""
+    import numpy as np
+    from buffer_records import FINGERPRINT, META, make_record
+
+    from data.buffer import BufferWriter
+    from trainers.rounds import Round, training_data
+
+    rounds = [Round(tmp_path / f"round_{r}") for r in (1, 2, 3)]
+    for r, this in enumerate(rounds):
+        record = make_record(0, n_traj=4)
+        record.log_q = np.full(4, -1.0)
+        record.reward = np.arange(4.0) + 10 * r  # later rounds draw better
+        with BufferWriter(this.draws, FINGERPRINT, META) as writer:
+            writer.append(record)
+    config = RoundsConfig(replay=replay, replay_best=3, harvest=HARVEST)
+    assert training_data(config, rounds[:1]) == [rounds[0].draws]  # round 1 has nothing to replay
+    data = training_data(config, rounds)
+    expected = {"all": [r.draws for r in rounds], "none": [rounds[2].draws],
+                "best": [rounds[2].draws, rounds[2].replay]}[replay]
+    assert data == expected
+    if replay == "best":
+        kept = read_buffer(rounds[2].replay).arrays["reward"]
+        assert sorted(kept.tolist()) == [11.0, 12.0, 13.0]  # the best 3 of rounds 1 and 2, not round 3's own

@@ -3,8 +3,8 @@
     python -m trainers.rounds --config configs/rounds/soft_ahead.yaml
 
 Round r draws from round r−1's head on the training contexts (`search.harvest` with `sampler: policy`: P_F
-explored by tempering and a share of p, each draw's exact log q stored), keeps every round's draws (the replay),
-and fits the head on all of them, warm-started from round r−1's head (`trainers.fit` with `--model.init_from`;
+explored by tempering and a share of p, each draw's exact log q stored) and fits the head on them and a replay
+of earlier rounds (`replay`: all their draws, or each prompt's best few, as Hu et al.), warm-started from round r−1's head (`trainers.fit` with `--model.init_from`;
 the balance losses TB / SubTB / VarGrad are minimised at P_F = π* whatever policy drew the data). After each
 round, i.i.d. draws of the new P_F on validation contexts that no round trains on give the two numbers that
 govern an importance sampler: Var(log w) with w = p e^{λ r} / P_F (issue 36's Var(log R − log P_F)) and ESS/N.
@@ -27,6 +27,7 @@ from search.config import RECOMMENDED_HEAD
 from search.harvest import HarvestConfig
 
 CARD = "head.json"
+REPLAYS = ("all", "best", "none")
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,16 @@ class RoundsConfig:
     validation_contexts: int = 8  # generated contexts no round trains on (`data.generator`, `validation_seed`)
     validation_seed: int = 1000
     validation_draws: int = 32  # i.i.d. draws of P_F per validation context
+    replay: str = "all"  # what round r trains on besides its own draws: "all" earlier rounds' draws, "best" each
+    # prompt's `replay_best` highest-reward distinct draws of earlier rounds (Hu et al.), "none"
+    replay_best: int = 8  # "best": draws kept per prompt (a quarter of 24 fresh ones per prompt, as Hu et al.)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.validation_contexts < 1 or self.validation_draws < 2:
             raise ValueError("rounds need `rounds` >= 1, `validation_contexts` >= 1 and `validation_draws` >= 2")
+        if self.replay not in REPLAYS or self.replay_best < 1:
+            raise ValueError(f"rounds `replay` must be one of {REPLAYS} and `replay_best` >= 1, got "
+                             f"{self.replay!r} and {self.replay_best}")
         for key in ("sampler", "head", "output"):
             if key in self.harvest:
                 raise ValueError(f"rounds set `harvest.{key}` themselves; remove it from the config")
@@ -73,6 +80,10 @@ class Round:
         return self.directory / "head"
 
     @property
+    def replay(self) -> Path:
+        return self.directory / "replay.h5"
+
+    @property
     def done(self) -> bool:
         return (self.head / CARD).is_file()
 
@@ -98,6 +109,19 @@ def validation_log_weights(lm, codec, head_dir: str | None, config: RoundsConfig
                               seed=i, progress=False)
         out.append(draws.log_prior - draws.log_proposal + lam * task.reward_fn(draws.actions))
     return out
+
+
+def training_data(config: RoundsConfig, rounds: list[Round]) -> list[Path]:
+    """The buffers the last of `rounds` trains on: its own draws and the replay of the earlier ones
+    (`config.replay`; "best" writes `replay.h5` in the round's folder, `data.buffer_select.best_draws`)."""
+    this, earlier = rounds[-1], rounds[:-1]
+    if config.replay == "none" or not earlier:
+        return [this.draws]
+    if config.replay == "all":
+        return [r.draws for r in rounds]
+    from data.buffer_select import best_draws
+
+    return [this.draws, best_draws([r.draws for r in earlier], this.replay, config.replay_best)]
 
 
 def validation_scores(log_w: list[np.ndarray], prior_log_w: list[np.ndarray]) -> dict[str, float]:
@@ -131,8 +155,8 @@ def run_rounds(config: RoundsConfig) -> list[dict]:
         harvest_config = config.harvest_config(heads[r - 1], str(this.draws))
         previous, _ = load_value_head(heads[r - 1], lm_fingerprint(), to_dict(codec.config))
         harvest(lm, codec, harvest_config, lm_fingerprint(), head=previous)
-        replay = ",".join(str(p.draws) for p in rounds[:r])
-        fit.main([*config.fit, "--data.buffers", f"[{replay}]", "--model.lam", str(harvest_config.search.lam),
+        data = ",".join(str(p) for p in training_data(config, rounds[:r]))
+        fit.main([*config.fit, "--data.buffers", f"[{data}]", "--model.lam", str(harvest_config.search.lam),
                   "--model.init_from", heads[r - 1], "--model.save_to", str(this.head), "--model.overwrite", "true",
                   "--trainer.default_root_dir", str(this.directory / "fit")])
     prior = validation_log_weights(lm, codec, None, config)
