@@ -3,13 +3,14 @@
     python -m trainers.rounds --config configs/rounds/soft_ahead.yaml
 
 Round r draws from round r−1's head on the training contexts (`search.harvest` with `sampler: policy`: P_F
-explored by tempering and a share of p, each draw's exact log q stored) and fits the head on them and a replay
-of earlier rounds (`replay`: all their draws, or each prompt's best few, as Hu et al.), warm-started from round r−1's head (`trainers.fit` with `--model.init_from`;
-the balance losses TB / SubTB / VarGrad are minimised at P_F = π* whatever policy drew the data). After each
-round, i.i.d. draws of the new P_F on validation contexts that no round trains on give the two numbers that
-govern an importance sampler: Var(log w) with w = p e^{λ r} / P_F (issue 36's Var(log R − log P_F)) and ESS/N.
-Round 0 is the initial head. Resumable: a round whose head exists is skipped, and a round cut short resumes its
-harvest without drawing its finished prompts again. Writes `<output_dir>/rounds.csv` and `rounds.png`.
+explored by tempering and a share of p, each draw's exact log q stored) and fits the head on them and a replay of
+earlier rounds (`replay`: all their draws, or each prompt's best few, as Hu et al.), warm-started from round r−1's
+head (`trainers.fit` with `--model.init_from`; the balance losses TB / SubTB / VarGrad are minimised at P_F = π*
+whatever policy drew the data). After each round, i.i.d. draws of the new P_F on validation contexts that no round
+trains on give the two numbers that govern an importance sampler: Var(log w) with w = p e^{λ r} / P_F (issue 36's
+Var(log R − log P_F)) and ESS/N. Round 0 is the initial head. Resumable: a round whose head exists is skipped, and
+a round cut short resumes its harvest without drawing its finished prompts again. Writes `<output_dir>/rounds.csv`
+and `rounds.png`.
 """
 
 from __future__ import annotations
