@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sadt.number_inputs import N_STATE_FEATURES, NumberInputs
+
 
 @dataclass(frozen=True)
 class FlowHeadConfig:
@@ -25,6 +27,9 @@ class FlowHeadConfig:
     reward_weight_bins: int = 0  # β: 1 if 0, else one learned weight per 1/n of the horizon completed (n + 1 in all)
     reward_weight_positions: int = 0  # > 0: β also per digit of the value being written (MLPFlowHead.weigh_reward)
     residual: bool = True  # False: Q_φ = β·R + a per-action bias, no MLP on h(s) (needs a value form)
+    residual_inputs: str = "lm_states"  # what the residual MLP reads: "lm_states" h(s), or "numbers" (the context,
+    # the values written and the value being written through a small GRU, `sadt.number_inputs`; needs a value form)
+    number_width: int = 16  # "numbers": the GRU's width
 
     def __post_init__(self) -> None:
         from sadt.partial_reward import DROPPED_AT, DROPPED_VALUE_FORMS, VALUE_FORMS
@@ -41,6 +46,14 @@ class FlowHeadConfig:
         if self.reward_weight_bins < 0 or self.reward_weight_positions < 0:
             raise ValueError(f"`reward_weight_bins` and `reward_weight_positions` must be >= 0, got "
                              f"{self.reward_weight_bins}, {self.reward_weight_positions}")
+        if self.residual_inputs not in ("lm_states", "numbers"):
+            raise ValueError(f"flow head `residual_inputs` must be 'lm_states' or 'numbers', got "
+                             f"{self.residual_inputs!r}")
+        if self.residual_inputs == "numbers" and not (self.shaped and self.residual):
+            raise ValueError("`residual_inputs: numbers` reads a forecast's numbers through its task: it needs a "
+                             "`value_form` and `residual: true`")
+        if self.number_width < 1:
+            raise ValueError(f"flow head `number_width` must be >= 1, got {self.number_width}")
         if self.reward_weight_positions and not self.reward_weight_bins:
             raise ValueError("`reward_weight_positions` splits β's bins by digit position: it needs "
                              "`reward_weight_bins`")
@@ -74,7 +87,10 @@ class MLPFlowHead(nn.Module):
         self.config = config or FlowHeadConfig()
         A, H = action_embeddings.shape
         self.register_buffer("action_embeddings", action_embeddings.detach().clone())
-        if self.config.residual:
+        if self.config.residual_inputs == "numbers":
+            self.number_gru = nn.GRU(1, self.config.number_width, batch_first=True)
+            self.q_mlp = _mlp(self.config.number_width + N_STATE_FEATURES, self.config.hidden, self.config.layers, H)
+        elif self.config.residual:
             self.q_mlp = _mlp(H, self.config.hidden, self.config.layers, H)
         self.q_bias = nn.Parameter(torch.zeros(A))
         self.log_z_mlp = _mlp(H, self.config.hidden, self.config.layers, 1)
@@ -92,10 +108,37 @@ class MLPFlowHead(nn.Module):
 
     def q(self, hidden: torch.Tensor) -> torch.Tensor:
         """Q_φ(s, ·): (..., H) -> (..., A); with a `value_form`, the residual over R(s·a)."""
+        if self.config.residual_inputs == "numbers":
+            raise RuntimeError("this head's residual reads the forecast's numbers: call `number_q`")
         if not self.config.residual:
             return self.q_bias.expand(*hidden.shape[:-1], -1)
         u = self.q_mlp(hidden.to(self.action_embeddings.dtype))  # (..., H)
         return self.scale * u @ self.action_embeddings.T + self.q_bias
+
+    def number_q(self, inputs: NumberInputs) -> torch.Tensor:
+        """Q_φ(s, ·) of `residual_inputs: numbers`, (B, T, A): the residual MLP on the GRU's state after the
+        context and the values s has completed, with s's own numbers (`sadt.number_inputs`)."""
+        g = self.number_states(inputs)
+        u = self.q_mlp(torch.cat([g, inputs.state.to(g)], dim=-1))
+        return self.scale * u @ self.action_embeddings.T + self.q_bias
+
+    def number_states(self, inputs: NumberInputs) -> torch.Tensor:
+        """(B, T, G): the GRU's state after each row's context (run once per distinct context) and the first
+        `counts[b, t]` of its values written (one packed run over every row's values)."""
+        dtype = self.action_embeddings.dtype
+        after_context: dict[int, torch.Tensor] = {}
+        for context in inputs.context:
+            if id(context) not in after_context:
+                after_context[id(context)] = self.number_gru(context.to(dtype).view(1, -1, 1))[1][0, 0]
+        h0 = torch.stack([after_context[id(c)] for c in inputs.context])  # (B, G)
+        lengths = torch.tensor([max(len(w), 1) for w in inputs.written])
+        padded = nn.utils.rnn.pad_sequence([w if len(w) else torch.zeros(1) for w in inputs.written],
+                                           batch_first=True).to(dtype)[..., None]  # (B, K, 1)
+        packed = nn.utils.rnn.pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.number_gru(packed, h0[None].contiguous())
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)  # (B, K, G)
+        states = torch.cat([h0[:, None], out], dim=1)  # (B, K + 1, G): after 0..K values
+        return states[torch.arange(len(states))[:, None], inputs.counts]
 
     def weigh_reward(self, partial_reward: torch.Tensor, share: torch.Tensor,
                      position: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,6 +36,7 @@ import torch
 
 from sadt.codec import SEP, Codec
 from sadt.head_card import ValueForm
+from sadt.number_inputs import number_inputs
 from sadt.rewards import ForecastReward, RewardConfig
 from sadt.value import Sequences, Value
 
@@ -192,4 +193,13 @@ class ShapedValue(Value):
         position = None
         if config.reward_weight_positions:
             position = torch.as_tensor(digits_written(self.codec, sequences), device=hidden.device)[:, None]
-        return self.head.q(hidden).double() + self.head.weigh_reward(r, share, position).double()
+        return self.residual(hidden, sequences).double() + self.head.weigh_reward(r, share, position).double()
+
+    def residual(self, hidden: torch.Tensor, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The head's learned part: its MLP on h(s), or on the forecast's numbers (`residual_inputs: numbers`)."""
+        if self.head.config.residual_inputs != "numbers":
+            return self.head.q(hidden)
+        codec = self.codec.config
+        inputs = number_inputs([self.reward.context] * len(sequences), sequences, codec.max_digits,
+                               self.reward.horizon, codec.precision)
+        return self.head.number_q(inputs)[:, 0].to(hidden.device)

@@ -164,7 +164,8 @@ class FlowHeadModule(pl.LightningModule):
     def q_values(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Q_φ(s_t, ·) (B, T, A) along the batch's trajectories, log p(·|s_t) (B, T, A) and log Z_φ(c) (B,)."""
         hidden, prompt_hidden, log_prior = self.features(batch)
-        q = self.head.q(hidden)
+        numbers = self.head.config.residual_inputs == "numbers"
+        q = self.head.number_q(self.shaping.numbers(batch)) if numbers else self.head.q(hidden)
         if self.head.config.shaped:
             r, share, position = self.shaping(batch).to(q)
             q = q + self.head.weigh_reward(r, share, position)

@@ -10,6 +10,7 @@ import torch
 from data.buffer import SOURCES
 from sadt.codec import Codec
 from sadt.config import from_dict
+from sadt.number_inputs import NumberInputs, number_inputs
 from sadt.partial_reward import digits_written, prompt_reward, shaping_value
 from sadt.rewards import ForecastReward, RewardConfig
 
@@ -50,6 +51,15 @@ class ForecastShaping:
                 self.cache[prompt, path] = self._along(prompt, path)
             out[:, row, : len(path)] = self.cache[prompt, path]
         return out
+
+    def numbers(self, batch: dict) -> NumberInputs:
+        """The numbers of every state along the batch's trajectories (`sadt.number_inputs`), for a head whose
+        residual reads them; each prompt's context is its reward's (one array per prompt)."""
+        actions, mask = batch["actions"], batch["mask"]
+        paths = [actions[row][mask[row]].tolist() for row in range(len(actions))]
+        contexts = [self.reward_of(prompt).context for prompt in batch["prompts"]]
+        config = self.codec.config
+        return number_inputs(contexts, paths, config.max_digits, self.horizon, config.precision, steps=actions.shape[1])
 
     def _along(self, prompt: tuple, path: tuple) -> torch.Tensor:
         states = [path[:t] for t in range(len(path))]
