@@ -42,9 +42,11 @@ def test_two_rounds_draw_from_the_last_head_fit_and_resume_without_drawing_again
     monkeypatch.setenv("WANDB_MODE", "offline")
     write_start_head(tmp_path / "start", base_tokenizer)
     config = RoundsConfig(output_dir=str(tmp_path / "rounds"), initial_head=str(tmp_path / "start"), rounds=2,
-                          harvest=HARVEST, fit=FIT, validation_contexts=2, validation_draws=4)
+                          harvest=HARVEST, fit=FIT, validation_contexts=2, validation_draws=4, wandb=True)
     rows = run_rounds(config)
     assert [row["round"] for row in rows] == [0, 1, 2]
+    (run,) = (tmp_path / "rounds" / "wandb").glob("offline-run-*")  # the curve went to W&B too
+    assert any(run.glob("*.wandb"))
     assert all(row["var_log_w"] >= 0 and 0 < row["ess_per_draw"] <= 1 for row in rows)
     assert all(row["ess_vs_p"] > 0 for row in rows)  # against as many i.i.d. draws of p
     sizes = []

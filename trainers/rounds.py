@@ -46,6 +46,7 @@ class RoundsConfig:
     replay: str = "all"  # what round r trains on besides its own draws: "all" earlier rounds' draws, "best" each
     # prompt's `replay_best` highest-reward distinct draws of earlier rounds (Hu et al.), "none"
     replay_best: int = 8  # "best": draws kept per prompt (a quarter of 24 fresh ones per prompt, as Hu et al.)
+    wandb: bool = False  # also log each round's validation scores to Weights & Biases (offline unless WANDB_MODE)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.validation_contexts < 1 or self.validation_draws < 2:
@@ -164,7 +165,22 @@ def run_rounds(config: RoundsConfig) -> list[dict]:
     rows = [{"round": r, "head": head, **validation_scores(validation_log_weights(lm, codec, head, config), prior)}
             for r, head in enumerate(heads)]
     write_curve(rows, out)
+    if config.wandb:
+        log_to_wandb(rows, config)
     return rows
+
+
+def log_to_wandb(rows: list[dict], config: RoundsConfig) -> None:
+    """One W&B run (project `sadt-rounds`, under `<output_dir>/wandb`) with each round's scores at step = round."""
+    import os
+
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    run = wandb.init(project="sadt-rounds", dir=config.output_dir, config=to_dict(config))
+    for row in rows:
+        run.log({k: v for k, v in row.items() if k not in ("round", "head")}, step=row["round"])
+    run.finish()
 
 
 def write_curve(rows: list[dict], out: Path) -> None:
