@@ -13,6 +13,7 @@ each sampler paired with the i.i.d. draws of its own rollout policy) and `ess_vs
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 import zlib
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from benchmarks.evaluation.draws import DrawSet, policy_draws, smc_draws, tree_draws
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         assert 0 <= index < count
     except (ValueError, AssertionError):
         parser.error(f"--shard must be i/n with 0 <= i < n, got {args.shard!r}")
+    if count > 1:  # n shards side by side share the cores: more torch threads each only thrash
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
     config = load_config(args.config, SamplersConfig)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
