@@ -88,16 +88,11 @@ class ProposalConfig:
 
 def validation_windows(name: str, config: ProposalConfig) -> list[tuple[str, np.ndarray]]:
     """(label, context) of `windows_per_series` windows whose contexts end halfway between two of the
-    harvest's (`search.harvest.task_set` spaces its ends evenly over the history, test part excluded)."""
-    from data.series import load_builtin
+    harvest's (`search.harvest.between_windows`)."""
+    from search.harvest import between_windows
 
-    history = load_builtin(name).context
-    first, last = config.context_length, history.size - config.horizon
-    if last < first:
-        raise ValueError(f"{name}: history of {history.size} steps is too short for the windows")
-    midpoints = np.linspace(first, last, 2 * config.harvest_windows_per_series - 1)[1::2].round().astype(int)
-    chosen = np.linspace(0, len(midpoints) - 1, min(config.windows_per_series, len(midpoints))).round().astype(int)
-    return [(f"{name}@{end}", history[end - config.context_length : end]) for end in midpoints[chosen]]
+    return between_windows(name, config.context_length, config.horizon, config.harvest_windows_per_series,
+                           config.windows_per_series)
 
 
 def generated_windows(config: ProposalConfig) -> list[tuple[str, np.ndarray]]:

@@ -139,6 +139,21 @@ def task_set(config: HarvestConfig) -> list[Task]:
     return [dataclasses.replace(t, index=i) for i, t in enumerate(tasks)]
 
 
+def between_windows(name: str, context_length: int, horizon: int, harvest_windows: int,
+                    n: int) -> list[tuple[str, np.ndarray]]:
+    """(label, context) of up to `n` windows of `name`'s history whose contexts end halfway between two of a
+    harvest's `harvest_windows` window ends (`task_set` spaces them evenly): validation windows of the same
+    series that no training window and no test step overlaps the end of."""
+    history = load_builtin(name).context
+    first, last = context_length, history.size - horizon
+    if last < first or harvest_windows < 2:
+        raise ValueError(f"{name}: no window between {harvest_windows} harvest windows of a {history.size}-step "
+                         f"history (context_length {context_length}, horizon {horizon})")
+    midpoints = np.linspace(first, last, 2 * harvest_windows - 1)[1::2].round().astype(int)
+    chosen = np.linspace(0, len(midpoints) - 1, min(n, len(midpoints))).round().astype(int)
+    return [(f"{name}@{end}", history[end - context_length : end]) for end in midpoints[chosen]]
+
+
 GENERATED_PREFIX = "gen"  # a task whose series is "gen<seed>-<index>" reads data.generator's series
 
 

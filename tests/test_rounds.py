@@ -107,3 +107,22 @@ def test_a_round_trains_on_its_own_draws_and_the_replay_it_asks_for(tmp_path, re
     if replay == "best":
         kept = read_buffer(rounds[2].replay).arrays["reward"]
         assert sorted(kept.tolist()) == [11.0, 12.0, 13.0]  # the best 3 of rounds 1 and 2, not round 3's own
+
+
+def test_history_validation_windows_lie_between_the_rounds_training_windows():
+    """After issue 36's finding that generated validation contexts did not predict the real held-out windows."""
+    import numpy as np
+
+    from data.series import load_builtin
+    from search.harvest import task_set
+    from trainers.rounds import validation_contexts
+
+    config = RoundsConfig(harvest=HARVEST, validation="history", validation_contexts=1)
+    harvest = config.harvest_config(config.initial_head, "x.h5")
+    history = load_builtin("Wooly").context
+    (context,) = validation_contexts(config)
+    ends = [end for end in range(16, history.size + 1) if np.array_equal(history[end - 16 : end], context)]
+    training_ends = sorted({t.end for t in task_set(harvest)})
+    assert len(ends) == 1 and training_ends[0] < ends[0] < training_ends[1]  # strictly between two of them
+    with pytest.raises(ValueError, match="windows_per_series"):
+        RoundsConfig(harvest={**HARVEST, "windows_per_series": 1}, validation="history")

@@ -40,7 +40,9 @@ class RoundsConfig:
     # and the head are set per round)
     fit: list[str] = field(default_factory=list)  # trainers.fit options of each round, e.g.
     # ["--model.losses.vargrad", "1"]
-    validation_contexts: int = 8  # generated contexts no round trains on (`data.generator`, `validation_seed`)
+    validation: str = "generated"  # where P_F is scored after each round: "generated" contexts (`data.generator`,
+    # `validation_seed`), or "history" windows of the harvest's series between its training windows
+    validation_contexts: int = 8  # "generated": how many; "history": how many per series
     validation_seed: int = 1000
     validation_draws: int = 32  # i.i.d. draws of P_F per validation context
     replay: str = "all"  # what round r trains on besides its own draws: "all" earlier rounds' draws, "best" each
@@ -51,6 +53,8 @@ class RoundsConfig:
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.validation_contexts < 1 or self.validation_draws < 2:
             raise ValueError("rounds need `rounds` >= 1, `validation_contexts` >= 1 and `validation_draws` >= 2")
+        if self.validation not in ("generated", "history"):
+            raise ValueError(f"rounds `validation` must be 'generated' or 'history', got {self.validation!r}")
         if self.replay not in REPLAYS or self.replay_best < 1:
             raise ValueError(f"rounds `replay` must be one of {REPLAYS} and `replay_best` >= 1, got "
                              f"{self.replay!r} and {self.replay_best}")
@@ -58,6 +62,9 @@ class RoundsConfig:
             if key in self.harvest:
                 raise ValueError(f"rounds set `harvest.{key}` themselves; remove it from the config")
         harvest = self.harvest_config(self.initial_head, "unused.h5")  # a bad harvest setting fails here, named
+        if self.validation == "history" and (not harvest.series or harvest.windows_per_series < 2):
+            raise ValueError("rounds `validation: history` takes windows between the harvest's: it needs "
+                             "`harvest.series` and `harvest.windows_per_series` >= 2")
         if harvest.generator_seed == self.validation_seed and harvest.generated:
             raise ValueError("`validation_seed` must differ from `harvest.generator_seed`: validation contexts "
                              "would be training contexts")
@@ -93,7 +100,6 @@ class Round:
 def validation_log_weights(lm, codec, head_dir: str | None, config: RoundsConfig) -> list[np.ndarray]:
     """Per validation context, the log-weights log p − log q + λ r of `validation_draws` i.i.d. draws of the
     head's P_F (of p itself when `head_dir` is None)."""
-    from data.generator import generate_one
     from sadt.head_io import load_value_head
     from sadt.lm.base_model import lm_fingerprint
     from search.ancestral import sample_policy
@@ -103,8 +109,7 @@ def validation_log_weights(lm, codec, head_dir: str | None, config: RoundsConfig
     lam = harvest.search.lam
     head = None if head_dir is None else load_value_head(head_dir, lm_fingerprint(), to_dict(codec.config))[0]
     out = []
-    for i in range(config.validation_contexts):
-        values = generate_one(config.validation_seed, i, harvest.context_length).values
+    for i, values in enumerate(validation_contexts(config)):
         task = ForecastTask.build(codec, values, harvest.horizon, harvest.reward)
         draws = sample_policy(lm, task, n_samples=config.validation_draws, batch_size=config.validation_draws,
                               value_head=task.value(head, lam), guide_lam=lam if head is not None else 0.0,
@@ -124,6 +129,21 @@ def training_data(config: RoundsConfig, rounds: list[Round]) -> list[Path]:
     from data.buffer_select import best_draws
 
     return [this.draws, best_draws([r.draws for r in earlier], this.replay, config.replay_best)]
+
+
+def validation_contexts(config: RoundsConfig) -> list[np.ndarray]:
+    """The contexts P_F is scored on after each round (`config.validation`); no round trains on them."""
+    harvest = config.harvest_config(config.initial_head, "unused.h5")
+    if config.validation == "generated":
+        from data.generator import generate_one
+
+        return [generate_one(config.validation_seed, i, harvest.context_length).values
+                for i in range(config.validation_contexts)]
+    from search.harvest import between_windows
+
+    return [context for name in harvest.series for _, context in
+            between_windows(name, harvest.context_length, harvest.horizon, harvest.windows_per_series,
+                            config.validation_contexts)]
 
 
 def validation_scores(log_w: list[np.ndarray], prior_log_w: list[np.ndarray]) -> dict[str, float]:
