@@ -60,7 +60,7 @@ from search.methods import METHOD_STRATEGIES, Pick
 from search.selection import gumbel_max
 from search.task import Task
 from search.tree import ROOT, Tree
-from search.tree_sampling import final_samples, resample
+from search.tree_sampling import final_samples, resampled_draws
 from search.values import TreeValues
 
 __all__ = ["METHODS", "Draw", "RewardFn", "SearchConfig", "SearchResult", "TreeSearch"]
@@ -347,7 +347,7 @@ class TreeSearch:
         """n terminal node ids drawn with replacement from the search's draws ∝ p(x) exp(λ r(x)) / q(x)
         (sampling importance resampling; maxent_ts). Consistent for π* as the draws grow, whatever the
         selection did, where the in-tree sampler's prior-weighted values are biased at small budgets."""
-        return resample(self.draw_log_weights, self.draw_terminals, n, self.sample_rng)
+        return resampled_draws(self, n)
 
     def run(self, until: int | None = None) -> SearchResult:
         """Spend the rollout budget, or go on up to `until` rollouts in all (Ctrl-C stops early and
