@@ -197,7 +197,7 @@ def log_to_wandb(rows: list[dict], config: RoundsConfig) -> None:
     import wandb
 
     os.environ.setdefault("WANDB_MODE", "offline")
-    run = wandb.init(project="sadt-rounds", dir=config.output_dir, config=to_dict(config))
+    run = wandb.init(project="sadt-rounds", dir=config.output_dir, config=to_dict(config), reinit="create_new")
     for row in rows:
         run.log({k: v for k, v in row.items() if k not in ("round", "head")}, step=row["round"])
     run.finish()
