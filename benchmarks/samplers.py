@@ -12,7 +12,6 @@ each sampler paired with the i.i.d. draws of its own rollout policy) and `ess_vs
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ from benchmarks.evaluation.summary import headline, pairs_table, plot_ess, summa
 from benchmarks.evaluation.windows import heldout_windows
 from sadt.cli import CommandParser, run_command
 from sadt.config import load_config, to_dict
-from search.config import SearchConfig
+from search.config import search_config
 
 DRAWS = ("policy", "tree", "smc")
 
@@ -87,14 +86,13 @@ def run_sampler(spec: SamplerSpec, lm, task, lam: float, budgets: list[float], s
     if spec.draws == "policy" and not spec.head:  # the prior's draws serve every λ and sampler label
         return dict.fromkeys(budgets, prior_draws.at_lam(lam))
     value = head if spec.head else None
-    search = SearchConfig(**{"lam": lam, "seed": seed, "n_samples": 1, **spec.search})
+    method = spec.search.get("method", ("twisted_smc" if spec.head else "smc") if spec.draws == "smc" else "maxent_ts")
+    search = search_config(**{"method": method, "lam": lam, "seed": seed, "n_samples": 1, **spec.search})
     if spec.draws == "policy":
         return dict.fromkeys(budgets, policy_draws(lm, task, lam, budgets[-1], value_head=value,
                                                    batch_size=policy_batch, seed=seed))
     if spec.draws == "tree":
         return dict.fromkeys(budgets, tree_draws(lm, task, search, budgets[-1], value))
-    if search.method not in ("smc", "twisted_smc"):
-        search = dataclasses.replace(search, method="twisted_smc" if spec.head else "smc")
     return {b: smc_draws(lm, task, search, max(2, round(b / tokens_per_draw)), value) for b in budgets}
 
 

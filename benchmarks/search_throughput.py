@@ -32,8 +32,9 @@ from sadt.codec import Codec
 from sadt.grammar import FixedLengthGrammar
 from sadt.lm.base_model import load_base_lm
 from sadt.rollout import rollout
+from search.config import search_config
 from search.task import Problem
-from search.tree_search import SearchConfig, TreeSearch
+from search.tree_search import TreeSearch
 
 
 def prompt_ids(codec: Codec, length: int) -> list[int]:
@@ -72,7 +73,7 @@ def run_maxent(lm, codec: Codec, ids: list[int], batch: int, new_tokens: int, ro
     def reward(sequences: list[list[int]]) -> np.ndarray:  # cheap and non-trivial: mean digit
         return np.array([np.mean(s) / 11.0 for s in sequences])
 
-    config = SearchConfig(lam=2.0, n_rollouts=rollouts, batch_size=batch, n_samples=32, progress=True)
+    config = search_config(lam=2.0, n_rollouts=rollouts, batch_size=batch, n_samples=32, progress=True)
     return TreeSearch(lm, Problem(ids, codec.action_token_ids, grammar, reward), config).run()
 
 

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.series import load_builtin
     from sadt.lm.base_model import load_base_lm
     from search.caption import CaptionConfig, CaptionReward, caption_prompt
-    from search.config import SearchConfig
+    from search.config import search_config
     from search.text_task import TextTask
     from search.tree import Tree
 
@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     values = load_builtin(caption.series).context[-caption.context_length :]
     task = TextTask.build(tokenizer, caption_prompt(caption.series, values), CaptionReward(values),
                           max_tokens=caption.max_tokens)
-    warm = SearchConfig(lam=caption.lam, top_k=args.top_k, n_rollouts=16, batch_size=16, progress=False)
+    warm = search_config(lam=caption.lam, top_k=args.top_k, n_rollouts=16, batch_size=16, progress=False)
     task.search(lm, warm)  # pages in every weight (they are read lazily) and the allocator's pools
     loaded_mb = memory_mb("VmRSS")
     reset_peak()  # the model's load peak is not the search's
-    config = SearchConfig(lam=caption.lam, top_k=args.top_k, n_rollouts=args.rollouts, batch_size=16, n_samples=16)
+    config = search_config(lam=caption.lam, top_k=args.top_k, n_rollouts=args.rollouts, batch_size=16, n_samples=16)
     start = time.perf_counter()
     result = task.search(lm, config)
     wall = time.perf_counter() - start

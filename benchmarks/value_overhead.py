@@ -24,7 +24,7 @@ from sadt.codec import Codec
 from sadt.config import load_config, to_dict
 from sadt.head_io import load_value_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
-from search.config import SearchConfig
+from search.config import search_config
 from search.forecast_task import ForecastTask
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     codec = Codec(tokenizer)
     _, context, _ = heldout_windows(args.series, part)[0]
     task = ForecastTask.build(codec, context, part.horizon)
-    mc = SearchConfig(lam=part.lam, batch_size=part.batch_size, n_samples=part.n_samples, seed=part.seed,
-                      progress=False, n_rollouts=args.rollouts, sampling="search")
+    mc = search_config(lam=part.lam, batch_size=part.batch_size, n_samples=part.n_samples, seed=part.seed,
+                       progress=False, n_rollouts=args.rollouts, sampling="search")
     hybrid = dataclasses.replace(mc, hybrid="visits", hybrid_n0=part.hybrid_n0, hybrid_offset=part.hybrid_offset)
     runs = [("MC-only", mc, None)]
     for name in args.heads:

@@ -42,11 +42,14 @@ def from_dict(raw: Any, cls: type[T], *, source: str = "config", prefix: str = "
     (none when `source` is empty)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{_at(source)}`{prefix or '<top>'}` must be a mapping, got {type(raw).__name__}")
+    if hasattr(cls, "resolve_class"):  # a tagged union (search.config.SearchConfig): the mapping names its class
+        cls = cls.resolve_class(raw, source, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:
-        raise ConfigError(f"{_at(source)}unknown key `{prefix}{unknown[0]}`; allowed keys are {sorted(fields)}")
+        why = f": {cls.unknown_key(unknown[0], raw)}" if hasattr(cls, "unknown_key") else ""  # e.g. another method's
+        raise ConfigError(f"{_at(source)}unknown key `{prefix}{unknown[0]}`{why}; allowed keys are {sorted(fields)}")
     values = {name: _convert(value, hints[name], source, f"{prefix}{name}") for name, value in raw.items()}
     try:
         return cls(**values)

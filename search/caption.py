@@ -45,7 +45,7 @@ class CaptionConfig:
     output_dir: str = "outputs/caption"
 
     def __post_init__(self) -> None:
-        from search.config import METHODS, SMC_METHODS, SearchConfig
+        from search.config import METHODS, SMC_METHODS, search_config
 
         known = (*METHODS, *SMC_METHODS)
         unknown = [m for m in self.methods if m not in known]
@@ -61,7 +61,7 @@ class CaptionConfig:
         if not (math.isfinite(self.lam) and self.lam > 0):
             raise ValueError(f"caption `lam` must be a finite number > 0 (λ = 0 is base sampling), got {self.lam}")
         for method in self.methods:
-            if SearchConfig(method=method, lam=self.lam).needs_head:
+            if search_config(method=method, lam=self.lam).needs_head:
                 raise ValueError(f"caption `methods`: {method!r} reads a flow head, and the caption task has none; "
                                  f"choose from methods without one")
 
@@ -115,7 +115,7 @@ def distinct_bigrams(texts: list[str]) -> float:
 def run(config: CaptionConfig) -> list[dict]:
     from data.series import load_builtin
     from sadt.lm.base_model import load_base_lm
-    from search.config import SearchConfig
+    from search.config import search_config
     from search.text_task import TextTask
 
     lm, tokenizer = load_base_lm()
@@ -126,11 +126,11 @@ def run(config: CaptionConfig) -> list[dict]:
                               max_tokens=config.max_tokens)
         for seed in config.seeds:
             for method in config.methods:
-                search_config = SearchConfig(method=method, lam=config.lam, top_k=config.top_k, batch_size=16,
-                                             n_rollouts=config.n_rollouts, n_samples=config.n_samples, seed=seed)
+                row_config = search_config(method=method, lam=config.lam, top_k=config.top_k, batch_size=16,
+                                           n_rollouts=config.n_rollouts, n_samples=config.n_samples, seed=seed)
                 lm.stats.reset()
                 start = time.perf_counter()
-                result = task.search(lm, search_config)
+                result = task.search(lm, row_config)
                 captions = task.decode(result.samples)
                 rows.append({"series": name, "seed": seed, "method": method,
                              "mean_reward": float(np.mean(result.sample_rewards)),

@@ -40,7 +40,7 @@ from sadt.config import ConfigError, check_finite, load_config, to_dict
 from sadt.head_io import load_value_head, warn_if_other_lam
 from sadt.rewards import RewardConfig
 from search.ancestral import sample_policy
-from search.config import SearchConfig
+from search.config import SearchConfig, search_config
 from search.forecast_task import ForecastTask
 
 SAMPLERS = ("tree", "prior", "policy")
@@ -92,7 +92,7 @@ class HarvestConfig:
     wandb: bool = False  # log per-prompt reward statistics to W&B (offline unless logged in)
     codec: CodecConfig = field(default_factory=CodecConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    search: SearchConfig = field(default_factory=lambda: SearchConfig(n_rollouts=32, batch_size=16, n_samples=16))
+    search: SearchConfig = field(default_factory=lambda: search_config(n_rollouts=32, batch_size=16, n_samples=16))
 
     def __post_init__(self) -> None:
         if self.context_length < 8 or self.horizon < 4:

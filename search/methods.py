@@ -3,7 +3,7 @@ how the final samples are drawn. `TreeSearch` reads one `Method` and never dispa
 
 | method      | child weights w(s·a) | select                          | backup | samples                   |
 |-------------|----------------------|---------------------------------|--------|---------------------------|
-| maxent_ts   | prior p(a|s)         | Boltzmann p exp(λ Ṽ)            | soft   | `config.sampling`         |
+| maxent_ts   | prior p(a|s)         | Boltzmann p exp(λ Ṽ)            | soft   | `config.final_sampling`   |
 | dts         | draw counts m(s·a)   | draw from p under widening, else Boltzmann m exp(λ V̂) | soft | Boltzmann |
 | dts_star    | draw counts          | draw from p under widening, else UCT | soft | argmax-V̂ path          |
 | mcts_uct    | prior                | PUCT                            | mean   | most visited path         |
@@ -99,7 +99,6 @@ class Method:
     sample: FinalSampler  # the final samples (`search.tree_sampling`), unless `sampling` names another
     records_draws: bool = False  # keeps each draw's importance weight (root_value_is, resampling, defensive)
     top_k: int | None = None  # truncates the prior to its top k whatever the config says (greedy: 1)
-    guided: bool = False  # always rolls out from P_F (needs a head), whatever `guided_rollouts` says
 
 
 METHOD_STRATEGIES: dict[str, Method] = {
@@ -110,5 +109,5 @@ METHOD_STRATEGIES: dict[str, Method] = {
     "ancestral": Method("draws", draw_from_policy, "soft", tree_sampling.rollouts),
     "best_of_n": Method("draws", draw_from_policy, "soft", tree_sampling.top_rewards),
     "greedy": Method("draws", draw_from_policy, "soft", tree_sampling.rollouts, top_k=1),
-    "flow": Method("draws", draw_from_policy, "soft", tree_sampling.rollouts, guided=True),
+    "flow": Method("draws", draw_from_policy, "soft", tree_sampling.rollouts),  # P_F: FlowConfig.guides_rollouts
 }

@@ -45,8 +45,8 @@ from sadt.lm.base_model import BACKENDS, check_torch_settings, lm_fingerprint, l
 from sadt.rewards import RewardConfig
 from sadt.spectral import MIN_HORIZON
 from search.ancestral import sample_prior
+from search.config import CONFIG_OF, RECOMMENDED_HEAD, MaxEntTSConfig, SearchConfig, SearchResult, carried
 from search.config import METHODS as TREE_METHODS
-from search.config import RECOMMENDED_HEAD, SearchConfig, SearchResult
 from search.forecast_task import ForecastTask
 from search.peers import auto_arima_samples, seasonal_period
 from search.report import ResultsFile, check_output_dir, draw_plots, print_table, scores
@@ -80,7 +80,7 @@ class RunConfig:
     output_dir: str = "outputs/demo"
     codec: CodecConfig = field(default_factory=CodecConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)  # tree settings (method, n_samples set per row)
+    search: SearchConfig = field(default_factory=MaxEntTSConfig)  # tree settings (method, n_samples set per row)
 
     def __post_init__(self) -> None:
         # Every field is checked here, before the model loads: a bad value is one line, never a traceback later.
@@ -123,15 +123,19 @@ class RunConfig:
         return [name for name in self.methods if name not in ("base", PEER) and self.search_config(name).needs_head]
 
     def search_config(self, name: str) -> SearchConfig:
-        """The search settings of row `name`: `search` with the row's method (`hybrid`: maxent_ts reading the
-        head), then a variant's overrides."""
-        base = dataclasses.replace(self.search, n_samples=self.n_samples, seed=self.seed)
+        """The search settings of row `name`: `search` carried to the row's method (`hybrid`: maxent_ts reading
+        the head), then a variant's overrides (a variant may name its own `method`)."""
+        config = dataclasses.replace(self.search, n_samples=self.n_samples, seed=self.seed)
         if name == HYBRID:
-            base = dataclasses.replace(base, method="maxent_ts", hybrid="visits")
-        if name in self.variants:
-            return from_dict({**to_dict(base), **self.variants[name]}, SearchConfig, source="",
-                             prefix=f"variants.{name}.")
-        return base if name == HYBRID else dataclasses.replace(base, method=name)
+            config = config.for_method("maxent_ts", hybrid="visits")
+        elif name in CONFIG_OF:
+            config = config.for_method(name)
+        if name not in self.variants:
+            return config
+        overrides = self.variants[name]
+        method = overrides.get("method", config.method)
+        shared = carried(config, method) if method in CONFIG_OF else {}  # an unknown method: from_dict names it
+        return from_dict({**shared, "method": method, **overrides}, SearchConfig, source="", prefix=f"variants.{name}.")
 
 
 @dataclass

@@ -91,7 +91,7 @@ class TreeSearch:
         grammar, prompt_ids = task.grammar, task.prompt_ids
         self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, task.reward_fn, config
         self.method = METHOD_STRATEGIES[config.method]
-        self.epsilon = config.defensive if self.method.records_draws else 0.0  # the IS methods' defensive share
+        self.epsilon = config.defensive_share  # maxent_ts's defensive share (0 for the other methods)
         self.value_head = value_head = task.value(value_head, config.lam)
         self.action_token_ids = list(task.action_token_ids)
         self.top_k = self.method.top_k if self.method.top_k is not None else config.top_k
@@ -101,7 +101,7 @@ class TreeSearch:
         self.generator = torch.Generator(device=lm.device).manual_seed(config.seed)
         n_actions = len(self.action_token_ids)  # a sparse tree under top_k: O(k) bytes a node, any vocabulary
         self.tree = Tree(n_actions, width=self.top_k if self.top_k and self.top_k < n_actions else None)
-        self.values = TreeValues(self.tree, config)
+        self.values = TreeValues(self.tree, config.lam, config.head_mix)
         self._start = time.perf_counter()
         self._calls0, self._tokens0 = lm.stats.forward_calls, lm.stats.tokens  # the prompt's prefill counts too
         self.prompt = lm.prefill(prompt_ids)
@@ -133,7 +133,7 @@ class TreeSearch:
     @property
     def guided(self) -> bool:
         """Whether rollouts (and draws from the rollout policy) follow P_F rather than p."""
-        return self.config.guided_rollouts or self.method.guided
+        return self.config.guides_rollouts
 
     def count_draw(self, node: int, slot: int) -> None:
         """A draw of the action in `slot` at `node` (undone if the iteration does not finish)."""

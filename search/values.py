@@ -20,17 +20,29 @@ Each role has its own method, so none of them can pick up another's mixing by a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from search.backup import soft_backup
 from search.tree import Tree
 
 
-class TreeValues:
-    """Reads V̂ and Q_φ from `tree` for each role; `config` is the search's `SearchConfig`."""
+@dataclass(frozen=True)
+class HeadMix:
+    """How the hybrid mixes Monte Carlo with Q_φ (`search.config.MaxEntTSConfig`'s hybrid_* settings)."""
 
-    def __init__(self, tree: Tree, config) -> None:
-        self.tree, self.config = tree, config
+    mode: str  # "visits" (α = n0 / (n0 + N)) or "fixed" (α = alpha)
+    n0: float = 1.0
+    alpha: float = 0.5
+    offset: bool = True  # visits: move Q_φ(s, ·) by δ(s) (`TreeValues.head_offset`)
+
+
+class TreeValues:
+    """Reads V̂ and Q_φ from `tree` for each role, at inverse temperature `lam`; `mix` None: Monte Carlo only."""
+
+    def __init__(self, tree: Tree, lam: float, mix: HeadMix | None = None) -> None:
+        self.tree, self.lam, self.mix = tree, lam, mix
 
     def _mc(self, nodes, children: np.ndarray, visited: np.ndarray) -> np.ndarray:
         """V̂(s·a) where visited, V̂(s) elsewhere."""
@@ -38,28 +50,27 @@ class TreeValues:
 
     def selection(self, node: int) -> np.ndarray:
         """Ṽ(s·a) over the actions of one node, (A,)."""
-        tree, config = self.tree, self.config
+        tree, mix = self.tree, self.mix
         children = tree.children[node]
         visited = children >= 0
         mc = self._mc(node, children, visited)
-        if config.hybrid == "off":
+        if mix is None:
             return mc
         q = self._head(node, mc, visited)
-        if config.hybrid == "visits":
+        if mix.mode == "visits":
             n = np.where(visited, tree.visits[children] + tree.pending[children], 0)
-            n0 = config.hybrid_n0
-            alpha = n0 / (n0 + n) if n0 > 0 else (n == 0).astype(float)
+            alpha = mix.n0 / (mix.n0 + n) if mix.n0 > 0 else (n == 0).astype(float)
         else:
-            alpha = config.hybrid_alpha
+            alpha = mix.alpha
         return (1 - alpha) * mc + alpha * q
 
     def backup(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Child values (n, A) and which children count in the soft backup (n, A)."""
-        tree, config = self.tree, self.config
+        tree = self.tree
         children = tree.children[nodes]
         visited = children >= 0
         mc = self._mc(nodes, children, visited)
-        if config.hybrid != "visits":
+        if self.mix is None or self.mix.mode != "visits":
             return mc, visited
         q = self._head(nodes, mc, visited)
         return np.where(visited, mc, q), visited | np.isfinite(tree.log_prior[nodes])
@@ -70,7 +81,7 @@ class TreeValues:
 
     def _head(self, nodes, mc: np.ndarray, visited: np.ndarray) -> np.ndarray:
         q = self.tree.q[nodes]
-        if self.config.hybrid == "visits" and self.config.hybrid_offset:
+        if self.mix.mode == "visits" and self.mix.offset:
             q = q + self.head_offset(nodes, mc, q, visited)[..., None]
         return q
 
@@ -84,7 +95,7 @@ class TreeValues:
         where Q_φ alone for unvisited children would dilute it by the prior mass the rollout covers.
         A head off by a constant on an unseen prompt is thus corrected exactly (an exact head: δ = 0).
         """
-        lam = self.config.lam
+        lam = self.lam
         any_visited = visited.any(axis=-1)
         rows = visited | ~np.asarray(any_visited)[..., None]  # rows with no visited child: placeholder, zeroed
         log_p = self.tree.log_prior[nodes]

@@ -37,7 +37,7 @@ def record(result) -> dict:
 def toy_runs() -> dict[str, dict]:
     """Every method on the toy (length 5, λ 2, 24 rollouts in batches of 4, 6 samples, seed 3)."""
     from benchmarks.evaluation.exact import ExactHead, Toy
-    from search.config import SearchConfig
+    from search.config import search_config
     from search.sampler import make_sampler
 
     toy = Toy()
@@ -45,7 +45,7 @@ def toy_runs() -> dict[str, dict]:
     runs = {method: {"method": method} for method in (*TREE_METHODS, "smc")} | HEAD_RUNS
     out = {}
     for name, settings in runs.items():
-        config = SearchConfig(**{"lam": TOY_LAM, "n_rollouts": 24, "batch_size": 4, "n_samples": 6, "seed": 3,
+        config = search_config(**{"lam": TOY_LAM, "n_rollouts": 24, "batch_size": 4, "n_samples": 6, "seed": 3,
                                  "progress": False, **settings})
         toy.lm.stats.reset()
         sampler = make_sampler(toy.lm, toy.problem, config, head if config.needs_head else None)
@@ -60,7 +60,7 @@ def real_runs() -> dict[str, dict]:
     from sadt.config import to_dict
     from sadt.head_io import load_value_head
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
-    from search.config import RECOMMENDED_HEAD, SearchConfig
+    from search.config import RECOMMENDED_HEAD, search_config
     from search.forecast_task import ForecastTask
 
     lm, tokenizer = load_base_lm()
@@ -69,7 +69,7 @@ def real_runs() -> dict[str, dict]:
     task = ForecastTask.build(codec, load_builtin("Wooly").context[:24], 4)
     out = {}
     for name, settings in REAL_RUNS.items():
-        config = SearchConfig(**{"lam": 15.0, "n_rollouts": 12, "batch_size": 4, "n_samples": 4, "seed": 1,
+        config = search_config(**{"lam": 15.0, "n_rollouts": 12, "batch_size": 4, "n_samples": 4, "seed": 1,
                                  "progress": False, **settings})
         lm.stats.reset()
         out[name] = record(task.search(lm, config, head if config.needs_head else None))

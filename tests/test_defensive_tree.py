@@ -6,7 +6,8 @@ import pytest
 from toy_problem import ACTION_IDS, PROMPT, ExactHead, Toy, mixture_distribution, policy_step_log_probs
 
 from sadt.importance import log_mean_exp
-from search.tree_search import SearchConfig, TreeSearch
+from search.config import search_config
+from search.tree_search import TreeSearch
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def toy():
 
 
 def search(toy, lam, n, seed=0, head=None, **settings) -> TreeSearch:
-    config = SearchConfig(lam=lam, n_rollouts=n, batch_size=8, seed=seed, progress=False, **settings)
+    config = search_config(lam=lam, n_rollouts=n, batch_size=8, seed=seed, progress=False, **settings)
     tree = TreeSearch(toy.lm, toy.problem, config, value_head=head)
     tree.run()
     return tree

@@ -119,7 +119,7 @@ def test_fit_runs_ddp_on_two_cpu_processes(tmp_path, buffer_path):
 def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     from sadt.head_io import load_search_head
     from sadt.lora_head import LoRALM
-    from search.config import SearchConfig
+    from search.config import search_config
     from search.forecast_task import ForecastTask
 
     model = fit.main(fit_args(buffer_path, tmp_path, "--model.lora.top_layers", "1",
@@ -135,7 +135,7 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     head = load_search_head(tmp_path / "head", lm_fingerprint(), read_buffer(buffer_path).meta["config"]["codec"])
     assert isinstance(head.lm, LoRALM) and head.card.adapter["kind"] == "lora"
     task = ForecastTask.build(codec, torch.linspace(1, 3, 16).numpy(), 4)
-    config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
+    config = search_config(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
     result = task.search(head.lm, config, head.value_head)
     assert len(result.samples) == 2 and result.nfe_tokens > 2 * 4 * 8  # both models' forwards are counted
 
@@ -148,7 +148,7 @@ def test_fit_with_a_value_form_trains_the_residual_over_r_and_the_search_adds_r(
     from sadt.flow_head import MLPFlowHead
     from sadt.head_io import load_search_head, load_value_head
     from sadt.partial_reward import digits_written, shaping_value
-    from search.config import SearchConfig
+    from search.config import search_config
     from search.forecast_task import PARAMETER_FREE_VALUES, ForecastTask
 
     model = fit.main(fit_args(buffer_path, tmp_path, "--model.head.value_form", form, "--trainer.max_steps", "3",
@@ -194,7 +194,7 @@ def test_fit_with_a_value_form_trains_the_residual_over_r_and_the_search_adds_r(
     torch.testing.assert_close(r, parameter_free(hidden, lambda: sequences))
     untrained = task.value(MLPFlowHead(head.action_embeddings, head.config), lam)  # zero output layer, β = 1: Q = R
     torch.testing.assert_close(untrained(hidden, lambda: sequences), parameter_free(hidden, lambda: sequences))
-    config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
+    config = search_config(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
     frozen_head, _ = load_value_head(tmp_path / "head", lm_fingerprint(), meta_codec)
     assert len(task.search(lm, config, frozen_head).samples) == 2
 

@@ -14,7 +14,7 @@ from data.buffer import BufferWriter, read_buffer
 from sadt.codec import fit_scaler
 from sadt.config import ConfigError, load_config
 from sadt.rewards import ForecastReward, RewardConfig
-from search.config import SearchConfig
+from search.config import search_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> Non
                                           ("hybrid_alpha", float("nan"))])
 def test_every_float_setting_of_the_python_api_must_be_finite(field, value):
     with pytest.raises(ValueError, match=f"search `{field}` must be a finite number"):
-        SearchConfig(**{field: value})
+        search_config(**{field: value})
     with pytest.raises(ValueError, match="reward `gamma` must be a finite number"):
         RewardConfig(gamma=float("inf"))
 
@@ -148,14 +148,14 @@ def test_a_head_trained_at_another_lambda_warns_wherever_a_sampler_is_made():
     toy = Toy()
     head = HeadValue(ExactHead(toy, 2.0), trained_lam=2.0)  # what `task.value` makes of a loaded head
     for method, extra in (("maxent_ts", {"hybrid": "visits"}), ("twisted_smc", {})):
-        config = SearchConfig(method=method, lam=5.0, n_rollouts=4, batch_size=4, progress=False, **extra)
+        config = search_config(method=method, lam=5.0, n_rollouts=4, batch_size=4, progress=False, **extra)
         with pytest.warns(UserWarning, match="trained at λ=2, the search runs at λ=5"):
             make_sampler(toy.lm, toy.problem, config, head)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the same λ: no warning
-        config = SearchConfig(lam=2.0, n_rollouts=4, batch_size=4, progress=False, hybrid="visits")
+        config = search_config(lam=2.0, n_rollouts=4, batch_size=4, progress=False, hybrid="visits")
         make_sampler(toy.lm, toy.problem, config, head)
 
 

@@ -17,7 +17,7 @@ from sadt.lm.backend import TorchLM
 from sadt.lm.tiny import tiny_llama
 from sadt.rewards import RewardError, checked_rewards
 from search import report, run
-from search.config import SearchConfig
+from search.config import search_config
 from search.sampler import check_resources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,12 +130,12 @@ def test_a_search_that_cannot_fit_in_memory_or_the_window_is_refused_naming_the_
     assert per_row == 2 * 2 * 2 * 8 * 4 * 124  # layers · KV heads · head dim · float32 bytes · positions
     huge = 10**12 // per_row  # particles whose caches need ~1 TB
     with pytest.raises(ValueError, match=rf"`n_rollouts \(SMC particles\)` = {huge} needs about .* GiB"):
-        check_resources(lm, 100, grammar, 64, SearchConfig(method="smc", n_rollouts=huge, lam=1.0))
-    check_resources(lm, 100, grammar, 64, SearchConfig(method="maxent_ts", n_rollouts=huge, batch_size=8, lam=1.0))
+        check_resources(lm, 100, grammar, 64, search_config(method="smc", n_rollouts=huge, lam=1.0))
+    check_resources(lm, 100, grammar, 64, search_config(method="maxent_ts", n_rollouts=huge, batch_size=8, lam=1.0))
     with pytest.raises(ValueError, match="`top_k` = 65 exceeds the task's 64 actions"):
-        check_resources(lm, 100, grammar, 64, SearchConfig(top_k=65, lam=1.0))
+        check_resources(lm, 100, grammar, 64, search_config(top_k=65, lam=1.0))
     with pytest.raises(ValueError, match="prompt of 1010 tokens plus an answer of up to 24 exceeds .* 1024"):
-        check_resources(lm, 1010, grammar, 64, SearchConfig(lam=1.0))
+        check_resources(lm, 1010, grammar, 64, search_config(lam=1.0))
 
 
 @pytest.mark.parametrize("reward, message", [

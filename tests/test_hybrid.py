@@ -15,7 +15,8 @@ from toy_problem import (
     tree_distribution,
 )
 
-from search.tree_search import SearchConfig, TreeSearch
+from search.config import search_config
+from search.tree_search import TreeSearch
 
 LAM = 2.0
 
@@ -26,7 +27,7 @@ def toy():
 
 
 def run(toy, n, head=None, **hybrid):
-    config = SearchConfig(lam=LAM, n_rollouts=n, batch_size=8, seed=3, progress=False, **hybrid)
+    config = search_config(lam=LAM, n_rollouts=n, batch_size=8, seed=3, progress=False, **hybrid)
     search = TreeSearch(toy.lm, toy.problem, config, value_head=head)
     search.run()
     return search
@@ -56,17 +57,17 @@ def test_exact_head_gives_the_root_value_with_far_fewer_rollouts(toy):
 
 
 def test_hybrid_needs_a_head_and_maxent(toy):
-    with pytest.raises(ValueError, match="needs method maxent_ts"):
-        SearchConfig(method="dts", hybrid="visits")
+    with pytest.raises(ValueError, match="`hybrid` is a setting of maxent_ts, not of method 'dts'"):
+        search_config(method="dts", hybrid="visits")
     with pytest.raises(ValueError, match="guide_scale` must be > 0"):
-        SearchConfig(hybrid="visits", guide_scale=0.0)
+        search_config(hybrid="visits", guide_scale=0.0)
     with pytest.raises(ValueError, match="value_head"):
         run(toy, 8, None, hybrid="visits")
 
 
 def test_pure_flow_sampler_with_an_exact_head_samples_the_target(toy):
     target, _ = toy.target(LAM)
-    flow = run(toy, 2000, ExactHead(toy, LAM), method="flow", guided_rollouts=False)
+    flow = run(toy, 2000, ExactHead(toy, LAM), method="flow")
     ancestral = run(toy, 2000, method="ancestral")
     # Both are empirical distributions of 2000 draws (TV noise ~0.12 over 243 outcomes); only the
     # flow sampler's draws come from π*. Measured (seed 3): flow 0.118, ancestral vs π* 0.274.
@@ -161,7 +162,7 @@ def test_importance_root_value_is_unbiased_where_the_tree_backup_is_not(toy):
     for seed in range(12):
         # ε = 0: every descent follows the tree's values, whose backup the adaptive selection biases most
         # (the default ε = 0.5 roughly thirds that bias: −0.018 measured).
-        config = SearchConfig(lam=LAM, n_rollouts=80, batch_size=8, seed=seed, progress=False, defensive=0.0)
+        config = search_config(lam=LAM, n_rollouts=80, batch_size=8, seed=seed, progress=False, defensive=0.0)
         result = TreeSearch(toy.lm, toy.problem, config).run()
         tree_errors.append(result.root_value - exact_root)
         is_errors.append(result.root_value_is - exact_root)
@@ -182,17 +183,17 @@ def test_resampled_draws_follow_their_importance_weights_and_approach_the_target
     assert total_variation(resample_distribution(large, toy), target) < total_variation(q, target) - 0.15
     resampled = run(toy, 80, sampling="resample")
     assert len(resampled.result().samples) == resampled.config.n_samples
-    with pytest.raises(ValueError, match="`sampling: resample` needs method maxent_ts"):
-        SearchConfig(method="dts", sampling="resample")
+    with pytest.raises(ValueError, match="`sampling` is a setting of maxent_ts, not of method 'dts'"):
+        search_config(method="dts", sampling="resample")
 
 
 def test_the_default_search_is_the_recommended_recipe():
     """Without naming them a user gets the settings the benchmarks chose (README, BENCHMARKS.md): λ = 15,
     the hybrid trusting MC after one visit with the head's offset, samples resampled from the draws."""
-    config = SearchConfig(hybrid="visits")
+    config = search_config(hybrid="visits")
     assert (config.lam, config.hybrid_n0, config.hybrid_offset, config.n_rollouts) == (15.0, 1.0, True, 200)
     assert (config.defensive, config.selection_scale) == (0.5, 1.0)  # issue 34: half the descents follow P_F
     assert config.final_sampling == "resample"
-    assert SearchConfig(method="dts").final_sampling == "tree"  # other methods keep their own sampler
-    with pytest.raises(ValueError, match="needs method maxent_ts"):
-        SearchConfig(method="dts", sampling="resample")
+    assert search_config(method="dts").final_sampling == "tree"  # other methods keep their own sampler
+    with pytest.raises(ValueError, match="`sampling` is a setting of maxent_ts, not of method 'dts'"):
+        search_config(method="dts", sampling="resample")

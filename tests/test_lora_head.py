@@ -9,7 +9,8 @@ from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.lm.backend import TorchLM
 from sadt.lora_head import LoRAHeadConfig, LoRALM, adapted_path_states, add_lora, frozen, lora_parameters
 from sadt.losses import trajectory_balance
-from search.tree_search import SearchConfig, TreeSearch
+from search.config import search_config
+from search.tree_search import TreeSearch
 
 PATHS = [[3, 5, 7], [9], [5, 5]]
 
@@ -77,7 +78,7 @@ def test_lora_head_trains_on_toy_trajectories():
 def test_lora_backend_runs_the_hybrid_and_counts_both_forwards():
     toy = Toy()
     head = MLPFlowHead(torch.randn(3, 32, dtype=torch.float64), FlowHeadConfig(hidden=8)).double().requires_grad_(False)
-    config = SearchConfig(lam=2.0, n_rollouts=24, batch_size=8, progress=False, hybrid="visits")
+    config = search_config(lam=2.0, n_rollouts=24, batch_size=8, progress=False, hybrid="visits")
     plain = TreeSearch(toy.lm, toy.problem, config, value_head=head.q).run()
     backend = LoRALM(add_lora(toy.lm.model, LoRAHeadConfig(r=4)))  # zero-init adapter: same states
     lora = TreeSearch(backend, toy.problem, config, value_head=head.q).run()

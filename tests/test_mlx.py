@@ -24,8 +24,9 @@ from sadt.lm.backend import TorchLM  # noqa: E402
 from sadt.mlx.backend import MLXLM  # noqa: E402  (installed by the `mlx` extra, which `make test` installs)
 from sadt.mlx.flow_head import MLXFlowHead  # noqa: E402
 from sadt.policy import masked_log_softmax  # noqa: E402
+from search.config import search_config  # noqa: E402
 from search.tree import ROOT  # noqa: E402
-from search.tree_search import SearchConfig, TreeSearch  # noqa: E402
+from search.tree_search import TreeSearch  # noqa: E402
 
 
 def as_mlx(model, directory) -> MLXLM:
@@ -96,7 +97,7 @@ def toys(tmp_path_factory):
 
 def fixed_tree(lm, toy, sequences, lam=2.0) -> TreeSearch:
     """A tree holding exactly `sequences`, priors from `lm`, soft values backed up by the shared code."""
-    search = TreeSearch(lm, toy.problem, SearchConfig(lam=lam, progress=False))
+    search = TreeSearch(lm, toy.problem, search_config(lam=lam, progress=False))
     _, logits = lm.path_states(search.prompt, [[ACTION_IDS[a] for a in s] for s in sequences], ACTION_IDS)
     log_priors = masked_log_softmax(logits.double().flatten(0, 1), torch.ones(1, 3, dtype=torch.bool))
     log_priors = log_priors.reshape(len(sequences), -1, 3).numpy()  # (S, L+1, A)
@@ -124,7 +125,7 @@ def test_maxent_ts_on_mlx_converges_to_the_exact_target(toys):
     toy, mlx_lm = toys
     lam = 2.0
     target, exact_root = toy.target(lam)
-    config = SearchConfig(lam=lam, n_rollouts=3000, batch_size=8, progress=False)
+    config = search_config(lam=lam, n_rollouts=3000, batch_size=8, progress=False)
     search = TreeSearch(mlx_lm, toy.problem, config)
     search.run()
     # The torch backend's test allows 0.03 (measured 0.002-0.012); the priors differ by ~1e-7 here.
@@ -174,7 +175,7 @@ def test_hybrid_on_mlx_with_the_mlx_head_matches_torch(toys, tmp_path):
     torch_head.requires_grad_(False)
     save_head(torch_head, tmp_path, HeadCard.for_head(torch_head, lm_fingerprint="toy", lam=2.0))
     mlx_head, _ = MLXFlowHead.load(tmp_path, "toy")
-    config = SearchConfig(lam=2.0, n_rollouts=48, batch_size=8, progress=False, hybrid="visits", hybrid_n0=1.0)
+    config = search_config(lam=2.0, n_rollouts=48, batch_size=8, progress=False, hybrid="visits", hybrid_n0=1.0)
     by_torch = TreeSearch(toy.lm, toy.problem, config, value_head=torch_head).run()
     by_mlx = TreeSearch(mlx_lm, toy.problem, config, value_head=mlx_head).run()
     # Same seed, same decisions: the float32 differences (~1e-6) are far below the selection noise.

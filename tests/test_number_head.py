@@ -74,7 +74,7 @@ def test_a_numbers_head_fits_saves_loads_and_guides_a_search(tmp_path, base_toke
     from sadt.head_io import load_search_head
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
     from sadt.partial_reward import ShapedValue
-    from search.config import SearchConfig
+    from search.config import search_config
     from search.forecast_task import ForecastTask
     from search.harvest import HarvestConfig, harvest
     from trainers import fit
@@ -96,6 +96,6 @@ def test_a_numbers_head_fits_saves_loads_and_guides_a_search(tmp_path, base_toke
     assert head.card.head_config["residual_inputs"] == "numbers"
     task = ForecastTask.build(Codec(tokenizer), np.linspace(1, 3, 16), 4)
     assert isinstance(task.value(head, 2.0), ShapedValue)
-    search = SearchConfig(method="twisted_smc", lam=2.0, n_rollouts=6, batch_size=6, n_samples=3, progress=False)
+    search = search_config(method="twisted_smc", lam=2.0, n_rollouts=6, batch_size=6, n_samples=3, progress=False)
     result = task.search(lm, search, head)
     assert len(result.samples) == 3 and np.isfinite(result.log_Z)

@@ -11,7 +11,7 @@ from sadt.flow_head import FlowHeadConfig, MLPFlowHead
 from sadt.head_card import migrate_value_flags
 from sadt.lm.backend import TorchLM
 from sadt.partial_reward import completed_values, digit_ahead_q, digits_written, nearest_completion, shaping_value
-from search.config import SearchConfig
+from search.config import search_config
 from search.forecast_task import ForecastTask
 
 
@@ -95,7 +95,7 @@ def test_look_ahead_value_is_the_look_ahead_reward_of_each_next_state(task):
 @pytest.mark.parametrize("method", ["maxent_ts", "twisted_smc"])
 def test_the_hybrid_and_twisted_smc_run_with_the_partial_reward_value(task, method):
     hybrid = {"hybrid": "visits", "hybrid_offset": True, "sampling": "search"} if method == "maxent_ts" else {}
-    config = SearchConfig(method=method, lam=2.0, n_rollouts=8, batch_size=4, n_samples=4, progress=False, **hybrid)
+    config = search_config(method=method, lam=2.0, n_rollouts=8, batch_size=4, n_samples=4, progress=False, **hybrid)
     result = task.search(TorchLM(tiny_llama()), config, "partial_reward")
     assert len(result.samples) == 4 and np.isfinite(result.root_value)
     np.testing.assert_allclose(result.sample_rewards, task.reward_fn(result.samples))

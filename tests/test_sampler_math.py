@@ -26,7 +26,7 @@ from toy_problem import (
 from sadt.policy import policy_step
 from sadt.rollout import rollout
 from sadt.value import HeadValue
-from search.config import SearchConfig
+from search.config import search_config
 from search.smc import SMC
 from search.tree_search import TreeSearch
 
@@ -39,7 +39,7 @@ def toy():
 
 
 def hybrid_search(toy, n, head, **kwargs):
-    config = SearchConfig(lam=LAM, n_rollouts=n, batch_size=8, seed=3, progress=False, hybrid="visits", **kwargs)
+    config = search_config(lam=LAM, n_rollouts=n, batch_size=8, seed=3, progress=False, hybrid="visits", **kwargs)
     search = TreeSearch(toy.lm, toy.problem, config, value_head=head)
     search.run()
     return search
@@ -164,8 +164,8 @@ def test_twisted_smc_twists_at_the_guide_scale_and_stays_unbiased(toy):
     head = ExactHead(toy, LAM)
 
     def run(seed, scale):
-        config = SearchConfig(method="twisted_smc", lam=LAM, n_rollouts=200, n_samples=8, seed=seed,
-                              guide_scale=scale, ess_threshold=0.0, progress=False)
+        config = search_config(method="twisted_smc", lam=LAM, n_rollouts=200, n_samples=8, seed=seed,
+                               guide_scale=scale, ess_threshold=0.0, progress=False)
         return SMC(toy.lm, toy.problem, config, value_head=head).run()
 
     assert np.ptp(run(0, 1.0).log_weights) < 1e-5  # the exact head is a nearest-state lookup: ~1e-7

@@ -13,7 +13,7 @@ from benchmarks.evaluation.scoring import Reference, score
 from benchmarks.evaluation.store import RowStore
 from benchmarks.samplers import SamplersConfig, SamplerSpec
 from sadt.config import ConfigError, load_config
-from search.config import SearchConfig
+from search.config import search_config
 from search.sampler import make_sampler
 
 LAM = 3.0
@@ -41,7 +41,7 @@ def test_draws_of_an_exact_head_all_weigh_log_z(toy):
 
 
 def test_tree_draws_are_the_searchs_own_weighted_draws_in_order(toy):
-    config = SearchConfig(lam=LAM, batch_size=4, seed=2, progress=False)
+    config = search_config(lam=LAM, batch_size=4, seed=2, progress=False)
     draws = tree_draws(toy.lm, ToyTask(toy), config, budget=40)
     search = make_sampler(toy.lm, toy.problem, config)
     while len(search.draws) < len(draws.actions):
@@ -93,7 +93,7 @@ def test_a_config_naming_an_unknown_baseline_or_draws_kind_is_refused(tmp_path):
 
 def test_smc_counts_each_distinct_particle_once(toy):
     """Resampling copies particles; the copies merge into one draw whose weight is their sum, Ẑ stays SMC's."""
-    config = SearchConfig(method="smc", lam=LAM, ess_threshold=1.0, seed=0, progress=False)  # resample every step
+    config = search_config(method="smc", lam=LAM, ess_threshold=1.0, seed=0, progress=False)  # resample every step
     draws = smc_draws(toy.lm, ToyTask(toy), config, particles=64)
     result = make_sampler(toy.lm, toy.problem, dataclasses.replace(config, n_rollouts=64)).run()
     distinct = {tuple(a) for a in result.particles}
@@ -104,7 +104,7 @@ def test_smc_counts_each_distinct_particle_once(toy):
 
 def test_a_tree_that_holds_every_sequence_stops_before_its_budget():
     small = Toy(length=2)  # 9 sequences: the tree is complete long before 10^6 tokens
-    draws = tree_draws(small.lm, ToyTask(small), SearchConfig(lam=LAM, batch_size=4, progress=False), budget=1e6)
+    draws = tree_draws(small.lm, ToyTask(small), search_config(lam=LAM, batch_size=4, progress=False), budget=1e6)
     assert {small.index(a) for a in draws.actions} == set(range(9)) and draws.tokens[-1] < 100
 
 

@@ -6,9 +6,10 @@ import torch
 from toy_problem import PROMPT, ExactHead, Toy, total_variation
 
 from sadt.importance import effective_sample_size
+from search.config import search_config
 from search.sampler import make_sampler
 from search.smc import SMC, systematic_resample
-from search.tree_search import SearchConfig, TreeSearch
+from search.tree_search import TreeSearch
 
 LAM = 2.0
 
@@ -24,7 +25,7 @@ class ZeroHead:
 
 
 def run(toy, method, n, head=None, seed=0, **kwargs):
-    config = SearchConfig(method=method, lam=LAM, n_rollouts=n, n_samples=n, seed=seed, progress=False, **kwargs)
+    config = search_config(method=method, lam=LAM, n_rollouts=n, n_samples=n, seed=seed, progress=False, **kwargs)
     return SMC(toy.lm, toy.problem, config, value_head=head).run()
 
 
@@ -74,20 +75,20 @@ def test_zero_twist_is_plain_smc_for_the_same_seed(toy):
 
 def test_smc_costs_what_the_same_number_of_rollouts_costs(toy):
     smc = run(toy, "smc", 64)
-    config = SearchConfig(method="ancestral", lam=LAM, n_rollouts=64, batch_size=64, progress=False)
+    config = search_config(method="ancestral", lam=LAM, n_rollouts=64, batch_size=64, progress=False)
     tree = TreeSearch(toy.lm, toy.problem, config).run()
     assert smc.nfe_tokens == tree.nfe_tokens == len(PROMPT) + 64 * (toy.length - 1)
 
 
 def test_make_sampler_dispatches_and_checks_the_head(toy):
-    config = SearchConfig(method="twisted_smc", lam=LAM, n_rollouts=8, progress=False)
+    config = search_config(method="twisted_smc", lam=LAM, n_rollouts=8, progress=False)
     with pytest.raises(ValueError, match="value_head"):
         make_sampler(toy.lm, toy.problem, config)
     assert isinstance(make_sampler(toy.lm, toy.problem, config, ZeroHead()), SMC)
     with pytest.raises(ValueError, match="particle sampler"):
-        TreeSearch(toy.lm, toy.problem, SearchConfig(method="smc"))
+        TreeSearch(toy.lm, toy.problem, search_config(method="smc"))
     with pytest.raises(ValueError, match="ess_threshold"):
-        SearchConfig(method="smc", ess_threshold=1.5)
+        search_config(method="smc", ess_threshold=1.5)
 
 
 def test_resampling_helpers():

@@ -7,7 +7,7 @@ import torch
 from sadt.grammar import TextGrammar
 from sadt.lm.backend import TorchLM
 from search.caption import CaptionReward, distinct_bigrams, is_seasonal, trend_sign
-from search.config import SearchConfig
+from search.config import search_config
 from search.text_task import TextTask
 
 
@@ -47,8 +47,9 @@ def test_every_sampler_runs_on_a_text_task_over_the_whole_vocabulary(method, hyb
 
     lm = TorchLM(tiny_llama(0))
     task = TextTask.build(WordCount(), "w1 w2 w3", lambda texts: [t.count("w9") for t in texts], max_tokens=6)
-    config = SearchConfig(method=method, hybrid=hybrid, lam=2.0, top_k=8, n_rollouts=24, batch_size=8, n_samples=4,
-                          seed=0, progress=False)
+    own = {"hybrid": hybrid} if method == "maxent_ts" else {}
+    config = search_config(method=method, **own, lam=2.0, top_k=8, n_rollouts=24, batch_size=8, n_samples=4,
+                           seed=0, progress=False)
     head = likes_w9 if method == "twisted_smc" or hybrid != "off" else None
     result = task.search(lm, config, head)
     assert len(result.samples) == 4 and all(1 <= len(s) <= 6 for s in result.samples)
@@ -70,7 +71,7 @@ def test_a_tree_method_on_a_text_task_without_top_k_is_a_clear_error():
 
     task = TextTask.build(WordCount(), "w1", lambda texts: [0.0] * len(texts))
     with pytest.raises(ValueError, match="needs `top_k`"):
-        task.sampler(TorchLM(tiny_llama(0)), SearchConfig(method="maxent_ts", progress=False))
+        task.sampler(TorchLM(tiny_llama(0)), search_config(method="maxent_ts", progress=False))
 
 
 def test_a_stop_string_of_several_tokens_is_refused(base_tokenizer):
@@ -98,7 +99,7 @@ def test_a_text_harvest_stores_token_trajectories_and_resumes_without_duplicates
     lm = TorchLM(tiny_llama(0))
     tasks = {f"prompt={i}": TextTask.build(WordCount(), f"w1 w{i + 2}", lambda texts: [t.count("w9") for t in texts],
                                            max_tokens=5) for i in range(3)}
-    config = SearchConfig(method="maxent_ts", lam=2.0, top_k=6, n_rollouts=16, batch_size=8, n_samples=4)
+    config = search_config(method="maxent_ts", lam=2.0, top_k=6, n_rollouts=16, batch_size=8, n_samples=4)
     path = harvest_text(lm, dict(list(tasks.items())[:2]), config, tmp_path / "text.h5", "tiny")
     harvest_text(lm, tasks, config, path, "tiny")  # resumes: only the third prompt is searched
     buffer = read_buffer(path)

@@ -8,9 +8,10 @@ from toy_problem import Toy, total_variation, tree_distribution
 
 from sadt.rewards import RewardError
 from search.backup import soft_backup
+from search.config import search_config
 from search.task import Problem
 from search.tree import ROOT
-from search.tree_search import SearchConfig, TreeSearch
+from search.tree_search import TreeSearch
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_batch_size_does_not_change_the_answer(toy):
 
 def test_an_anytime_run_grows_the_trees_of_shorter_searches(toy):
     """`run(until)` then in-tree samples, then on: the samples do not touch the search's own stream."""
-    config = SearchConfig(lam=2.0, n_rollouts=64, batch_size=8, progress=False)
+    config = search_config(lam=2.0, n_rollouts=64, batch_size=8, progress=False)
     anytime = TreeSearch(toy.lm, toy.problem, config)
     for budget in (32, 64):
         snapshot = anytime.run(until=budget) if budget < 64 else anytime.run()
@@ -127,7 +128,7 @@ def test_soft_backup_is_prior_weighted_log_mean_exp():
 )
 def test_bad_search_config_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
-        SearchConfig(**{field: value})
+        search_config(**{field: value})
 
 
 def test_a_failing_reward_names_the_sample(toy):
@@ -137,7 +138,7 @@ def test_a_failing_reward_names_the_sample(toy):
         return out
 
     problem = Problem([1, 9, 4], [3, 5, 7], toy.grammar, reward)
-    search = TreeSearch(toy.lm, problem, SearchConfig(n_rollouts=8, progress=False))
+    search = TreeSearch(toy.lm, problem, search_config(n_rollouts=8, progress=False))
     with pytest.raises(RewardError, match=r"sample \d+ \(actions \[.*\]\) is nan"):
         search.run()
 
@@ -151,7 +152,7 @@ def test_ctrl_c_returns_the_partial_result(toy):
             raise KeyboardInterrupt
         return toy.reward(sequences)
 
-    config = SearchConfig(n_rollouts=64, batch_size=8, n_samples=5, progress=False)
+    config = search_config(n_rollouts=64, batch_size=8, n_samples=5, progress=False)
     result = TreeSearch(toy.lm, Problem([1, 9, 4], [3, 5, 7], toy.grammar, reward), config).run()
     assert result.interrupted and result.n_rollouts == 16
     assert len(result.samples) == 5 and np.isfinite(result.root_value)
@@ -213,7 +214,7 @@ def test_selection_rules_and_final_samplers_only_read_the_search(toy, method):
     from search.methods import METHOD_STRATEGIES
 
     assert tuple(METHOD_STRATEGIES) == METHODS
-    search = toy.search(2.0, 40, method=method, expansion="widening" if method.startswith("dts") else "full")
+    search = toy.search(2.0, 40, method=method)
     tree, strategy = search.tree, METHOD_STRATEGIES[method]
     before = {name: getattr(tree, name)[: tree.size].copy() for name in ("draws", "visits", "pending", "value")}
     view = ReadOnlyView(search)

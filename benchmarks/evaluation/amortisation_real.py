@@ -14,7 +14,7 @@ from tqdm import tqdm
 from benchmarks.evaluation.tables import write_csv
 from sadt.config import to_dict
 from sadt.head_io import warn_if_other_lam
-from search.config import SearchConfig
+from search.config import SearchConfig, search_config
 from search.forecast_task import PARAMETER_FREE_VALUES
 
 
@@ -62,16 +62,16 @@ def series_of(window: str) -> str:
 
 def real_rows(config: RealPart) -> list[tuple[str, str, SearchConfig | None, bool]]:
     """(row label, curve, search config or None for base sampling, uses the head) for every row."""
-    base = SearchConfig(lam=config.lam, batch_size=config.batch_size, n_samples=config.n_samples, seed=config.seed,
-                        progress=False)
+    base = search_config(lam=config.lam, batch_size=config.batch_size, n_samples=config.n_samples, seed=config.seed,
+                         progress=False)
     rows = [("base sampling", "", None, False)]
     for method in ("best_of_n", "mcts_uct", "dts", "smc", "twisted_smc") if config.baselines else ():
         rows.append((f"{method}@{config.baseline_budget}", "",
-                     dataclasses.replace(base, method=method, n_rollouts=config.baseline_budget),
+                     base.for_method(method, n_rollouts=config.baseline_budget),
                      method == "twisted_smc"))
     if config.baselines:
         rows.append((f"flow (pure F_φ)@{config.n_samples}", "",
-                     dataclasses.replace(base, method="flow", n_rollouts=config.n_samples), True))
+                     base.for_method("flow", n_rollouts=config.n_samples), True))
     for b in config.budgets if config.search_sampler else ():
         rows.append((f"maxent_ts@{b}", "MC-only", dataclasses.replace(base, n_rollouts=b, sampling="search"), False))
     for b in config.hybrid_budgets if config.search_sampler else ():
@@ -98,8 +98,8 @@ def anytime_curves(config: RealPart) -> list[tuple[str, str, SearchConfig, list[
     """
     if not config.in_tree:
         return []
-    base = SearchConfig(lam=config.lam, batch_size=config.batch_size, n_samples=config.n_samples, seed=config.seed,
-                        progress=False, sampling="tree")
+    base = search_config(lam=config.lam, batch_size=config.batch_size, n_samples=config.n_samples, seed=config.seed,
+                         progress=False, sampling="tree")
     hybrid = dataclasses.replace(base, hybrid="visits", hybrid_n0=config.hybrid_n0, hybrid_offset=config.hybrid_offset,
                                  guide_scale=config.hybrid_guide_scale)
     return [
@@ -137,35 +137,35 @@ def run_real(config: RealPart, out: Path, keep: list[dict] | None = None, keep_h
     windows = [w for name in config.series for w in heldout_windows(name, config)]
     for name, context, truth in tqdm(windows, desc="held-out windows", unit="window"):
         task = ForecastTask.build(codec, context, config.horizon)
-        for label, curve, search_config, uses_head in real_rows(config):
+        for label, curve, row_config, uses_head in real_rows(config):
             kept = kept_row(keep or [], name, label, reuse=keep_head_rows or not uses_head)
             if kept is not None:
                 rows.append(kept)
                 continue
             lm.stats.reset()
             start = time.perf_counter()
-            if search_config is None:
+            if row_config is None:
                 samples, _ = sample_prior(lm, task, n_samples=config.n_samples, batch_size=config.n_samples,
                                           seed=config.seed, progress=False)
                 rewards, roots, n_rollouts = task.reward_fn(samples), (float("nan"),) * 2, config.n_samples
                 ess = float("nan")
             else:
-                result = task.search(lm, search_config, head if uses_head else None)
+                result = task.search(lm, row_config, head if uses_head else None)
                 samples, rewards, n_rollouts = result.samples, result.sample_rewards, result.n_rollouts
                 roots = result.root_value, getattr(result, "root_value_is", float("nan"))  # IS: maxent_ts only
                 ess = getattr(result, "draws_ess", float("nan"))  # maxent_ts only
             rows.append(scored_row(task, truth, samples, rewards, {
                 "series": name, "method": label, "curve": curve,
-                "budget": search_config.n_rollouts if search_config else 0, "rollouts_run": n_rollouts,
+                "budget": row_config.n_rollouts if row_config else 0, "rollouts_run": n_rollouts,
             }, roots, lm.stats.tokens, time.perf_counter() - start, ess))
-        for prefix, curve, search_config, budgets, uses_head in anytime_curves(config):
+        for prefix, curve, curve_config, budgets, uses_head in anytime_curves(config):
             labels = [f"{prefix}@{b}{suffix}" for b in budgets for suffix in (IN_TREE, RESAMPLED)]
             kept = [kept_row(keep or [], name, label, reuse=keep_head_rows or not uses_head) for label in labels]
             if all(r is not None for r in kept):
                 rows += kept
                 continue
             lm.stats.reset()
-            search = task.sampler(lm, search_config, head if uses_head else None)
+            search = task.sampler(lm, curve_config, head if uses_head else None)
             for budget in budgets:
                 result = search.run(until=budget)  # in-tree samples drawn from the tree as it stands at `budget`
                 resampled = search.resample_draws(config.n_samples)

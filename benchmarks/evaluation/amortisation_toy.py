@@ -11,7 +11,7 @@ import torch
 
 from benchmarks.evaluation.amortisation_stats import budget_reaching
 from benchmarks.evaluation.tables import write_csv
-from search.config import SearchConfig
+from search.config import search_config
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,11 @@ def run_toy(config: ToyPart, out: Path) -> list[dict]:
     for name, (head, completion, n0, offset) in variants.items():
         for budget in config.budgets:
             for seed in config.seeds:
-                search_config = SearchConfig(
+                config_at = search_config(
                     lam=lam, n_rollouts=budget, batch_size=8, seed=seed, progress=False, sampling="search",
                     hybrid="visits" if head is not None else "off", hybrid_n0=n0, hybrid_offset=offset,
                 )
-                search = TreeSearch(toy.lm, toy.problem, search_config, head)
+                search = TreeSearch(toy.lm, toy.problem, config_at, head)
                 root_is = search.run().root_value_is
                 by_search, in_tree = search_sampler_distribution(search, toy, completion), tree_distribution(search)
                 resampled = resample_distribution(search, toy)

@@ -12,8 +12,9 @@ from scipy.special import logsumexp
 
 from benchmarks.evaluation.toy import ACTION_IDS, N_ACTIONS, PROMPT
 from benchmarks.evaluation.toy import Toy as EnumerableToy
+from search.config import search_config
 from search.tree import ROOT
-from search.tree_search import SearchConfig, TreeSearch
+from search.tree_search import TreeSearch
 
 
 class Toy(EnumerableToy):
@@ -63,7 +64,7 @@ class Toy(EnumerableToy):
     def search(
         self, lam: float, n_rollouts: int, batch_size: int = 8, seed: int = 0, method: str = "maxent_ts", **kwargs
     ) -> TreeSearch:
-        config = SearchConfig(
+        config = search_config(
             method=method, lam=lam, n_rollouts=n_rollouts, batch_size=batch_size, seed=seed, progress=False, **kwargs
         )
         search = TreeSearch(self.lm, self.problem, config)
