@@ -42,8 +42,12 @@ def test_two_rounds_draw_from_the_last_head_fit_and_resume_without_drawing_again
     monkeypatch.setenv("WANDB_MODE", "offline")
     write_start_head(tmp_path / "start", base_tokenizer)
     config = RoundsConfig(output_dir=str(tmp_path / "rounds"), initial_head=str(tmp_path / "start"), rounds=2,
-                          harvest=HARVEST, fit=FIT, validation_contexts=2, validation_draws=4, wandb=True)
-    rows = run_rounds(config)
+                          harvest=HARVEST, fit=[*FIT, "--model.losses.forward_kl", "1"], prior_draws=3,
+                          validation_contexts=2, validation_draws=4, wandb=True)
+    rows = run_rounds(config)  # the forward KL refuses a fit without p's draws: every round read prior.h5
+    prior = read_buffer(tmp_path / "rounds" / "prior.h5")
+    assert (prior.arrays["source"] == SOURCES["prior_sample"]).all() and prior.n_trajectories == 2 * 3
+    assert prior.prompt_keys() == read_buffer(tmp_path / "rounds" / "round_1" / "draws.h5").prompt_keys()
     assert [row["round"] for row in rows] == [0, 1, 2]
     (run,) = (tmp_path / "rounds" / "wandb").glob("offline-run-*")  # the curve went to W&B too
     assert any(run.glob("*.wandb"))
@@ -71,6 +75,8 @@ def test_rounds_refuse_settings_they_set_themselves():
         RoundsConfig(harvest={"head": "x"})
     with pytest.raises(ValueError, match="harvest.search"):
         RoundsConfig(harvest={"search": {"lam": -1.0}})
+    with pytest.raises(ValueError, match="`prior_draws` must be >= 0"):
+        RoundsConfig(prior_draws=-1)
 
 
 def test_the_shipped_rounds_config_loads_and_starts_from_the_shipped_head():
@@ -85,10 +91,13 @@ def test_the_shipped_rounds_config_loads_and_starts_from_the_shipped_head():
 @pytest.mark.parametrize("replay", ["all", "best", "none"])
 def test_a_round_trains_on_its_own_draws_and_the_replay_it_asks_for(tmp_path, replay):
     """Issue 36.1: "best" replays each prompt's best draws of the earlier rounds (Hu et al.), "all" every draw."""
+    import dataclasses
+
     import numpy as np
     from buffer_records import FINGERPRINT, META, make_record
 
     from data.buffer import BufferWriter
+    from search.harvest import task_set
     from trainers.rounds import Round, training_data
 
     rounds = [Round(tmp_path / f"round_{r}") for r in (1, 2, 3)]
@@ -104,6 +113,11 @@ def test_a_round_trains_on_its_own_draws_and_the_replay_it_asks_for(tmp_path, re
     expected = {"all": [r.draws for r in rounds], "none": [rounds[2].draws],
                 "best": [rounds[2].draws, rounds[2].replay]}[replay]
     assert data == expected
+    with_prior = dataclasses.replace(config, prior_draws=5, output_dir=str(tmp_path))
+    assert training_data(with_prior, rounds) == [*expected, tmp_path / "prior.h5"]  # p's draws in every round
+    prior = with_prior.prior_harvest_config("p.h5")
+    assert (prior.sampler, prior.search.n_samples, prior.search.lam) == ("prior", 5, 2.0)
+    assert task_set(prior) == task_set(with_prior.harvest_config(with_prior.initial_head, "x.h5"))  # same prompts
     if replay == "best":
         kept = read_buffer(rounds[2].replay).arrays["reward"]
         assert sorted(kept.tolist()) == [11.0, 12.0, 13.0]  # the best 3 of rounds 1 and 2, not round 3's own

@@ -48,6 +48,9 @@ class RoundsConfig:
     replay: str = "all"  # what round r trains on besides its own draws: "all" earlier rounds' draws, "best" each
     # prompt's `replay_best` highest-reward distinct draws of earlier rounds (Hu et al.), "none"
     replay_best: int = 8  # "best": draws kept per prompt (a quarter of 24 fresh ones per prompt, as Hu et al.)
+    prior_draws: int = 0  # draws from p per training window, harvested once (`prior.h5`) and trained on in every
+    # round beside P_F's own, so the fit can keep the forward KL on p's draws (`--model.losses.forward_kl`) that
+    # covers π*'s modes: VarGrad on P_F's draws alone turned P_F mode-seeking (BENCHMARKS.md, issue 36)
     wandb: bool = False  # also log each round's validation scores to Weights & Biases (offline unless WANDB_MODE)
 
     def __post_init__(self) -> None:
@@ -55,6 +58,8 @@ class RoundsConfig:
             raise ValueError("rounds need `rounds` >= 1, `validation_contexts` >= 1 and `validation_draws` >= 2")
         if self.validation not in ("generated", "history"):
             raise ValueError(f"rounds `validation` must be 'generated' or 'history', got {self.validation!r}")
+        if self.prior_draws < 0:
+            raise ValueError(f"rounds `prior_draws` must be >= 0 (0: none), got {self.prior_draws}")
         if self.replay not in REPLAYS or self.replay_best < 1:
             raise ValueError(f"rounds `replay` must be one of {REPLAYS} and `replay_best` >= 1, got "
                              f"{self.replay!r} and {self.replay_best}")
@@ -71,6 +76,13 @@ class RoundsConfig:
 
     def harvest_config(self, head: str, output: str) -> HarvestConfig:
         return from_dict({**self.harvest, "sampler": "policy", "head": head, "output": output}, HarvestConfig,
+                         source="", prefix="harvest.")
+
+    def prior_harvest_config(self, output: str) -> HarvestConfig:
+        """`prior_draws` draws from p on the same training windows (the same prompts: the forward KL's weights
+        normalise over each prompt's draws)."""
+        search = {**self.harvest.get("search", {}), "n_samples": self.prior_draws, "batch_size": self.prior_draws}
+        return from_dict({**self.harvest, "sampler": "prior", "output": output, "search": search}, HarvestConfig,
                          source="", prefix="harvest.")
 
 
@@ -119,16 +131,21 @@ def validation_log_weights(lm, codec, head_dir: str | None, config: RoundsConfig
 
 
 def training_data(config: RoundsConfig, rounds: list[Round]) -> list[Path]:
-    """The buffers the last of `rounds` trains on: its own draws and the replay of the earlier ones
-    (`config.replay`; "best" writes `replay.h5` in the round's folder, `data.buffer_select.best_draws`)."""
+    """The buffers the last of `rounds` trains on: its own draws, the replay of the earlier ones (`config.replay`;
+    "best" writes `replay.h5` in the round's folder, `data.buffer_select.best_draws`) and p's draws (`prior_draws`)."""
     this, earlier = rounds[-1], rounds[:-1]
+    prior = [prior_buffer(config)] if config.prior_draws else []
     if config.replay == "none" or not earlier:
-        return [this.draws]
+        return [this.draws, *prior]
     if config.replay == "all":
-        return [r.draws for r in rounds]
+        return [r.draws for r in rounds] + prior
     from data.buffer_select import best_draws
 
-    return [this.draws, best_draws([r.draws for r in earlier], this.replay, config.replay_best)]
+    return [this.draws, best_draws([r.draws for r in earlier], this.replay, config.replay_best), *prior]
+
+
+def prior_buffer(config: RoundsConfig) -> Path:
+    return Path(config.output_dir) / "prior.h5"
 
 
 def validation_contexts(config: RoundsConfig) -> list[np.ndarray]:
@@ -171,6 +188,8 @@ def run_rounds(config: RoundsConfig) -> list[dict]:
     codec = Codec(tokenizer, config.harvest_config(config.initial_head, "unused.h5").codec)
     rounds = [Round(out / f"round_{r}") for r in range(1, config.rounds + 1)]
     heads = [config.initial_head] + [str(r.head) for r in rounds]
+    if config.prior_draws and not all(r.done for r in rounds):  # resumable: finished prompts are not drawn again
+        harvest(lm, codec, config.prior_harvest_config(str(prior_buffer(config))), lm_fingerprint())
     for r, this in enumerate(rounds, start=1):
         if this.done:
             continue
