@@ -14,7 +14,7 @@ import json
 # action is. Settings of how they were produced (device, shard, search budget, `generated`, which only
 # extends the task set) may differ between a buffer's runs and shards.
 DEFINING_SETTINGS = (
-    "lam", "gamma", "task", "n_actions", "action_token_ids", "codec", "config.codec", "config.reward",
+    "lam", "gamma", "task", "n_actions", "grammar", "action_token_ids", "codec", "config.codec", "config.reward",
     "config.series", "config.context_length", "config.horizon", "config.windows_per_series", "config.seeds",
     "config.generator_seed", "config.sampler",
 )

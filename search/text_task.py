@@ -94,11 +94,15 @@ def harvest_text(lm: LMBackend, tasks: Mapping[str, TextTask], config: SearchCon
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    n_actions = {task.grammar.n_actions for task in tasks.values()}
-    if len(n_actions) > 1:
-        raise ValueError(f"text tasks of one buffer must share a vocabulary, got sizes {sorted(n_actions)}")
-    meta = {"lam": config.lam, "task": "text", "n_actions": n_actions.pop() if n_actions else 0,
-            "config": {"search": to_dict(config)}}
+    grammars = {task.grammar for task in tasks.values()}
+    if len(grammars) > 1:
+        raise ValueError(f"text tasks of one buffer must share a vocabulary, max_tokens and stops, got "
+                         f"{sorted(map(str, grammars))}")
+    grammar = grammars.pop() if grammars else None
+    meta = {"lam": config.lam, "task": "text", "n_actions": grammar.n_actions if grammar else 0,
+            "grammar": {} if grammar is None else {"max_tokens": grammar.max_tokens,
+                                                   "stop_actions": list(grammar.stop_actions)},
+            "config": {"search": to_dict(config)}}  # the grammar lets trainers.fit rebuild each step's allowed tokens
     with BufferWriter(output, lm_fingerprint, meta) as writer:
         done = writer.done_keys()
         for index, (key, task) in enumerate(tqdm(tasks.items(), desc=f"harvest {output.name}", unit="prompt")):

@@ -121,3 +121,34 @@ def test_a_caption_config_with_an_unknown_method_is_refused_by_name(tmp_path):
     path.write_text("methods: [ancestral, mcts]\n")
     with pytest.raises((ConfigError, ValueError), match="unknown method 'mcts'"):
         load_config(path, CaptionConfig)
+
+
+@pytest.mark.base_model
+def test_a_text_buffer_trains_a_head_that_a_text_search_reads(tmp_path, base_tokenizer, capsys):
+    """Issue 35.3: the trainer rebuilds a text task's grammar from its buffer, so text buffers train a head too."""
+    from sadt.head_io import load_value_head
+    from sadt.lm.base_model import lm_fingerprint, load_base_lm
+    from search.text_task import harvest_text
+    from trainers import fit
+
+    lm, _ = load_base_lm()
+    rising = lambda texts: [float("up" in t or "rise" in t) for t in texts]  # noqa: E731
+    tasks = {f"p{i}": TextTask.build(base_tokenizer, prompt, rising, max_tokens=3)
+             for i, prompt in enumerate(["The sales went", "Prices", "Next year the numbers will"])}
+    config = search_config(lam=2.0, top_k=4, n_rollouts=8, batch_size=4, n_samples=4, progress=False)
+    buffer = harvest_text(lm, tasks, config, tmp_path / "text.h5", lm_fingerprint())
+    common = ["--data.buffers", f"[{buffer}]", "--model.lam", "2", "--model.head.hidden", "8",
+              "--model.head.layers", "1", "--model.keep_best", "false", "--data.batch_size", "8",
+              "--data.val_fraction", "0", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+              "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+              "--trainer.enable_checkpointing", "false", "--model.save_to"]
+    with pytest.raises(ValueError, match="a text-task buffer; fit it with `--model.task text`"):
+        fit.main([*common, str(tmp_path / "wrong")])
+    assert not (tmp_path / "wrong").exists()  # refused before anything was written
+    fit.main([*common, str(tmp_path / "head"), "--model.task", "text"])
+    head, card = load_value_head(tmp_path / "head", lm_fingerprint())
+    assert card.codec is None and card.training["task"] == "text"
+    assert head.q(torch.zeros(1, lm.hidden_size)).shape == (1, len(base_tokenizer))  # Q over the whole vocabulary
+    twisted = search_config("twisted_smc", lam=2.0, top_k=4, n_rollouts=4, n_samples=2, progress=False)
+    result = tasks["p0"].search(lm, twisted, head)
+    assert len(result.samples) == 2 and np.isfinite(result.log_Z)

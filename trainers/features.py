@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import torch
 
-from sadt.grammar import DigitGrammar
+from sadt.grammar import DigitGrammar, TextGrammar
 from sadt.lora_head import adapted_path_states, frozen
 from sadt.policy import masked_log_softmax
 from trainers.feature_store import FeatureStore
@@ -37,10 +37,10 @@ class LMFeatures:
         self.prompt_cache: OrderedDict[tuple, object] = OrderedDict()
         self.memory: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (prompt, actions) -> (h, logits)
         self.memory_bytes = 0
-        self.grammar: DigitGrammar | None = None
+        self.grammar: DigitGrammar | TextGrammar | None = None
         self.top_k: int | None = None
 
-    def attach(self, grammar: DigitGrammar, top_k: int | None) -> None:
+    def attach(self, grammar: DigitGrammar | TextGrammar, top_k: int | None) -> None:
         """The grammar and the prior's top-k truncation the buffer's draws were made under (the target's p)."""
         self.grammar, self.top_k = grammar, top_k
 

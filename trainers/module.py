@@ -1,10 +1,11 @@
 """The LightningModule that trains F_φ (an MLP head on the frozen LM, or on a LoRA-adapted one) with balance losses.
 
 It is the loop around three parts: the LM's features along each trajectory (`trainers.features.LMFeatures`,
-which owns the caches), the task's value terms and the draws' weights, rebuilt from the buffers' metadata
-(`trainers.task_values`), and the losses of `sadt.losses` weighed by `trainers.options.LossWeights` at the λ
-chosen here: buffers store raw rewards, so one buffer trains heads for any λ. Dropout is off (the LM is in eval
-mode and frozen; the head has none; LoRA dropout is 0).
+which owns the caches), the task's grammar, value terms and the draws' weights, rebuilt from the buffers' metadata
+(`trainers.task_values`; a text buffer, `task: text`, brings its grammar and no value terms), and the losses of
+`sadt.losses` weighed by `trainers.options.LossWeights` at the λ chosen here: buffers store raw rewards, so one
+buffer trains heads for any λ. Dropout is off (the LM is in eval mode and frozen; the head has none; LoRA
+dropout is 0).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sadt import losses
 from sadt.codec import Codec, CodecConfig
 from sadt.config import from_dict
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead
-from sadt.grammar import DigitGrammar
+from sadt.grammar import DigitGrammar, TextGrammar
 from sadt.head_card import HeadCard
 from sadt.head_io import load_head, save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
@@ -31,6 +32,8 @@ from sadt.rewards import ForecastReward
 from trainers.features import LMFeatures
 from trainers.options import FeatureConfig, LossWeights, OptimiserConfig, grouped_options
 from trainers.task_values import ForecastShaping, PriorDrawWeights
+
+TASKS = ("forecast", "text")  # what a buffer's actions are (`FlowHeadModule.task`)
 
 
 def prior_top_k(harvest_config: dict) -> int | None:
@@ -84,6 +87,9 @@ class FlowHeadModule(pl.LightningModule):
         overwrite: let `trainers.fit` replace a head already in `save_to`.
         init_from: a head directory whose weights start the fit (its `head_config` must be this fit's): an
             on-policy round (`trainers.rounds`) goes on from the last round's head.
+        task: what the buffers' actions are: "forecast" (the codec's digits, buffers from `search.harvest`) or
+            "text" (the LM's whole vocabulary, buffers from `search.text_task.harvest_text`; a plain head, no
+            `value_form`: a text task has no partial reward).
     """
 
     def __init__(
@@ -91,21 +97,28 @@ class FlowHeadModule(pl.LightningModule):
         losses: LossWeights = LossWeights(), optimiser: OptimiserConfig = OptimiserConfig(),
         features: FeatureConfig = FeatureConfig(), lora: LoRAHeadConfig | None = None, keep_best: bool = True,
         save_to: str = "outputs/heads/head", overwrite: bool = False, init_from: str | None = None,
+        task: str = "forecast",
     ) -> None:
         super().__init__()
         if not (math.isfinite(lam) and lam > 0):
             raise ValueError(f"model `lam` must be a finite number > 0, got {lam}")
         if head.shaped and lora is not None:
             raise ValueError("`head.value_form` is built for the MLP head only (no `lora`)")
+        if task not in TASKS:
+            raise ValueError(f"model `task` must be one of {TASKS}, got {task!r}")
+        if task == "text" and (head.shaped or head.residual_inputs == "numbers"):
+            raise ValueError("a text head reads the LM's states alone: `head.value_form` and numbers inputs are "
+                             "forecast terms")
         # hparams hold plain data (checkpoints load it weights-only); the typed groups are attributes
         self.save_hyperparameters(training_settings({
             "lam": lam, "base_model": base_model, "head": head, "losses": losses, "optimiser": optimiser,
             "features": features, "lora": lora, "keep_best": keep_best, "save_to": save_to, "overwrite": overwrite,
-            "init_from": init_from}))
+            "init_from": init_from, "task": task}))
         self.loss_weights, self.optimiser_config, self.lora_config = losses, optimiser, lora
         self.lm, self.tokenizer = load_base_lm(base_model)  # frozen, and not a submodule: never checkpointed
         self.fingerprint = lm_fingerprint(base_model)
-        self.action_token_ids = Codec(self.tokenizer).action_token_ids
+        self.action_token_ids = (Codec(self.tokenizer).action_token_ids if task == "forecast"
+                                 else list(range(len(self.tokenizer))))  # a text action is its token id
         self.head = MLPFlowHead(self.lm.head.weight[self.action_token_ids], head)
         if init_from is not None:
             self.head.load_state_dict(self._initial_weights(init_from, head))
@@ -115,7 +128,7 @@ class FlowHeadModule(pl.LightningModule):
             self.lora_params = torch.nn.ParameterList(lora_parameters(self.peft))  # trained and checkpointed
         self.features = LMFeatures(self.lm, self.action_token_ids, features, self.fingerprint, self.peft)
         self.codec: Codec | None = None
-        self.grammar: DigitGrammar | None = None
+        self.grammar: DigitGrammar | TextGrammar | None = None
         self.shaping: ForecastShaping | None = None
         self.prior_draw_weights: PriorDrawWeights | None = None
         self.buffer_meta: dict = {}
@@ -137,18 +150,26 @@ class FlowHeadModule(pl.LightningModule):
         """Read the buffers' grammar, codec and reward config, and the normalisers of their draws from p
         (`setup` calls this; outside a Trainer, call it with a set-up `BufferDataModule`)."""
         meta, where = datamodule.meta, ", ".join(map(str, datamodule.paths))
-        if meta.get("task") == "text":
-            raise ValueError(f"{where}: a text-task buffer (search.text_task); trainers.fit trains the "
-                             f"forecasting head, on digit buffers from search.harvest")
-        if meta.get("action_token_ids") != self.action_token_ids:
+        task = "text" if meta.get("task") == "text" else "forecast"
+        if task != self.hparams.task:
+            raise ValueError(f"{where}: a {task}-task buffer; fit it with `--model.task {task}`")
+        if task == "forecast" and meta.get("action_token_ids") != self.action_token_ids:
             raise ValueError(f"{where}: the buffer's action tokens differ from this LM's codec; harvest with this LM")
         config, hp = meta["config"], self.hparams
-        self.grammar = DigitGrammar(horizon=config["horizon"], max_digits=config["codec"]["max_digits"])
-        self.codec = Codec(self.tokenizer, from_dict(config["codec"], CodecConfig))
+        if task == "text":
+            if meta.get("n_actions") != len(self.action_token_ids) or "max_tokens" not in meta.get("grammar", {}):
+                raise ValueError(f"{where}: a text buffer of {meta.get('n_actions')} tokens (this LM has "
+                                 f"{len(self.action_token_ids)}) or without its grammar; harvest it with this LM "
+                                 f"and search.text_task.harvest_text")
+            self.grammar = TextGrammar(n_actions=meta["n_actions"], max_tokens=meta["grammar"]["max_tokens"],
+                                       stop_actions=tuple(meta["grammar"]["stop_actions"]))
+        else:
+            self.grammar = DigitGrammar(horizon=config["horizon"], max_digits=config["codec"]["max_digits"])
+            self.codec = Codec(self.tokenizer, from_dict(config["codec"], CodecConfig))
+            head = self.head.config
+            self.shaping = ForecastShaping(self.codec, config, head.value_form, hp.lam,
+                                           positions=bool(head.reward_weight_positions))
         self.features.attach(self.grammar, prior_top_k(config))
-        head = self.head.config
-        self.shaping = ForecastShaping(self.codec, config, head.value_form, hp.lam,
-                                       positions=bool(head.reward_weight_positions))
         self.buffer_meta = meta
         self.prior_draw_weights = PriorDrawWeights((datamodule.train_set, datamodule.val_set), hp.lam)
         if self.loss_weights.forward_kl and not self.prior_draw_weights:
@@ -265,7 +286,8 @@ class FlowHeadModule(pl.LightningModule):
         config, lora = self.buffer_meta.get("config", {}), self.lora_config
         card = HeadCard.for_head(
             self.head, lm_fingerprint=self.fingerprint, lam=self.hparams.lam, gamma=self.buffer_meta.get("gamma"),
-            codec=config.get("codec"), action_token_ids=self.action_token_ids,
+            codec=config.get("codec"),
+            action_token_ids=self.action_token_ids if self.hparams.task == "forecast" else None,  # text: every token
             training=dict(self.hparams),
             adapter=None if lora is None else {"kind": "lora", **vars(lora)},
             best=None if self.best is None else {k: self.best[k] for k in ("epoch", "val_loss")},
