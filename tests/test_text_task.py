@@ -141,7 +141,8 @@ def test_a_text_buffer_trains_a_head_that_a_text_search_reads(tmp_path, base_tok
               "--model.head.layers", "1", "--model.keep_best", "false", "--data.batch_size", "8",
               "--data.val_fraction", "0", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
               "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-              "--trainer.enable_checkpointing", "false", "--model.save_to"]
+              "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(tmp_path / "fit"),
+              "--model.save_to"]
     with pytest.raises(ValueError, match="a text-task buffer; fit it with `--model.task text`"):
         fit.main([*common, str(tmp_path / "wrong")])
     assert not (tmp_path / "wrong").exists()  # refused before anything was written
