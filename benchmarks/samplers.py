@@ -86,8 +86,9 @@ def run_sampler(spec: SamplerSpec, lm, task, lam: float, budgets: list[float], s
     if spec.draws == "policy" and not spec.head:  # the prior's draws serve every λ and sampler label
         return dict.fromkeys(budgets, prior_draws.at_lam(lam))
     value = head if spec.head else None
-    method = spec.search.get("method", ("twisted_smc" if spec.head else "smc") if spec.draws == "smc" else "maxent_ts")
-    search = search_config(**{"method": method, "lam": lam, "seed": seed, "n_samples": 1, **spec.search})
+    particles = "twisted_smc" if spec.head else "smc"
+    default = particles if spec.draws == "smc" else "maxent_ts"  # `search: {method: ...}` may name another
+    search = search_config(**{"method": default, "lam": lam, "seed": seed, "n_samples": 1, **spec.search})
     if spec.draws == "policy":
         return dict.fromkeys(budgets, policy_draws(lm, task, lam, budgets[-1], value_head=value,
                                                    batch_size=policy_batch, seed=seed))

@@ -145,6 +145,7 @@ def training_data(config: RoundsConfig, rounds: list[Round]) -> list[Path]:
 
 
 def prior_buffer(config: RoundsConfig) -> Path:
+    """Where the rounds keep p's draws of their training windows (`prior_draws`), shared by every round."""
     return Path(config.output_dir) / "prior.h5"
 
 
