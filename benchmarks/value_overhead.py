@@ -1,7 +1,7 @@
 """What a value costs the search: MaxEnt-TS wall time per value at equal rollouts, one held-out window.
 
     python benchmarks/value_overhead.py --config benchmarks/configs/amortisation_lam15_soft.yaml \
-        --heads benchmarks/experiments/heads/recipe checkpoints/heads/soft_ahead_lam15 partial_reward
+        --heads checkpoints/heads/soft_ahead_lam15 checkpoints/heads/digit_ahead_lam15 partial_reward
 
 Each value is timed in the same process against MC-only MaxEnt-TS (no head) with the search
 settings of the config's hybrid rows (`benchmarks/amortisation.py`; its `head` is ignored), so

@@ -1,6 +1,6 @@
 """Where does the frozen LM keep the soft value? Linear probes of the tree's V̂ from each layer.
 
-    python benchmarks/value_probe.py --buffer data/buffers/recipe.h5 --head benchmarks/experiments/heads/recipe
+    python benchmarks/value_probe.py --buffer data/buffers/recipe.h5 --head checkpoints/heads/soft_ahead_lam15
 
 The hybrid's head reads only the LM's final hidden state, and on unseen windows its Q_φ came out
 nearly flat (BENCHMARKS.md, amortisation). This asks whether the information is there at all.

@@ -23,7 +23,7 @@ class RealPart:
     series: list[str] = field(default_factory=lambda: ["AirPassengers", "AusBeer", "Sunspots", "Wine", "Wooly"])
     context_length: int = 48
     horizon: int = 12
-    head: str = "benchmarks/experiments/heads/recipe"  # a head's folder or a forecast_task.PARAMETER_FREE_VALUES name
+    head: str = "checkpoints/heads/soft_ahead_lam15"  # a head's folder or a forecast_task.PARAMETER_FREE_VALUES name
     lam: float = 5.0
     n_samples: int = 16
     budgets: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])  # MC-only curve; last = reference
