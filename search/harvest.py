@@ -11,8 +11,9 @@ on-prior data that lets a fit see where p goes, not only where the search went, 
 exp(λ r) (the importance-weighted cross-entropy of `trainers.module`). With `sampler: policy` each task
 stores `search.n_samples` draws from the flow head `head`'s P_F ∝ p exp(λ Q_φ), explored as GFlowNets are
 trained (`Exploration`: tempered batches, a share from p), each with its exact log q (source `policy_sample`):
-the on-policy data of issue 36's rounds. Rewards are stored raw (total, task and spectral parts): λ is applied
-at training time.
+the on-policy data of issue 36's rounds. A tree search that reads a head (the hybrid, `search.hybrid`) takes it
+from `head` too: the aggregated on-policy trees of Q♯-style rounds. Rewards are stored raw (total, task and
+spectral parts): λ is applied at training time.
 
 Resumable: tasks already committed in the output file are skipped. Scale-out: `--shard i/n`
 (or torchrun's RANK / WORLD_SIZE) takes every n-th task starting at i and writes its own file;
@@ -87,7 +88,7 @@ class HarvestConfig:
     dtype: str = "float32"
     sampler: str = "tree"  # "tree": MaxEnt-TS paths and samples; "prior": `search.n_samples` draws from p, no tree;
     # "policy": `search.n_samples` draws from the head's P_F, explored (`exploration`)
-    head: str | None = None  # the flow head `sampler: policy` draws from
+    head: str | None = None  # the flow head `sampler: policy` draws from, or a `sampler: tree` search reads
     exploration: Exploration = field(default_factory=lambda: Exploration())
     wandb: bool = False  # log per-prompt reward statistics to W&B (offline unless logged in)
     codec: CodecConfig = field(default_factory=CodecConfig)
@@ -103,8 +104,14 @@ class HarvestConfig:
             raise ValueError(f"harvest `generated` must be >= 0, got {self.generated}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"harvest `sampler` must be one of {SAMPLERS}, got {self.sampler!r}")
-        if (self.sampler == "policy") != (self.head is not None):
-            raise ValueError("harvest `head` is read by, and only by, `sampler: policy`: set both or neither")
+        reads_head = self.sampler == "policy" or (self.sampler == "tree" and self.search.needs_head)
+        if reads_head != (self.head is not None):
+            raise ValueError("harvest `head` is read by, and only by, `sampler: policy` and a `sampler: tree` "
+                             f"search that reads one (the hybrid): set both or neither (sampler {self.sampler!r}, "
+                             f"head {self.head!r}, search method {self.search.method!r})")
+        if self.sampler == "tree" and self.search.method in ("smc", "twisted_smc"):
+            raise ValueError(f"harvest `sampler: tree` stores a search tree; method {self.search.method!r} grows "
+                             "none (use a tree method, e.g. maxent_ts)")
 
 
 @dataclass(frozen=True)
@@ -195,7 +202,7 @@ def harvest_task(lm, codec: Codec, task: Task, config: HarvestConfig, head=None)
     if config.sampler == "policy":
         return policy_record(lm, forecast, task.key, task.index, search_config, forecast.value(head, config.search.lam),
                              config.exploration)
-    result = forecast.search(lm, search_config)
+    result = forecast.search(lm, search_config, head)
 
     def rewards(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         parts = forecast.reward(*forecast.decode(sequences))

@@ -226,3 +226,24 @@ def test_exploration_and_policy_settings_are_checked():
         from_dict({"exploration": {"tempered_share": 1.5}}, HarvestConfig)
     with pytest.raises(ValueError, match="temperature_low <= temperature_high"):
         from_dict({"exploration": {"temperature_low": 2.0, "temperature_high": 1.0}}, HarvestConfig)
+
+
+def test_a_hybrid_tree_harvest_reads_the_head_and_refuses_to_run_without_one(tmp_path, setup):
+    """The aggregated-search rounds (issue 36) harvest hybrid trees that read the last head."""
+    from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+
+    class ReadHead(MLPFlowHead):
+        def forward(self, hidden):
+            raise RuntimeError("the search read the head")
+
+    lm, codec = setup
+    hybrid = {**dataclasses.asdict(config(tmp_path)), "search": {"n_rollouts": 4, "batch_size": 4, "n_samples": 3,
+                                                                 "lam": 2.0, "hybrid": "visits"}}
+    with pytest.raises(ValueError, match=r"`head` is read by, and only by, .* reads one \(the hybrid\)"):
+        from_dict(hybrid, HarvestConfig)
+    cfg = from_dict({**hybrid, "head": "unused-path"}, HarvestConfig)
+    head = ReadHead(torch.randn(len(codec.action_token_ids), 32), FlowHeadConfig(hidden=8, layers=1))
+    with pytest.raises(RuntimeError, match="the search read the head"):
+        harvest(lm, codec, cfg, FINGERPRINT, head=head)
+    with pytest.raises(ValueError, match="method 'smc' grows none"):
+        from_dict({**dataclasses.asdict(config(tmp_path)), "search": {"method": "smc"}}, HarvestConfig)

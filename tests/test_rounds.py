@@ -70,6 +70,30 @@ def test_two_rounds_draw_from_the_last_head_fit_and_resume_without_drawing_again
     assert (tmp_path / "rounds" / "rounds.png").is_file()
 
 
+@pytest.mark.base_model
+def test_a_tree_round_grows_hybrid_trees_on_the_last_head_and_fits_on_their_paths(tmp_path, base_tokenizer):
+    """The aggregated-search variant (issue 36.1): round 1's data are MaxEnt-TS trees of the hybrid that read
+    round 0's head, and SubTB on their paths moves the head."""
+    from sadt.head_io import head_state_equal, load_head
+    from sadt.lm.base_model import lm_fingerprint
+
+    write_start_head(tmp_path / "start", base_tokenizer)
+    harvest = {**HARVEST, "search": {"n_rollouts": 4, "batch_size": 4, "n_samples": 2, "lam": 2.0, "hybrid": "visits"}}
+    subtb = [*FIT, "--model.losses.vargrad", "0", "--model.losses.subtb", "1"]
+    config = RoundsConfig(output_dir=str(tmp_path / "rounds"), initial_head=str(tmp_path / "start"), rounds=1,
+                          sampler="tree", replay="all", harvest=harvest, fit=subtb, validation_contexts=1,
+                          validation_draws=4)
+    run_rounds(config)
+    trees = read_buffer(tmp_path / "rounds" / "round_1" / "draws.h5")
+    sources = set(trees.arrays["source"].tolist())
+    assert sources == {SOURCES["tree_path"], SOURCES["tree_sample"]} and trees.n_prompts == 2
+    assert trees.meta["config"]["head"] == str(tmp_path / "start")  # the hybrid read round 0's head
+    assert trees.meta["config"]["search"]["hybrid"] == "visits"
+    start, _ = load_head(tmp_path / "start", lm_fingerprint())
+    fitted, _ = load_head(tmp_path / "rounds" / "round_1" / "head", lm_fingerprint())
+    assert not head_state_equal(start, fitted)
+
+
 def test_rounds_refuse_settings_they_set_themselves():
     with pytest.raises(ValueError, match="rounds set `harvest.head` themselves"):
         RoundsConfig(harvest={"head": "x"})
@@ -77,6 +101,12 @@ def test_rounds_refuse_settings_they_set_themselves():
         RoundsConfig(harvest={"search": {"lam": -1.0}})
     with pytest.raises(ValueError, match="`prior_draws` must be >= 0"):
         RoundsConfig(prior_draws=-1)
+    with pytest.raises(ValueError, match="`sampler` must be one of"):
+        RoundsConfig(sampler="trees")
+    with pytest.raises(ValueError, match="`replay` must be 'all' or 'none'"):
+        RoundsConfig(sampler="tree", replay="best")
+    with pytest.raises(ValueError, match=r"reads one \(the hybrid\)"):  # tree rounds need a search that reads the head
+        RoundsConfig(sampler="tree", replay="all", harvest=HARVEST)
 
 
 def test_the_shipped_rounds_config_loads_and_starts_from_the_shipped_head():

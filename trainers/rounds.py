@@ -11,6 +11,10 @@ trains on give the two numbers that govern an importance sampler: Var(log w) wit
 Var(log R − log P_F)) and ESS/N. Round 0 is the initial head. Resumable: a round whose head exists is skipped, and
 a round cut short resumes its harvest without drawing its finished prompts again. Writes `<output_dir>/rounds.csv`
 and `rounds.png`.
+
+`sampler: tree` is the aggregated-search variant (Q♯, Zhou et al. 2025): each round grows MaxEnt-TS trees of the
+hybrid that reads round r−1's head (`harvest.search.hybrid`) instead of drawing from P_F, and trains on every
+round's trees (`replay: all`), e.g. with SubTB on their paths (`--model.losses.subtb`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from search.harvest import HarvestConfig
 
 CARD = "head.json"
 REPLAYS = ("all", "best", "none")
+SAMPLERS = ("policy", "tree")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class RoundsConfig:
     prior_draws: int = 0  # draws from p per training window, harvested once (`prior.h5`) and trained on in every
     # round beside P_F's own, so the fit can keep the forward KL on p's draws (`--model.losses.forward_kl`) that
     # covers π*'s modes: VarGrad on P_F's draws alone turned P_F mode-seeking (BENCHMARKS.md, issue 36)
+    sampler: str = "policy"  # each round's data: "policy", draws of the last head's P_F (explored); "tree",
+    # MaxEnt-TS trees of the hybrid reading it (the aggregated-search variant; `harvest.search` sets `hybrid`)
     wandb: bool = False  # also log each round's validation scores to Weights & Biases (offline unless WANDB_MODE)
 
     def __post_init__(self) -> None:
@@ -63,6 +70,11 @@ class RoundsConfig:
         if self.replay not in REPLAYS or self.replay_best < 1:
             raise ValueError(f"rounds `replay` must be one of {REPLAYS} and `replay_best` >= 1, got "
                              f"{self.replay!r} and {self.replay_best}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"rounds `sampler` must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.sampler == "tree" and self.replay == "best":
+            raise ValueError("rounds `sampler: tree` train on whole trees: `replay` must be 'all' or 'none' "
+                             "('best' keeps single draws, not the tree paths SubTB reads)")
         for key in ("sampler", "head", "output"):
             if key in self.harvest:
                 raise ValueError(f"rounds set `harvest.{key}` themselves; remove it from the config")
@@ -75,7 +87,7 @@ class RoundsConfig:
                              "would be training contexts")
 
     def harvest_config(self, head: str, output: str) -> HarvestConfig:
-        return from_dict({**self.harvest, "sampler": "policy", "head": head, "output": output}, HarvestConfig,
+        return from_dict({**self.harvest, "sampler": self.sampler, "head": head, "output": output}, HarvestConfig,
                          source="", prefix="harvest.")
 
     def prior_harvest_config(self, output: str) -> HarvestConfig:
