@@ -8,6 +8,9 @@ from a long i.i.d. run of p with its own seed, ESS per 1000 tokens with PSIS k̂
 forecasts. Writes `<output_dir>/rows.csv` (after every window, λ and sampler; `--resume` runs only
 what is missing), `references.csv`, `summary.md` (means over windows with bootstrap 95% intervals,
 each sampler paired with the i.i.d. draws of its own rollout policy) and `ess_vs_tokens.png`.
+
+`task: caption` runs the same samplers on the caption text task (`search.caption`: one prompt per series, p
+truncated to its `top_k` tokens a step for every sampler and the reference alike), with no CRPS (no truth).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from sadt.config import load_config, to_dict
 from search.config import search_config
 
 DRAWS = ("policy", "tree", "smc")
+TASKS = ("forecast", "caption")
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,10 @@ class SamplersConfig:
     lams: list[float] = field(default_factory=lambda: [15.0])
     budgets: list[float] = field(default_factory=lambda: [2500.0, 10000.0])  # LM tokens
     reference_budget: float = 60000.0  # tokens of the reference's i.i.d. p draws per window
-    head: str = "checkpoints/heads/soft_ahead_lam15"
+    head: str | None = "checkpoints/heads/soft_ahead_lam15"
+    task: str = "forecast"  # "forecast": the held-out windows; "caption": the caption text task of each series
+    top_k: int | None = None  # every sampler's p cut to its top k a step (a text task's tree needs one)
+    max_tokens: int = 24  # caption: the longest caption in tokens
     samplers: dict[str, SamplerSpec] = field(default_factory=dict)
     pairs: list[list[str]] = field(default_factory=list)  # [a, b] pairs of sampler labels compared in summary.md
     policy_batch: int = 64
@@ -69,6 +76,15 @@ class SamplersConfig:
     def __post_init__(self) -> None:
         if not self.samplers:
             raise ValueError("samplers: name at least one sampler")
+        if self.task not in TASKS:
+            raise ValueError(f"samplers `task` must be one of {TASKS}, got {self.task!r}")
+        if self.task == "caption" and self.top_k is None:
+            raise ValueError("samplers `task: caption` needs `top_k` (e.g. 20): a text tree over the whole vocabulary "
+                             "would hold ~1 MB a node")
+        readers = [name for name, spec in self.samplers.items() if spec.head]
+        if readers and self.head is None:
+            raise ValueError(f"samplers {readers} read a flow head: set `head`, or drop them (the caption task has "
+                             "no shipped head)")
         if sorted(self.budgets) != list(self.budgets) or not all(b > 0 for b in self.budgets):
             raise ValueError(f"budgets must be positive and increasing, got {self.budgets}")
         for pair in self.pairs:
@@ -80,7 +96,8 @@ class SamplersConfig:
 
 
 def run_sampler(spec: SamplerSpec, lm, task, lam: float, budgets: list[float], seed: int, head,
-                tokens_per_draw: float, prior_draws: DrawSet, policy_batch: int = 64) -> dict[float, DrawSet]:
+                tokens_per_draw: float, prior_draws: DrawSet, policy_batch: int = 64,
+                top_k: int | None = None) -> dict[float, DrawSet]:
     """budget -> the sampler's draws for it (one run to the largest budget, or one SMC run per budget with the
     particles the budget buys at `tokens_per_draw`)."""
     if spec.draws == "policy" and not spec.head:  # the prior's draws serve every λ and sampler label
@@ -88,10 +105,11 @@ def run_sampler(spec: SamplerSpec, lm, task, lam: float, budgets: list[float], s
     value = head if spec.head else None
     particles = "twisted_smc" if spec.head else "smc"
     default = particles if spec.draws == "smc" else "maxent_ts"  # `search: {method: ...}` may name another
-    search = search_config(**{"method": default, "lam": lam, "seed": seed, "n_samples": 1, **spec.search})
+    search = search_config(**{"method": default, "lam": lam, "seed": seed, "n_samples": 1, "top_k": top_k,
+                              **spec.search})
     if spec.draws == "policy":
         return dict.fromkeys(budgets, policy_draws(lm, task, lam, budgets[-1], value_head=value,
-                                                   batch_size=policy_batch, seed=seed))
+                                                   batch_size=policy_batch, seed=seed, top_k=top_k))
     if spec.draws == "tree":
         return dict.fromkeys(budgets, tree_draws(lm, task, search, budgets[-1], value))
     return {b: smc_draws(lm, task, search, max(2, round(b / tokens_per_draw)), value) for b in budgets}
@@ -109,34 +127,48 @@ def cached(path: Path, make: Callable[..., DrawSet], *args, **kwargs) -> DrawSet
     return draws
 
 
+def benchmark_tasks(config: SamplersConfig, tokenizer) -> list[tuple[str, Callable[[], object], np.ndarray | None]]:
+    """(label, a function building the task, the truth or None) for every window, in the order they run: window
+    k of every series before window k + 1 of any, so a run stopped early still covers every series."""
+    from sadt.codec import Codec
+    from search.caption import caption_task
+    from search.forecast_task import ForecastTask
+
+    if config.task == "caption":
+        return [(f"{name} caption", lambda name=name: caption_task(tokenizer, name, config.context_length,
+                                                                   config.max_tokens), None)
+                for name in config.series]
+    codec = Codec(tokenizer)
+    per_series = [heldout_windows(name, config.windows_per_series, config.context_length, config.horizon)
+                  for name in config.series]
+    return [(label, lambda context=context: ForecastTask.build(codec, context, config.horizon), truth)
+            for k in range(config.windows_per_series) for series in per_series
+            for label, context, truth in series[k : k + 1]]
+
+
 def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int]) -> RowStore:
     from sadt.codec import Codec
     from sadt.head_io import load_value_head
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
-    from search.forecast_task import ForecastTask
 
     lm, tokenizer = load_base_lm()
-    codec = Codec(tokenizer)
     head = None
     if any(spec.head for spec in config.samplers.values()):
-        head, _ = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config))
+        head, _ = load_value_head(config.head, lm_fingerprint(), to_dict(Codec(tokenizer).config))
     rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume)
     references = RowStore(out / "references.csv", ("window", "lam"), resume)
-    per_series = [heldout_windows(name, config.windows_per_series, config.context_length, config.horizon)
-                  for name in config.series]
-    # Window k of every series before window k + 1 of any, so a run stopped early still covers every series.
-    windows = [w for k in range(config.windows_per_series) for series in per_series for w in series[k : k + 1]]
     index, count = shard
-    for label, context, truth in tqdm(windows[index::count], desc="windows", unit="window"):
+    for label, build_task, truth in tqdm(benchmark_tasks(config, tokenizer)[index::count], desc="windows",
+                                         unit="window"):
         if all(rows.done(label, lam, name) for lam in config.lams for name in config.samplers):
             continue
-        task = ForecastTask.build(codec, context, config.horizon)
+        task = build_task()
         rng = np.random.default_rng([config.seed, zlib.crc32(label.encode())])
         reference_draws = cached(out / "draws" / f"{label}.reference.npz", policy_draws, lm, task, 1.0,
-                                 config.reference_budget, batch_size=config.policy_batch,
+                                 config.reference_budget, batch_size=config.policy_batch, top_k=config.top_k,
                                  seed=10_000 + config.seed)  # a seed no compared sampler uses
         prior_draws = cached(out / "draws" / f"{label}.prior.npz", policy_draws, lm, task, 1.0, config.budgets[-1],
-                             batch_size=config.policy_batch, seed=config.seed)
+                             batch_size=config.policy_batch, seed=config.seed, top_k=config.top_k)
         tokens_per_draw = float(prior_draws.tokens[-1] / prior_draws.tokens.size)
         for lam in config.lams:
             reference = Reference.from_prior_rewards(reference_draws.rewards, lam, rng)
@@ -147,7 +179,7 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int])
                     continue
                 start = time.perf_counter()
                 runs = run_sampler(spec, lm, task, lam, config.budgets, config.seed, head, tokens_per_draw,
-                                   prior_draws, config.policy_batch)
+                                   prior_draws, config.policy_batch, config.top_k)
                 wall = time.perf_counter() - start
                 scored = [{"window": label, "lam": lam, "sampler": name,
                            **score(draws, budget, reference, task, truth, rng, config.n_resampled), "wall_s": wall}

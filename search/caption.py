@@ -112,18 +112,24 @@ def distinct_bigrams(texts: list[str]) -> float:
     return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
 
 
-def run(config: CaptionConfig) -> list[dict]:
+def caption_task(tokenizer, name: str, context_length: int, max_tokens: int):
+    """The caption `TextTask` of built-in series `name`: its history's last `context_length` values in the
+    prompt, `CaptionReward` on them."""
     from data.series import load_builtin
+    from search.text_task import TextTask
+
+    values = load_builtin(name).context[-context_length:]
+    return TextTask.build(tokenizer, caption_prompt(name, values), CaptionReward(values), max_tokens=max_tokens)
+
+
+def run(config: CaptionConfig) -> list[dict]:
     from sadt.lm.base_model import load_base_lm
     from search.config import search_config
-    from search.text_task import TextTask
 
     lm, tokenizer = load_base_lm()
     rows = []
     for name in config.series:
-        values = load_builtin(name).context[-config.context_length :]
-        task = TextTask.build(tokenizer, caption_prompt(name, values), CaptionReward(values),
-                              max_tokens=config.max_tokens)
+        task = caption_task(tokenizer, name, config.context_length, config.max_tokens)
         for seed in config.seeds:
             for method in config.methods:
                 row_config = search_config(method=method, lam=config.lam, top_k=config.top_k, batch_size=16,

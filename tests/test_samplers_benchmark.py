@@ -117,3 +117,58 @@ def test_draws_survive_a_round_trip_to_disk(tmp_path):
         np.testing.assert_array_equal(back.log_weights, draws.log_weights)
         np.testing.assert_array_equal(back.tokens, draws.tokens)
         assert back.actions == draws.actions and back.log_z == draws.log_z
+
+
+def test_prior_draws_under_top_k_keep_only_each_states_top_k_actions(toy):
+    """With `top_k` every sampler's p is cut to its k most likely actions a step: i.i.d. draws never leave them
+    and weigh e^{λr} against the truncated p (the target all samplers share)."""
+    task = ToyTask(toy)
+    draws = policy_draws(toy.lm, task, LAM, budget=200, batch_size=8, top_k=1)
+    assert len({tuple(a) for a in draws.actions}) == 1  # k = 1: the greedy path, every draw
+    np.testing.assert_allclose(draws.log_weights, LAM * np.asarray(draws.rewards), atol=1e-9)
+    wide = policy_draws(toy.lm, task, LAM, budget=200, batch_size=8)
+    assert len({tuple(a) for a in wide.actions}) > 1
+
+
+def test_the_caption_task_needs_top_k_and_no_head_and_gives_one_text_task_per_series(base_tokenizer):
+    from benchmarks.samplers import benchmark_tasks
+    from search.text_task import TextTask
+
+    samplers = {"iid p": SamplerSpec(draws="policy")}
+    with pytest.raises(ValueError, match="needs `top_k`"):
+        SamplersConfig(task="caption", samplers=samplers)
+    with pytest.raises(ValueError, match=r"\['P_F'\] read a flow head: set `head`"):
+        SamplersConfig(task="caption", top_k=20, head=None, samplers={"P_F": SamplerSpec(draws="policy", head=True)})
+    with pytest.raises(ValueError, match="`task` must be one of"):
+        SamplersConfig(task="captions", samplers=samplers)
+    config = SamplersConfig(task="caption", top_k=20, head=None, samplers=samplers, series=["Wine", "Wooly"],
+                            context_length=24)
+    tasks = benchmark_tasks(config, base_tokenizer)
+    assert [label for label, _, truth in tasks if truth is None] == ["Wine caption", "Wooly caption"]
+    assert all(isinstance(build(), TextTask) for _, build, _ in tasks)
+
+
+@pytest.mark.base_model
+def test_the_samplers_benchmark_runs_on_the_caption_task(tmp_path):
+    """i.i.d. p, MaxEnt-TS and SMC on a caption prompt at equal tokens: every row scored against the reference,
+    no CRPS (no truth), and a rerun with --resume draws nothing again."""
+    from benchmarks.samplers import run
+
+    samplers = {"iid p": SamplerSpec(draws="policy"),
+                "MaxEnt-TS": SamplerSpec(draws="tree", search={"batch_size": 4}, baseline="iid p"),
+                "SMC": SamplerSpec(draws="smc", baseline="iid p")}
+    config = SamplersConfig(task="caption", top_k=5, head=None, max_tokens=6, series=["Wine"], context_length=12,
+                            lams=[5.0], budgets=[400.0], reference_budget=600.0, policy_batch=16, samplers=samplers,
+                            n_resampled=8)
+    rows = run(config, tmp_path, resume=False, shard=(0, 1)).rows
+    assert sorted(row["sampler"] for row in rows) == ["MaxEnt-TS", "SMC", "iid p"]
+    for row in rows:
+        # SMC's tokens are those of the particles the budget buys, rounded: a little over it
+        assert float(row["n_draws"]) >= 2 and 0 < float(row["tokens"]) <= 1.25 * 400
+        assert np.isfinite(float(row["log_z_error"])) and float(row["ess"]) >= 1
+        assert np.isnan(float(row["crps"]))
+    resumed = run(config, tmp_path, resume=True, shard=(0, 1)).rows  # read back from rows.csv: same rows, same wall_s
+    columns = ("budget", "ess", "log_z", "wall_s")
+    assert [row["sampler"] for row in resumed] == [row["sampler"] for row in rows]
+    np.testing.assert_array_equal([[float(row[c]) for c in columns] for row in resumed],
+                                  [[float(row[c]) for c in columns] for row in rows])

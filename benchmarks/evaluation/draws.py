@@ -21,8 +21,8 @@ from sadt.importance import log_mean_exp
 from sadt.lm.backend import LMBackend
 from sadt.rollout import rollout
 from search.config import SearchConfig
-from search.forecast_task import ForecastTask
 from search.smc import SMC
+from search.task import Task
 from search.tree_search import TreeSearch
 
 
@@ -70,9 +70,10 @@ class DrawSet:
 
 
 @torch.inference_mode()
-def policy_draws(lm: LMBackend, task: ForecastTask, lam: float, budget: float, *, value_head=None,
-                 batch_size: int = 64, seed: int = 0) -> DrawSet:
-    """i.i.d. draws of p (no head) or of P_F ∝ p exp(λ Q_φ) (a head), batch after batch until `budget` tokens.
+def policy_draws(lm: LMBackend, task: Task, lam: float, budget: float, *, value_head=None,
+                 batch_size: int = 64, seed: int = 0, top_k: int | None = None) -> DrawSet:
+    """i.i.d. draws of p (no head) or of P_F ∝ p exp(λ Q_φ) (a head), batch after batch until `budget` tokens;
+    with `top_k`, p is truncated to its top k a step (as the tree and SMC read it: the same target).
 
     The prompt is prefilled once and counted; each batch's tokens are shared equally by its draws."""
     generator = torch.Generator(device=lm.device).manual_seed(seed)
@@ -83,7 +84,7 @@ def policy_draws(lm: LMBackend, task: ForecastTask, lam: float, budget: float, *
     spent = lm.stats.tokens - tokens0
     while spent < budget:
         before = spent
-        out = rollout(lm, prompt, task.codec.action_token_ids, task.grammar, [[]] * batch_size,
+        out = rollout(lm, prompt, task.action_token_ids, task.grammar, [[]] * batch_size, top_k=top_k,
                       generator=generator, value_head=value, guide_lam=lam if value is not None else 0.0)
         batch_actions = out.full_sequences([[]] * batch_size)
         r = task.reward_fn(batch_actions)
@@ -98,7 +99,7 @@ def policy_draws(lm: LMBackend, task: ForecastTask, lam: float, budget: float, *
 STALLED_ITERATIONS = 20  # a tree whose iterations only revisit known terminals (cost 0 tokens) is complete
 
 
-def tree_draws(lm: LMBackend, task: ForecastTask, config: SearchConfig, budget: float, value_head=None) -> DrawSet:
+def tree_draws(lm: LMBackend, task: Task, config: SearchConfig, budget: float, value_head=None) -> DrawSet:
     """MaxEnt-TS's draws (each rollout, weighted by the law it was selected and rolled out with), iteration
     after iteration until `budget` tokens, or until `STALLED_ITERATIONS` iterations in a row spent none (a
     small problem's tree holds every sequence); the hybrid when `config.hybrid` is set."""
@@ -116,7 +117,7 @@ def tree_draws(lm: LMBackend, task: ForecastTask, config: SearchConfig, budget: 
                    [tree.actions_to(int(t)) for t in terminals], tree.reward[terminals].astype(np.float64))
 
 
-def smc_draws(lm: LMBackend, task: ForecastTask, config: SearchConfig, particles: int, value_head=None) -> DrawSet:
+def smc_draws(lm: LMBackend, task: Task, config: SearchConfig, particles: int, value_head=None) -> DrawSet:
     """One SMC (or twisted SMC) run with `particles` particles: its final weighted particles and its log Ẑ."""
     tokens0 = lm.stats.tokens
     sampler: SMC = task.sampler(lm, dataclasses.replace(config, n_rollouts=particles, progress=False), value_head)

@@ -73,11 +73,8 @@ class ToyTask:
     """The toy as the benchmark's runners see a forecast task (`benchmarks.evaluation.draws`)."""
 
     def __init__(self, toy: Toy) -> None:
-        from types import SimpleNamespace
-
         self.toy, self.prompt_ids, self.grammar, self.reward_fn = toy, PROMPT, toy.grammar, toy.reward
         self.action_token_ids = ACTION_IDS
-        self.codec = SimpleNamespace(action_token_ids=ACTION_IDS)
 
     def value(self, head, lam):
         from sadt.value import plain_value
