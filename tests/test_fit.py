@@ -1,6 +1,7 @@
 """`python -m trainers.fit` end to end with the real base model on a tiny harvested buffer."""
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from sadt.partial_reward import digit_ahead_q
 from search.harvest import HarvestConfig, harvest
 from trainers import fit
 from trainers.data import PromptBatches, collate
+from trainers.options import LossWeights
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +265,35 @@ def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_dow
     together = {(r["head"], r["prompt"], r["guide_scale"]): r["forward_kl"] for r in run_scan(config, keep=[])}
     for r in rows + free_rows:  # named "h" and "free" above too
         assert together[r["head"], r["prompt"], r["guide_scale"]] == pytest.approx(r["forward_kl"], abs=1e-6)
+
+
+def test_vargrad_on_policy_takes_the_variance_over_pf_draws_only_and_refuses_buffers_without_them(
+    tmp_path, buffer_path, prior_buffer_path
+):
+    """`losses.vargrad_on: policy`: VarGrad over the batch's `policy_sample` draws alone (ESS of i.i.d. P_F pays
+    for Var_q), the same number as `losses.vargrad` on those rows; "all" takes every draw."""
+    from sadt import losses as loss_fns
+
+    with pytest.raises(ValueError, match="`vargrad_on` must be one of"):
+        LossWeights(vargrad=1, vargrad_on="tree")
+    with pytest.raises(ValueError, match="needs P_F's own draws"):
+        fit.main(fit_args(f"{buffer_path},{prior_buffer_path}", tmp_path, "--trainer.max_epochs", "1",
+                          "--model.losses.tb", "0", "--model.losses.vargrad", "1",
+                          "--model.losses.vargrad_on", "policy"))
+    assert not (tmp_path / "head").exists()  # refused before anything was written
+    model = fit.main(fit_args(prior_buffer_path, tmp_path, "--trainer.max_epochs", "1"))
+    batch = collate(model.trainer.datamodule.train_set.items)
+    batch["source"][::2] = SOURCES["policy_sample"]  # every other draw relabelled as one of P_F's
+    policy = batch["source"] == SOURCES["policy_sample"]
+    with torch.no_grad():
+        q, log_prior, _ = model.q_values(batch)
+        columns = (q, log_prior, batch["actions"], batch["mask"], batch["reward"], batch["prompt_index"])
+        by_hand = {on: loss_fns.vargrad(*(x[rows] for x in columns), 2.0)
+                   for on, rows in (("policy", policy), ("all", torch.ones_like(policy)))}
+        for on in ("policy", "all"):
+            model.loss_weights = dataclasses.replace(model.loss_weights, vargrad_on=on)
+            torch.testing.assert_close(model.losses(batch)["var_log_ratio"], by_hand[on])
+    assert not torch.isclose(by_hand["policy"], by_hand["all"])
 
 
 def test_forward_kl_without_draws_from_p_is_a_clear_error(tmp_path, buffer_path):

@@ -175,6 +175,11 @@ class FlowHeadModule(pl.LightningModule):
         if self.loss_weights.forward_kl and not self.prior_draw_weights:
             raise ValueError(f"`losses.forward_kl` needs draws from p (source 'prior_sample') in the buffers "
                              f"{datamodule.paths}: harvest them with `sampler: prior`")
+        policy = SOURCES["policy_sample"]
+        if self.loss_weights.vargrad and self.loss_weights.vargrad_on == "policy" and not any(
+                x["source"] == policy for split in (datamodule.train_set, datamodule.val_set) for x in split.items):
+            raise ValueError(f"`losses.vargrad_on: policy` needs P_F's own draws (source 'policy_sample') in the "
+                             f"buffers {datamodule.paths}: harvest them with `sampler: policy` (trainers.rounds)")
 
     def reward_of(self, prompt: tuple) -> ForecastReward:
         """The buffer's reward for one prompt, rebuilt from its own values."""
@@ -204,8 +209,11 @@ class FlowHeadModule(pl.LightningModule):
         if weights.db:
             out["db"] = losses.detailed_balance(*args, log_z, batch["reward"], lam).mean()
             total = total + weights.db * out["db"]
-        out["var_log_ratio"] = losses.vargrad(*args, batch["reward"], batch["prompt_index"], lam)
-        if weights.vargrad:
+        rows = self.vargrad_rows(batch)
+        if rows.any():
+            out["var_log_ratio"] = losses.vargrad(*(x[rows] for x in (*args, batch["reward"], batch["prompt_index"])),
+                                                  lam)
+        if weights.vargrad and "var_log_ratio" in out:
             total = total + weights.vargrad * out["var_log_ratio"]
         if weights.value:
             out["value"] = losses.value_regression(q, batch["actions"], batch["mask"], batch["tree_values"])
@@ -217,6 +225,12 @@ class FlowHeadModule(pl.LightningModule):
             total = total + weights.forward_kl * out["forward_kl"]
         out["loss"] = total
         return out
+
+    def vargrad_rows(self, batch: dict) -> torch.Tensor:
+        """The batch's draws VarGrad is taken over (`losses.vargrad_on`): all, or P_F's own."""
+        if self.loss_weights.vargrad_on == "policy":
+            return batch["source"] == SOURCES["policy_sample"]
+        return torch.ones_like(batch["reward"], dtype=torch.bool)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.losses(batch)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from sadt.config import check_finite
 
+VARGRAD_DRAWS = ("all", "policy")
+
 
 @dataclass(frozen=True)
 class LossWeights:
@@ -22,6 +24,10 @@ class LossWeights:
 
     tb, subtb, db, vargrad: trajectory balance, sub-trajectory balance (geometric weight `subtb_weight`),
     detailed balance and VarGrad (the variance of log R − log P_F within a prompt's draws).
+    vargrad_on: the draws VarGrad's variance is taken over: "all" the batch's, or "policy" only P_F's own
+    (source `policy_sample`). The ESS of i.i.d. P_F pays for Var_q(log R − log q); a head too small to make it
+    0 everywhere settles where its draws are, so over a mix of p's, replayed and tempered draws it minimises
+    another variance. "policy" with rounds' exploration off and no replay is on-policy VarGrad.
     value: regression of Q_φ(s_t, a_t) on the tree's V̂(s_{t+1}).
     forward_kl: the importance-weighted cross-entropy on the buffers' draws from p (source `prior_sample`): per
     prompt the self-normalised estimate of KL(π*‖P_F) − KL(π*‖p) (`losses.weighted_cross_entropy`), the
@@ -36,9 +42,12 @@ class LossWeights:
     value: float = 0.0
     forward_kl: float = 0.0
     subtb_weight: float = 0.9
+    vargrad_on: str = "all"
 
     def __post_init__(self) -> None:
         check_finite(self, "model.losses")
+        if self.vargrad_on not in VARGRAD_DRAWS:
+            raise ValueError(f"model.losses `vargrad_on` must be one of {VARGRAD_DRAWS}, got {self.vargrad_on!r}")
         weights = (self.tb, self.subtb, self.db, self.vargrad, self.value, self.forward_kl)
         if min(weights) < 0 or max(weights) == 0:
             raise ValueError(f"model.losses weights must be >= 0 with at least one > 0, got {self}")
