@@ -152,6 +152,7 @@ def test_the_caption_task_needs_top_k_and_no_head_and_gives_one_text_task_per_se
 def test_the_samplers_benchmark_runs_on_the_caption_task(tmp_path):
     """i.i.d. p, MaxEnt-TS and SMC on a caption prompt at equal tokens: every row scored against the reference,
     no CRPS (no truth), and a rerun with --resume draws nothing again."""
+    from benchmarks.evaluation.summary import headline, summary_table
     from benchmarks.samplers import run
 
     samplers = {"iid p": SamplerSpec(draws="policy"),
@@ -167,6 +168,10 @@ def test_the_samplers_benchmark_runs_on_the_caption_task(tmp_path):
         assert float(row["n_draws"]) >= 2 and 0 < float(row["tokens"]) <= 1.25 * 400
         assert np.isfinite(float(row["log_z_error"])) and float(row["ess"]) >= 1
         assert np.isnan(float(row["crps"]))
+    # The summary of a task without truth or heads: CRPS shown as "–", no head-against-no-head headline.
+    table = summary_table(rows, {name: spec.baseline for name, spec in samplers.items()})
+    assert all(line.endswith("| – |") for line in table.splitlines()[2:5])
+    assert headline(rows, dict.fromkeys(samplers, False)) == "(needs samplers both with and without a head)"
     resumed = run(config, tmp_path, resume=True, shard=(0, 1)).rows  # read back from rows.csv: same rows, same wall_s
     columns = ("budget", "ess", "log_z", "wall_s")
     assert [row["sampler"] for row in resumed] == [row["sampler"] for row in rows]

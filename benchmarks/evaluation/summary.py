@@ -48,11 +48,12 @@ def summary_table(rows: list[dict], baselines: dict[str, str | None], n_boot: in
             plo, phi = bootstrap_interval(log_ratio, rng, n_boot)
             paired = f"{np.exp(log_ratio.mean()):.2f} [{np.exp(plo):.2f}, {np.exp(phi):.2f}]"
         finite = khat[np.isfinite(khat)]
+        crps_cell = f"{np.nanmean(crps):.3f}" if np.isfinite(crps).any() else "–"  # a text task has no truth
         lines.append(
             f"| {lam:g} | {name} | {budget:g} | {tokens:,.0f} | {np.exp(ess.mean()):.1f} [{np.exp(lo):.1f}, "
             f"{np.exp(hi):.1f}] | {paired} | {err.mean():.2f} [{elo:.2f}, {ehi:.2f}] | "
             f"{np.median(finite) if finite.size else float('nan'):.2f} ({(finite > 0.7).mean():.0%}) | "
-            f"{np.nanmean(crps):.3f} |")
+            f"{crps_cell} |")
     return "\n".join(lines) + f"\n\n{len({r['window'] for r in rows})} windows; intervals: bootstrap over windows."
 
 
@@ -117,6 +118,8 @@ def headline(rows: list[dict], heads: dict[str, bool], n_boot: int = 2000) -> st
     """Per λ and budget: the best sampler with a head against the best without, paired. For i.i.d. draws ESS
     grows in proportion to tokens, so the ESS-per-token ratio is the tokens the sampler without a head needs
     to match the one with it (the amortisation factor), when the sampler without a head is i.i.d."""
+    if all(heads.values()) or not any(heads.values()):
+        return "(needs samplers both with and without a head)"
     rng = np.random.default_rng(0)
     lines = ["| λ | budget | best with a head | best without | ESS/token ratio [95% CI] (windows above 1) | "
              "\\|log Z err\\| with − without [95% CI] |", "|---|---|---|---|---|---|"]
