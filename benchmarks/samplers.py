@@ -35,6 +35,7 @@ from benchmarks.evaluation.windows import heldout_windows
 from sadt.cli import CommandParser, run_command
 from sadt.config import load_config, to_dict
 from search.config import search_config
+from search.methods import METHOD_STRATEGIES
 
 DRAWS = ("policy", "tree", "smc")
 TASKS = ("forecast", "caption")
@@ -42,7 +43,7 @@ TASKS = ("forecast", "caption")
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    draws: str  # "policy" (i.i.d.), "tree" (MaxEnt-TS, the hybrid) or "smc" (SMC, twisted SMC)
+    draws: str  # "policy" (i.i.d.), "tree" (MaxEnt-TS, the hybrid, DTS) or "smc" (SMC, twisted SMC)
     head: bool = False  # reads the flow head (P_F, the hybrid, twisted SMC)
     search: dict = field(default_factory=dict)  # SearchConfig fields for tree and smc
     baseline: str | None = None  # the label of the i.i.d. sampler of this one's rollout policy (paired ratios)
@@ -50,6 +51,11 @@ class SamplerSpec:
     def __post_init__(self) -> None:
         if self.draws not in DRAWS:
             raise ValueError(f"sampler `draws` must be one of {DRAWS}, got {self.draws!r}")
+        method = self.search.get("method", "maxent_ts")
+        if self.draws == "tree" and not (method in METHOD_STRATEGIES and METHOD_STRATEGIES[method].records_draws):
+            raise ValueError(f"sampler `search.method` {method!r} keeps no law per draw, so its draws have no "
+                             f"importance weight: a `draws: tree` row takes one of "
+                             f"{[m for m, s in METHOD_STRATEGIES.items() if s.records_draws]}")
 
 
 @dataclass(frozen=True)

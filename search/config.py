@@ -40,6 +40,7 @@ class SearchConfig:
     """The settings every method reads; a search gets one of the subclasses (`search_config`)."""
 
     methods: ClassVar[tuple[str, ...]] = ()  # the tags this class configures
+    not_carried: ClassVar[frozenset[str]] = frozenset()  # settings it never takes from another method's block
 
     method: str = "maxent_ts"  # one of METHODS or SMC_METHODS
     lam: float = 15.0  # inverse temperature λ > 0 of the target p(x) exp(λ r(x)); 15 leaves a proposal room
@@ -226,10 +227,29 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
 @dataclass(frozen=True)
 class DTSConfig(WideningSettings, UCTSettings):
     """Diffusion Tree Sampling: a node draws a new child from p while its draws are below C (N(s)+1)^α
-    (`widening_*`); DTS* then picks by UCT (`uct_c`), DTS by Boltzmann on the draws."""
+    (`widening_*`); DTS* then picks by UCT (`uct_c`), DTS by Boltzmann on the draws.
+
+    DTS's Boltzmann law covers only the children drawn so far, so its draws' weights p e^{λr} / q miss the rest
+    of π*'s mass (Ẑ biased low); `defensive: ε > 0` mixes in descents that draw from p, as MaxEnt-TS's does,
+    which restores full support and an unbiased Ẑ (issue 34). 0, the published algorithm, by default."""
 
     methods: ClassVar[tuple[str, ...]] = ("dts", "dts_star")
+    not_carried: ClassVar[frozenset[str]] = frozenset({"defensive"})  # maxent_ts's ε (0.5 by default) must not
+    # turn a DTS row fed by a maxent_ts block into another sampler
     method: str = "dts"
+    defensive: float = 0.0  # ε, the share of descents that draw from p (dts only: DTS*'s UCT has no law to mix)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.defensive < 1:
+            raise ValueError(f"search `defensive` must be in [0, 1) (a share of descents), got {self.defensive}")
+        if self.method == "dts_star" and self.defensive > 0:
+            raise ValueError("search `defensive` needs a selection law to mix p into; dts_star picks by UCT: "
+                             "use method 'dts' or defensive: 0")
+
+    @property
+    def defensive_share(self) -> float:
+        return self.defensive
 
 
 @dataclass(frozen=True)
@@ -315,8 +335,9 @@ def why_not(name: str, method: str) -> str:
 
 
 def carried(config: SearchConfig, method: str) -> dict:
-    """The settings of `config` that `method`'s class has too (without the tag)."""
-    names = {f.name for f in dataclasses.fields(config_class(method))} - {"method"}
+    """The settings of `config` that `method`'s class has too (without the tag and what it keeps its own)."""
+    cls = config_class(method)
+    names = {f.name for f in dataclasses.fields(cls)} - {"method"} - cls.not_carried
     return {name: value for name, value in to_dict(config).items() if name in names}
 
 

@@ -97,13 +97,14 @@ class Method:
     select: Selector
     backup: str  # "soft" (recomputed log-mean-exp) or "mean" (MCTS)
     sample: FinalSampler  # the final samples (`search.tree_sampling`), unless `sampling` names another
-    records_draws: bool = False  # keeps each draw's importance weight (root_value_is, resampling, defensive)
+    records_draws: bool = False  # keeps each draw's importance weight (root_value_is, resampling, defensive):
+    # the selection draws every in-tree choice from a law it can log (maxent_ts, dts)
     top_k: int | None = None  # truncates the prior to its top k whatever the config says (greedy: 1)
 
 
 METHOD_STRATEGIES: dict[str, Method] = {
     "maxent_ts": Method("prior", select_boltzmann, "soft", tree_sampling.boltzmann, records_draws=True),
-    "dts": Method("draws", _widen_or(_boltzmann_on_draws), "soft", tree_sampling.boltzmann),
+    "dts": Method("draws", _widen_or(_boltzmann_on_draws), "soft", tree_sampling.boltzmann, records_draws=True),
     "dts_star": Method("draws", _widen_or(_uct), "soft", tree_sampling.argmax_value_path),
     "mcts_uct": Method("prior", select_puct, "mean", tree_sampling.most_visited_path),
     "ancestral": Method("draws", draw_from_policy, "soft", tree_sampling.rollouts),

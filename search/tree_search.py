@@ -91,7 +91,7 @@ class TreeSearch:
         grammar, prompt_ids = task.grammar, task.prompt_ids
         self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, task.reward_fn, config
         self.method = METHOD_STRATEGIES[config.method]
-        self.epsilon = config.defensive_share  # maxent_ts's defensive share (0 for the other methods)
+        self.epsilon = config.defensive_share  # maxent_ts's and dts's defensive share (0 for the other methods)
         self.value_head = value_head = task.value(value_head, config.lam)
         self.action_token_ids = list(task.action_token_ids)
         self.top_k = self.method.top_k if self.method.top_k is not None else config.top_k
@@ -165,8 +165,8 @@ class TreeSearch:
         if pick.log_probs is None:
             return pick.slot
         slot = self.choose(node, pick.log_probs)
-        if pick.is_draw:
-            self.count_draw(node, slot)
+        if pick.is_draw or (self.descent.defensive and self.method.child_weights == "draws"):
+            self.count_draw(node, slot)  # a defensive descent draws from p too: DTS's counts go on estimating p
         return slot
 
     def widening(self, node: int) -> float:

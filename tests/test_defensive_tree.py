@@ -1,5 +1,5 @@
-"""MaxEnt-TS's defensive mixture on the enumerable toy: exact weights, unbiased Z, each weight within 1/ε of an
-i.i.d. rollout-policy draw's, and an estimate of log Z no worse than i.i.d. draws of p at equal LM tokens."""
+"""MaxEnt-TS's and DTS's defensive mixtures on the enumerable toy: exact weights, unbiased Z, each weight within
+1/ε of an i.i.d. rollout-policy draw's, and an estimate of log Z no worse than i.i.d. draws of p at equal LM tokens."""
 
 import numpy as np
 import pytest
@@ -24,7 +24,7 @@ def search(toy, lam, n, seed=0, head=None, **settings) -> TreeSearch:
 
 @pytest.mark.parametrize("settings", [
     {"defensive": 0.5}, {"defensive": 0.2, "selection_scale": 0.5}, {"defensive": 0.0, "selection_scale": 0.5},
-    {"defensive": 0.5, "hybrid": "visits"},
+    {"defensive": 0.5, "hybrid": "visits"}, {"method": "dts", "defensive": 0.5}, {"method": "dts", "defensive": 0.0},
 ])
 def test_each_draw_is_weighted_by_the_exact_mixture_law(toy, settings):
     """log w = log p(x) + λ r(x) − log(ε q_roll(x) + (1 − ε) q_tree(x)), both laws enumerated before the draw."""
@@ -48,12 +48,24 @@ def toy_q(toy, head) -> np.ndarray:
     return np.stack([head(h).numpy() for h in hidden])
 
 
-def test_defensive_weights_are_unbiased_for_z(toy):
+def test_undefended_dts_draws_from_a_law_that_misses_part_of_pi_and_the_defensive_one_covers_it(toy):
+    """DTS's Boltzmann law covers only the children drawn so far: some x with π(x) > 0 has q(x) = 0, so its
+    Ẑ is biased low; with ε > 0 every sequence has q(x) ≥ ε p(x) > 0."""
+    lam = 4.0
+    completion = policy_step_log_probs(toy, lam)
+    laws = [mixture_distribution(search(toy, lam, 48, method="dts", defensive=eps), toy, completion)
+            for eps in (0.0, 0.5)]
+    assert (laws[0] == 0).any() and (laws[1] >= 0.5 * np.exp(completion.sum(axis=1)) - 1e-12).all()
+    assert np.isclose(laws[0].sum(), 1) and np.isclose(laws[1].sum(), 1)
+
+
+@pytest.mark.parametrize("method", ["maxent_ts", "dts"])
+def test_defensive_weights_are_unbiased_for_z(toy, method):
     """Ẑ = mean w has mean Z over seeds (a sharp tilt, where the tree's selection is most uneven)."""
     lam = 10.0
     _, root = toy.target(lam)
-    ratios = np.array([np.exp(log_mean_exp(search(toy, lam, 32, seed=s, defensive=0.5).draw_log_weights) - lam * root)
-                       for s in range(60)])
+    ratios = np.array([np.exp(log_mean_exp(search(toy, lam, 32, seed=s, method=method, defensive=0.5)
+                                           .draw_log_weights) - lam * root) for s in range(60)])
     standard_error = ratios.std(ddof=1) / np.sqrt(ratios.size)
     assert abs(ratios.mean() - 1) < 3 * standard_error, (ratios.mean(), standard_error)
 

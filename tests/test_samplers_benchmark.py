@@ -89,6 +89,9 @@ def test_a_config_naming_an_unknown_baseline_or_draws_kind_is_refused(tmp_path):
         load_config(bad, SamplersConfig)
     with pytest.raises(ValueError, match="draws"):
         SamplerSpec(draws="beam")
+    with pytest.raises(ValueError, match="'dts_star' keeps no law per draw"):
+        SamplerSpec(draws="tree", search={"method": "dts_star"})
+    assert SamplerSpec(draws="tree", search={"method": "dts", "defensive": 0.5}).search["method"] == "dts"
 
 
 def test_smc_counts_each_distinct_particle_once(toy):

@@ -34,11 +34,14 @@ def test_every_method_has_one_config_class_whose_tag_it_checks():
 def test_each_class_holds_only_what_its_methods_read():
     """The settings that once applied to every method now live with the methods that read them."""
     assert settings(MaxEntTSConfig) >= {"hybrid", "defensive", "sampling", "selection_scale", "guided_rollouts"}
-    assert settings(DTSConfig) == {"widening_c", "widening_alpha", "uct_c"}  # no `expansion`: DTS always widens
+    assert settings(DTSConfig) == {"widening_c", "widening_alpha", "uct_c", "defensive"}  # no `expansion`: DTS
+    # always widens; `defensive` mixes p into DTS's descents (issue 34), DTS*'s UCT has no law to mix it into
+    with pytest.raises(ValueError, match="dts_star picks by UCT"):
+        search_config("dts_star", defensive=0.5)
     assert settings(CONFIG_OF["mcts_uct"]) == {"expansion", "widening_c", "widening_alpha", "uct_c"}
     assert settings(CONFIG_OF["ancestral"]) == set() and settings(CONFIG_OF["flow"]) == {"guide_scale"}
     assert settings(SMCConfig) == {"ess_threshold", "guide_scale"}
-    with pytest.raises(ValueError, match="`defensive` is a setting of maxent_ts, not of method 'smc'"):
+    with pytest.raises(ValueError, match="`defensive` is a setting of maxent_ts, dts, dts_star, not of method 'smc'"):
         search_config("smc", defensive=0.2)
 
 
@@ -82,5 +85,7 @@ def test_one_run_block_feeds_rows_of_different_methods():
     assert (hybrid.hybrid, hybrid.defensive) == ("visits", 0.2)
     assert (type(wide), wide.method, wide.ess_threshold, wide.lam) == (SMCConfig, "twisted_smc", 0.9, 9.0)
     assert run.rows_reading_head == ["hybrid", "wide"]
-    with pytest.raises(ConfigError, match=r"`variants.bad.defensive`: is a setting of maxent_ts, not of method 'dts'"):
-        RunConfig(methods=["bad"], variants={"bad": {"method": "dts", "defensive": 0.1}})
+    with pytest.raises(ConfigError, match=r"`variants.bad.selection_scale`: is a setting of maxent_ts, not of method"):
+        RunConfig(methods=["bad"], variants={"bad": {"method": "dts", "selection_scale": 0.5}})
+    dts = RunConfig(methods=["dts"], search=search_config(defensive=0.2)).search_config("dts")
+    assert dts.defensive == 0.0  # maxent_ts's ε stays with maxent_ts: a DTS row is published DTS unless it asks

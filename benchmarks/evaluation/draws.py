@@ -100,9 +100,9 @@ STALLED_ITERATIONS = 20  # a tree whose iterations only revisit known terminals 
 
 
 def tree_draws(lm: LMBackend, task: Task, config: SearchConfig, budget: float, value_head=None) -> DrawSet:
-    """MaxEnt-TS's draws (each rollout, weighted by the law it was selected and rolled out with), iteration
-    after iteration until `budget` tokens, or until `STALLED_ITERATIONS` iterations in a row spent none (a
-    small problem's tree holds every sequence); the hybrid when `config.hybrid` is set."""
+    """A tree's draws (MaxEnt-TS, the hybrid when `config.hybrid` is set, DTS): each rollout, weighted by the law
+    it was selected and rolled out with, iteration after iteration until `budget` tokens, or until
+    `STALLED_ITERATIONS` iterations in a row spent none (a small problem's tree holds every sequence)."""
     tokens0 = lm.stats.tokens
     search: TreeSearch = task.sampler(lm, dataclasses.replace(config, progress=False), value_head)
     tokens, stalled = [], 0

@@ -144,11 +144,11 @@ def search_sampler_distribution(search: TreeSearch, toy: Toy, completion: np.nda
     """The exact distribution of one `sampling: search` draw from the tree as it stands, on a descent that is
     not defensive (`mixture_distribution` adds those).
 
-    Descend with the selection rule over every allowed action (`p exp(λ_sel Ṽ)`, Ṽ = Q_φ or V̂(s) for
-    unvisited children); an unvisited child is completed by the rollout policy, whose per-step
-    log-probs of each sequence's actions are `completion` (S, L).
+    Descend with the method's own selection law at every node (MaxEnt-TS: `p exp(λ_sel Ṽ)` over every allowed
+    action; DTS: p while widening, else Boltzmann on the draws); an unvisited child is completed by the rollout
+    policy, whose per-step log-probs of each sequence's actions are `completion` (S, L).
     """
-    tree, lam = search.tree, search.config.selection_scale * search.config.lam
+    tree = search.tree
     sequences = np.asarray(toy.sequences)
     q = np.zeros(len(sequences))
     stack = [(ROOT, 0.0)]
@@ -157,9 +157,10 @@ def search_sampler_distribution(search: TreeSearch, toy: Toy, completion: np.nda
         if tree.terminal[node]:
             q[toy.index(tree.actions_to(node))] += np.exp(log_q)
             continue
-        values = search.values.selection(node)
-        logits = search.eligible_log_prior(node) + lam * values
-        logits = logits - logsumexp(logits)
+        pick = search.method.select(search, node)
+        if pick.log_probs is None:
+            raise ValueError(f"method {search.config.method!r} picks a child by argmax: its draws have no law")
+        logits = pick.log_probs - logsumexp(pick.log_probs)
         prefix = tree.actions_to(node)
         for a in np.flatnonzero(np.isfinite(logits)):
             child = int(tree.children[node, a])
@@ -175,6 +176,6 @@ def search_sampler_distribution(search: TreeSearch, toy: Toy, completion: np.nda
 def mixture_distribution(search: TreeSearch, toy: Toy, completion: np.ndarray) -> np.ndarray:
     """The exact law of the search's next draw: ε q_roll + (1 − ε) q_tree, q_roll the rollout policy's
     whole-path law (per-step log-probs `completion`, (S, L)) and q_tree `search_sampler_distribution`."""
-    epsilon = search.config.defensive
+    epsilon = search.config.defensive_share
     tree_law = search_sampler_distribution(search, toy, completion)
     return epsilon * np.exp(completion.sum(axis=1)) + (1 - epsilon) * tree_law
