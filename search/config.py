@@ -185,6 +185,8 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
     # exceeds 1/ε times an i.i.d. rollout-policy draw's (`DescentLaw`)
     selection_scale: float = 1.0  # Boltzmann selection at λ_sel = selection_scale · λ (below 1: tempered, a wider
     # selection law); the backups and the target stay at λ
+    selection_shrink: float = 0.0  # n0 pseudo-visits: selection reads (N V̂(s·a) + n0 V̂(s)) / (N + n0), a child's
+    # estimate trusted as its visits grow (`search.selection.shrink_to_parent`); Monte Carlo only (hybrid: off)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -200,6 +202,9 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
             raise ValueError(f"search `defensive` must be in [0, 1) (a share of descents), got {self.defensive}")
         if not self.selection_scale > 0:
             raise ValueError(f"search `selection_scale` must be > 0, got {self.selection_scale}")
+        if self.selection_shrink < 0 or (self.selection_shrink > 0 and self.hybrid != "off"):
+            raise ValueError(f"search `selection_shrink` must be >= 0 and only without a hybrid (its Q_φ already "
+                             f"stands in for few visits), got {self.selection_shrink} with hybrid {self.hybrid!r}")
 
     @property
     def needs_head(self) -> bool:

@@ -44,9 +44,15 @@ def draw_from_policy(search: SearchView, node: int) -> Pick:
 
 
 def select_boltzmann(search: SearchView, node: int) -> Pick:
-    """MaxEnt-TS: `a ∝ p(a|s) exp(λ_sel Ṽ(s·a))` over the eligible actions (λ_sel = selection_scale · λ); the
-    search mixes in the rollout policy on a defensive descent (`TreeSearch.choose`)."""
+    """MaxEnt-TS: `a ∝ p(a|s) exp(λ_sel Ṽ(s·a))` over the eligible actions (λ_sel = selection_scale · λ; Ṽ
+    shrunk toward V̂(s) by `selection_shrink` pseudo-visits); the search mixes in the rollout policy on a
+    defensive descent (`TreeSearch.choose`)."""
     values = search.values.selection(node)
+    if search.config.selection_shrink > 0:
+        tree = search.tree
+        children = tree.children[node]
+        visits = np.where(children >= 0, tree.visits[children] + tree.pending[children], 0)
+        values = selection.shrink_to_parent(values, visits, tree.value[node], search.config.selection_shrink)
     return Pick(selection.boltzmann_log_probs(search.eligible_log_prior(node), values, np.ones(values.shape, bool),
                                               search.tree.value[node], search.config.selection_scale
                                               * search.config.lam))

@@ -30,6 +30,13 @@ def boltzmann_log_probs(
     return logits - logsumexp(logits)
 
 
+def shrink_to_parent(values: np.ndarray, visits: np.ndarray, parent_value: float, n0: float) -> np.ndarray:
+    """`Ṽ(s·a) = (N(s·a) V̂(s·a) + n0 V̂(s)) / (N(s·a) + n0)`, (A,): a child seen N times weighs its own Monte-Carlo
+    estimate N : n0 against its parent's, which pools every rollout below s. At λ = 15 a child's one lucky
+    rollout otherwise takes e^{λ ΔV} of the selection; this tempers it by N / (N + n0), less as visits grow."""
+    return (visits * values + n0 * parent_value) / (visits + n0)
+
+
 def gumbel_max(log_probs: np.ndarray, rng: np.random.Generator) -> int:
     """One action drawn from `exp(log_probs)` (unnormalised is fine) by the Gumbel-max trick."""
     return int(np.argmax(log_probs + rng.gumbel(size=log_probs.shape)))

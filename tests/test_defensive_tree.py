@@ -25,6 +25,7 @@ def search(toy, lam, n, seed=0, head=None, **settings) -> TreeSearch:
 @pytest.mark.parametrize("settings", [
     {"defensive": 0.5}, {"defensive": 0.2, "selection_scale": 0.5}, {"defensive": 0.0, "selection_scale": 0.5},
     {"defensive": 0.5, "hybrid": "visits"}, {"method": "dts", "defensive": 0.5}, {"method": "dts", "defensive": 0.0},
+    {"defensive": 0.5, "selection_shrink": 2.0}, {"defensive": 0.0, "selection_shrink": 1.0},
 ])
 def test_each_draw_is_weighted_by_the_exact_mixture_law(toy, settings):
     """log w = log p(x) + λ r(x) − log(ε q_roll(x) + (1 − ε) q_tree(x)), both laws enumerated before the draw."""
@@ -104,3 +105,15 @@ def test_the_default_tree_estimates_log_z_no_worse_than_iid_prior_draws_at_equal
            for _ in range(400)]
     tree_rmse, iid_rmse = np.sqrt(np.mean(np.square(errors))), np.sqrt(np.mean(np.square(iid)))
     assert tree_rmse <= iid_rmse, (tree_rmse, iid_rmse, draws)
+
+
+def test_shrunk_selection_weighs_a_childs_estimate_by_its_visits():
+    """Ṽ = (N V̂(s·a) + n0 V̂(s)) / (N + n0): an unvisited child reads its parent's value, a child seen n0 times
+    sits halfway, a child seen 2000 times reads its own; the hybrid, whose Q_φ stands in for few visits, refuses it."""
+    from search.selection import shrink_to_parent
+
+    shrunk = shrink_to_parent(np.array([1.0, 0.0, 3.0]), np.array([0, 2, 2000]), parent_value=0.5, n0=2.0)
+    np.testing.assert_allclose(shrunk[:2], [0.5, 0.25])
+    assert abs(shrunk[2] - 3.0) < 0.01
+    with pytest.raises(ValueError, match="selection_shrink"):
+        search_config(hybrid="visits", selection_shrink=1.0)
