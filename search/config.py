@@ -115,6 +115,12 @@ class SearchConfig:
         return search_config(method, **{**carried(self, method), **overrides})
 
 
+def check_defensive(share: float) -> None:
+    """ε, the share of descents drawn from the rollout policy (MaxEnt-TS, DTS), must be in [0, 1)."""
+    if not 0 <= share < 1:
+        raise ValueError(f"search `defensive` must be in [0, 1) (a share of descents), got {share}")
+
+
 @dataclass(frozen=True)
 class WideningSettings(SearchConfig):
     widening_c: float = 1.0  # progressive widening's C in C (N(s)+1)^α (each subclass says what it limits)
@@ -198,8 +204,7 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
             )
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"search `sampling` must be one of {SAMPLINGS}, got {self.sampling!r}")
-        if not 0 <= self.defensive < 1:
-            raise ValueError(f"search `defensive` must be in [0, 1) (a share of descents), got {self.defensive}")
+        check_defensive(self.defensive)
         if not self.selection_scale > 0:
             raise ValueError(f"search `selection_scale` must be > 0, got {self.selection_scale}")
         if self.selection_shrink < 0 or (self.selection_shrink > 0 and self.hybrid != "off"):
@@ -246,8 +251,7 @@ class DTSConfig(WideningSettings, UCTSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.defensive < 1:
-            raise ValueError(f"search `defensive` must be in [0, 1) (a share of descents), got {self.defensive}")
+        check_defensive(self.defensive)
         if self.method == "dts_star" and self.defensive > 0:
             raise ValueError("search `defensive` needs a selection law to mix p into; dts_star picks by UCT: "
                              "use method 'dts' or defensive: 0")
