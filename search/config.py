@@ -21,6 +21,7 @@ import numpy as np
 
 from sadt.config import ConfigError, check_finite, to_dict
 from sadt.importance import effective_sample_size, log_mean_exp
+from search.draws import ADAPTIVE_SHARE_BOUNDS
 from search.smc import SMC_METHODS  # particle samplers, configured by `SMCConfig`
 from search.task import RewardFn  # noqa: F401  (re-exported: callers have imported it from here)
 from search.tree import Tree
@@ -88,6 +89,11 @@ class SearchConfig:
         return 0.0
 
     @property
+    def adapts_defensive(self) -> bool:
+        """Whether ε moves between iterations with the draws (`search.draws.adapted_defensive_share`)."""
+        return False
+
+    @property
     def head_mix(self) -> HeadMix | None:
         """How the tree's values mix Monte Carlo with Q_φ (`search.values`); None: Monte Carlo only."""
         return None
@@ -115,10 +121,15 @@ class SearchConfig:
         return search_config(method, **{**carried(self, method), **overrides})
 
 
-def check_defensive(share: float) -> None:
-    """ε, the share of descents drawn from the rollout policy (MaxEnt-TS, DTS), must be in [0, 1)."""
+def check_defensive(share: float, adapt: bool) -> None:
+    """ε, the share of descents drawn from the rollout policy (MaxEnt-TS, DTS), must be in [0, 1); an adapted
+    one starts inside the bounds it adapts within."""
     if not 0 <= share < 1:
         raise ValueError(f"search `defensive` must be in [0, 1) (a share of descents), got {share}")
+    low, high = ADAPTIVE_SHARE_BOUNDS
+    if adapt and not low <= share <= high:
+        raise ValueError(f"search `defensive_adapt` moves ε within [{low}, {high}]: start it there "
+                         f"(`defensive`), got {share}")
 
 
 @dataclass(frozen=True)
@@ -191,6 +202,8 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
     # exceeds 1/ε times an i.i.d. rollout-policy draw's (`DescentLaw`)
     selection_scale: float = 1.0  # Boltzmann selection at λ_sel = selection_scale · λ (below 1: tempered, a wider
     # selection law); the backups and the target stay at λ
+    defensive_adapt: bool = False  # ε moves each iteration to the share of the draws' weight that the defensive
+    # descents carry (population Monte Carlo's update, `search.draws.adapted_defensive_share`), within [0.1, 0.95]
     selection_shrink: float = 0.0  # n0 pseudo-visits: selection reads (N V̂(s·a) + n0 V̂(s)) / (N + n0), a child's
     # estimate trusted as its visits grow (`search.selection.shrink_to_parent`); Monte Carlo only (hybrid: off)
 
@@ -204,7 +217,7 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
             )
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"search `sampling` must be one of {SAMPLINGS}, got {self.sampling!r}")
-        check_defensive(self.defensive)
+        check_defensive(self.defensive, self.defensive_adapt)
         if not self.selection_scale > 0:
             raise ValueError(f"search `selection_scale` must be > 0, got {self.selection_scale}")
         if self.selection_shrink < 0 or (self.selection_shrink > 0 and self.hybrid != "off"):
@@ -228,6 +241,10 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
         return self.defensive
 
     @property
+    def adapts_defensive(self) -> bool:
+        return self.defensive_adapt
+
+    @property
     def head_mix(self) -> HeadMix | None:
         if self.hybrid == "off":
             return None
@@ -244,14 +261,15 @@ class DTSConfig(WideningSettings, UCTSettings):
     which restores full support and an unbiased Ẑ (issue 34). 0, the published algorithm, by default."""
 
     methods: ClassVar[tuple[str, ...]] = ("dts", "dts_star")
-    not_carried: ClassVar[frozenset[str]] = frozenset({"defensive"})  # maxent_ts's ε (0.5 by default) must not
-    # turn a DTS row fed by a maxent_ts block into another sampler
+    not_carried: ClassVar[frozenset[str]] = frozenset({"defensive", "defensive_adapt"})  # maxent_ts's ε (0.5
+    # by default) must not turn a DTS row fed by a maxent_ts block into another sampler
     method: str = "dts"
     defensive: float = 0.0  # ε, the share of descents that draw from p (dts only: DTS*'s UCT has no law to mix)
+    defensive_adapt: bool = False  # ε moves with the draws, as MaxEnt-TS's `defensive_adapt`
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_defensive(self.defensive)
+        check_defensive(self.defensive, self.defensive_adapt)
         if self.method == "dts_star" and self.defensive > 0:
             raise ValueError("search `defensive` needs a selection law to mix p into; dts_star picks by UCT: "
                              "use method 'dts' or defensive: 0")
@@ -259,6 +277,10 @@ class DTSConfig(WideningSettings, UCTSettings):
     @property
     def defensive_share(self) -> float:
         return self.defensive
+
+    @property
+    def adapts_defensive(self) -> bool:
+        return self.defensive_adapt
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""What a tree search's importance weights read: the law each descent drew its in-tree choices from, and each
-draw's record (`search.tree_search`)."""
+"""What a tree search's importance weights read: the law each descent drew its in-tree choices from, each
+draw's record, and the adaptive defensive share (`search.tree_search`)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ class DescentLaw:
         return self.log_prior - float(np.logaddexp(np.log(epsilon) + self.log_roll,
                                                    np.log1p(-epsilon) + self.log_tree))
 
+    def responsibility(self, epsilon: float) -> float:
+        """ρ = ε q_roll / (ε q_roll + (1 − ε) q_tree) of the choices so far: the probability that the defensive
+        component made them, given the choices (0 when ε = 0)."""
+        if epsilon == 0:
+            return 0.0
+        log_roll = np.log(epsilon) + self.log_roll
+        return float(np.exp(log_roll - np.logaddexp(log_roll, np.log1p(-epsilon) + self.log_tree)))
+
 
 @dataclass(frozen=True)
 class Draw:
@@ -37,3 +45,24 @@ class Draw:
 
     terminal: int  # the terminal node it reached
     log_weight: float  # log p(x) + λ r(x) − log q(x), q the law of its descent and rollout when it was drawn
+    responsibility: float = 0.0  # ρ, the chance that its descent was a defensive one (`DescentLaw.responsibility`)
+
+
+ADAPTIVE_SHARE_BOUNDS = (0.1, 0.95)  # an adapted ε stays here: each weight ≤ 10× an i.i.d. rollout-policy
+# draw's, and the tree keeps 5% of the descents to show that its law has become worth more
+
+
+def adapted_defensive_share(draws: list[Draw], bounds: tuple[float, float] = ADAPTIVE_SHARE_BOUNDS) -> float:
+    """The next iteration's ε from the draws so far: ε' = Σ_i w̄_i ρ_i, clipped to `bounds`.
+
+    The Rao-Blackwellised mixture-weight update of population Monte Carlo (Douc, Guillin, Marin and Robert,
+    Ann. Statist. 2007; Cappé et al., Stat. Comput. 2008): w̄_i are the self-normalised importance weights
+    and ρ_i each draw's responsibility of the rollout-policy component, so ε' is the share of π*'s mass
+    (as the draws see it) that the defensive descents found, the EM step on KL(π* ‖ ε q_roll + (1 − ε) q_tree).
+    ε only moves between iterations and reads only earlier draws, so each draw's weight stays exact for the
+    law it was drawn from and Ẑ stays unbiased.
+    """
+    log_weights = np.array([d.log_weight for d in draws], dtype=np.float64)
+    normalised = np.exp(log_weights - np.logaddexp.reduce(log_weights))
+    share = float(normalised @ np.array([d.responsibility for d in draws], dtype=np.float64))
+    return float(np.clip(share, *bounds))

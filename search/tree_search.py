@@ -55,7 +55,7 @@ from sadt.rewards import checked_rewards
 from sadt.rollout import rollout
 from search.backup import mean_backup, soft_backup
 from search.config import METHODS, SMC_METHODS, RewardFn, SearchConfig, SearchResult
-from search.draws import DescentLaw, Draw
+from search.draws import DescentLaw, Draw, adapted_defensive_share
 from search.methods import METHOD_STRATEGIES, Pick
 from search.selection import gumbel_max
 from search.task import Task
@@ -91,7 +91,8 @@ class TreeSearch:
         grammar, prompt_ids = task.grammar, task.prompt_ids
         self.lm, self.grammar, self.reward_fn, self.config = lm, grammar, task.reward_fn, config
         self.method = METHOD_STRATEGIES[config.method]
-        self.epsilon = config.defensive_share  # maxent_ts's and dts's defensive share (0 for the other methods)
+        self.epsilon = config.defensive_share  # maxent_ts's and dts's defensive share (0 for the other methods);
+        # it moves between iterations under `defensive_adapt`
         self.value_head = value_head = task.value(value_head, config.lam)
         self.action_token_ids = list(task.action_token_ids)
         self.top_k = self.method.top_k if self.method.top_k is not None else config.top_k
@@ -110,12 +111,12 @@ class TreeSearch:
         root_q = None if value_head is None else value_head(root.hidden, lambda: [[]])[0].double().cpu().numpy()
         self.tree.set_prior(ROOT, masked_log_softmax(root.logits.double(), mask, self.top_k)[0].cpu().numpy(), root_q)
         self.rollouts_done = 0
-        # Per iteration (reset by `iterate`): leaves picked per node, the draws counted, and for each
-        # selection Σ log p(a|s) − log q(a|s) over its choices (`descent` while descending).
+        # Per iteration (reset by `iterate`): leaves picked per node, the draws counted, and each selection's
+        # in-tree choices under every law that could have made them (`descent` while descending).
         self.pending_leaves: dict[int, dict[int, int]] = {}
         self._counted_draws: list[tuple[int, int]] = []
         self.descent = DescentLaw()
-        self._pick_log_ratios: list[float] = []
+        self._pick_laws: list[DescentLaw] = []
         self.draws: list[Draw] = []  # maxent_ts: one record per draw, for the IS estimates and resampling
         self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds
 
@@ -201,11 +202,11 @@ class TreeSearch:
             if child < 0:
                 leaves = self.pending_leaves.setdefault(node, {})
                 leaves[slot] = leaves.get(slot, 0) + 1
-                self._pick_log_ratios.append(self.descent.log_ratio(epsilon))
+                self._pick_laws.append(self.descent)
                 return node, slot
             if tree.terminal[child]:
                 tree.pending[child] += 1
-                self._pick_log_ratios.append(self.descent.log_ratio(epsilon))
+                self._pick_laws.append(self.descent)
                 return child, -1
             node = child
 
@@ -251,7 +252,7 @@ class TreeSearch:
         finally:
             self.tree.pending[: self.tree.size] = 0
             self.pending_leaves.clear()
-            self._pick_log_ratios.clear()
+            self._pick_laws.clear()
             self._counted_draws.clear()
 
     def _iterate(self, batch: int) -> list[int]:
@@ -259,8 +260,9 @@ class TreeSearch:
         picks = [self.select() for _ in range(batch)]
         revisits = [node for node, action in picks if action < 0]  # known terminals: no LM call
         new = [(parent, self.tree.action_of(parent, slot)) for parent, slot in picks if slot >= 0]
-        log_ratios = [r for (_, a), r in zip(picks, self._pick_log_ratios) if a < 0] + \
-            [r for (_, a), r in zip(picks, self._pick_log_ratios) if a >= 0]  # in the order of `terminals` below
+        laws = [law for (_, a), law in zip(picks, self._pick_laws) if a < 0] + \
+            [law for (_, a), law in zip(picks, self._pick_laws) if a >= 0]  # in the order of `terminals` below
+        log_ratios = [law.log_ratio(self.epsilon) for law in laws]  # Σ log p − log q_mix of the in-tree choices
         suffixes = [[action] for _, action in new]  # actions below each parent: the new one, then the rollout's
         paths = [self.tree.actions_to(parent) + [action] for parent, action in new]
         step_log_probs: list[np.ndarray | None] = [None] * len(paths)  # (T, A) prior vectors along each rollout
@@ -296,7 +298,10 @@ class TreeSearch:
         self.backup(terminals)
         if self.method.records_draws:
             log_weights = np.asarray(log_ratios) + self.config.lam * self.tree.reward[terminals]
-            self.draws += [Draw(int(t), float(w)) for t, w in zip(terminals, log_weights)]
+            self.draws += [Draw(int(t), float(w), law.responsibility(self.epsilon))
+                           for t, w, law in zip(terminals, log_weights, laws)]
+            if self.config.adapts_defensive:
+                self.epsilon = adapted_defensive_share(self.draws)
         self.rollouts_done += batch
         self._tick("insert_backup", clock)
         return terminals

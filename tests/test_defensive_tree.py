@@ -26,6 +26,7 @@ def search(toy, lam, n, seed=0, head=None, **settings) -> TreeSearch:
     {"defensive": 0.5}, {"defensive": 0.2, "selection_scale": 0.5}, {"defensive": 0.0, "selection_scale": 0.5},
     {"defensive": 0.5, "hybrid": "visits"}, {"method": "dts", "defensive": 0.5}, {"method": "dts", "defensive": 0.0},
     {"defensive": 0.5, "selection_shrink": 2.0}, {"defensive": 0.0, "selection_shrink": 1.0},
+    {"defensive": 0.5, "defensive_adapt": True}, {"method": "dts", "defensive": 0.3, "defensive_adapt": True},
 ])
 def test_each_draw_is_weighted_by_the_exact_mixture_law(toy, settings):
     """log w = log p(x) + λ r(x) − log(ε q_roll(x) + (1 − ε) q_tree(x)), both laws enumerated before the draw."""
@@ -33,10 +34,13 @@ def test_each_draw_is_weighted_by_the_exact_mixture_law(toy, settings):
     head = ExactHead(toy, lam, noise=0.3) if "hybrid" in settings else None
     completion = policy_step_log_probs(toy, lam, toy_q(toy, head) if head else None)
     tree = search(toy, lam, 24, head=head, **settings)
+    shares = {tree.epsilon}
     for _ in range(6):
         law = mixture_distribution(tree, toy, completion)
         x = toy.index(tree.tree.actions_to(tree.iterate(1)[0]))
         assert tree.draw_log_weights[-1] == pytest.approx(toy.log_p[x] + lam * toy.table[x] - np.log(law[x]), abs=1e-6)
+        shares.add(tree.epsilon)
+    assert (len(shares) > 1) == settings.get("defensive_adapt", False)  # an adapted ε moved, a fixed one did not
 
 
 def toy_q(toy, head) -> np.ndarray:
@@ -60,13 +64,15 @@ def test_undefended_dts_draws_from_a_law_that_misses_part_of_pi_and_the_defensiv
     assert np.isclose(laws[0].sum(), 1) and np.isclose(laws[1].sum(), 1)
 
 
-@pytest.mark.parametrize("method", ["maxent_ts", "dts"])
-def test_defensive_weights_are_unbiased_for_z(toy, method):
-    """Ẑ = mean w has mean Z over seeds (a sharp tilt, where the tree's selection is most uneven)."""
+@pytest.mark.parametrize("method, adapt", [("maxent_ts", False), ("dts", False), ("maxent_ts", True)])
+def test_defensive_weights_are_unbiased_for_z(toy, method, adapt):
+    """Ẑ = mean w has mean Z over seeds (a sharp tilt, where the tree's selection is most uneven), with ε fixed or
+    adapted between iterations from the earlier draws."""
     lam = 10.0
     _, root = toy.target(lam)
-    ratios = np.array([np.exp(log_mean_exp(search(toy, lam, 32, seed=s, method=method, defensive=0.5)
-                                           .draw_log_weights) - lam * root) for s in range(60)])
+    ratios = np.array([np.exp(log_mean_exp(search(toy, lam, 32, seed=s, method=method, defensive=0.5,
+                                                  defensive_adapt=adapt).draw_log_weights) - lam * root)
+                       for s in range(60)])
     standard_error = ratios.std(ddof=1) / np.sqrt(ratios.size)
     assert abs(ratios.mean() - 1) < 3 * standard_error, (ratios.mean(), standard_error)
 
@@ -105,6 +111,24 @@ def test_the_default_tree_estimates_log_z_no_worse_than_iid_prior_draws_at_equal
            for _ in range(400)]
     tree_rmse, iid_rmse = np.sqrt(np.mean(np.square(errors))), np.sqrt(np.mean(np.square(iid)))
     assert tree_rmse <= iid_rmse, (tree_rmse, iid_rmse, draws)
+
+
+def test_the_adapted_share_is_the_weight_the_defensive_descents_carry():
+    """ε' = Σ w̄_i ρ_i within [0.1, 0.95]: draws that only a defensive descent could make (ρ = 1) holding all the
+    weight push ε to its ceiling, the tree's own (ρ = 0) to its floor, equal weight to the middle; and
+    ρ = ε q_roll / (ε q_roll + (1 − ε) q_tree) of a descent's choices."""
+    from search.draws import DescentLaw, Draw, adapted_defensive_share
+
+    def draws(log_weights, responsibilities):
+        return [Draw(0, w, r) for w, r in zip(log_weights, responsibilities)]
+
+    assert adapted_defensive_share(draws([0.0, -50.0], [1.0, 0.0])) == 0.95
+    assert adapted_defensive_share(draws([-50.0, 0.0], [1.0, 0.0])) == 0.1
+    assert adapted_defensive_share(draws([0.0, 0.0, np.log(2.0)], [1.0, 0.0, 0.25])) == pytest.approx(0.375)
+    law = DescentLaw(log_roll=np.log(0.2), log_tree=np.log(0.6))
+    assert law.responsibility(0.5) == pytest.approx(0.1 / (0.1 + 0.3)) and law.responsibility(0.0) == 0.0
+    with pytest.raises(ValueError, match="defensive_adapt"):
+        search_config(defensive=0.05, defensive_adapt=True)
 
 
 def test_shrunk_selection_weighs_a_childs_estimate_by_its_visits():

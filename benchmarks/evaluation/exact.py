@@ -175,7 +175,8 @@ def search_sampler_distribution(search: TreeSearch, toy: Toy, completion: np.nda
 
 def mixture_distribution(search: TreeSearch, toy: Toy, completion: np.ndarray) -> np.ndarray:
     """The exact law of the search's next draw: ε q_roll + (1 − ε) q_tree, q_roll the rollout policy's
-    whole-path law (per-step log-probs `completion`, (S, L)) and q_tree `search_sampler_distribution`."""
-    epsilon = search.config.defensive_share
+    whole-path law (per-step log-probs `completion`, (S, L)) and q_tree `search_sampler_distribution`; ε the
+    search's share as it stands (it moves between iterations under `defensive_adapt`)."""
+    epsilon = search.epsilon
     tree_law = search_sampler_distribution(search, toy, completion)
     return epsilon * np.exp(completion.sum(axis=1)) + (1 - epsilon) * tree_law
