@@ -20,7 +20,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep rows.csv and run only what it lacks")
     parser.add_argument("--shard", default="0/1", help="i/n: this process takes windows i, i+n, ... (resumable)")
     parser.add_argument("--summarise", action="store_true", help="rebuild summary.md and the plot from rows.csv")
+    parser.add_argument("--lams", type=float, nargs="+", help="run only these of the config's λ (a long run split "
+                        "across sessions); the summary reads every row")
     args = parser.parse_args(argv)
     try:
         index, count = (int(x) for x in args.shard.split("/"))
@@ -212,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     if count > 1:  # n shards side by side share the cores: more torch threads each only thrash
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
     config = load_config(args.config, SamplersConfig)
+    if args.lams:
+        if not set(args.lams) <= set(config.lams):
+            parser.error(f"--lams {args.lams} must be among the config's lams {config.lams} ({args.config})")
+        config = replace(config, lams=args.lams)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.summarise:

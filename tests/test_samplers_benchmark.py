@@ -94,6 +94,18 @@ def test_a_config_naming_an_unknown_baseline_or_draws_kind_is_refused(tmp_path):
     assert SamplerSpec(draws="tree", search={"method": "dts", "defensive": 0.5}).search["method"] == "dts"
 
 
+def test_lams_on_the_command_line_must_be_among_the_configs(tmp_path, capsys):
+    """`--lams` splits a long run across sessions; a λ the config lacks is refused, naming the config."""
+    from benchmarks.samplers import main
+
+    config = tmp_path / "samplers.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\nlams: [15.0, 50.0]\nsamplers:\n  iid p: {{draws: policy}}\n")
+    with pytest.raises(SystemExit) as stopped:
+        main(["--config", str(config), "--lams", "5", "--summarise"])
+    assert stopped.value.code == 2 and "must be among the config's lams [15.0, 50.0]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
 def test_smc_counts_each_distinct_particle_once(toy):
     """Resampling copies particles; the copies merge into one draw whose weight is their sum, Ẑ stays SMC's."""
     config = search_config(method="smc", lam=LAM, ess_threshold=1.0, seed=0, progress=False)  # resample every step
