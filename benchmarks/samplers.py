@@ -152,21 +152,24 @@ def benchmark_tasks(config: SamplersConfig, tokenizer) -> list[tuple[str, Callab
             for label, context, truth in series[k : k + 1]]
 
 
-def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int]) -> RowStore:
+def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
+        names: list[str] | None = None) -> RowStore:
+    """Every window of this shard × λ × sampler (`names` of them, all by default) that rows.csv lacks."""
     from sadt.codec import Codec
     from sadt.head_io import load_value_head
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
 
+    names = list(config.samplers) if names is None else names
     lm, tokenizer = load_base_lm()
     head = None
-    if any(spec.head for spec in config.samplers.values()):
+    if any(config.samplers[name].head for name in names):
         head, _ = load_value_head(config.head, lm_fingerprint(), to_dict(Codec(tokenizer).config))
     rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume)
     references = RowStore(out / "references.csv", ("window", "lam"), resume)
     index, count = shard
     for label, build_task, truth in tqdm(benchmark_tasks(config, tokenizer)[index::count], desc="windows",
                                          unit="window"):
-        if all(rows.done(label, lam, name) for lam in config.lams for name in config.samplers):
+        if all(rows.done(label, lam, name) for lam in config.lams for name in names):
             continue
         task = build_task()
         rng = np.random.default_rng([config.seed, zlib.crc32(label.encode())])
@@ -180,9 +183,10 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int])
             reference = Reference.from_prior_rewards(reference_draws.rewards, lam, rng)
             if not references.done(label, lam):
                 references.add([{"window": label, "lam": lam, **reference.__dict__}])
-            for name, spec in config.samplers.items():
+            for name in names:
                 if rows.done(label, lam, name):
                     continue
+                spec = config.samplers[name]
                 start = time.perf_counter()
                 runs = run_sampler(spec, lm, task, lam, config.budgets, config.seed, head, tokens_per_draw,
                                    prior_draws, config.policy_batch, config.top_k)
@@ -197,6 +201,20 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int])
     return rows
 
 
+def part_to_run(config: SamplersConfig, lams: list[float] | None, samplers: list[str] | None, source: Path,
+                error: Callable[[str], None]) -> tuple[SamplersConfig, list[str]]:
+    """The config's λ and the sampler labels named on the command line (a long run split across sessions; all
+    when not named); the summary still reads every row. A name the config lacks is an `error`."""
+    if lams:
+        if not set(lams) <= set(config.lams):
+            error(f"--lams {lams} must be among the config's lams {config.lams} ({source})")
+        config = replace(config, lams=lams)
+    unknown = sorted(set(samplers or ()) - set(config.samplers))
+    if unknown:
+        error(f"--samplers {unknown} are not among the config's samplers {list(config.samplers)} ({source})")
+    return config, list(samplers or config.samplers)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
@@ -205,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarise", action="store_true", help="rebuild summary.md and the plot from rows.csv")
     parser.add_argument("--lams", type=float, nargs="+", help="run only these of the config's λ (a long run split "
                         "across sessions); the summary reads every row")
+    parser.add_argument("--samplers", nargs="+", help="run only these of the config's samplers (by label)")
     args = parser.parse_args(argv)
     try:
         index, count = (int(x) for x in args.shard.split("/"))
@@ -214,16 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     if count > 1:  # n shards side by side share the cores: more torch threads each only thrash
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
     config = load_config(args.config, SamplersConfig)
-    if args.lams:
-        if not set(args.lams) <= set(config.lams):
-            parser.error(f"--lams {args.lams} must be among the config's lams {config.lams} ({args.config})")
-        config = replace(config, lams=args.lams)
+    to_run, names = part_to_run(config, args.lams, args.samplers, args.config, parser.error)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.summarise:
         rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume=True).rows
     else:
-        rows = run(config, out, args.resume, (index, count)).rows
+        rows = run(to_run, out, args.resume, (index, count), names).rows
     baselines = {name: spec.baseline for name, spec in config.samplers.items()}
     header = f"# Samplers at equal LM tokens ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)\n"
     heads = {name: spec.head for name, spec in config.samplers.items()}

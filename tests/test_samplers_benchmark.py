@@ -94,8 +94,9 @@ def test_a_config_naming_an_unknown_baseline_or_draws_kind_is_refused(tmp_path):
     assert SamplerSpec(draws="tree", search={"method": "dts", "defensive": 0.5}).search["method"] == "dts"
 
 
-def test_lams_on_the_command_line_must_be_among_the_configs(tmp_path, capsys):
-    """`--lams` splits a long run across sessions; a λ the config lacks is refused, naming the config."""
+def test_lams_and_samplers_on_the_command_line_must_be_among_the_configs(tmp_path, capsys):
+    """`--lams` and `--samplers` split a long run across sessions; a λ or label the config lacks is refused,
+    naming the config."""
     from benchmarks.samplers import main
 
     config = tmp_path / "samplers.yaml"
@@ -103,6 +104,10 @@ def test_lams_on_the_command_line_must_be_among_the_configs(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["--config", str(config), "--lams", "5", "--summarise"])
     assert stopped.value.code == 2 and "must be among the config's lams [15.0, 50.0]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["--config", str(config), "--samplers", "iid p", "DTS", "--summarise"])
+    refusal = capsys.readouterr().err
+    assert stopped.value.code == 2 and "--samplers ['DTS'] are not among the config's samplers" in refusal
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
@@ -176,7 +181,9 @@ def test_the_samplers_benchmark_runs_on_the_caption_task(tmp_path):
     config = SamplersConfig(task="caption", top_k=5, head=None, max_tokens=6, series=["Wine"], context_length=12,
                             lams=[5.0], budgets=[400.0], reference_budget=600.0, policy_batch=16, samplers=samplers,
                             n_resampled=8)
-    rows = run(config, tmp_path, resume=False, shard=(0, 1)).rows
+    first = run(config, tmp_path, resume=False, shard=(0, 1), names=["iid p"]).rows  # `--samplers "iid p"`
+    assert [row["sampler"] for row in first] == ["iid p"]
+    rows = run(config, tmp_path, resume=True, shard=(0, 1)).rows  # the rest joins it
     assert sorted(row["sampler"] for row in rows) == ["MaxEnt-TS", "SMC", "iid p"]
     for row in rows:
         # SMC's tokens are those of the particles the budget buys, rounded: a little over it
