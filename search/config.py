@@ -121,15 +121,17 @@ class SearchConfig:
         return search_config(method, **{**carried(self, method), **overrides})
 
 
-def check_defensive(share: float, adapt: bool) -> None:
+def check_defensive(share: float, adapt: bool, prior_draws: float) -> None:
     """ε, the share of descents drawn from the rollout policy (MaxEnt-TS, DTS), must be in [0, 1); an adapted
-    one starts inside the bounds it adapts within."""
+    one starts inside the bounds it adapts within (ε = 0, no mixture, has nothing to adapt)."""
     if not 0 <= share < 1:
         raise ValueError(f"search `defensive` must be in [0, 1) (a share of descents), got {share}")
     low, high = ADAPTIVE_SHARE_BOUNDS
-    if adapt and not low <= share <= high:
+    if adapt and share > 0 and not low <= share <= high:
         raise ValueError(f"search `defensive_adapt` moves ε within [{low}, {high}]: start it there "
                          f"(`defensive`), got {share}")
+    if not prior_draws >= 0:
+        raise ValueError(f"search `defensive_adapt_prior` must be >= 0 (effective draws), got {prior_draws}")
 
 
 @dataclass(frozen=True)
@@ -202,8 +204,12 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
     # exceeds 1/ε times an i.i.d. rollout-policy draw's (`DescentLaw`)
     selection_scale: float = 1.0  # Boltzmann selection at λ_sel = selection_scale · λ (below 1: tempered, a wider
     # selection law); the backups and the target stay at λ
-    defensive_adapt: bool = False  # ε moves each iteration to the share of the draws' weight that the defensive
-    # descents carry (population Monte Carlo's update, `search.draws.adapted_defensive_share`), within [0.1, 0.95]
+    defensive_adapt: bool = True  # ε starts at `defensive` and moves each iteration to the share of the draws'
+    # weight that the defensive descents carry (population Monte Carlo's update, `search.draws.
+    # adapted_defensive_share`), within [0.1, 0.95]; it beat the fixed ε = 0.5 on the 13 held-out windows
+    # (BENCHMARKS.md, issue 34). No effect with defensive: 0
+    defensive_adapt_prior: float = 4.0  # m: the start ε counts as m effective draws, so a few lucky draws do not
+    # swing it (`adapted_defensive_share`)
     selection_shrink: float = 0.0  # n0 pseudo-visits: selection reads (N V̂(s·a) + n0 V̂(s)) / (N + n0), a child's
     # estimate trusted as its visits grow (`search.selection.shrink_to_parent`); Monte Carlo only (hybrid: off)
 
@@ -217,7 +223,7 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
             )
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"search `sampling` must be one of {SAMPLINGS}, got {self.sampling!r}")
-        check_defensive(self.defensive, self.defensive_adapt)
+        check_defensive(self.defensive, self.defensive_adapt, self.defensive_adapt_prior)
         if not self.selection_scale > 0:
             raise ValueError(f"search `selection_scale` must be > 0, got {self.selection_scale}")
         if self.selection_shrink < 0 or (self.selection_shrink > 0 and self.hybrid != "off"):
@@ -242,7 +248,7 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
 
     @property
     def adapts_defensive(self) -> bool:
-        return self.defensive_adapt
+        return self.defensive_adapt and self.defensive > 0
 
     @property
     def head_mix(self) -> HeadMix | None:
@@ -261,15 +267,16 @@ class DTSConfig(WideningSettings, UCTSettings):
     which restores full support and an unbiased Ẑ (issue 34). 0, the published algorithm, by default."""
 
     methods: ClassVar[tuple[str, ...]] = ("dts", "dts_star")
-    not_carried: ClassVar[frozenset[str]] = frozenset({"defensive", "defensive_adapt"})  # maxent_ts's ε (0.5
-    # by default) must not turn a DTS row fed by a maxent_ts block into another sampler
+    # maxent_ts's ε (0.5 by default) must not turn a DTS row fed by a maxent_ts block into another sampler
+    not_carried: ClassVar[frozenset[str]] = frozenset({"defensive", "defensive_adapt", "defensive_adapt_prior"})
     method: str = "dts"
     defensive: float = 0.0  # ε, the share of descents that draw from p (dts only: DTS*'s UCT has no law to mix)
     defensive_adapt: bool = False  # ε moves with the draws, as MaxEnt-TS's `defensive_adapt`
+    defensive_adapt_prior: float = 4.0  # m, as MaxEnt-TS's
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_defensive(self.defensive, self.defensive_adapt)
+        check_defensive(self.defensive, self.defensive_adapt, self.defensive_adapt_prior)
         if self.method == "dts_star" and self.defensive > 0:
             raise ValueError("search `defensive` needs a selection law to mix p into; dts_star picks by UCT: "
                              "use method 'dts' or defensive: 0")
@@ -280,7 +287,7 @@ class DTSConfig(WideningSettings, UCTSettings):
 
     @property
     def adapts_defensive(self) -> bool:
-        return self.defensive_adapt
+        return self.defensive_adapt and self.defensive > 0
 
 
 @dataclass(frozen=True)

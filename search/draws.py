@@ -52,17 +52,21 @@ ADAPTIVE_SHARE_BOUNDS = (0.1, 0.95)  # an adapted ε stays here: each weight ≤
 # draw's, and the tree keeps 5% of the descents to show that its law has become worth more
 
 
-def adapted_defensive_share(draws: list[Draw], bounds: tuple[float, float] = ADAPTIVE_SHARE_BOUNDS) -> float:
-    """The next iteration's ε from the draws so far: ε' = Σ_i w̄_i ρ_i, clipped to `bounds`.
+def adapted_defensive_share(draws: list[Draw], start: float, prior_draws: float,
+                            bounds: tuple[float, float] = ADAPTIVE_SHARE_BOUNDS) -> float:
+    """The next iteration's ε from the draws so far: (ESS ε̂ + m ε₀) / (ESS + m), ε̂ = Σ_i w̄_i ρ_i, clipped to
+    `bounds`.
 
-    The Rao-Blackwellised mixture-weight update of population Monte Carlo (Douc, Guillin, Marin and Robert,
-    Ann. Statist. 2007; Cappé et al., Stat. Comput. 2008): w̄_i are the self-normalised importance weights
-    and ρ_i each draw's responsibility of the rollout-policy component, so ε' is the share of π*'s mass
-    (as the draws see it) that the defensive descents found, the EM step on KL(π* ‖ ε q_roll + (1 − ε) q_tree).
-    ε only moves between iterations and reads only earlier draws, so each draw's weight stays exact for the
-    law it was drawn from and Ẑ stays unbiased.
+    ε̂ is the Rao-Blackwellised mixture-weight update of population Monte Carlo (Douc, Guillin, Marin and Robert,
+    Ann. Statist. 2007; Cappé et al., Stat. Comput. 2008): w̄_i are the self-normalised importance weights and
+    ρ_i each draw's responsibility of the rollout-policy component, so ε̂ is the share of π*'s mass (as the
+    draws see it) that the defensive descents found, the EM step on KL(π* ‖ ε q_roll + (1 − ε) q_tree). With
+    few effective draws one lucky draw decides ε̂, so it is shrunk towards the start ε₀ as if ε₀ had m
+    (`prior_draws`) effective draws behind it. ε only moves between iterations and reads only earlier draws,
+    so each draw's weight stays exact for the law it was drawn from and Ẑ stays unbiased.
     """
     log_weights = np.array([d.log_weight for d in draws], dtype=np.float64)
     normalised = np.exp(log_weights - np.logaddexp.reduce(log_weights))
-    share = float(normalised @ np.array([d.responsibility for d in draws], dtype=np.float64))
-    return float(np.clip(share, *bounds))
+    estimate = float(normalised @ np.array([d.responsibility for d in draws], dtype=np.float64))
+    ess = 1.0 / float(np.sum(normalised**2))
+    return float(np.clip((ess * estimate + prior_draws * start) / (ess + prior_draws), *bounds))

@@ -301,7 +301,8 @@ class TreeSearch:
             self.draws += [Draw(int(t), float(w), law.responsibility(self.epsilon))
                            for t, w, law in zip(terminals, log_weights, laws)]
             if self.config.adapts_defensive:
-                self.epsilon = adapted_defensive_share(self.draws)
+                self.epsilon = adapted_defensive_share(self.draws, self.config.defensive_share,
+                                                       self.config.defensive_adapt_prior)
         self.rollouts_done += batch
         self._tick("insert_backup", clock)
         return terminals

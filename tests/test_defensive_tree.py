@@ -23,7 +23,8 @@ def search(toy, lam, n, seed=0, head=None, **settings) -> TreeSearch:
 
 
 @pytest.mark.parametrize("settings", [
-    {"defensive": 0.5}, {"defensive": 0.2, "selection_scale": 0.5}, {"defensive": 0.0, "selection_scale": 0.5},
+    {"defensive": 0.5, "defensive_adapt": False}, {"defensive": 0.2, "selection_scale": 0.5},
+    {"defensive": 0.0, "selection_scale": 0.5},
     {"defensive": 0.5, "hybrid": "visits"}, {"method": "dts", "defensive": 0.5}, {"method": "dts", "defensive": 0.0},
     {"defensive": 0.5, "selection_shrink": 2.0}, {"defensive": 0.0, "selection_shrink": 1.0},
     {"defensive": 0.5, "defensive_adapt": True}, {"method": "dts", "defensive": 0.3, "defensive_adapt": True},
@@ -40,7 +41,7 @@ def test_each_draw_is_weighted_by_the_exact_mixture_law(toy, settings):
         x = toy.index(tree.tree.actions_to(tree.iterate(1)[0]))
         assert tree.draw_log_weights[-1] == pytest.approx(toy.log_p[x] + lam * toy.table[x] - np.log(law[x]), abs=1e-6)
         shares.add(tree.epsilon)
-    assert (len(shares) > 1) == settings.get("defensive_adapt", False)  # an adapted ε moved, a fixed one did not
+    assert (len(shares) > 1) == tree.config.adapts_defensive  # an adapted ε moved, a fixed one did not
 
 
 def toy_q(toy, head) -> np.ndarray:
@@ -77,16 +78,21 @@ def test_defensive_weights_are_unbiased_for_z(toy, method, adapt):
     assert abs(ratios.mean() - 1) < 3 * standard_error, (ratios.mean(), standard_error)
 
 
-@pytest.mark.parametrize("hybrid", [False, True])
-def test_no_weight_exceeds_one_over_epsilon_times_the_rollout_policys(toy, hybrid):
-    """w(x) ≤ (1/ε) p(x) e^{λr(x)} / q_roll(x): the i.i.d. weight of the same x under the rollout policy."""
+@pytest.mark.parametrize("hybrid, adapt", [(False, False), (True, False), (False, True)])
+def test_no_weight_exceeds_one_over_epsilon_times_the_rollout_policys(toy, hybrid, adapt):
+    """w(x) ≤ (1/ε) p(x) e^{λr(x)} / q_roll(x): the i.i.d. weight of the same x under the rollout policy (an
+    adapted ε: 1/0.1, its floor)."""
+    from search.draws import ADAPTIVE_SHARE_BOUNDS
+
     lam, epsilon = 10.0, 0.25
     head = ExactHead(toy, lam, noise=0.5) if hybrid else None
     roll = policy_step_log_probs(toy, lam, toy_q(toy, head) if hybrid else None).sum(axis=1)  # log q_roll(x)
-    tree = search(toy, lam, 64, head=head, defensive=epsilon, hybrid="visits" if hybrid else "off")
+    tree = search(toy, lam, 64, head=head, defensive=epsilon, defensive_adapt=adapt,
+                  hybrid="visits" if hybrid else "off")
     x = np.array([toy.index(tree.tree.actions_to(int(t))) for t in tree.draw_terminals])
     iid = toy.log_p[x] + lam * toy.table[x] - roll[x]
-    assert np.all(tree.draw_log_weights <= iid - np.log(epsilon) + 1e-9)
+    floor = ADAPTIVE_SHARE_BOUNDS[0] if adapt else epsilon
+    assert np.all(tree.draw_log_weights <= iid - np.log(floor) + 1e-9)
     if not hybrid:  # the undefended tree has no such bound: some of its draws weigh more than 1/ε i.i.d. weights
         undefended = search(toy, lam, 64, defensive=0.0)
         x = np.array([toy.index(undefended.tree.actions_to(int(t))) for t in undefended.draw_terminals])
@@ -95,7 +101,7 @@ def test_no_weight_exceeds_one_over_epsilon_times_the_rollout_policys(toy, hybri
 
 def test_the_default_tree_estimates_log_z_no_worse_than_iid_prior_draws_at_equal_tokens(toy):
     """At a sharp tilt (λ = 30) the undefended tree's log Ẑ had 1.4× the RMSE of i.i.d. p at its tokens
-    (measured: 1.87 vs 1.36 over 30 seeds, 64 rollouts); the default (ε = 0.5) must not lose to i.i.d. p."""
+    (measured: 1.87 vs 1.36 over 30 seeds, 64 rollouts); the default (ε adapted from 0.5) must not lose to i.i.d. p."""
     lam, n, seeds = 30.0, 64, 24
     _, root = toy.target(lam)
     errors, tokens = [], []
@@ -114,21 +120,30 @@ def test_the_default_tree_estimates_log_z_no_worse_than_iid_prior_draws_at_equal
 
 
 def test_the_adapted_share_is_the_weight_the_defensive_descents_carry():
-    """ε' = Σ w̄_i ρ_i within [0.1, 0.95]: draws that only a defensive descent could make (ρ = 1) holding all the
-    weight push ε to its ceiling, the tree's own (ρ = 0) to its floor, equal weight to the middle; and
+    """ε̂ = Σ w̄_i ρ_i within [0.1, 0.95]: draws that only a defensive descent could make (ρ = 1) holding all the
+    weight push ε to its ceiling, the tree's own (ρ = 0) to its floor, equal weight to the middle; shrunk
+    towards the start by m pseudo-draws; and
     ρ = ε q_roll / (ε q_roll + (1 − ε) q_tree) of a descent's choices."""
     from search.draws import DescentLaw, Draw, adapted_defensive_share
 
     def draws(log_weights, responsibilities):
         return [Draw(0, w, r) for w, r in zip(log_weights, responsibilities)]
 
-    assert adapted_defensive_share(draws([0.0, -50.0], [1.0, 0.0])) == 0.95
-    assert adapted_defensive_share(draws([-50.0, 0.0], [1.0, 0.0])) == 0.1
-    assert adapted_defensive_share(draws([0.0, 0.0, np.log(2.0)], [1.0, 0.0, 0.25])) == pytest.approx(0.375)
+    assert adapted_defensive_share(draws([0.0, -50.0], [1.0, 0.0]), 0.5, prior_draws=0) == 0.95
+    assert adapted_defensive_share(draws([-50.0, 0.0], [1.0, 0.0]), 0.5, prior_draws=0) == 0.1
+    three = draws([0.0, 0.0, np.log(2.0)], [1.0, 0.0, 0.25])  # w̄ = 1/4, 1/4, 1/2: ε̂ = 0.375, ESS = 8/3
+    assert adapted_defensive_share(three, 0.5, prior_draws=0) == pytest.approx(0.375)
+    # shrunk towards the start as if it had m effective draws: (ESS ε̂ + m ε₀) / (ESS + m)
+    assert adapted_defensive_share(three, 0.5, prior_draws=4) == pytest.approx((8 / 3 * 0.375 + 2) / (8 / 3 + 4))
+    assert adapted_defensive_share(draws([0.0, -50.0], [1.0, 0.0]), 0.5, prior_draws=4) == pytest.approx(0.6)
     law = DescentLaw(log_roll=np.log(0.2), log_tree=np.log(0.6))
     assert law.responsibility(0.5) == pytest.approx(0.1 / (0.1 + 0.3)) and law.responsibility(0.0) == 0.0
     with pytest.raises(ValueError, match="defensive_adapt"):
         search_config(defensive=0.05, defensive_adapt=True)
+    with pytest.raises(ValueError, match="defensive_adapt_prior"):
+        search_config(defensive_adapt_prior=-1.0)
+    assert search_config().adapts_defensive and not search_config(defensive=0.0).adapts_defensive  # ε = 0: no
+    # mixture to adapt (the undefended tree needs no second switch)
 
 
 def test_shrunk_selection_weighs_a_childs_estimate_by_its_visits():

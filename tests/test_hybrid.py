@@ -193,6 +193,7 @@ def test_the_default_search_is_the_recommended_recipe():
     config = search_config(hybrid="visits")
     assert (config.lam, config.hybrid_n0, config.hybrid_offset, config.n_rollouts) == (15.0, 1.0, True, 200)
     assert (config.defensive, config.selection_scale) == (0.5, 1.0)  # issue 34: half the descents follow P_F
+    assert config.adapts_defensive  # at first: then ε moves with the weight those descents carry
     assert config.final_sampling == "resample"
     assert search_config(method="dts").final_sampling == "tree"  # other methods keep their own sampler
     with pytest.raises(ValueError, match="`sampling` is a setting of maxent_ts, not of method 'dts'"):
