@@ -121,17 +121,37 @@ class SearchConfig:
         return search_config(method, **{**carried(self, method), **overrides})
 
 
-def check_defensive(share: float, adapt: bool, prior_draws: float) -> None:
-    """ε, the share of descents drawn from the rollout policy (MaxEnt-TS, DTS), must be in [0, 1); an adapted
-    one starts inside the bounds it adapts within (ε = 0, no mixture, has nothing to adapt)."""
-    if not 0 <= share < 1:
-        raise ValueError(f"search `defensive` must be in [0, 1) (a share of descents), got {share}")
-    low, high = ADAPTIVE_SHARE_BOUNDS
-    if adapt and share > 0 and not low <= share <= high:
-        raise ValueError(f"search `defensive_adapt` moves ε within [{low}, {high}]: start it there "
-                         f"(`defensive`), got {share}")
-    if not prior_draws >= 0:
-        raise ValueError(f"search `defensive_adapt_prior` must be >= 0 (effective draws), got {prior_draws}")
+@dataclass(frozen=True)
+class DefensiveSettings(SearchConfig):
+    """The defensive mixture of the methods whose descents have a law (MaxEnt-TS, DTS): a share ε of descents
+    draws from the rollout policy, and each draw is weighted by the mixture of both laws (`search.draws`)."""
+
+    defensive: float = 0.0  # ε, the share of descents that draw from the rollout policy (p, or P_F when guided)
+    defensive_adapt: bool = False  # ε starts at `defensive` and moves each iteration to the share of the draws'
+    # weight that the defensive descents carry (population Monte Carlo's update, `search.draws.
+    # adapted_defensive_share`), within [0.1, 0.95]. No effect with defensive: 0
+    defensive_adapt_prior: float = 4.0  # m: the start ε counts as m effective draws, so a few lucky draws do not
+    # swing it
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.defensive < 1:
+            raise ValueError(f"search `defensive` must be in [0, 1) (a share of descents), got {self.defensive}")
+        low, high = ADAPTIVE_SHARE_BOUNDS
+        if self.adapts_defensive and not low <= self.defensive <= high:
+            raise ValueError(f"search `defensive_adapt` moves ε within [{low}, {high}]: start it there "
+                             f"(`defensive`), got {self.defensive}")
+        if not self.defensive_adapt_prior >= 0:
+            raise ValueError(f"search `defensive_adapt_prior` must be >= 0 (effective draws), "
+                             f"got {self.defensive_adapt_prior}")
+
+    @property
+    def defensive_share(self) -> float:
+        return self.defensive
+
+    @property
+    def adapts_defensive(self) -> bool:
+        return self.defensive_adapt and self.defensive > 0
 
 
 @dataclass(frozen=True)
@@ -184,7 +204,7 @@ class UCTSettings(SearchConfig):
 
 
 @dataclass(frozen=True)
-class MaxEntTSConfig(ExpansionSettings, GuideSettings):
+class MaxEntTSConfig(ExpansionSettings, GuideSettings, DefensiveSettings):
     """MaxEnt-TS, alone or as the hybrid reading a flow head (`hybrid`)."""
 
     methods: ClassVar[tuple[str, ...]] = ("maxent_ts",)
@@ -204,12 +224,7 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
     # exceeds 1/ε times an i.i.d. rollout-policy draw's (`DescentLaw`)
     selection_scale: float = 1.0  # Boltzmann selection at λ_sel = selection_scale · λ (below 1: tempered, a wider
     # selection law); the backups and the target stay at λ
-    defensive_adapt: bool = True  # ε starts at `defensive` and moves each iteration to the share of the draws'
-    # weight that the defensive descents carry (population Monte Carlo's update, `search.draws.
-    # adapted_defensive_share`), within [0.1, 0.95]; it beat the fixed ε = 0.5 on the 13 held-out windows
-    # (BENCHMARKS.md, issue 34). No effect with defensive: 0
-    defensive_adapt_prior: float = 4.0  # m: the start ε counts as m effective draws, so a few lucky draws do not
-    # swing it (`adapted_defensive_share`)
+    defensive_adapt: bool = True  # it beat the fixed ε = 0.5 on the 13 held-out windows (BENCHMARKS.md, issue 34)
     selection_shrink: float = 0.0  # n0 pseudo-visits: selection reads (N V̂(s·a) + n0 V̂(s)) / (N + n0), a child's
     # estimate trusted as its visits grow (`search.selection.shrink_to_parent`); Monte Carlo only (hybrid: off)
 
@@ -223,7 +238,6 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
             )
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"search `sampling` must be one of {SAMPLINGS}, got {self.sampling!r}")
-        check_defensive(self.defensive, self.defensive_adapt, self.defensive_adapt_prior)
         if not self.selection_scale > 0:
             raise ValueError(f"search `selection_scale` must be > 0, got {self.selection_scale}")
         if self.selection_shrink < 0 or (self.selection_shrink > 0 and self.hybrid != "off"):
@@ -243,14 +257,6 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
         return self.guided_rollouts
 
     @property
-    def defensive_share(self) -> float:
-        return self.defensive
-
-    @property
-    def adapts_defensive(self) -> bool:
-        return self.defensive_adapt and self.defensive > 0
-
-    @property
     def head_mix(self) -> HeadMix | None:
         if self.hybrid == "off":
             return None
@@ -258,7 +264,7 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings):
 
 
 @dataclass(frozen=True)
-class DTSConfig(WideningSettings, UCTSettings):
+class DTSConfig(WideningSettings, UCTSettings, DefensiveSettings):
     """Diffusion Tree Sampling: a node draws a new child from p while its draws are below C (N(s)+1)^α
     (`widening_*`); DTS* then picks by UCT (`uct_c`), DTS by Boltzmann on the draws.
 
@@ -270,24 +276,13 @@ class DTSConfig(WideningSettings, UCTSettings):
     # maxent_ts's ε (0.5 by default) must not turn a DTS row fed by a maxent_ts block into another sampler
     not_carried: ClassVar[frozenset[str]] = frozenset({"defensive", "defensive_adapt", "defensive_adapt_prior"})
     method: str = "dts"
-    defensive: float = 0.0  # ε, the share of descents that draw from p (dts only: DTS*'s UCT has no law to mix)
-    defensive_adapt: bool = False  # ε moves with the draws, as MaxEnt-TS's `defensive_adapt`
-    defensive_adapt_prior: float = 4.0  # m, as MaxEnt-TS's
+    # `defensive` 0 by default (dts only: DTS*'s UCT has no law to mix p into)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_defensive(self.defensive, self.defensive_adapt, self.defensive_adapt_prior)
         if self.method == "dts_star" and self.defensive > 0:
             raise ValueError("search `defensive` needs a selection law to mix p into; dts_star picks by UCT: "
                              "use method 'dts' or defensive: 0")
-
-    @property
-    def defensive_share(self) -> float:
-        return self.defensive
-
-    @property
-    def adapts_defensive(self) -> bool:
-        return self.defensive_adapt and self.defensive > 0
 
 
 @dataclass(frozen=True)
