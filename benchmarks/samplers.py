@@ -38,6 +38,7 @@ from search.config import search_config
 from search.methods import METHOD_STRATEGIES
 
 DRAWS = ("policy", "tree", "smc")
+WEIGHTS = ("own", "balance")
 TASKS = ("forecast", "caption")
 
 
@@ -47,10 +48,14 @@ class SamplerSpec:
     head: bool = False  # reads the flow head (P_F, the hybrid, twisted SMC)
     search: dict = field(default_factory=dict)  # SearchConfig fields for tree and smc
     baseline: str | None = None  # the label of the i.i.d. sampler of this one's rollout policy (paired ratios)
+    weights: str = "own"  # a tree's draws weighted by their own law, or by the balance heuristic (`search.balance`)
 
     def __post_init__(self) -> None:
         if self.draws not in DRAWS:
             raise ValueError(f"sampler `draws` must be one of {DRAWS}, got {self.draws!r}")
+        if self.weights not in WEIGHTS or (self.weights == "balance" and self.draws != "tree"):
+            raise ValueError(f"sampler `weights` must be one of {WEIGHTS} ('balance' for `draws: tree` only), got "
+                             f"{self.weights!r} with draws {self.draws!r}")
         method = self.search.get("method", "maxent_ts")
         if self.draws == "tree" and not (method in METHOD_STRATEGIES and METHOD_STRATEGIES[method].records_draws):
             raise ValueError(f"sampler `search.method` {method!r} keeps no law per draw, so its draws have no "
@@ -117,7 +122,7 @@ def run_sampler(spec: SamplerSpec, lm, task, lam: float, budgets: list[float], s
         return dict.fromkeys(budgets, policy_draws(lm, task, lam, budgets[-1], value_head=value,
                                                    batch_size=policy_batch, seed=seed, top_k=top_k))
     if spec.draws == "tree":
-        return dict.fromkeys(budgets, tree_draws(lm, task, search, budgets[-1], value))
+        return dict.fromkeys(budgets, tree_draws(lm, task, search, budgets[-1], value, spec.weights))
     return {b: smc_draws(lm, task, search, max(2, round(b / tokens_per_draw)), value) for b in budgets}
 
 

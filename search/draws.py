@@ -1,9 +1,10 @@
 """What a tree search's importance weights read: the law each descent drew its in-tree choices from, each
-draw's record, and the adaptive defensive share (`search.tree_search`)."""
+draw's record, the adaptive defensive share, and the history of the tree's laws that the balance heuristic
+rebuilds them from (`search.tree_search`, `search.balance`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,3 +71,25 @@ def adapted_defensive_share(draws: list[Draw], start: float, prior_draws: float,
     estimate = float(normalised @ np.array([d.responsibility for d in draws], dtype=np.float64))
     ess = 1.0 / float(np.sum(normalised**2))
     return float(np.clip((ess * estimate + prior_draws * start) / (ess + prior_draws), *bounds))
+
+
+@dataclass(frozen=True)
+class IterationLaw:
+    """What q_j reads: the tree's size before iteration j, its defensive share, its draws, and the V̂ its backup
+    then set (nodes and values), which the later iterations' laws read."""
+
+    size: int
+    epsilon: float
+    batch: int
+    nodes: np.ndarray
+    values: np.ndarray
+
+
+@dataclass
+class LawHistory:
+    """Every finished iteration's `IterationLaw`, in order (`TreeSearch` appends one after each backup)."""
+
+    iterations: list[IterationLaw] = field(default_factory=list)
+
+    def record(self, size: int, epsilon: float, batch: int, nodes: np.ndarray, values: np.ndarray) -> None:
+        self.iterations.append(IterationLaw(size, epsilon, batch, nodes.copy(), values.copy()))

@@ -55,7 +55,7 @@ from sadt.rewards import checked_rewards
 from sadt.rollout import rollout
 from search.backup import mean_backup, soft_backup
 from search.config import METHODS, SMC_METHODS, RewardFn, SearchConfig, SearchResult
-from search.draws import DescentLaw, Draw, adapted_defensive_share
+from search.draws import DescentLaw, Draw, LawHistory, adapted_defensive_share
 from search.methods import METHOD_STRATEGIES, Pick
 from search.selection import gumbel_max
 from search.task import Task
@@ -118,6 +118,7 @@ class TreeSearch:
         self.descent = DescentLaw()
         self._pick_laws: list[DescentLaw] = []
         self.draws: list[Draw] = []  # maxent_ts: one record per draw, for the IS estimates and resampling
+        self.law_history = LawHistory()  # each iteration's size, ε and backed-up values (`search.balance`)
         self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds
 
     # -- what the strategies read -------------------------------------------------------------
@@ -210,8 +211,9 @@ class TreeSearch:
                 return child, -1
             node = child
 
-    def backup(self, terminals: Sequence[int]) -> None:
-        """Set terminals' values to their rewards and recompute every ancestor from its children.
+    def backup(self, terminals: Sequence[int]) -> np.ndarray:
+        """Set terminals' values to their rewards and recompute every ancestor from its children; returns the
+        nodes whose V̂ it set.
 
         All paths at once, deepest level first, one vectorised backup per level: the same values
         as backing up each path in turn (each node is recomputed after all of its children).
@@ -235,6 +237,7 @@ class TreeSearch:
             else:
                 values, counted = self.values.backup(nodes)
                 tree.value[nodes] = soft_backup(values, self.child_log_weights(nodes), counted, lam)
+        return np.unique(np.concatenate(on_paths))
 
     def iterate(self, batch: int) -> list[int]:
         """Select `batch` leaves, roll the new ones out in one batched pass, score, insert, back up.
@@ -257,6 +260,7 @@ class TreeSearch:
 
     def _iterate(self, batch: int) -> list[int]:
         clock = time.perf_counter()
+        size, epsilon = self.tree.size, self.epsilon  # what this iteration's law reads (`search.balance`)
         picks = [self.select() for _ in range(batch)]
         revisits = [node for node, action in picks if action < 0]  # known terminals: no LM call
         new = [(parent, self.tree.action_of(parent, slot)) for parent, slot in picks if slot >= 0]
@@ -295,8 +299,9 @@ class TreeSearch:
             self._insert(parent, suffix, log_probs, q, kept, reward) for (parent, _), suffix, log_probs, q, kept, reward
             in zip(new, suffixes, step_log_probs, step_q, step_actions, rewards)
         ]
-        self.backup(terminals)
+        updated = self.backup(terminals)
         if self.method.records_draws:
+            self.law_history.record(size, epsilon, batch, updated, self.tree.value[updated])
             log_weights = np.asarray(log_ratios) + self.config.lam * self.tree.reward[terminals]
             self.draws += [Draw(int(t), float(w), law.responsibility(self.epsilon))
                            for t, w, law in zip(terminals, log_weights, laws)]

@@ -13,6 +13,7 @@ from benchmarks.evaluation.scoring import Reference, score
 from benchmarks.evaluation.store import RowStore
 from benchmarks.samplers import SamplersConfig, SamplerSpec
 from sadt.config import ConfigError, load_config
+from search.balance import balance_log_weights
 from search.config import search_config
 from search.sampler import make_sampler
 
@@ -48,6 +49,8 @@ def test_tree_draws_are_the_searchs_own_weighted_draws_in_order(toy):
         search.iterate(4)
     np.testing.assert_allclose(draws.log_weights, search.draw_log_weights)
     assert np.all(np.diff(draws.tokens) >= 0) and draws.tokens[-1] >= 40 and draws.tokens[0] < 40
+    balanced = tree_draws(toy.lm, ToyTask(toy), config, budget=40, weights="balance")  # same seed, same tree
+    np.testing.assert_allclose(balanced.log_weights, balance_log_weights(search))
 
 
 def test_scores_are_exact_for_equal_weights():
@@ -89,6 +92,8 @@ def test_a_config_naming_an_unknown_baseline_or_draws_kind_is_refused(tmp_path):
         load_config(bad, SamplersConfig)
     with pytest.raises(ValueError, match="draws"):
         SamplerSpec(draws="beam")
+    with pytest.raises(ValueError, match="'balance' for `draws: tree` only"):
+        SamplerSpec(draws="policy", weights="balance")
     with pytest.raises(ValueError, match="'dts_star' keeps no law per draw"):
         SamplerSpec(draws="tree", search={"method": "dts_star"})
     assert SamplerSpec(draws="tree", search={"method": "dts", "defensive": 0.5}).search["method"] == "dts"

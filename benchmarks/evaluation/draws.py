@@ -20,6 +20,7 @@ import torch
 from sadt.importance import log_mean_exp
 from sadt.lm.backend import LMBackend
 from sadt.rollout import rollout
+from search.balance import balance_log_weights
 from search.config import SearchConfig
 from search.smc import SMC
 from search.task import Task
@@ -99,10 +100,13 @@ def policy_draws(lm: LMBackend, task: Task, lam: float, budget: float, *, value_
 STALLED_ITERATIONS = 20  # a tree whose iterations only revisit known terminals (cost 0 tokens) is complete
 
 
-def tree_draws(lm: LMBackend, task: Task, config: SearchConfig, budget: float, value_head=None) -> DrawSet:
+def tree_draws(lm: LMBackend, task: Task, config: SearchConfig, budget: float, value_head=None,
+               weights: str = "own") -> DrawSet:
     """A tree's draws (MaxEnt-TS, the hybrid when `config.hybrid` is set, DTS): each rollout, weighted by the law
-    it was selected and rolled out with, iteration after iteration until `budget` tokens, or until
-    `STALLED_ITERATIONS` iterations in a row spent none (a small problem's tree holds every sequence)."""
+    it was selected and rolled out with (`weights: own`) or by the balance heuristic over the laws up to its own
+    iteration (`weights: balance`, `search.balance`: a prefix keeps its weights, so `upto` stays valid), iteration
+    after iteration until `budget` tokens, or until `STALLED_ITERATIONS` iterations in a row spent none (a small
+    problem's tree holds every sequence)."""
     tokens0 = lm.stats.tokens
     search: TreeSearch = task.sampler(lm, dataclasses.replace(config, progress=False), value_head)
     tokens, stalled = [], 0
@@ -113,7 +117,8 @@ def tree_draws(lm: LMBackend, task: Task, config: SearchConfig, budget: float, v
         stalled = stalled + 1 if lm.stats.tokens == before else 0
     terminals = search.draw_terminals
     tree = search.tree
-    return DrawSet(search.draw_log_weights, np.asarray(tokens, dtype=np.float64),
+    log_weights = balance_log_weights(search) if weights == "balance" else search.draw_log_weights
+    return DrawSet(log_weights, np.asarray(tokens, dtype=np.float64),
                    [tree.actions_to(int(t)) for t in terminals], tree.reward[terminals].astype(np.float64))
 
 
