@@ -100,7 +100,8 @@ def test_ctrl_c_in_the_second_series_keeps_the_first_series_rows(tmp_path, capsy
 
     interrupt_reward_at(monkeypatch, 2)  # 1: the first series' base sampling, 2: the second's: Ctrl-C
     config = tmp_path / "run.yaml"
-    config.write_text(f"series: [Wooly, AusBeer]\nmethods: [base]\nn_samples: 2\noutput_dir: {tmp_path / 'out'}\n")
+    config.write_text(f"series: [Wooly, AusBeer]\nmethods: [base]\nn_samples: 2\nhorizon: 4\n"  # the interruption is
+                      f"output_dir: {tmp_path / 'out'}\n")  # tested, not the forecast: 4 steps past the end
     assert run.main(["--config", str(config)]) == 130  # not 0: the job was cut short
     with (tmp_path / "out" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
