@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from sadt.importance import logsumexp
+from search.backup import boltzmann_logits
 from search.tree_search import TreeSearch
 
 
@@ -82,8 +83,7 @@ def iteration_log_laws(search: TreeSearch, n_draws: int | None = None) -> tuple[
     log_q = np.empty((len(laws), n_draws))
     for j, law in enumerate(laws):
         existed = (children >= 0) & (children < law.size)
-        child_values = np.where(existed, values[np.where(existed, children, 0)], values[parent][:, None])
-        logits = log_prior + lam_sel * child_values
+        logits = boltzmann_logits(values[np.where(existed, children, 0)], log_prior, existed, values[parent], lam_sel)
         in_tree = (logits[rows, slot] - logsumexp(logits, axis=1)) if parent.size else log_p_step
         log_tree = np.bincount(owner, np.where(parent < law.size, in_tree, log_p_step), minlength=n_draws)
         log_q[j] = log_tree if law.epsilon == 0 else np.logaddexp(np.log(law.epsilon) + log_p,

@@ -92,4 +92,5 @@ class LawHistory:
     iterations: list[IterationLaw] = field(default_factory=list)
 
     def record(self, size: int, epsilon: float, batch: int, nodes: np.ndarray, values: np.ndarray) -> None:
-        self.iterations.append(IterationLaw(size, epsilon, batch, nodes.copy(), values.copy()))
+        """Keeps the arrays as given: pass fresh ones (the search's are `np.unique`'s and a fancy-indexed copy)."""
+        self.iterations.append(IterationLaw(size, epsilon, batch, nodes, values))

@@ -226,7 +226,8 @@ class TreeSearch:
             level = tree.parent[level].astype(np.int64)
             level = level[level >= 0]
             on_paths.append(level)
-        np.add.at(tree.visits, np.concatenate(on_paths), 1)  # one visit per path through a node
+        on_any_path = np.concatenate(on_paths)
+        np.add.at(tree.visits, on_any_path, 1)  # one visit per path through a node
         internal = np.unique(np.concatenate(on_paths[1:]))
         depths = tree.depth[internal]
         for depth in np.unique(depths)[::-1]:
@@ -237,7 +238,7 @@ class TreeSearch:
             else:
                 values, counted = self.values.backup(nodes)
                 tree.value[nodes] = soft_backup(values, self.child_log_weights(nodes), counted, lam)
-        return np.unique(np.concatenate(on_paths))
+        return np.unique(on_any_path)
 
     def iterate(self, batch: int) -> list[int]:
         """Select `batch` leaves, roll the new ones out in one batched pass, score, insert, back up.
