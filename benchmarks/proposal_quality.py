@@ -74,6 +74,8 @@ class ProposalConfig:
     look_ahead_reward: bool = True  # also P_F of the parameter-free Q = R⁺(s·a), at s = 1
     bootstrap: int = 2000
     incumbent: str | None = None  # a proposal's label: challengers must beat it, paired (`choose_head`)
+    device: str = "cpu"  # torch device of the LM and the heads (a LoRA head's own adapted LM too)
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.windows not in ("validation", "generated", "heldout"):
@@ -130,21 +132,22 @@ def proposals(config: ProposalConfig) -> list[tuple[str, str | None, float]]:
 
 def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
     from sadt.codec import Codec
-    from sadt.head_io import load_value_head
+    from sadt.head_io import load_search_head
     from sadt.importance import importance_summary
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
     from search.ancestral import sample_policy
     from search.forecast_task import ForecastTask
 
-    lm, tokenizer = load_base_lm()
+    lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device)
     codec = Codec(tokenizer)
-    heads = {}
+    heads, head_lms = {}, {}  # a LoRA head's P_F draws through its own backend (frozen prior, adapted states)
     for name, path in head_paths(config).items():
         if path in PARAMETER_FREE_VALUES:  # bound to each window by `task.value`
             heads[name] = path
             continue
-        heads[name], card = load_value_head(path, lm_fingerprint(), to_dict(codec.config))
-        warn_if_other_lam(card.lam, config.lam, f"head {path}")
+        loaded = load_search_head(path, lm_fingerprint(), to_dict(codec.config), device=config.device)
+        heads[name], head_lms[name] = loaded.value_head, loaded.lm or lm
+        warn_if_other_lam(loaded.card.lam, config.lam, f"head {path}")
     done = {(r["series"], r["proposal"]): r for r in keep}
     rows = []
     for label, context in tqdm(windows_of(config), desc=f"{config.windows} windows", unit="window"):
@@ -154,7 +157,7 @@ def run(config: ProposalConfig, out: Path, keep: list[dict]) -> list[dict]:
                 rows.append(done[label, name])
                 continue
             start = time.perf_counter()
-            draws = sample_policy(lm, task, n_samples=config.n_draws, batch_size=config.batch_size,
+            draws = sample_policy(head_lms.get(head, lm), task, n_samples=config.n_draws, batch_size=config.batch_size,
                                   value_head=task.value(heads.get(head, head), config.lam),
                                   guide_lam=scale * config.lam, seed=config.seed, progress=False)
             rewards = task.reward_fn(draws.actions)

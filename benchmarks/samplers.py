@@ -83,6 +83,8 @@ class SamplersConfig:
     n_resampled: int = 48
     seed: int = 0
     bootstrap: int = 2000
+    device: str = "cpu"  # torch device of the LM (and the head); a GPU builds long references fast
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if not self.samplers:
@@ -165,22 +167,28 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
 
     names = list(config.samplers) if names is None else names
-    lm, tokenizer = load_base_lm()
+    lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device)
     head = None
     if any(config.samplers[name].head for name in names):
-        head, _ = load_value_head(config.head, lm_fingerprint(), to_dict(Codec(tokenizer).config))
+        head, _ = load_value_head(config.head, lm_fingerprint(), to_dict(Codec(tokenizer).config), config.device)
     rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume)
     references = RowStore(out / "references.csv", ("window", "lam"), resume)
     index, count = shard
     for label, build_task, truth in tqdm(benchmark_tasks(config, tokenizer)[index::count], desc="windows",
                                          unit="window"):
-        if all(rows.done(label, lam, name) for lam in config.lams for name in names):
+        if names and all(rows.done(label, lam, name) for lam in config.lams for name in names):
             continue
         task = build_task()
         rng = np.random.default_rng([config.seed, zlib.crc32(label.encode())])
         reference_draws = cached(out / "draws" / f"{label}.reference.npz", policy_draws, lm, task, 1.0,
                                  config.reference_budget, batch_size=config.policy_batch, top_k=config.top_k,
                                  seed=10_000 + config.seed)  # a seed no compared sampler uses
+        if not names:  # references only (`--references-only`)
+            for lam in config.lams:
+                if not references.done(label, lam):
+                    references.add([{"window": label, "lam": lam,
+                                     **Reference.from_prior_rewards(reference_draws.rewards, lam, rng).__dict__}])
+            continue
         prior_draws = cached(out / "draws" / f"{label}.prior.npz", policy_draws, lm, task, 1.0, config.budgets[-1],
                              batch_size=config.policy_batch, seed=config.seed, top_k=config.top_k)
         tokens_per_draw = float(prior_draws.tokens[-1] / prior_draws.tokens.size)
@@ -229,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lams", type=float, nargs="+", help="run only these of the config's λ (a long run split "
                         "across sessions); the summary reads every row")
     parser.add_argument("--samplers", nargs="+", help="run only these of the config's samplers (by label)")
+    parser.add_argument("--references-only", action="store_true",
+                        help="build only each window's reference draws and references.csv (e.g. on a GPU), no sampler")
     args = parser.parse_args(argv)
     try:
         index, count = (int(x) for x in args.shard.split("/"))
@@ -241,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     to_run, names = part_to_run(config, args.lams, args.samplers, args.config, parser.error)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.references_only:
+        run(to_run, out, args.resume, (index, count), names=[])
+        return 0
     if args.summarise:
         rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume=True).rows
     else:

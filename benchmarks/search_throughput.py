@@ -13,7 +13,8 @@ Three measurements in one process, in this order:
    so they are shorter than `--new-tokens`: tokens/s compares like with like, rollouts/s does not.
 
 Ratios are against `generate` from the same run. Tree overhead = (select + insert/backup) / wall.
-Prints one Markdown table row per measurement.
+On a GPU each timed method first runs one untimed batch (CUDA context, kernels, allocator), and the clock
+waits for the device before it stops. Prints one Markdown table row per measurement.
 """
 
 from __future__ import annotations
@@ -45,26 +46,35 @@ def prompt_ids(codec: Codec, length: int) -> list[int]:
     return ids[:length]
 
 
+def timed(device: torch.device, work, n_batches: int) -> float:
+    """Seconds for `n_batches` calls of `work()`; on a GPU after one untimed call, and synchronised."""
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        work()
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        work()
+    if on_gpu:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def time_generate(lm, ids: list[int], batch: int, new_tokens: int, n_batches: int) -> float:
     inputs = torch.tensor([ids] * batch, device=lm.device)
     mask = torch.ones_like(inputs)
-    start = time.perf_counter()
-    for _ in range(n_batches):
-        lm.model.generate(
-            input_ids=inputs, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
-            max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
-        )
-    return time.perf_counter() - start
+    return timed(lm.device, lambda: lm.model.generate(
+        input_ids=inputs, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
+    ), n_batches)
 
 
 def time_rollout(lm, codec: Codec, ids: list[int], batch: int, new_tokens: int, n_batches: int) -> float:
+    """Our rollouts, the prompt's prefill included in every timed batch (generate prefills per batch too)."""
     grammar = FixedLengthGrammar(len(codec.action_token_ids), new_tokens)
     generator = torch.Generator(device=lm.device).manual_seed(0)
-    start = time.perf_counter()
-    prompt = lm.prefill(ids)
-    for _ in range(n_batches):
-        rollout(lm, prompt, codec.action_token_ids, grammar, [[]] * batch, generator=generator)
-    return time.perf_counter() - start
+    return timed(lm.device, lambda: rollout(
+        lm, lm.prefill(ids), codec.action_token_ids, grammar, [[]] * batch, generator=generator), n_batches)
 
 
 def run_maxent(lm, codec: Codec, ids: list[int], batch: int, new_tokens: int, rollouts: int):

