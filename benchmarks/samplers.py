@@ -214,6 +214,15 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
     return rows
 
 
+def rescored(rows: list[dict], references: list[dict]) -> list[dict]:
+    """The rows scored against other references (a longer run of p built later, e.g. on a GPU, without rerunning a
+    sampler): log Z error = log Ẑ − log Z_ref of the reference with the row's window and λ. Rows whose window and λ
+    the references lack are left out, so no summary mixes errors against two references."""
+    log_z = {(r["window"], float(r["lam"])): float(r["log_z"]) for r in references}
+    return [{**row, "log_z_error": float(row["log_z"]) - log_z[row["window"], float(row["lam"])]}
+            for row in rows if (row["window"], float(row["lam"])) in log_z]
+
+
 def part_to_run(config: SamplersConfig, lams: list[float] | None, samplers: list[str] | None, source: Path,
                 error: Callable[[str], None]) -> tuple[SamplersConfig, list[str]]:
     """The config's λ and the sampler labels named on the command line (a long run split across sessions; all
@@ -239,7 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samplers", nargs="+", help="run only these of the config's samplers (by label)")
     parser.add_argument("--references-only", action="store_true",
                         help="build only each window's reference draws and references.csv (e.g. on a GPU), no sampler")
+    parser.add_argument("--reference-from", type=Path, metavar="DIR",
+                        help="with --summarise: score the rows against DIR/references.csv (a longer reference built "
+                        "later) and write DIR/summary.md and its plot")
     args = parser.parse_args(argv)
+    if args.reference_from is not None and not (args.reference_from / "references.csv").is_file():
+        parser.error(f"--reference-from {args.reference_from}: no references.csv there")
+    if args.reference_from is not None and not args.summarise:
+        parser.error("--reference-from rescores finished rows: use it with --summarise")
     try:
         index, count = (int(x) for x in args.shard.split("/"))
         assert 0 <= index < count
@@ -258,8 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume=True).rows
     else:
         rows = run(to_run, out, args.resume, (index, count), names).rows
-    baselines = {name: spec.baseline for name, spec in config.samplers.items()}
     header = f"# Samplers at equal LM tokens ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)\n"
+    if args.reference_from is not None:
+        references = RowStore(args.reference_from / "references.csv", ("window", "lam"), resume=True).rows
+        rows, out = rescored(rows, references), args.reference_from
+        header += (f"\nLog Z errors against {args.reference_from}/references.csv "
+                   f"({len({r['window'] for r in rows})} windows have one).\n")
+    baselines = {name: spec.baseline for name, spec in config.samplers.items()}
     heads = {name: spec.head for name, spec in config.samplers.items()}
     (out / "summary.md").write_text(
         header + "\n" + summary_table(rows, baselines, config.bootstrap) + "\n\n## The best sampler with a head "

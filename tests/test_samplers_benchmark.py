@@ -228,3 +228,16 @@ def test_references_only_builds_each_windows_reference_and_no_sampler_row(tmp_pa
     again = RowStore(tmp_path / "references.csv", ("window", "lam"), resume=True).rows
     columns = ("lam", "log_z", "low", "high", "n_draws")  # (k̂ is nan on 40 draws: nan != nan)
     assert [[r[c] for c in columns] for r in again] == [[r[c] for c in columns] for r in references]
+
+
+def test_rows_rescored_against_a_later_reference_keep_log_z_and_drop_windows_it_lacks():
+    from benchmarks.samplers import rescored
+
+    rows = [{"window": "A", "lam": 15.0, "sampler": "iid p", "log_z": -6.0, "log_z_error": 0.4},
+            {"window": "A", "lam": 50.0, "sampler": "iid p", "log_z": -20.0, "log_z_error": 3.0},
+            {"window": "B", "lam": 15.0, "sampler": "iid p", "log_z": -5.0, "log_z_error": -0.1}]
+    references = [{"window": "A", "lam": 15.0, "log_z": -6.25}, {"window": "A", "lam": 50.0, "log_z": -18.5}]
+    out = rescored(rows, references)
+    assert [(r["window"], r["lam"]) for r in out] == [("A", 15.0), ("A", 50.0)]
+    assert [r["log_z_error"] for r in out] == pytest.approx([0.25, -1.5])
+    assert [r["log_z"] for r in out] == [-6.0, -20.0] and rows[0]["log_z_error"] == 0.4  # the input stays as it was
