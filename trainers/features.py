@@ -48,11 +48,13 @@ class LMFeatures:
         """Hidden states (B, T, H) of s_0..s_{T-1}, prompt states (B, H), log p(·|s_t) (B, T, A)."""
         actions, mask = batch["actions"], batch["mask"]
         keys = [(prompt, tuple(actions[r][mask[r]].tolist())) for r, prompt in enumerate(batch["prompts"])]
+        device = actions.device  # the head's: the frozen features are assembled (and cached) on the CPU
         hidden, logits = self._frozen(keys, actions.shape[1])
-        log_prior = masked_log_softmax(logits, self._allowed(actions, mask), self.top_k)
+        log_prior = masked_log_softmax(logits, self._allowed(actions.cpu(), mask.cpu()), self.top_k).to(device)
         if self.peft is not None:
-            hidden = self._adapted(keys, actions.shape[1])
+            hidden = self._adapted(keys, actions.shape[1]).to(device)
             return hidden, hidden[:, 0], log_prior
+        hidden = hidden.to(device)
         return hidden.clone(), hidden[:, 0].clone(), log_prior  # clones: leave inference mode
 
     def _frozen(self, keys: list[tuple], T: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,9 +72,10 @@ class LMFeatures:
             paths = [[self.action_token_ids[a] for a in keys[r][1]] for r in rows]
             with frozen(self.peft):
                 h, lg = self.lm.path_states(self._prompt(prompt), paths, self.action_token_ids)  # (n, T'+1, ·)
+            h, lg = h.float().cpu(), lg.float().cpu()
             for i, row in enumerate(rows):
                 n = len(keys[row][1])  # states s_0..s_{n-1} of this trajectory
-                hidden[row, :n], logits[row, :n] = h[i, :n].float(), lg[i, :n].float()
+                hidden[row, :n], logits[row, :n] = h[i, :n], lg[i, :n]
                 self._remember(keys[row], hidden[row, :n].clone(), logits[row, :n].clone())
                 if self.store is not None:
                     self.store.put(keys[row], hidden[row, :n], logits[row, :n])

@@ -146,6 +146,12 @@ class FlowHeadModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         self.attach(self.trainer.datamodule)
 
+    def on_fit_start(self) -> None:
+        """The frozen LM joins the head on the trainer's device (a GPU fit runs its forwards there)."""
+        if self.lm.device != self.device:
+            self.lm.to(self.device)
+            self.features.prompt_cache.clear()
+
     def attach(self, datamodule) -> None:
         """Read the buffers' grammar, codec and reward config, and the normalisers of their draws from p
         (`setup` calls this; outside a Trainer, call it with a set-up `BufferDataModule`)."""

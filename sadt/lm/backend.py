@@ -94,6 +94,12 @@ class TorchLM:
         self.head = model.get_output_embeddings()
         self.stats = LMStats()
 
+    def to(self, device: str | torch.device) -> TorchLM:
+        """Move the model (a trainer on a GPU moves its frozen LM next to the head); caches made before stay behind."""
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
+
     @property
     def context_window(self) -> int | None:
         """The most positions the model attends over (prompt + generated), when its config says."""
