@@ -65,8 +65,8 @@ for batch in 64 500; do
     stage "throughput_b$batch" 120 python3 -m benchmarks.search_throughput --prompt 256 --new-tokens 64 \
         --batch "$batch" --rollouts 2000 --generate-batches 2 --device cuda --dtype bfloat16
 done
-stage lora_harvest 120 python3 -m search.harvest --config benchmarks/configs/harvest_recipe_prior_gpu.yaml
-stage lora_fit 150 python3 -m trainers.fit --config benchmarks/configs/fit_lora_gpu.yaml
+stage lora_harvest 120 python3 -m search.harvest --config benchmarks/experiments/harvest/recipe_prior_gpu.yaml
+stage lora_fit 150 python3 -m trainers.fit --config benchmarks/experiments/fit/lora_gpu.yaml
 stage lora_heldout 180 python3 -m benchmarks.proposal_quality --config benchmarks/configs/proposal_heldout_lora_gpu.yaml
 tar -cf "$OUT/lora.tar" benchmarks/results/proposal/heldout_lora_gpu outputs/fit_lora_gpu/lightning_logs \
     outputs/heads/lora_lam15_gpu/*.json
