@@ -32,14 +32,14 @@ def path_log_probs(lm, ids: list[int], paths: list[list[int]], action_token_ids:
 
 def parity_row(reference: torch.Tensor, other: torch.Tensor, actions: torch.Tensor) -> dict[str, float]:
     """Step and path discrepancies of `other` against `reference`, both (B, T+1, A) log-probabilities."""
-    steps = reference[:, :-1]  # the last state (after the final action) takes no action
-    taken_ref = steps.gather(-1, actions[..., None])[..., 0].sum(-1)
-    taken_other = other[:, :-1].gather(-1, actions[..., None])[..., 0].sum(-1)
+    def path_log_prob(log_probs: torch.Tensor) -> torch.Tensor:  # the last state (after the final action) takes none
+        return log_probs[:, :-1].gather(-1, actions[..., None])[..., 0].sum(-1)
+
     kl = (reference.exp() * (reference - other)).sum(-1)
     return {
         "max |Δ log p(a|s)|": float((reference - other).abs().max()),
         "mean KL per state": float(kl.mean()),
-        "max |Δ log p(x)|": float((taken_ref - taken_other).abs().max()),
+        "max |Δ log p(x)|": float((path_log_prob(reference) - path_log_prob(other)).abs().max()),
     }
 
 

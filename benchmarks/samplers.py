@@ -159,6 +159,15 @@ def benchmark_tasks(config: SamplersConfig, tokenizer) -> list[tuple[str, Callab
             for label, context, truth in series[k : k + 1]]
 
 
+def window_reference(references: RowStore, label: str, lam: float, draws: DrawSet,
+                     rng: np.random.Generator) -> Reference:
+    """The window's reference log Z at λ from its i.i.d. p draws, recorded in references.csv the first time."""
+    reference = Reference.from_prior_rewards(draws.rewards, lam, rng)
+    if not references.done(label, lam):
+        references.add([{"window": label, "lam": lam, **reference.__dict__}])
+    return reference
+
+
 def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
         names: list[str] | None = None) -> RowStore:
     """Every window of this shard × λ × sampler (`names` of them, all by default) that rows.csv lacks."""
@@ -185,17 +194,13 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
                                  seed=10_000 + config.seed)  # a seed no compared sampler uses
         if not names:  # references only (`--references-only`)
             for lam in config.lams:
-                if not references.done(label, lam):
-                    references.add([{"window": label, "lam": lam,
-                                     **Reference.from_prior_rewards(reference_draws.rewards, lam, rng).__dict__}])
+                window_reference(references, label, lam, reference_draws, rng)
             continue
         prior_draws = cached(out / "draws" / f"{label}.prior.npz", policy_draws, lm, task, 1.0, config.budgets[-1],
                              batch_size=config.policy_batch, seed=config.seed, top_k=config.top_k)
         tokens_per_draw = float(prior_draws.tokens[-1] / prior_draws.tokens.size)
         for lam in config.lams:
-            reference = Reference.from_prior_rewards(reference_draws.rewards, lam, rng)
-            if not references.done(label, lam):
-                references.add([{"window": label, "lam": lam, **reference.__dict__}])
+            reference = window_reference(references, label, lam, reference_draws, rng)
             for name in names:
                 if rows.done(label, lam, name):
                     continue
