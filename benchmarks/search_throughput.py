@@ -6,7 +6,9 @@ Three measurements in one process, in this order:
 1. `generate`: batches of `--batch` rows, `do_sample=True`, exactly `--new-tokens` new tokens
    (min = max), from the full softmax, the prompt prefilled per row (what generate does).
 2. `rollout`: our batched rollouts from the root (prompt prefilled once, KV shared, logits over
-   the 12 codec actions only), same batch and length: the backend's raw speed.
+   the 12 codec actions only), same batch and length: the backend's raw speed; then the same
+   rollouts with transformers' concatenating KV layer (`DynamicLayer`, a copy of every row's
+   cache each step) instead of ours (`GrowingLayer`, written in place): the cache's before/after.
 3. MaxEnt-TS with `--rollouts` rollouts in iterations of `--batch`, on a fixed-length grammar
    over the 12 actions (every terminal has exactly `--new-tokens` actions), with a cheap reward so
    the tree machinery, not the reward, is measured. Rollouts start at leaves below the root,
@@ -26,11 +28,13 @@ import time
 
 import numpy as np
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from data.series import load_builtin
 from sadt.cli import CommandParser, positive_int, run_command
 from sadt.codec import Codec
 from sadt.grammar import FixedLengthGrammar
+from sadt.lm.backend import GrowingLayer
 from sadt.lm.base_model import load_base_lm
 from sadt.rollout import rollout
 from search.config import search_config
@@ -114,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     gen_rollouts, gen_tokens = n * B / gen_s, n * B * L / gen_s
     roll_s = time_rollout(lm, codec, ids, B, L, n)
     roll_rollouts, roll_tokens = n * B / roll_s, n * B * L / roll_s
+    lm.cache_layer = DynamicLayer
+    concat_s = time_rollout(lm, codec, ids, B, L, n)
+    lm.cache_layer = GrowingLayer
 
     lm.stats.reset()
     result = run_maxent(lm, codec, ids, B, L, args.rollouts)
@@ -135,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| HF generate | {n * B} | {gen_s:.1f} | {gen_rollouts:.2f} | {gen_tokens:.0f} | 1.00 | 1.00 |")
     print(f"| sadt rollout | {n * B} | {roll_s:.1f} | {roll_rollouts:.2f} | {roll_tokens:.0f} | "
           f"{roll_tokens / gen_tokens:.2f} | {roll_rollouts / gen_rollouts:.2f} |")
+    print(f"| sadt rollout, concatenating KV | {n * B} | {concat_s:.1f} | {n * B / concat_s:.2f} | "
+          f"{n * B * L / concat_s:.0f} | {gen_s / concat_s:.2f} | {gen_s / concat_s:.2f} |")
     print(f"| MaxEnt-TS | {result.n_rollouts} | {result.wall_s:.1f} | {ts_rollouts:.2f} | {ts_tokens:.0f} | "
           f"{ts_tokens / gen_tokens:.2f} | {ts_rollouts / gen_rollouts:.2f} |")
     stats = result.tree_stats

@@ -75,3 +75,31 @@ def test_path_states_give_every_state_of_every_path(tiny_lm):
             ref_logits, ref_hidden = full_forward(tiny_lm, PROMPT + path[:t])
             torch.testing.assert_close(hidden[i, t], ref_hidden, rtol=0, atol=1e-10)
             torch.testing.assert_close(logits[i, t], ref_logits, rtol=0, atol=1e-10)
+
+
+def test_a_long_decode_with_resampling_stays_exact_and_writes_in_place(tiny_lm):
+    """The KV cache grows into spare room (no copy of every row per step), survives SMC's resampling with
+    repeated rows and growth past its first room, and never writes into the prompt's shared cache."""
+    rng = torch.Generator().manual_seed(0)
+    prompt = tiny_lm.prefill(PROMPT)
+    prompt_kv = [(k.clone(), v.clone()) for k, v in prompt.kv]
+    paths = [[5], [3, 7], [11]]
+    batch = tiny_lm.extend(prompt, paths, ACTIONS)
+    moves = 0  # steps whose keys moved to a new store
+    for t in range(90):
+        if t % 30 == 29:  # resample: one row dropped, one repeated
+            keep = torch.tensor([0, 0, 2])
+            batch, paths = tiny_lm.select(batch, keep), [list(paths[i]) for i in keep.tolist()]
+        before = batch.cache.layers[0].keys.data_ptr()
+        nxt = ACTIONS[torch.randint(len(ACTIONS), (3,), generator=rng)]
+        batch = tiny_lm.step(batch, nxt)
+        moves += batch.cache.layers[0].keys.data_ptr() != before
+        for path, token in zip(paths, nxt.tolist()):
+            path.append(token)
+        if t in (0, 28, 29, 70, 89):
+            for i, path in enumerate(paths):
+                logits, _ = full_forward(tiny_lm, PROMPT + path)
+                torch.testing.assert_close(batch.logits[i], logits, rtol=0, atol=1e-10)
+    assert moves <= 4  # the first step's copy, one growth, and the three resamples' row copies
+    for (k, v), (k0, v0) in zip(prompt.kv, prompt_kv):
+        assert torch.equal(k, k0) and torch.equal(v, v0)

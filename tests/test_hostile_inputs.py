@@ -4,6 +4,7 @@ it is a command; nothing is overwritten or half-written."""
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def command(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def commands(*argvs: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """Several commands at once: each is mostly Python importing torch, so two cores halve the wait."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda argv: command(*argv), argvs))
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -119,9 +126,11 @@ def test_fit_ends_bad_input_in_one_line_and_writes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     fit = ("trainers.fit", "--data.buffers", f"[{missing}]", "--trainer.default_root_dir", str(run_dir))
-    assert_one_line_error(command(*fit, "--model.lam", "2"), "missing.h5")
-    assert_one_line_error(command(*fit, "--model.lam", "-1"), "lam")
-    assert_one_line_error(command(*fit, "--model.lam", "inf"), "model.lam")  # jsonargparse refuses it itself
+    missing_buffer, negative, infinite = commands((*fit, "--model.lam", "2"), (*fit, "--model.lam", "-1"),
+                                                  (*fit, "--model.lam", "inf"))
+    assert_one_line_error(missing_buffer, "missing.h5")
+    assert_one_line_error(negative, "lam")
+    assert_one_line_error(infinite, "model.lam")  # jsonargparse refuses it itself
     assert list(run_dir.iterdir()) == []  # no empty lightning_logs/version_N left behind
 
 
@@ -189,10 +198,14 @@ def test_every_benchmark_script_ends_a_bad_config_in_one_line(tmp_path, script):
 def test_harvest_and_demo_end_a_bad_config_in_one_line(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("search:\n  lam: .inf\n")
-    assert_one_line_error(command("search.harvest", "--config", str(config)), "bad.yaml", "search.lam")
-    assert_one_line_error(command("search.demo", "--config", str(config)), "bad.yaml", "search.lam")
-    assert_one_line_error(command("search.run", "--config", str(config), "--n-samples", "x"), "--n-samples")
-    assert_one_line_error(command("data.generator", "--n", "0", "--plot", str(tmp_path / "g.png")), "--n", ">= 1")
+    harvest, demo, run, generator = commands(("search.harvest", "--config", str(config)),
+                                             ("search.demo", "--config", str(config)),
+                                             ("search.run", "--config", str(config), "--n-samples", "x"),
+                                             ("data.generator", "--n", "0", "--plot", str(tmp_path / "g.png")))
+    assert_one_line_error(harvest, "bad.yaml", "search.lam")
+    assert_one_line_error(demo, "bad.yaml", "search.lam")
+    assert_one_line_error(run, "--n-samples")
+    assert_one_line_error(generator, "--n", ">= 1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 

@@ -176,9 +176,12 @@ def test_the_caption_task_needs_top_k_and_no_head_and_gives_one_text_task_per_se
 @pytest.mark.base_model
 def test_the_samplers_benchmark_runs_on_the_caption_task(tmp_path):
     """i.i.d. p, MaxEnt-TS and SMC on a caption prompt at equal tokens: every row scored against the reference,
-    no CRPS (no truth), and a rerun with --resume draws nothing again."""
+    no CRPS (no truth), and a rerun with --resume draws nothing again. The reference comes first from
+    `--references-only` (a GPU builds long references): the cached i.i.d. p draws and one references.csv row per
+    λ, log Z their log mean e^{λr}, no sampler row; the full run reads that reference back unchanged."""
     from benchmarks.evaluation.summary import headline, summary_table
     from benchmarks.samplers import run
+    from sadt.importance import log_mean_exp
 
     samplers = {"iid p": SamplerSpec(draws="policy"),
                 "MaxEnt-TS": SamplerSpec(draws="tree", search={"batch_size": 4}, baseline="iid p"),
@@ -186,7 +189,13 @@ def test_the_samplers_benchmark_runs_on_the_caption_task(tmp_path):
     config = SamplersConfig(task="caption", top_k=5, head=None, max_tokens=6, series=["Wine"], context_length=12,
                             lams=[5.0], budgets=[400.0], reference_budget=600.0, policy_batch=16, samplers=samplers,
                             n_resampled=8)
-    first = run(config, tmp_path, resume=False, shard=(0, 1), names=["iid p"]).rows  # `--samplers "iid p"`
+    assert run(config, tmp_path, resume=False, shard=(0, 1), names=[]).rows == []  # `--references-only`
+    (reference,) = RowStore(tmp_path / "references.csv", ("window", "lam"), resume=True).rows
+    draws = DrawSet.load(tmp_path / "draws" / "Wine caption.reference.npz")
+    assert draws.tokens[-1] >= 600 and float(reference["lam"]) == 5.0
+    assert float(reference["log_z"]) == pytest.approx(log_mean_exp(5.0 * draws.rewards))
+    assert int(float(reference["n_draws"])) == draws.rewards.size
+    first = run(config, tmp_path, resume=True, shard=(0, 1), names=["iid p"]).rows  # `--samplers "iid p"`
     assert [row["sampler"] for row in first] == ["iid p"]
     rows = run(config, tmp_path, resume=True, shard=(0, 1)).rows  # the rest joins it
     assert sorted(row["sampler"] for row in rows) == ["MaxEnt-TS", "SMC", "iid p"]
@@ -204,30 +213,9 @@ def test_the_samplers_benchmark_runs_on_the_caption_task(tmp_path):
     assert [row["sampler"] for row in resumed] == [row["sampler"] for row in rows]
     np.testing.assert_array_equal([[float(row[c]) for c in columns] for row in resumed],
                                   [[float(row[c]) for c in columns] for row in rows])
-
-
-def test_references_only_builds_each_windows_reference_and_no_sampler_row(tmp_path):
-    """`--references-only` (a GPU builds long references): the cached i.i.d. p draws and one references.csv row per
-    λ, log Z their log mean e^{λr}; no sampler runs, and a later full run reads the same reference back."""
-    from benchmarks.samplers import run
-    from sadt.importance import log_mean_exp
-
-    config = SamplersConfig(task="caption", top_k=5, head=None, max_tokens=6, series=["Wine"], context_length=12,
-                            lams=[5.0, 15.0], budgets=[200.0], reference_budget=300.0, policy_batch=8,
-                            samplers={"iid p": SamplerSpec(draws="policy")})
-    store = run(config, tmp_path, resume=False, shard=(0, 1), names=[])
-    assert store.rows == []
-    references = RowStore(tmp_path / "references.csv", ("window", "lam"), resume=True).rows
-    draws = DrawSet.load(tmp_path / "draws" / "Wine caption.reference.npz")
-    assert draws.tokens[-1] >= 300 and [float(r["lam"]) for r in references] == [5.0, 15.0]
-    for row in references:
-        assert float(row["log_z"]) == pytest.approx(log_mean_exp(float(row["lam"]) * draws.rewards))
-        assert int(float(row["n_draws"])) == draws.rewards.size
-    rows = run(config, tmp_path, resume=True, shard=(0, 1)).rows
-    assert [r["sampler"] for r in rows] == ["iid p", "iid p"]
-    again = RowStore(tmp_path / "references.csv", ("window", "lam"), resume=True).rows
-    columns = ("lam", "log_z", "low", "high", "n_draws")  # (k̂ is nan on 40 draws: nan != nan)
-    assert [[r[c] for c in columns] for r in again] == [[r[c] for c in columns] for r in references]
+    (again,) = RowStore(tmp_path / "references.csv", ("window", "lam"), resume=True).rows
+    columns = ("lam", "log_z", "low", "high", "n_draws")  # (k̂ may be nan on few draws: nan != nan)
+    assert [again[c] for c in columns] == [reference[c] for c in columns]
 
 
 def test_rows_rescored_against_a_later_reference_keep_log_z_and_drop_windows_it_lacks():

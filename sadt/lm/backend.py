@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -64,6 +65,59 @@ class DecodeBatch:
         return int(self.logits.shape[0])
 
 
+class GrowingLayer(DynamicLayer):
+    """A KV cache layer that appends in place into spare room instead of `torch.cat` on every step.
+
+    `DynamicLayer` copies every row's whole cache on each decode step, O(B·L) bytes per token: at
+    50 rows of a 400-token prompt that copy is half of a CPU step. Here the first write into a
+    shared prefix (the prompt's cache, expanded over the rows) allocates exactly, so a one-shot
+    forward wastes nothing; a later write that runs out of room reallocates with a quarter more
+    (at least 64 positions), so a decode step writes only its own token. `keys`/`values` are views
+    of the store's first L positions; if anything replaces them (the base class's reorder), the
+    next update copies from them into a fresh store.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._key_store: torch.Tensor | None = None
+        self._value_store: torch.Tensor | None = None
+
+    def _owned(self) -> bool:
+        return all(store is not None and view.data_ptr() == store.data_ptr() and view.shape[0] == store.shape[0]
+                   for store, view in ((self._key_store, self.keys), (self._value_store, self.values)))
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized or self.keys.numel() == 0:  # nothing cached: hold the states as given
+            self.lazy_initialization(key_states, value_states)
+            self.keys, self.values = key_states, value_states
+            return self.keys, self.values
+        L, T = self.keys.shape[-2], key_states.shape[-2]
+        owned = self._owned()
+        if not owned or self._key_store.shape[-2] < L + T:
+            room = L + T + (max(64, (L + T) // 4) if owned else 0)
+            self._key_store, self._value_store = _copied(self.keys, room), _copied(self.values, room)
+        self._key_store[:, :, L : L + T] = key_states
+        self._value_store[:, :, L : L + T] = value_states
+        self.keys, self.values = self._key_store[:, :, : L + T], self._value_store[:, :, : L + T]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows `indices` (repeats allowed: SMC's resampling), with their spare room."""
+        if self.get_seq_length() == 0 or not self._owned():
+            return super().batch_select_indices(indices)
+        L = self.keys.shape[-2]
+        self._key_store, self._value_store = self._key_store[indices], self._value_store[indices]
+        self.keys, self.values = self._key_store[:, :, :L], self._value_store[:, :, :L]
+
+
+def _copied(view: torch.Tensor, room: int) -> torch.Tensor:
+    """A new (B, heads, room, dim) store whose first L positions hold `view`."""
+    B, heads, L, dim = view.shape
+    store = view.new_empty(B, heads, room, dim)
+    store[:, :, :L] = view
+    return store
+
+
 class LMBackend(Protocol):
     """What the search, SMC and the trainer call: `TorchLM` here, `sadt.mlx.backend.MLXLM` in MLX."""
 
@@ -93,6 +147,9 @@ class TorchLM:
         self.decoder = model.base_model
         self.head = model.get_output_embeddings()
         self.stats = LMStats()
+        # The KV layer of every decode batch; transformers' `DynamicLayer` (concatenating every step) only for the
+        # throughput benchmark's before/after.
+        self.cache_layer: type[DynamicLayer] = GrowingLayer
 
     def to(self, device: str | torch.device) -> TorchLM:
         """Move the model (a trainer on a GPU moves its frozen LM next to the head); caches made before stay behind."""
@@ -217,9 +274,12 @@ class TorchLM:
         return hidden, self._action_logits(hidden, action_ids)
 
     def _prompt_cache(self, prompt: PromptCache, batch: int) -> DynamicCache:
-        """A cache holding the prompt's KV for `batch` rows (copied: later steps append per row)."""
-        rows = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prompt.kv]
-        return DynamicCache(ddp_cache_data=rows)
+        """A cache holding the prompt's KV for `batch` rows (shared until the first forward copies it per row)."""
+        cache = DynamicCache()
+        cache.layers = [self.cache_layer() for _ in prompt.kv]
+        for layer, (keys, values) in zip(cache.layers, prompt.kv):
+            layer.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1))  # a view: no copy yet
+        return cache
 
     def _right_padded(self, sequences: Sequence[Sequence[int]], length: int) -> torch.Tensor:
         ids = torch.zeros(len(sequences), length, dtype=torch.long, device=self.device)
