@@ -15,6 +15,7 @@ truncated to its `top_k` tokens a step for every sampler and the reference alike
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -159,12 +160,14 @@ def benchmark_tasks(config: SamplersConfig, tokenizer) -> list[tuple[str, Callab
             for label, context, truth in series[k : k + 1]]
 
 
-def window_reference(references: RowStore, label: str, lam: float, draws: DrawSet,
+def window_reference(references: RowStore, label: str, lam: float, reference_draws: Callable[[], DrawSet],
                      rng: np.random.Generator) -> Reference:
-    """The window's reference log Z at λ from its i.i.d. p draws, recorded in references.csv the first time."""
-    reference = Reference.from_prior_rewards(draws.rewards, lam, rng)
-    if not references.done(label, lam):
-        references.add([{"window": label, "lam": lam, **reference.__dict__}])
+    """The window's reference log Z at λ: read back from references.csv (the record), else made from its i.i.d. p
+    draws (`reference_draws()`, drawn only then) and recorded there."""
+    if references.done(label, lam):
+        return Reference.from_row(references.row(label, lam))
+    reference = Reference.from_prior_rewards(reference_draws().rewards, lam, rng)
+    references.add([{"window": label, "lam": lam, **reference.__dict__}])
     return reference
 
 
@@ -189,9 +192,9 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
             continue
         task = build_task()
         rng = np.random.default_rng([config.seed, zlib.crc32(label.encode())])
-        reference_draws = cached(out / "draws" / f"{label}.reference.npz", policy_draws, lm, task, 1.0,
-                                 config.reference_budget, batch_size=config.policy_batch, top_k=config.top_k,
-                                 seed=10_000 + config.seed)  # a seed no compared sampler uses
+        reference_draws = functools.cache(functools.partial(  # drawn once, and only if references.csv lacks a λ
+            cached, out / "draws" / f"{label}.reference.npz", policy_draws, lm, task, 1.0, config.reference_budget,
+            batch_size=config.policy_batch, top_k=config.top_k, seed=10_000 + config.seed))  # a seed no sampler uses
         if not names:  # references only (`--references-only`)
             for lam in config.lams:
                 window_reference(references, label, lam, reference_draws, rng)

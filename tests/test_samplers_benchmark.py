@@ -195,8 +195,11 @@ def test_the_samplers_benchmark_runs_on_the_caption_task(tmp_path):
     assert draws.tokens[-1] >= 600 and float(reference["lam"]) == 5.0
     assert float(reference["log_z"]) == pytest.approx(log_mean_exp(5.0 * draws.rewards))
     assert int(float(reference["n_draws"])) == draws.rewards.size
+    (tmp_path / "draws" / "Wine caption.reference.npz").unlink()  # a cache: references.csv is the record
     first = run(config, tmp_path, resume=True, shard=(0, 1), names=["iid p"]).rows  # `--samplers "iid p"`
     assert [row["sampler"] for row in first] == ["iid p"]
+    assert not (tmp_path / "draws" / "Wine caption.reference.npz").exists()  # not drawn again
+    assert float(first[0]["log_z_error"]) == pytest.approx(float(first[0]["log_z"]) - float(reference["log_z"]))
     rows = run(config, tmp_path, resume=True, shard=(0, 1)).rows  # the rest joins it
     assert sorted(row["sampler"] for row in rows) == ["MaxEnt-TS", "SMC", "iid p"]
     for row in rows:

@@ -40,6 +40,12 @@ class Reference:
                    psis_khat(log_w), int(log_w.size))
 
 
+    @classmethod
+    def from_row(cls, row: dict) -> Reference:
+        """A reference read back from references.csv."""
+        return cls(float(row["log_z"]), float(row["low"]), float(row["high"]), float(row["khat"]), int(row["n_draws"]))
+
+
 def resampled_indices(log_weights: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """n draws' indices taken with replacement ∝ w (sampling importance resampling)."""
     probs = np.exp(log_weights - logsumexp(log_weights))

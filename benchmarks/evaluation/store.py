@@ -27,6 +27,11 @@ class RowStore:
     def done(self, *key) -> bool:
         return tuple(str(k) for k in key) in self._done
 
+    def row(self, *key) -> dict:
+        """The row stored under `key` (the last one, if a unit wrote several)."""
+        wanted = tuple(str(k) for k in key)
+        return next(r for r in reversed(self.rows) if self._key_of(r) == wanted)
+
     def add(self, rows: Iterable[dict]) -> None:
         """Add one unit's rows and rewrite the file, merged under a lock with what other processes (shards of
         the same run) wrote to it meanwhile."""
