@@ -141,10 +141,25 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path, mon
     result = task.search(head.lm, config, head.value_head)
     assert len(result.samples) == 2 and result.nfe_tokens > 2 * 4 * 8  # both models' forwards are counted
 
-    # As a proposal (benchmarks.proposal_quality), P_F draws through the head's own adapted backend, p through the
-    # plain LM.
+    # An on-policy round goes on from this head: `init_from` loads its adapter too, and refuses a fit without one.
+    from sadt.flow_head import FlowHeadConfig
+    from sadt.lora_head import LoRAHeadConfig
+    from trainers.module import FlowHeadModule
+
+    again = FlowHeadModule(lam=2.0, head=FlowHeadConfig(hidden=16), lora=LoRAHeadConfig(top_layers=1),
+                           init_from=str(tmp_path / "head"))
+    saved = dict(model.peft.named_parameters())
+    loaded = [(p, saved[n]) for n, p in again.peft.named_parameters() if "lora_" in n]
+    assert loaded and all(torch.equal(p, q) for p, q in loaded)
+    assert all(torch.equal(p, q) for p, q in zip(again.head.state_dict().values(), model.head.state_dict().values()))
+    with pytest.raises(ValueError, match="its adapter .* is not this fit's `lora` None"):
+        FlowHeadModule(lam=2.0, head=FlowHeadConfig(hidden=16), init_from=str(tmp_path / "head"))
+
+    # As a proposal (benchmarks.proposal_quality) and in the rounds' validation (trainers.rounds), P_F draws through
+    # the head's own adapted backend, p through the plain LM.
     import search.ancestral
     from benchmarks.proposal_quality import ProposalConfig, run
+    from trainers.rounds import RoundsConfig, validation_log_weights
 
     backends, sample_policy = {}, search.ancestral.sample_policy
 
@@ -158,6 +173,12 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path, mon
     rows = run(proposal, tmp_path / "proposal", keep=[])
     assert backends == {0.0: "TorchLM", 2.0: "LoRALM"}
     assert all(np.isfinite(r["ess_fraction"]) for r in rows)
+    backends.clear()
+    rounds = RoundsConfig(output_dir=str(tmp_path / "rounds"), initial_head=str(tmp_path / "head"), rounds=1,
+                          harvest={"series": ["Wine"], "context_length": 16, "horizon": 4, "search": {"lam": 2.0}},
+                          fit=[], validation_contexts=1, validation_draws=2)
+    (log_w,) = validation_log_weights(lm, codec, str(tmp_path / "head"), rounds)
+    assert backends == {2.0: "LoRALM"} and np.isfinite(log_w).all()
 
 
 @pytest.mark.parametrize("bins, form, residual, positions",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from peft.utils import load_peft_weights, set_peft_model_state_dict
 
 from data.buffer import SOURCES
 from sadt import losses
@@ -27,7 +28,7 @@ from sadt.grammar import DigitGrammar, TextGrammar
 from sadt.head_card import HeadCard
 from sadt.head_io import load_head, save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
-from sadt.lora_head import LoRAHeadConfig, add_lora, lora_parameters, save_adapter
+from sadt.lora_head import ADAPTER_DIR, LoRAHeadConfig, add_lora, lora_parameters, save_adapter
 from sadt.rewards import ForecastReward
 from trainers.features import LMFeatures
 from trainers.options import FeatureConfig, LossWeights, OptimiserConfig, grouped_options
@@ -120,12 +121,12 @@ class FlowHeadModule(pl.LightningModule):
         self.action_token_ids = (Codec(self.tokenizer).action_token_ids if task == "forecast"
                                  else list(range(len(self.tokenizer))))  # a text action is its token id
         self.head = MLPFlowHead(self.lm.head.weight[self.action_token_ids], head)
-        if init_from is not None:
-            self.head.load_state_dict(self._initial_weights(init_from, head))
         self.peft = None
         if lora is not None:
             self.peft = add_lora(self.lm.model, lora)  # injected in place: `frozen()` gives the prior
             self.lora_params = torch.nn.ParameterList(lora_parameters(self.peft))  # trained and checkpointed
+        if init_from is not None:
+            self._start_from(init_from, head, lora)
         self.features = LMFeatures(self.lm, self.action_token_ids, features, self.fingerprint, self.peft)
         self.codec: Codec | None = None
         self.grammar: DigitGrammar | TextGrammar | None = None
@@ -135,13 +136,20 @@ class FlowHeadModule(pl.LightningModule):
         self.best: dict | None = None  # {"epoch", "val_loss", "state"}: the kept head (keep_best)
         self.val_sums = torch.zeros(2, dtype=torch.float64)  # Σ batch loss · B, Σ B over this validation epoch
 
-    def _initial_weights(self, directory: str, config: FlowHeadConfig) -> dict:
-        """The weights of the head in `directory`, refused unless its LM and config are this fit's."""
+    def _start_from(self, directory: str, config: FlowHeadConfig, lora: LoRAHeadConfig | None) -> None:
+        """Load the head in `directory` (and its LoRA adapter, for a LoRA fit), refused unless its LM, head config
+        and adapter are this fit's."""
         head, card = load_head(directory, self.fingerprint)
         if head.config != config:
             raise ValueError(f"model.init_from {directory}: its head_config {card.head_config} is not this fit's "
                              f"{vars(config)}; set the fit's head options to match")
-        return head.state_dict()
+        adapter = {k: v for k, v in (card.adapter or {}).items() if k != "kind"} or None
+        wanted = None if lora is None else {k: list(v) if isinstance(v, tuple) else v for k, v in vars(lora).items()}
+        if adapter != wanted:
+            raise ValueError(f"model.init_from {directory}: its adapter {adapter} is not this fit's `lora` {wanted}")
+        self.head.load_state_dict(head.state_dict())
+        if lora is not None:
+            set_peft_model_state_dict(self.peft, load_peft_weights(str(Path(directory) / ADAPTER_DIR)))
 
     def setup(self, stage: str) -> None:
         self.attach(self.trainer.datamodule)

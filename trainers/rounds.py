@@ -15,6 +15,11 @@ and `rounds.png`.
 `sampler: tree` is the aggregated-search variant (Q♯, Zhou et al. 2025): each round grows MaxEnt-TS trees of the
 hybrid that reads round r−1's head (`harvest.search.hybrid`) instead of drawing from P_F, and trains on every
 round's trees (`replay: all`), e.g. with SubTB on their paths (`--model.losses.subtb`).
+
+A LoRA head (Hu et al.'s P_F; `--model.lora.*` among `fit`'s options) runs the same rounds: its draws and its
+validation draws go through its own backend (frozen prior, adapted states), and `--model.init_from` starts each
+round's fit from the last round's adapter as well as its MLP. On this CPU that is slow (two forwards a token, and a
+backward through the adapted layers): a GPU's job.
 """
 
 from __future__ import annotations
@@ -124,18 +129,19 @@ class Round:
 def validation_log_weights(lm, codec, head_dir: str | None, config: RoundsConfig) -> list[np.ndarray]:
     """Per validation context, the log-weights log p − log q + λ r of `validation_draws` i.i.d. draws of the
     head's P_F (of p itself when `head_dir` is None)."""
-    from sadt.head_io import load_value_head
+    from sadt.head_io import load_search_head
     from sadt.lm.base_model import lm_fingerprint
     from search.ancestral import sample_policy
     from search.forecast_task import ForecastTask
 
     harvest = config.harvest_config(config.initial_head, "unused.h5")
     lam = harvest.search.lam
-    head = None if head_dir is None else load_value_head(head_dir, lm_fingerprint(), to_dict(codec.config))[0]
+    head = None if head_dir is None else load_search_head(head_dir, lm_fingerprint(), to_dict(codec.config))
+    drawing_lm = lm if head is None or head.lm is None else head.lm  # a LoRA head's P_F reads its adapted states
     out = []
     for i, values in enumerate(validation_contexts(config)):
         task = ForecastTask.build(codec, values, harvest.horizon, harvest.reward)
-        draws = sample_policy(lm, task, n_samples=config.validation_draws, batch_size=config.validation_draws,
+        draws = sample_policy(drawing_lm, task, n_samples=config.validation_draws, batch_size=config.validation_draws,
                               value_head=task.value(head, lam), guide_lam=lam if head is not None else 0.0,
                               seed=i, progress=False)
         out.append(draws.log_prior - draws.log_proposal + lam * task.reward_fn(draws.actions))
@@ -191,7 +197,7 @@ def validation_scores(log_w: list[np.ndarray], prior_log_w: list[np.ndarray]) ->
 def run_rounds(config: RoundsConfig) -> list[dict]:
     """Every round not yet done, then the curve of every round (module docstring)."""
     from sadt.codec import Codec
-    from sadt.head_io import load_value_head
+    from sadt.head_io import load_search_head
     from sadt.lm.base_model import lm_fingerprint, load_base_lm
     from search.harvest import harvest
     from trainers import fit
@@ -207,8 +213,8 @@ def run_rounds(config: RoundsConfig) -> list[dict]:
         if this.done:
             continue
         harvest_config = config.harvest_config(heads[r - 1], str(this.draws))
-        previous, _ = load_value_head(heads[r - 1], lm_fingerprint(), to_dict(codec.config))
-        harvest(lm, codec, harvest_config, lm_fingerprint(), head=previous)
+        previous = load_search_head(heads[r - 1], lm_fingerprint(), to_dict(codec.config))
+        harvest(previous.lm or lm, codec, harvest_config, lm_fingerprint(), head=previous)  # a LoRA head: its own LM
         data = ",".join(str(p) for p in training_data(config, rounds[:r]))
         fit.main([*config.fit, "--data.buffers", f"[{data}]", "--model.lam", str(harvest_config.search.lam),
                   "--model.init_from", heads[r - 1], "--model.save_to", str(this.head), "--model.overwrite", "true",
