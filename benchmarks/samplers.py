@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="build only each window's reference draws and references.csv (e.g. on a GPU), no sampler")
     parser.add_argument("--reference-from", type=Path, metavar="DIR",
                         help="with --summarise: score the rows against DIR/references.csv (a longer reference built "
-                        "later) and write DIR/summary.md and its plot")
+                        "later) and write summary_vs_<DIR's name>.md and its plot beside the rows")
     args = parser.parse_args(argv)
     if args.reference_from is not None and not (args.reference_from / "references.csv").is_file():
         parser.error(f"--reference-from {args.reference_from}: no references.csv there")
@@ -285,17 +285,19 @@ def main(argv: list[str] | None = None) -> int:
     header = f"# Samplers at equal LM tokens ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)\n"
     if args.reference_from is not None:
         references = RowStore(args.reference_from / "references.csv", ("window", "lam"), resume=True).rows
-        rows, out = rescored(rows, references), args.reference_from
+        rows, suffix = rescored(rows, references), f"_vs_{args.reference_from.name}"
         header += (f"\nLog Z errors against {args.reference_from}/references.csv "
                    f"({len({r['window'] for r in rows})} windows have one).\n")
+    else:
+        suffix = ""
     baselines = {name: spec.baseline for name, spec in config.samplers.items()}
     heads = {name: spec.head for name, spec in config.samplers.items()}
-    (out / "summary.md").write_text(
+    (out / f"summary{suffix}.md").write_text(
         header + "\n" + summary_table(rows, baselines, config.bootstrap) + "\n\n## The best sampler with a head "
         "against the best without (paired over windows; best: lowest mean |log Z error|)\n\n" +
         headline(rows, heads, config.bootstrap) + "\n\n## Chosen pairs\n\n" +
         pairs_table(rows, [tuple(pair) for pair in config.pairs], config.bootstrap) + "\n")
-    plot_ess(rows, out / "ess_vs_tokens.png")
+    plot_ess(rows, out / f"ess_vs_tokens{suffix}.png")
     return 0
 
 
