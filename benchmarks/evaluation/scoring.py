@@ -39,7 +39,6 @@ class Reference:
         return cls(log_mean_exp(log_w), float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5)),
                    psis_khat(log_w), int(log_w.size))
 
-
     @classmethod
     def from_row(cls, row: dict) -> Reference:
         """A reference read back from references.csv."""
