@@ -117,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     gen_s = time_generate(lm, ids, B, L, n)
     gen_rollouts, gen_tokens = n * B / gen_s, n * B * L / gen_s
     roll_s = time_rollout(lm, codec, ids, B, L, n)
-    roll_rollouts, roll_tokens = n * B / roll_s, n * B * L / roll_s
     lm.cache_layer = DynamicLayer
     concat_s = time_rollout(lm, codec, ids, B, L, n)
     lm.cache_layer = GrowingLayer
@@ -126,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     result = run_maxent(lm, codec, ids, B, L, args.rollouts)
     t = result.timings
     rollout_tokens = result.nfe_tokens - args.prompt  # tokens past the prompt (the tree's rollouts)
-    ts_rollouts, ts_tokens = result.n_rollouts / result.wall_s, rollout_tokens / result.wall_s
     overhead = (t["select"] + t["insert_backup"]) / result.wall_s
     peak_mb = (
         torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda")
@@ -139,13 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{device}, {args.dtype}, torch {torch.__version__}, prompt {args.prompt}, {L} new tokens, batch {B}\n")
     print("| method | rollouts | wall s | rollouts/s | new tokens/s | tokens/s vs generate | rollouts/s vs generate |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| HF generate | {n * B} | {gen_s:.1f} | {gen_rollouts:.2f} | {gen_tokens:.0f} | 1.00 | 1.00 |")
-    print(f"| sadt rollout | {n * B} | {roll_s:.1f} | {roll_rollouts:.2f} | {roll_tokens:.0f} | "
-          f"{roll_tokens / gen_tokens:.2f} | {roll_rollouts / gen_rollouts:.2f} |")
-    print(f"| sadt rollout, concatenating KV | {n * B} | {concat_s:.1f} | {n * B / concat_s:.2f} | "
-          f"{n * B * L / concat_s:.0f} | {gen_s / concat_s:.2f} | {gen_s / concat_s:.2f} |")
-    print(f"| MaxEnt-TS | {result.n_rollouts} | {result.wall_s:.1f} | {ts_rollouts:.2f} | {ts_tokens:.0f} | "
-          f"{ts_tokens / gen_tokens:.2f} | {ts_rollouts / gen_rollouts:.2f} |")
+    def row(name: str, rollouts: int, seconds: float, tokens: float) -> str:  # ratios against generate's
+        return (f"| {name} | {rollouts} | {seconds:.1f} | {rollouts / seconds:.2f} | {tokens / seconds:.0f} | "
+                f"{tokens / seconds / gen_tokens:.2f} | {rollouts / seconds / gen_rollouts:.2f} |")
+
+    print(row("HF generate", n * B, gen_s, n * B * L))
+    print(row("sadt rollout", n * B, roll_s, n * B * L))
+    print(row("sadt rollout, concatenating KV", n * B, concat_s, n * B * L))
+    print(row("MaxEnt-TS", result.n_rollouts, result.wall_s, rollout_tokens))
     stats = result.tree_stats
     print(f"\nMaxEnt-TS: mean rollout length {rollout_tokens / max(result.n_rollouts, 1):.1f} tokens; "
           f"tree overhead {100 * overhead:.1f}% of wall (select {t['select']:.2f} s, insert+backup "
