@@ -124,7 +124,7 @@ def scan_head(name: str, module, datamodule, config: ScanConfig, train_keys: set
         batch = collate(items)
         with torch.no_grad():
             q, log_prior, _ = module.q_values(batch)
-            weights = module.prior_draw_weights(batch).to(q)
+            weights = module.draw_weights(batch).to(q)
             for s in config.guide_scales:
                 args = (q, log_prior, batch["actions"], batch["mask"], weights, s * config.lam)
                 rows.append({"head": name, "split": "train" if key in train_keys else "val", "prompt": key,

@@ -264,14 +264,14 @@ def test_forward_kl_weighs_each_prompts_draws_from_p_by_exp_lam_r_and_trains_dow
     prior = [x for x in items if x["source"] == SOURCES["prior_sample"]]
     assert len(prior) == 3 * 6 and len(items) > len(prior)
     batch = collate(prior)
-    weights = model.prior_draw_weights(batch)
+    weights = model.draw_weights(batch)
     for prompt in batch["prompt_index"].unique():
         rows = batch["prompt_index"] == prompt
         reward = batch["reward"][rows].double()
         # Self-normalised: ω = n exp(λ r) / Σ exp(λ r), so a prompt's weights average 1.
         torch.testing.assert_close(weights[rows], rows.sum() * torch.softmax(2.0 * reward, 0), rtol=1e-5, atol=0)
     tree = collate([x for x in items if x["source"] != SOURCES["prior_sample"]][:4])
-    assert (model.prior_draw_weights(tree) == 0).all()
+    assert (model.draw_weights(tree) == 0).all()
     (metrics,) = tmp_path.glob("lightning_logs/*/metrics.csv")
     assert any(r.get("train/forward_kl") for r in csv.DictReader(metrics.open()))
     # Over all the training draws, KL(π*‖P_F) − KL(π*‖p) is 0 for P_F = p; the trained head is below it.

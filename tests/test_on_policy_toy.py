@@ -73,3 +73,44 @@ def test_on_policy_balance_training_with_exploration_drives_p_f_to_the_target(lo
         optimiser.step()
     end = kl_to_target(toy, head, all_hidden, target)
     assert start > 0.6 and end < 0.03, (start, end)  # KL(π*‖p) = 0.66 falls twenty-fold
+
+
+def forward_kl_fit(toy: Toy, policy_weighed_by_q: bool, steps: int = 300, n: int = 32, seed: int = 0) -> float:
+    """KL(π*‖P_F) after `steps` of the forward KL on n draws of P_F and n of p a step, drawn exactly by
+    enumeration. P_F's draws weigh p e^{λr}/q (`DrawWeights`, `forward_kl_on: prior_and_policy`), or, when
+    `policy_weighed_by_q` is False, e^{λr} as if p had drawn them."""
+    target, _ = toy.target(LAM)
+    prompt = toy.lm.prefill(PROMPT)
+    hidden, _ = toy.lm.path_states(prompt, [[ACTION_IDS[a] for a in s] for s in toy.sequences], ACTION_IDS)
+    hidden = hidden[:, :-1]
+    log_prior = torch.from_numpy(toy.step_log_priors()).double()  # (S, L, A)
+    actions = torch.tensor(toy.sequences)
+    log_p = log_prior.gather(-1, actions[..., None])[..., 0].sum(dim=1)
+    reward = torch.from_numpy(toy.reward(toy.sequences))
+    head = TableQ(toy)
+    state = torch.cdist(hidden.reshape(-1, hidden.shape[-1]).double(), head.keys).argmin(dim=1).reshape(actions.shape)
+    optimiser = torch.optim.Adam([head.q], lr=0.01)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        with torch.no_grad():
+            step = torch.log_softmax(log_prior + LAM * head.q[state], dim=-1)  # P_F ∝ p e^{λQ}, every state
+            log_q = step.gather(-1, actions[..., None])[..., 0].sum(dim=1)
+        value = 0.0
+        for law, ratio in ((log_q, log_p - log_q if policy_weighed_by_q else 0.0 * log_q), (log_p, 0.0 * log_p)):
+            draws = torch.multinomial(law.exp(), n, replacement=True, generator=generator)
+            omega = n * torch.softmax((LAM * reward + ratio)[draws], dim=0)  # self-normalised, as DrawWeights'
+            args = (head.q[state[draws]], log_prior[draws], actions[draws], torch.ones_like(actions[draws], dtype=bool))
+            value = value + losses.weighted_cross_entropy(*args, omega, LAM).mean()
+        optimiser.zero_grad()
+        value.backward()
+        optimiser.step()
+    return kl_to_target(toy, head, hidden, target)
+
+
+def test_forward_kl_on_pf_draws_weighed_against_their_own_law_drives_p_f_to_the_target():
+    """`forward_kl_on: prior_and_policy`: with p's draws beside P_F's own, each of P_F's weighed against the law
+    that drew it, P_F reaches π* (KL(π*‖p) = 0.66 falls ten-fold: 0.037-0.048 over seeds 0-3); weighed as if p
+    had drawn them, the same draws tilt P_F by e^{λr} again at every step, past π* (0.13-0.16)."""
+    toy = Toy()
+    assert forward_kl_fit(toy, policy_weighed_by_q=True) < 0.066
+    assert forward_kl_fit(toy, policy_weighed_by_q=False) > 0.1

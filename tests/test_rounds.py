@@ -42,9 +42,10 @@ def test_two_rounds_draw_from_the_last_head_fit_and_resume_without_drawing_again
     monkeypatch.setenv("WANDB_MODE", "offline")
     write_start_head(tmp_path / "start", base_tokenizer)
     config = RoundsConfig(output_dir=str(tmp_path / "rounds"), initial_head=str(tmp_path / "start"), rounds=2,
-                          harvest=HARVEST, fit=[*FIT, "--model.losses.forward_kl", "1"], prior_draws=3,
+                          harvest=HARVEST, fit=[*FIT, "--model.losses.forward_kl", "1", "--model.losses.forward_kl_on",
+                                                "prior_and_policy"], prior_draws=3,
                           validation_contexts=2, validation_draws=4, wandb=True)
-    rows = run_rounds(config)  # the forward KL refuses a fit without p's draws: every round read prior.h5
+    rows = run_rounds(config)  # the forward KL reads prior.h5 and weighs P_F's draws by their stored log q
     prior = read_buffer(tmp_path / "rounds" / "prior.h5")
     assert (prior.arrays["source"] == SOURCES["prior_sample"]).all() and prior.n_trajectories == 2 * 3
     assert prior.prompt_keys() == read_buffer(tmp_path / "rounds" / "round_1" / "draws.h5").prompt_keys()

@@ -80,6 +80,7 @@ def collate(items: list[dict]) -> dict:
         "mask": torch.arange(T)[None] < lengths[:, None],
         "reward": torch.tensor([x["reward"] for x in items], dtype=torch.float32),
         "source": torch.tensor([x["source"] for x in items]),
+        "log_p_over_q": torch.tensor([x["log_p"] - x["log_q"] for x in items], dtype=torch.float64),
         "tree_values": values,
     }
 
@@ -99,7 +100,8 @@ def _items(buffer: Buffer, buffer_id: int, sources: list[int] | None) -> list[di
             "prompt": tuple(int(t) for t in prompt_tokens[row]), "key": keys[row],
             "prompt_id": buffer_id * 1_000_000 + row, "actions": trajectory["actions"].astype(np.int64),
             "values": trajectory["values"], "visits": trajectory["visits"], "reward": float(a["reward"][i]),
-            "source": int(a["source"][i]),
+            "source": int(a["source"][i]), "log_p": float(trajectory["log_prior"].astype(np.float64).sum()),
+            "log_q": float(a["log_q"][i]),  # NaN where the drawing policy's law is unknown (trees, schema 1)
         })
     return items
 

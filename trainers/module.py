@@ -32,7 +32,7 @@ from sadt.lora_head import ADAPTER_DIR, LoRAHeadConfig, add_lora, lora_parameter
 from sadt.rewards import ForecastReward
 from trainers.features import LMFeatures
 from trainers.options import FeatureConfig, LossWeights, OptimiserConfig, grouped_options
-from trainers.task_values import ForecastShaping, PriorDrawWeights
+from trainers.task_values import DrawWeights, ForecastShaping
 
 TASKS = ("forecast", "text")  # what a buffer's actions are (`FlowHeadModule.task`)
 
@@ -131,7 +131,7 @@ class FlowHeadModule(pl.LightningModule):
         self.codec: Codec | None = None
         self.grammar: DigitGrammar | TextGrammar | None = None
         self.shaping: ForecastShaping | None = None
-        self.prior_draw_weights: PriorDrawWeights | None = None
+        self.draw_weights: DrawWeights | None = None
         self.buffer_meta: dict = {}
         self.best: dict | None = None  # {"epoch", "val_loss", "state"}: the kept head (keep_best)
         self.val_sums = torch.zeros(2, dtype=torch.float64)  # Σ batch loss · B, Σ B over this validation epoch
@@ -185,10 +185,15 @@ class FlowHeadModule(pl.LightningModule):
                                            positions=bool(head.reward_weight_positions))
         self.features.attach(self.grammar, prior_top_k(config))
         self.buffer_meta = meta
-        self.prior_draw_weights = PriorDrawWeights((datamodule.train_set, datamodule.val_set), hp.lam)
-        if self.loss_weights.forward_kl and not self.prior_draw_weights:
-            raise ValueError(f"`losses.forward_kl` needs draws from p (source 'prior_sample') in the buffers "
-                             f"{datamodule.paths}: harvest them with `sampler: prior`")
+        with_policy = self.loss_weights.forward_kl_on == "prior_and_policy"
+        try:
+            self.draw_weights = DrawWeights((datamodule.train_set, datamodule.val_set), hp.lam, with_policy)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if self.loss_weights.forward_kl and not self.draw_weights:
+            raise ValueError(f"`losses.forward_kl` needs draws from p (source 'prior_sample'"
+                             f"{' or policy_sample' if with_policy else ''}) in the buffers {datamodule.paths}: "
+                             f"harvest them with `sampler: prior`")
         policy = SOURCES["policy_sample"]
         if self.loss_weights.vargrad and self.loss_weights.vargrad_on == "policy" and not any(
                 x["source"] == policy for split in (datamodule.train_set, datamodule.val_set) for x in split.items):
@@ -232,10 +237,10 @@ class FlowHeadModule(pl.LightningModule):
         if weights.value:
             out["value"] = losses.value_regression(q, batch["actions"], batch["mask"], batch["tree_values"])
             total = total + weights.value * out["value"]
-        n_prior = int((batch["source"] == SOURCES["prior_sample"]).sum())
-        if n_prior:  # mean over the batch's draws from p: each prompt's draws average its SNIS estimate
-            omega = self.prior_draw_weights(batch).to(q)
-            out["forward_kl"] = losses.weighted_cross_entropy(*args, omega, lam).sum() / n_prior
+        n_weighed = int(self.draw_weights.rows(batch).sum())
+        if n_weighed:  # mean over the batch's weighed draws: each prompt's draws average its SNIS estimate
+            omega = self.draw_weights(batch).to(q)
+            out["forward_kl"] = losses.weighted_cross_entropy(*args, omega, lam).sum() / n_weighed
             total = total + weights.forward_kl * out["forward_kl"]
         out["loss"] = total
         return out

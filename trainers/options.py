@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sadt.config import check_finite
 
 VARGRAD_DRAWS = ("all", "policy")
+FORWARD_KL_DRAWS = ("prior", "prior_and_policy")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class LossWeights:
     prompt the self-normalised estimate of KL(π*‖P_F) − KL(π*‖p) (`losses.weighted_cross_entropy`), the
     mass-covering term the balance losses on search trajectories lack. Logged whenever a batch holds such
     draws, weighted in or not: below 0 on validation prompts means P_F covers π* better than p there.
+    forward_kl_on: the draws the forward KL reads: "prior", p's; "prior_and_policy", also P_F's own (source
+    `policy_sample`), each weighed by p e^{λr}/q with the log q stored when it was drawn (reweighted wake-sleep's
+    proposal update): the same KL, estimated from draws nearer π*, whose weights are less degenerate than p's.
     """
 
     tb: float = 1.0
@@ -43,11 +47,15 @@ class LossWeights:
     forward_kl: float = 0.0
     subtb_weight: float = 0.9
     vargrad_on: str = "all"
+    forward_kl_on: str = "prior"
 
     def __post_init__(self) -> None:
         check_finite(self, "model.losses")
         if self.vargrad_on not in VARGRAD_DRAWS:
             raise ValueError(f"model.losses `vargrad_on` must be one of {VARGRAD_DRAWS}, got {self.vargrad_on!r}")
+        if self.forward_kl_on not in FORWARD_KL_DRAWS:
+            raise ValueError(f"model.losses `forward_kl_on` must be one of {FORWARD_KL_DRAWS}, "
+                             f"got {self.forward_kl_on!r}")
         weights = (self.tb, self.subtb, self.db, self.vargrad, self.value, self.forward_kl)
         if min(weights) < 0 or max(weights) == 0:
             raise ValueError(f"model.losses weights must be >= 0 with at least one > 0, got {self}")

@@ -1,5 +1,5 @@
 """What the losses read besides the LM: the forecast task's value terms along each trajectory, and the
-self-normalised weights of the buffers' draws from p. Both are rebuilt from the buffers' own metadata.
+self-normalised weights of the buffers' draws from p (and P_F). Both are rebuilt from the buffers' own metadata.
 """
 
 from __future__ import annotations
@@ -69,35 +69,58 @@ class ForecastShaping:
         return torch.as_tensor(np.stack([r, share, position]), dtype=torch.float32)
 
 
-class PriorDrawWeights:
-    """ω_i = n exp(λ r_i) / Σ_j exp(λ r_j) over the n draws from p (source `prior_sample`) of draw i's prompt,
-    the self-normalised importance weights of π* the forward KL reads; 0 for other trajectories.
+class DrawWeights:
+    """ω_i = n_g exp(log w_i) / Σ_{j∈g} exp(log w_j) over the n_g draws of group g = (draw i's prompt, its source):
+    the self-normalised importance weights of π* ∝ p e^{λr} the forward KL reads, a group's averaging 1; 0 for
+    trajectories of other sources. A draw from p (source `prior_sample`) has log w = λ r; one of P_F's (source
+    `policy_sample`, read when `with_policy`) has log w = λ r + log p(x) − log q(x), q the law that drew it (its
+    log q stored at harvest, tempering included), so draws of every round's P_F weigh in, each against its own law.
 
     Args:
         datasets: the train and validation sets (every draw of a prompt counts, whichever side it is on).
         lam: the fit's λ.
+        with_policy: weigh P_F's own draws as well as p's.
+
+    Raises:
+        ValueError: a draw of P_F's without its log q (harvested before log q was stored).
     """
 
-    def __init__(self, datasets, lam: float) -> None:
-        rewards: dict[int, list[float]] = {}
+    def __init__(self, datasets, lam: float, with_policy: bool = False) -> None:
+        self.lam = lam
+        self.sources = [SOURCES["prior_sample"]] + ([SOURCES["policy_sample"]] if with_policy else [])
+        log_w: dict[tuple[int, int], list[float]] = {}
         for dataset in datasets:
             for x in dataset.items:
-                if x["source"] == SOURCES["prior_sample"]:
-                    rewards.setdefault(x["prompt_id"], []).append(x["reward"])
-        self.lam = lam
-        # prompt id -> (log Σ_j exp(λ r_j), n)
-        self.normalisers = {k: (float(torch.logsumexp(lam * torch.tensor(r, dtype=torch.float64), 0)), len(r))
-                            for k, r in rewards.items()}
+                if x["source"] in self.sources:
+                    log_w.setdefault((x["prompt_id"], x["source"]), []).append(self._log_w(x))
+        unknown = [key for key, values in log_w.items() if not np.isfinite(values).all()]
+        if unknown:
+            raise ValueError(f"{len(unknown)} prompts have draws of P_F without a stored log q (prompt ids "
+                             f"{[k for k, _ in unknown[:3]]}...): re-harvest them with `sampler: policy`")
+        # (prompt id, source) -> (log Σ_j w_j, n)
+        self.normalisers = {k: (float(torch.logsumexp(torch.tensor(v, dtype=torch.float64), 0)), len(v))
+                            for k, v in log_w.items()}
+
+    def _log_w(self, x: dict) -> float:
+        ratio = x["log_p"] - x["log_q"] if x["source"] == SOURCES["policy_sample"] else 0.0
+        return self.lam * x["reward"] + ratio
 
     def __bool__(self) -> bool:
         return bool(self.normalisers)
 
+    def rows(self, batch: dict) -> torch.Tensor:
+        """(B,) bool: the batch's draws that carry a weight."""
+        return torch.isin(batch["source"], torch.tensor(self.sources))
+
     def __call__(self, batch: dict) -> torch.Tensor:
         """(B,) float64."""
-        rows = (batch["source"] == SOURCES["prior_sample"]).nonzero().flatten()
+        rows = self.rows(batch).nonzero().flatten()
         weights = torch.zeros(len(batch["source"]), dtype=torch.float64)
         if len(rows):
-            norm = torch.tensor([self.normalisers[int(p)] for p in batch["prompt_index"][rows]], dtype=torch.float64)
+            source = batch["source"][rows]
+            norm = torch.tensor([self.normalisers[int(p), int(s)] for p, s in zip(batch["prompt_index"][rows], source)],
+                                dtype=torch.float64)
             log_norm, n = norm.unbind(dim=1)  # (k,), (k,)
-            weights[rows] = n * torch.exp(self.lam * batch["reward"][rows].double() - log_norm)
+            ratio = torch.where(source == SOURCES["policy_sample"], batch["log_p_over_q"][rows], 0.0)
+            weights[rows] = n * torch.exp(self.lam * batch["reward"][rows].double() + ratio - log_norm)
         return weights
