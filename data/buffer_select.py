@@ -22,10 +22,32 @@ def best_draws(sources: Sequence[str | Path], out: str | Path, per_prompt: int) 
     `sources` (which must share their defining settings); `out` is rewritten whole, never appended to."""
     if per_prompt < 1 or not sources:
         raise ValueError(f"best_draws needs sources and per_prompt >= 1, got {len(sources)} and {per_prompt}")
+    buffers = _read_alike(sources)
+    records = [_record(key, _best(draws, per_prompt)) for key, draws in _by_prompt(buffers).items()]
+    return _write(records, out, buffers[0])
+
+
+def prompts_draws(source: str | Path, out: str | Path, keys: Sequence[str]) -> Path:
+    """Write to `out` every draw of the prompts `keys` in the buffer `source` (a prompt's draws alone, e.g. to fit
+    one window: `benchmarks.head_capacity`); `out` is rewritten whole. Draws without a log q (p's) are copied."""
+    (buffer,) = _read_alike([source])
+    by_prompt = _by_prompt([buffer])
+    missing = [k for k in keys if k not in by_prompt]
+    if missing:
+        raise ValueError(f"{source}: no prompt {missing[0]!r} (it has {len(by_prompt)} prompts)")
+    return _write([_record(key, by_prompt[key], need_log_q=False) for key in keys], out, buffer)
+
+
+def _read_alike(sources: Sequence[str | Path]) -> list:
     buffers = [read_buffer(path) for path in sources]
     for other in buffers[1:]:
         refuse_different_settings(buffers[0].meta, other.meta, f"{buffers[0].path} was written with",
                                   f"{other.path} with")
+    return buffers
+
+
+def _by_prompt(buffers: list) -> dict[str, list[tuple[float, tuple, object, int]]]:
+    """Each prompt's draws over `buffers` as (reward, actions, buffer, index), in the buffers' order."""
     by_prompt: dict[str, list[tuple[float, tuple, object, int]]] = {}
     for buffer in buffers:
         keys, rows = buffer.prompt_keys(), buffer.prompt_rows
@@ -33,15 +55,19 @@ def best_draws(sources: Sequence[str | Path], out: str | Path, per_prompt: int) 
             trajectory = buffer.trajectory(i)
             by_prompt.setdefault(keys[rows[i]], []).append(
                 (float(trajectory["reward"]), tuple(trajectory["actions"].tolist()), buffer, i))
-    records = [_record(key, _best(draws, per_prompt)) for key, draws in by_prompt.items()]
+    return by_prompt
+
+
+def _write(records: list[PromptRecord], out: str | Path, like) -> Path:
+    """`records` into a new buffer with `like`'s LM and settings, appearing whole or not at all."""
     out = Path(out)
     partial, lock = out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.lock")
     partial.unlink(missing_ok=True)
     try:
-        with BufferWriter(partial, buffers[0].lm_fingerprint, buffers[0].meta) as writer:
+        with BufferWriter(partial, like.lm_fingerprint, like.meta) as writer:
             for record in records:
                 writer.append(record)
-        partial.replace(out)  # the replay appears whole or not at all
+        partial.replace(out)
     finally:
         partial.unlink(missing_ok=True)
         lock.unlink(missing_ok=True)
@@ -60,12 +86,12 @@ def _best(draws: list[tuple], per_prompt: int) -> list[tuple]:
     return kept
 
 
-def _record(key: str, draws: list[tuple]) -> PromptRecord:
-    """One prompt's kept trajectories as a record, copied from their buffers."""
+def _record(key: str, draws: list[tuple], need_log_q: bool = True) -> PromptRecord:
+    """One prompt's kept trajectories as a record, copied from their buffers (replay needs their log q)."""
     first_buffer, first = draws[0][2], draws[0][3]
     row = first_buffer.prompt_rows[first]
     trajectories = [buffer.trajectory(i) for _, _, buffer, i in draws]
-    if any(np.isnan(t["log_q"]) for t in trajectories):
+    if need_log_q and any(np.isnan(t["log_q"]) for t in trajectories):
         raise BufferError(f"prompt {key!r}: a draw without its log q (a buffer of schema 1); replay needs "
                           f"draws whose proposal probability is known")
     steps = {name: np.concatenate([t[name] for t in trajectories]) for name in STEP_FIELDS}

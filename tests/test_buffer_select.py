@@ -1,4 +1,4 @@
-"""Issue 36.1: a replay buffer of each prompt's best draws across rounds, copied whole."""
+"""Issue 36.1: a replay buffer of each prompt's best draws across rounds, copied whole; one prompt's draws alone."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import pytest
 from buffer_records import FINGERPRINT, META, make_record
 
 from data.buffer import BufferError, BufferWriter, read_buffer
-from data.buffer_select import best_draws
+from data.buffer_select import best_draws, prompts_draws
 
 
 def with_log_q(record, reward, log_q, actions=None):
@@ -57,3 +57,19 @@ def test_buffers_of_other_settings_or_without_log_q_are_refused_by_name(tmp_path
     with pytest.raises(BufferError, match="log q"):
         best_draws([old], tmp_path / "replay.h5", per_prompt=1)
     assert not any(p.name.startswith("replay") for p in tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_prompts_draws_alone_are_copied_whole_log_q_unknown_or_not_and_a_missing_prompt_is_named(tmp_path):
+    a0, b0 = make_record(0, n_traj=3), make_record(1, n_traj=2)  # b0: p's draws, log q unknown (NaN)
+    source = write(tmp_path / "draws.h5", [with_log_q(a0, [0.1, 0.9, 0.5], [-1, -2, -3]), b0])
+    original = read_buffer(source)
+    for key, first, n in ((b0.key, 3, 2), (a0.key, 0, 3)):
+        alone = read_buffer(prompts_draws(source, tmp_path / f"{key.replace('/', '_')}.h5", [key]))
+        assert alone.prompt_keys() == [key] and alone.n_trajectories == n and alone.meta == original.meta
+        for i in range(n):
+            for name in ("actions", "log_prior", "reward", "source"):
+                np.testing.assert_array_equal(alone.trajectory(i)[name], original.trajectory(first + i)[name])
+            np.testing.assert_array_equal(alone.trajectory(i)["log_q"], original.trajectory(first + i)["log_q"])
+    with pytest.raises(ValueError, match="no prompt 'nowhere'"):
+        prompts_draws(source, tmp_path / "none.h5", ["nowhere"])
+    assert not (tmp_path / "none.h5").exists()

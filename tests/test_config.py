@@ -27,7 +27,8 @@ def benchmark_schema(path: Path):
         return RoundsConfig
     prefixes = {"samplers_toy": ("samplers_toy", "ToySamplersConfig"), "samplers": ("samplers", "SamplersConfig"),
                 "proposal_": ("proposal_quality", "ProposalConfig"),
-                "forward_kl_scan": ("forward_kl_scan", "ScanConfig"), "tilt_room": ("tilt_room", "RoomConfig")}
+                "forward_kl_scan": ("forward_kl_scan", "ScanConfig"), "tilt_room": ("tilt_room", "RoomConfig"),
+                "head_capacity": ("head_capacity", "CapacityConfig")}
     script, name = next((v for k, v in prefixes.items() if path.name.startswith(k)),
                         ("amortisation", "AmortisationConfig"))
     return getattr(importlib.import_module(f"benchmarks.{script}"), name)
