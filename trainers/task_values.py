@@ -93,7 +93,8 @@ class DrawWeights:
             for x in dataset.items:
                 if x["source"] in self.sources:
                     log_w.setdefault((x["prompt_id"], x["source"]), []).append(self._log_w(x))
-        unknown = [key for key, values in log_w.items() if not np.isfinite(values).all()]
+        unknown = [key for key, values in log_w.items()
+                   if key[1] == SOURCES["policy_sample"] and not np.isfinite(values).all()]
         if unknown:
             raise ValueError(f"{len(unknown)} prompts have draws of P_F without a stored log q (prompt ids "
                              f"{[k for k, _ in unknown[:3]]}...): re-harvest them with `sampler: policy`")
