@@ -9,7 +9,8 @@ then draws `draws` fresh i.i.d. draws of the fitted P_F, of the head it started 
 window, and reports each proposal's ESS/N and ESS_q/ESS_p (equal draws are equal LM tokens: a head adds no LM
 forward). A fitted head far above its start says the head can represent a much better proposal than the rounds
 find, and the rounds are short of data or of a signal that generalises; a fitted head level with its start says
-the head's inputs or size are the limit.
+the head's inputs or size are the limit. With `extra_draws`, each window also gets that many more draws of p and of
+the start head's P_F to fit on: the same question with more data per window.
 
 Writes `<output_dir>/capacity.csv` (a row per window and proposal) and `capacity.md`.
 """
@@ -37,6 +38,7 @@ class CapacityConfig:
     epochs: int = 30
     draws: int = 128  # fresh i.i.d. draws per proposal and window
     seed: int = 7  # the fresh draws' seed: not the harvest's
+    extra_draws: int = 0  # per window, this many more draws of p and of the start head's P_F to fit on (seed + 1)
     fit_overrides: list[str] = field(default_factory=list)  # appended to the rounds' fit options
 
 
@@ -57,6 +59,33 @@ def single_window_buffers(buffers: list[Path], key: str, out_dir: Path) -> list[
             prompts_draws(path, target, [key])
         out.append(target)
     return out
+
+
+def extra_window_draws(lm, forecast, task, harvest, head_dir: str, n: int, seed: int, like: Path) -> list[Path]:
+    """`n` more draws of p and `n` of the head's P_F on one window, each a buffer beside `like` (one of the rounds'
+    buffers of this window: its settings) with their log q."""
+    import dataclasses
+
+    from data.buffer import BufferWriter, read_buffer
+    from sadt.config import to_dict
+    from sadt.head_io import load_search_head
+    from sadt.lm.base_model import lm_fingerprint
+    from search.harvest import Exploration, policy_record, prior_record
+
+    search = dataclasses.replace(harvest.search, n_samples=n, batch_size=min(n, 64), seed=seed, progress=False)
+    head = load_search_head(head_dir, lm_fingerprint(), to_dict(forecast.codec.config))
+    value, untempered = forecast.value(head, search.lam), Exploration(tempered_share=0)
+    records = {"extra_prior.h5": lambda: prior_record(lm, forecast, task, search),
+               "extra_policy.h5": lambda: policy_record(lm, forecast, task.key, task.index, search, value, untempered)}
+    meta = read_buffer(like).meta
+    paths = []
+    for name, draw in records.items():
+        path = like.parent / name
+        if not path.exists():
+            with BufferWriter(path, lm_fingerprint(), meta) as writer:
+                writer.append(draw())
+        paths.append(path)
+    return paths
 
 
 def log_weights(lm, codec, task, head_dir: str | None, lam: float, draws: int, seed: int) -> np.ndarray:
@@ -94,13 +123,17 @@ def run(config: CapacityConfig) -> list[dict]:
     for key in training_keys(buffers[0], config.windows):
         window_dir = Path(config.work_dir) / key.replace("/", "_")
         fitted = window_dir / "head"
-        data = ",".join(map(str, single_window_buffers(buffers, key, window_dir)))
+        task = ForecastTask.build(codec, task_context(tasks[key], harvest), harvest.horizon, harvest.reward)
+        window_buffers = single_window_buffers(buffers, key, window_dir)
+        if config.extra_draws:
+            window_buffers += extra_window_draws(lm, task, tasks[key], harvest, start_head, config.extra_draws,
+                                                 config.seed + 1, window_buffers[0])
+        data = ",".join(map(str, window_buffers))
         if not (fitted / "head.json").is_file():
             fit.main([*rounds.fit, "--data.buffers", f"[{data}]", "--model.lam", str(lam), "--data.val_fraction", "0",
                       "--model.keep_best", "false", "--trainer.max_epochs", str(config.epochs),
                       "--model.init_from", start_head, "--model.save_to", str(fitted), "--model.overwrite", "true",
                       "--trainer.default_root_dir", str(window_dir / "fit"), *config.fit_overrides])
-        task = ForecastTask.build(codec, task_context(tasks[key], harvest), harvest.horizon, harvest.reward)
         prior_log_w = log_weights(lm, codec, task, None, lam, config.draws, config.seed)
         ess_p = effective_sample_size(prior_log_w) / config.draws
         for name, head in (("p", None), (f"round {last} head", start_head), ("fitted on this window", str(fitted))):

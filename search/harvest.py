@@ -198,7 +198,7 @@ def harvest_task(lm, codec: Codec, task: Task, config: HarvestConfig, head=None)
     forecast = ForecastTask.build(codec, task_context(task, config), config.horizon, config.reward)
     search_config = dataclasses.replace(config.search, seed=task.seed * 100_003 + task.index, progress=False)
     if config.sampler == "prior":
-        return _prior_record(lm, forecast, task, search_config)
+        return prior_record(lm, forecast, task, search_config)
     if config.sampler == "policy":
         return policy_record(lm, forecast, task.key, task.index, search_config, forecast.value(head, config.search.lam),
                              config.exploration)
@@ -259,7 +259,7 @@ def policy_record(lm, forecast: ForecastTask, key: str, task_index: int, search:
     )
 
 
-def _prior_record(lm, forecast: ForecastTask, task: Task, search: SearchConfig) -> PromptRecord:
+def prior_record(lm, forecast: ForecastTask, task: Task, search: SearchConfig) -> PromptRecord:
     """`search.n_samples` ancestral draws from p(x|c); no tree, so no per-step values or visits."""
     draws = sample_policy(lm, forecast, n_samples=search.n_samples, batch_size=search.batch_size,
                           top_k=search.top_k, seed=search.seed, progress=False)
