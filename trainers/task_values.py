@@ -74,7 +74,8 @@ class DrawWeights:
     the self-normalised importance weights of π* ∝ p e^{λr} the forward KL reads, a group's averaging 1; 0 for
     trajectories of other sources. A draw from p (source `prior_sample`) has log w = λ r; one of P_F's (source
     `policy_sample`, read when `with_policy`) has log w = λ r + log p(x) − log q(x), q the law that drew it (its
-    log q stored at harvest, tempering included), so draws of every round's P_F weigh in, each against its own law.
+    log q stored at harvest, tempering included), so draws of any round's P_F (fresh or replayed) weigh in, each
+    against its own law.
 
     Args:
         datasets: the train and validation sets (every draw of a prompt counts, whichever side it is on).
