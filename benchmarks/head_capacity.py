@@ -61,19 +61,16 @@ def single_window_buffers(buffers: list[Path], key: str, out_dir: Path) -> list[
     return out
 
 
-def extra_window_draws(lm, forecast, task, harvest, head_dir: str, n: int, seed: int, like: Path) -> list[Path]:
+def extra_window_draws(lm, forecast, task, harvest, head, n: int, seed: int, like: Path) -> list[Path]:
     """`n` more draws of p and `n` of the head's P_F on one window, each a buffer beside `like` (one of the rounds'
     buffers of this window: its settings) with their log q."""
     import dataclasses
 
     from data.buffer import BufferWriter, read_buffer
-    from sadt.config import to_dict
-    from sadt.head_io import load_search_head
     from sadt.lm.base_model import lm_fingerprint
     from search.harvest import Exploration, policy_record, prior_record
 
     search = dataclasses.replace(harvest.search, n_samples=n, batch_size=min(n, 64), seed=seed, progress=False)
-    head = load_search_head(head_dir, lm_fingerprint(), to_dict(forecast.codec.config))
     value, untempered = forecast.value(head, search.lam), Exploration(tempered_share=0)
     records = {"extra_prior.h5": lambda: prior_record(lm, forecast, task, search),
                "extra_policy.h5": lambda: policy_record(lm, forecast, task.key, task.index, search, value, untempered)}
@@ -88,30 +85,23 @@ def extra_window_draws(lm, forecast, task, harvest, head_dir: str, n: int, seed:
     return paths
 
 
-def log_weights(lm, codec, task, head_dir: str | None, lam: float, draws: int, seed: int) -> np.ndarray:
-    """log p − log q + λ r of `draws` i.i.d. draws of the head's P_F (p's when `head_dir` is None)."""
-    from sadt.config import to_dict
-    from sadt.head_io import load_search_head
-    from sadt.lm.base_model import lm_fingerprint
-    from search.ancestral import sample_policy
-
-    head = None if head_dir is None else load_search_head(head_dir, lm_fingerprint(), to_dict(codec.config))
-    out = sample_policy(lm, task, n_samples=draws, batch_size=min(draws, 64), value_head=task.value(head, lam),
-                        guide_lam=lam if head is not None else 0.0, seed=seed, progress=False)
-    return out.log_prior - out.log_proposal + lam * task.reward_fn(out.actions)
-
-
 def run(config: CapacityConfig) -> list[dict]:
     from sadt.codec import Codec
-    from sadt.lm.base_model import load_base_lm
+    from sadt.config import to_dict
+    from sadt.head_io import load_search_head
+    from sadt.lm.base_model import lm_fingerprint, load_base_lm
     from search.forecast_task import ForecastTask
     from search.harvest import task_context, task_set
     from trainers import fit
-    from trainers.rounds import RoundsConfig, prior_buffer
+    from trainers.rounds import RoundsConfig, policy_log_weights, prior_buffer
 
     rounds = load_config(config.rounds_config, RoundsConfig)
     run_dir, out = Path(rounds.output_dir), Path(config.output_dir)
-    last = max(int(p.name.split("_")[1]) for p in run_dir.glob("round_*") if (p / "head").is_dir())
+    done = [int(p.name.split("_")[1]) for p in run_dir.glob("round_*") if (p / "head" / "head.json").is_file()]
+    if not done:
+        raise ValueError(f"{run_dir}: no finished round; run `python -m trainers.rounds --config "
+                         f"{config.rounds_config}` first")
+    last = max(done)
     buffers = [prior_buffer(rounds)] + [run_dir / f"round_{r}" / "draws.h5" for r in range(1, last + 1)]
     start_head = str(run_dir / f"round_{last}" / "head")
     harvest = rounds.harvest_config(start_head, "unused.h5")
@@ -119,6 +109,11 @@ def run(config: CapacityConfig) -> list[dict]:
     tasks = {t.key: t for t in task_set(harvest)}
     lm, tokenizer = load_base_lm()
     codec = Codec(tokenizer, harvest.codec)
+
+    def load(head_dir):
+        return load_search_head(str(head_dir), lm_fingerprint(), to_dict(codec.config))
+
+    start = load(start_head)
     rows = []
     for key in training_keys(buffers[0], config.windows):
         window_dir = Path(config.work_dir) / key.replace("/", "_")
@@ -126,7 +121,7 @@ def run(config: CapacityConfig) -> list[dict]:
         task = ForecastTask.build(codec, task_context(tasks[key], harvest), harvest.horizon, harvest.reward)
         window_buffers = single_window_buffers(buffers, key, window_dir)
         if config.extra_draws:
-            window_buffers += extra_window_draws(lm, task, tasks[key], harvest, start_head, config.extra_draws,
+            window_buffers += extra_window_draws(lm, task, tasks[key], harvest, start, config.extra_draws,
                                                  config.seed + 1, window_buffers[0])
         data = ",".join(map(str, window_buffers))
         if not (fitted / "head.json").is_file():
@@ -134,10 +129,11 @@ def run(config: CapacityConfig) -> list[dict]:
                       "--model.keep_best", "false", "--trainer.max_epochs", str(config.epochs),
                       "--model.init_from", start_head, "--model.save_to", str(fitted), "--model.overwrite", "true",
                       "--trainer.default_root_dir", str(window_dir / "fit"), *config.fit_overrides])
-        prior_log_w = log_weights(lm, codec, task, None, lam, config.draws, config.seed)
-        ess_p = effective_sample_size(prior_log_w) / config.draws
-        for name, head in (("p", None), (f"round {last} head", start_head), ("fitted on this window", str(fitted))):
-            log_w = prior_log_w if head is None else log_weights(lm, codec, task, head, lam, config.draws, config.seed)
+        proposals = {"p": None, f"round {last} head": start, "fitted on this window": load(fitted)}
+        log_ws = {name: policy_log_weights(lm, task, head, lam, config.draws, config.seed, batch_size=64)
+                  for name, head in proposals.items()}
+        ess_p = effective_sample_size(log_ws["p"]) / config.draws
+        for name, log_w in log_ws.items():
             ess = effective_sample_size(log_w) / config.draws
             rows.append({"window": key, "proposal": name, "draws": config.draws, "var_log_w": float(np.var(log_w)),
                          "ess_per_draw": ess, "khat": psis_khat(log_w), "ess_vs_p": ess / ess_p})
@@ -157,9 +153,9 @@ def write_table(rows: list[dict], path: Path, command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
-    rows = run(load_config(args.config, CapacityConfig))
-    print(Path(load_config(args.config, CapacityConfig).output_dir, "capacity.md").read_text() if rows else "no rows")
+    config = load_config(parser.parse_args(argv).config, CapacityConfig)
+    run(config)
+    print(Path(config.output_dir, "capacity.md").read_text())
     return 0
 
 

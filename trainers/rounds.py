@@ -131,21 +131,24 @@ def validation_log_weights(lm, codec, head_dir: str | None, config: RoundsConfig
     head's P_F (of p itself when `head_dir` is None)."""
     from sadt.head_io import load_search_head
     from sadt.lm.base_model import lm_fingerprint
-    from search.ancestral import sample_policy
     from search.forecast_task import ForecastTask
 
     harvest = config.harvest_config(config.initial_head, "unused.h5")
-    lam = harvest.search.lam
     head = None if head_dir is None else load_search_head(head_dir, lm_fingerprint(), to_dict(codec.config))
+    return [policy_log_weights(lm, ForecastTask.build(codec, values, harvest.horizon, harvest.reward), head,
+                               harvest.search.lam, config.validation_draws, seed=i)
+            for i, values in enumerate(validation_contexts(config))]
+
+
+def policy_log_weights(lm, task, head, lam: float, n: int, seed: int, batch_size: int | None = None) -> np.ndarray:
+    """log p − log q + λ r of `n` i.i.d. draws of the head's P_F on one forecast task (of p when `head` is None),
+    `batch_size` at a time (all at once when None)."""
+    from search.ancestral import sample_policy
+
     drawing_lm = lm if head is None or head.lm is None else head.lm  # a LoRA head's P_F reads its adapted states
-    out = []
-    for i, values in enumerate(validation_contexts(config)):
-        task = ForecastTask.build(codec, values, harvest.horizon, harvest.reward)
-        draws = sample_policy(drawing_lm, task, n_samples=config.validation_draws, batch_size=config.validation_draws,
-                              value_head=task.value(head, lam), guide_lam=lam if head is not None else 0.0,
-                              seed=i, progress=False)
-        out.append(draws.log_prior - draws.log_proposal + lam * task.reward_fn(draws.actions))
-    return out
+    draws = sample_policy(drawing_lm, task, n_samples=n, batch_size=batch_size or n, value_head=task.value(head, lam),
+                          guide_lam=lam if head is not None else 0.0, seed=seed, progress=False)
+    return draws.log_prior - draws.log_proposal + lam * task.reward_fn(draws.actions)
 
 
 def training_data(config: RoundsConfig, rounds: list[Round]) -> list[Path]:
