@@ -95,8 +95,8 @@ def forward_kl_fit(toy: Toy, policy_weighed_by_q: bool, steps: int = 300, n: int
         with torch.no_grad():
             step = torch.log_softmax(log_prior + LAM * head.q[state], dim=-1)  # P_F ∝ p e^{λQ}, every state
             log_q = step.gather(-1, actions[..., None])[..., 0].sum(dim=1)
-        value = 0.0
-        for law, ratio in ((log_q, log_p - log_q if policy_weighed_by_q else 0.0 * log_q), (log_p, 0.0 * log_p)):
+        value, as_p = 0.0, torch.zeros_like(log_p)  # log p/q of a draw from p
+        for law, ratio in ((log_q, log_p - log_q if policy_weighed_by_q else as_p), (log_p, as_p)):
             draws = torch.multinomial(law.exp(), n, replacement=True, generator=generator)
             omega = n * torch.softmax((LAM * reward + ratio)[draws], dim=0)  # self-normalised, as DrawWeights'
             args = (head.q[state[draws]], log_prior[draws], actions[draws], torch.ones_like(actions[draws], dtype=bool))
