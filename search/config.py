@@ -21,7 +21,7 @@ import numpy as np
 
 from sadt.config import ConfigError, check_finite, to_dict
 from sadt.importance import effective_sample_size, log_mean_exp
-from search.draws import ADAPTIVE_SHARE_BOUNDS
+from search.draws import ADAPTIVE_SHARE_BOUNDS, DEFENSIVE_RULES
 from search.smc import SMC_METHODS  # particle samplers, configured by `SMCConfig`
 from search.task import RewardFn  # noqa: F401  (re-exported: callers have imported it from here)
 from search.tree import Tree
@@ -132,6 +132,9 @@ class DefensiveSettings(SearchConfig):
     # adapted_defensive_share`), within [0.1, 0.95]. No effect with defensive: 0
     defensive_adapt_prior: float = 4.0  # m: the start ε counts as m effective draws, so a few lucky draws do not
     # swing it
+    defensive_rule: str = "em"  # how ε adapts: "em", population Monte Carlo's step towards the defensive draws'
+    # share of the weight (`search.draws.adapted_defensive_share`); "min_variance", straight to the share whose
+    # mixture would have given the draws so far the smallest second moment (`min_variance_defensive_share`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -144,6 +147,8 @@ class DefensiveSettings(SearchConfig):
         if not self.defensive_adapt_prior >= 0:
             raise ValueError(f"search `defensive_adapt_prior` must be >= 0 (effective draws), "
                              f"got {self.defensive_adapt_prior}")
+        if self.defensive_rule not in DEFENSIVE_RULES:
+            raise ValueError(f"search `defensive_rule` must be one of {DEFENSIVE_RULES}, got {self.defensive_rule!r}")
 
     @property
     def defensive_share(self) -> float:
@@ -274,7 +279,8 @@ class DTSConfig(WideningSettings, UCTSettings, DefensiveSettings):
 
     methods: ClassVar[tuple[str, ...]] = ("dts", "dts_star")
     # maxent_ts's ε (0.5 by default) must not turn a DTS row fed by a maxent_ts block into another sampler
-    not_carried: ClassVar[frozenset[str]] = frozenset({"defensive", "defensive_adapt", "defensive_adapt_prior"})
+    not_carried: ClassVar[frozenset[str]] = frozenset({"defensive", "defensive_adapt", "defensive_adapt_prior",
+                                                                "defensive_rule"})
     method: str = "dts"
     # `defensive` 0 by default (dts only: DTS*'s UCT has no law to mix p into)
 

@@ -47,6 +47,7 @@ class Draw:
     terminal: int  # the terminal node it reached
     log_weight: float  # log p(x) + λ r(x) − log q(x), q the law of its descent and rollout when it was drawn
     responsibility: float = 0.0  # ρ, the chance that its descent was a defensive one (`DescentLaw.responsibility`)
+    share: float = 0.0  # ε when it was drawn
 
 
 ADAPTIVE_SHARE_BOUNDS = (0.1, 0.95)  # an adapted ε stays here: each weight ≤ 10× an i.i.d. rollout-policy
@@ -70,7 +71,42 @@ def adapted_defensive_share(draws: list[Draw], start: float, prior_draws: float,
     normalised = np.exp(log_weights - np.logaddexp.reduce(log_weights))
     estimate = float(normalised @ np.array([d.responsibility for d in draws], dtype=np.float64))
     ess = 1.0 / float(np.sum(normalised**2))
+    return shrunk_share(estimate, ess, start, prior_draws, bounds)
+
+
+def shrunk_share(estimate: float, ess: float, start: float, prior_draws: float,
+                 bounds: tuple[float, float]) -> float:
+    """(ESS ε̂ + m ε₀) / (ESS + m), clipped to `bounds`: ε̂ trusted as far as the draws' ESS backs it."""
     return float(np.clip((ess * estimate + prior_draws * start) / (ess + prior_draws), *bounds))
+
+
+SHARE_GRID = 341  # candidate ε for the variance rule, 0.0025 apart within the bounds: finer than the draws resolve
+
+
+def min_variance_defensive_share(draws: list[Draw], start: float, prior_draws: float,
+                                 bounds: tuple[float, float] = ADAPTIVE_SHARE_BOUNDS) -> float:
+    """The next iteration's ε as the share whose mixture would have given the draws so far the smallest second
+    moment of their weights, shrunk towards ε₀ as `adapted_defensive_share` does.
+
+    A draw x_i made under share ε_i would weigh w_i q_{ε_i}(x_i) / q_α(x_i) under share α, so
+    E_{q_α}[w_α²] is estimated by M(α) = Σ_i w_i² q_{ε_i}(x_i) / q_α(x_i), and since the rollout below a new leaf
+    is the same under both components, q_α / q_{ε_i} = α ρ_i / ε_i + (1 − α)(1 − ρ_i) / (1 − ε_i) (ρ_i the draw's
+    responsibility). M is convex in α (He and Owen, "Optimal mixture weights in multiple importance sampling",
+    2014), so its minimum over a fine grid is the variance-optimal share the draws can see; unlike the EM step it
+    jumps there in one iteration instead of moving a fraction of the way. Like it, ε reads only earlier draws,
+    so every weight stays exact.
+    """
+    log_weights = np.array([d.log_weight for d in draws], dtype=np.float64)
+    rho = np.array([d.responsibility for d in draws], dtype=np.float64)
+    shares = np.array([d.share for d in draws], dtype=np.float64)
+    if not np.all((shares > 0) & (shares < 1)):
+        raise ValueError("the variance rule needs each draw's defensive share in (0, 1) (`Draw.share`)")
+    alphas = np.linspace(*bounds, SHARE_GRID)[:, None]
+    ratio = alphas * (rho / shares) + (1 - alphas) * ((1 - rho) / (1 - shares))  # q_α / q_{ε_i}, (grid, draws)
+    log_moment = np.logaddexp.reduce(2 * log_weights - np.log(ratio), axis=1)
+    normalised = np.exp(log_weights - np.logaddexp.reduce(log_weights))
+    ess = 1.0 / float(np.sum(normalised**2))
+    return shrunk_share(float(alphas[np.argmin(log_moment), 0]), ess, start, prior_draws, bounds)
 
 
 @dataclass(frozen=True)
@@ -94,3 +130,7 @@ class LawHistory:
     def record(self, size: int, epsilon: float, batch: int, nodes: np.ndarray, values: np.ndarray) -> None:
         """Keeps the arrays as given: pass fresh ones (the search's are `np.unique`'s and a fancy-indexed copy)."""
         self.iterations.append(IterationLaw(size, epsilon, batch, nodes, values))
+
+
+DEFENSIVE_RULES = {"em": adapted_defensive_share, "min_variance": min_variance_defensive_share}  # by
+# `SearchConfig.defensive_rule`

@@ -55,7 +55,7 @@ from sadt.rewards import checked_rewards
 from sadt.rollout import rollout
 from search.backup import mean_backup, soft_backup
 from search.config import METHODS, SMC_METHODS, RewardFn, SearchConfig, SearchResult
-from search.draws import DescentLaw, Draw, LawHistory, adapted_defensive_share
+from search.draws import DEFENSIVE_RULES, DescentLaw, Draw, LawHistory
 from search.methods import METHOD_STRATEGIES, Pick
 from search.selection import gumbel_max
 from search.task import Task
@@ -304,11 +304,11 @@ class TreeSearch:
         if self.method.records_draws:
             self.law_history.record(size, epsilon, batch, updated, self.tree.value[updated])
             log_weights = np.asarray(log_ratios) + self.config.lam * self.tree.reward[terminals]
-            self.draws += [Draw(int(t), float(w), law.responsibility(self.epsilon))
+            self.draws += [Draw(int(t), float(w), law.responsibility(self.epsilon), self.epsilon)
                            for t, w, law in zip(terminals, log_weights, laws)]
             if self.config.adapts_defensive:
-                self.epsilon = adapted_defensive_share(self.draws, self.config.defensive_share,
-                                                       self.config.defensive_adapt_prior)
+                adapt = DEFENSIVE_RULES[self.config.defensive_rule]
+                self.epsilon = adapt(self.draws, self.config.defensive_share, self.config.defensive_adapt_prior)
         self.rollouts_done += batch
         self._tick("insert_backup", clock)
         return terminals

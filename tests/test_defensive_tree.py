@@ -28,6 +28,7 @@ def search(toy, lam, n, seed=0, head=None, **settings) -> TreeSearch:
     {"defensive": 0.5, "hybrid": "visits"}, {"method": "dts", "defensive": 0.5}, {"method": "dts", "defensive": 0.0},
     {"defensive": 0.5, "selection_shrink": 2.0}, {"defensive": 0.0, "selection_shrink": 1.0},
     {"defensive": 0.5, "defensive_adapt": True}, {"method": "dts", "defensive": 0.3, "defensive_adapt": True},
+    {"defensive": 0.5, "defensive_rule": "min_variance"},
 ])
 def test_each_draw_is_weighted_by_the_exact_mixture_law(toy, settings):
     """log w = log p(x) + λ r(x) − log(ε q_roll(x) + (1 − ε) q_tree(x)), both laws enumerated before the draw."""
@@ -65,14 +66,16 @@ def test_undefended_dts_draws_from_a_law_that_misses_part_of_pi_and_the_defensiv
     assert np.isclose(laws[0].sum(), 1) and np.isclose(laws[1].sum(), 1)
 
 
-@pytest.mark.parametrize("method, adapt", [("maxent_ts", False), ("dts", False), ("maxent_ts", True)])
-def test_defensive_weights_are_unbiased_for_z(toy, method, adapt):
+@pytest.mark.parametrize("method, rule", [("maxent_ts", None), ("dts", None), ("maxent_ts", "em"),
+                                          ("maxent_ts", "min_variance")])
+def test_defensive_weights_are_unbiased_for_z(toy, method, rule):
     """Ẑ = mean w has mean Z over seeds (a sharp tilt, where the tree's selection is most uneven), with ε fixed or
-    adapted between iterations from the earlier draws."""
+    adapted between iterations from the earlier draws (either rule)."""
     lam = 10.0
     _, root = toy.target(lam)
+    adapt = {"defensive_adapt": rule is not None, "defensive_rule": rule or "em"}
     ratios = np.array([np.exp(log_mean_exp(search(toy, lam, 32, seed=s, method=method, defensive=0.5,
-                                                  defensive_adapt=adapt).draw_log_weights) - lam * root)
+                                                  **adapt).draw_log_weights) - lam * root)
                        for s in range(60)])
     standard_error = ratios.std(ddof=1) / np.sqrt(ratios.size)
     assert abs(ratios.mean() - 1) < 3 * standard_error, (ratios.mean(), standard_error)
@@ -144,6 +147,28 @@ def test_the_adapted_share_is_the_weight_the_defensive_descents_carry():
         search_config(defensive_adapt_prior=-1.0)
     assert search_config().adapts_defensive and not search_config(defensive=0.0).adapts_defensive  # ε = 0: no
     # mixture to adapt (the undefended tree needs no second switch)
+
+
+def test_the_variance_rule_picks_the_share_that_minimises_the_draws_second_moment():
+    """M(α) = Σ w_i² / (α ρ_i / ε_i + (1 − α)(1 − ρ_i) / (1 − ε_i)): two draws at ε = 0.5, one only the defensive
+    component could make (ρ = 1, w² = 4), one only the tree's (ρ = 0, w² = 1), give M ∝ 4/α + 1/(1 − α), least
+    at α = 2/3; all the weight on one kind pushes ε to that bound; shrunk towards the start like the EM rule."""
+    from search.draws import Draw, min_variance_defensive_share
+
+    def draws(log_weights, responsibilities, share=0.5):
+        return [Draw(0, w, r, share) for w, r in zip(log_weights, responsibilities)]
+
+    assert min_variance_defensive_share(draws([np.log(2.0), 0.0], [1.0, 0.0]), 0.5, 0) == pytest.approx(2 / 3, abs=2e-3)
+    assert min_variance_defensive_share(draws([0.0, -50.0], [1.0, 0.0]), 0.5, 0) == 0.95
+    assert min_variance_defensive_share(draws([-50.0, 0.0], [1.0, 0.0]), 0.5, 0) == 0.1
+    # each draw's own share enters: M = 4·0.2/α + 1·0.5/(1 − α), least at √0.8 / (√0.8 + √0.5)
+    assert min_variance_defensive_share(draws([np.log(2.0)], [1.0], 0.2) + draws([0.0], [0.0], 0.5), 0.5, 0) == \
+        pytest.approx(np.sqrt(0.8) / (np.sqrt(0.8) + np.sqrt(0.5)), abs=2e-3)
+    ess = 1.8  # w̄ = 2/3, 1/3
+    assert min_variance_defensive_share(draws([np.log(2.0), 0.0], [1.0, 0.0]), 0.3, 4) == \
+        pytest.approx((ess * 2 / 3 + 4 * 0.3) / (ess + 4), abs=2e-3)
+    with pytest.raises(ValueError, match="defensive_rule"):
+        search_config(defensive_rule="newton")
 
 
 def test_shrunk_selection_weighs_a_childs_estimate_by_its_visits():

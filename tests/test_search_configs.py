@@ -35,7 +35,7 @@ def test_each_class_holds_only_what_its_methods_read():
     """The settings that once applied to every method now live with the methods that read them."""
     assert settings(MaxEntTSConfig) >= {"hybrid", "defensive", "sampling", "selection_scale", "guided_rollouts"}
     assert settings(DTSConfig) == {"widening_c", "widening_alpha", "uct_c", "defensive", "defensive_adapt",
-                                   "defensive_adapt_prior"}  # no
+                                   "defensive_adapt_prior", "defensive_rule"}  # no
     # `expansion`: DTS always widens; `defensive` mixes p into DTS's descents (issue 34), DTS*'s UCT has no law to
     # mix it into
     with pytest.raises(ValueError, match="dts_star picks by UCT"):
