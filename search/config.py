@@ -148,7 +148,8 @@ class DefensiveSettings(SearchConfig):
             raise ValueError(f"search `defensive_adapt_prior` must be >= 0 (effective draws), "
                              f"got {self.defensive_adapt_prior}")
         if self.defensive_rule not in DEFENSIVE_RULES:
-            raise ValueError(f"search `defensive_rule` must be one of {DEFENSIVE_RULES}, got {self.defensive_rule!r}")
+            raise ValueError(f"search `defensive_rule` must be one of {sorted(DEFENSIVE_RULES)}, "
+                             f"got {self.defensive_rule!r}")
 
     @property
     def defensive_share(self) -> float:
@@ -280,7 +281,7 @@ class DTSConfig(WideningSettings, UCTSettings, DefensiveSettings):
     methods: ClassVar[tuple[str, ...]] = ("dts", "dts_star")
     # maxent_ts's ε (0.5 by default) must not turn a DTS row fed by a maxent_ts block into another sampler
     not_carried: ClassVar[frozenset[str]] = frozenset({"defensive", "defensive_adapt", "defensive_adapt_prior",
-                                                                "defensive_rule"})
+                                                       "defensive_rule"})
     method: str = "dts"
     # `defensive` 0 by default (dts only: DTS*'s UCT has no law to mix p into)
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sadt.importance import effective_sample_size
+
 
 @dataclass
 class DescentLaw:
@@ -70,8 +72,7 @@ def adapted_defensive_share(draws: list[Draw], start: float, prior_draws: float,
     log_weights = np.array([d.log_weight for d in draws], dtype=np.float64)
     normalised = np.exp(log_weights - np.logaddexp.reduce(log_weights))
     estimate = float(normalised @ np.array([d.responsibility for d in draws], dtype=np.float64))
-    ess = 1.0 / float(np.sum(normalised**2))
-    return shrunk_share(estimate, ess, start, prior_draws, bounds)
+    return shrunk_share(estimate, effective_sample_size(log_weights), start, prior_draws, bounds)
 
 
 def shrunk_share(estimate: float, ess: float, start: float, prior_draws: float,
@@ -104,9 +105,8 @@ def min_variance_defensive_share(draws: list[Draw], start: float, prior_draws: f
     alphas = np.linspace(*bounds, SHARE_GRID)[:, None]
     ratio = alphas * (rho / shares) + (1 - alphas) * ((1 - rho) / (1 - shares))  # q_α / q_{ε_i}, (grid, draws)
     log_moment = np.logaddexp.reduce(2 * log_weights - np.log(ratio), axis=1)
-    normalised = np.exp(log_weights - np.logaddexp.reduce(log_weights))
-    ess = 1.0 / float(np.sum(normalised**2))
-    return shrunk_share(float(alphas[np.argmin(log_moment), 0]), ess, start, prior_draws, bounds)
+    return shrunk_share(float(alphas[np.argmin(log_moment), 0]), effective_sample_size(log_weights), start,
+                        prior_draws, bounds)
 
 
 @dataclass(frozen=True)
