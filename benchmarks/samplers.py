@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.evaluation.draws import DrawSet, policy_draws, smc_draws, tree_draws
+from benchmarks.evaluation.references import ReferenceSpec, smc_log_z_hats
 from benchmarks.evaluation.scoring import Reference, score
 from benchmarks.evaluation.store import RowStore
 from benchmarks.evaluation.summary import headline, pairs_table, plot_ess, summary_table
@@ -36,6 +37,7 @@ from benchmarks.evaluation.windows import heldout_windows
 from sadt.cli import CommandParser, run_command
 from sadt.config import load_config, to_dict
 from search.config import search_config
+from search.forecast_task import PARAMETER_FREE_VALUES
 from search.methods import METHOD_STRATEGIES
 
 DRAWS = ("policy", "tree", "smc")
@@ -74,6 +76,7 @@ class SamplersConfig:
     lams: list[float] = field(default_factory=lambda: [15.0])
     budgets: list[float] = field(default_factory=lambda: [2500.0, 10000.0])  # LM tokens
     reference_budget: float = 60000.0  # tokens of the reference's i.i.d. p draws per window
+    reference: ReferenceSpec = field(default_factory=ReferenceSpec)  # i.i.d. p (default) or twisted-SMC runs
     head: str | None = "checkpoints/heads/soft_ahead_lam15"
     task: str = "forecast"  # "forecast": the held-out windows; "caption": the caption text task of each series
     top_k: int | None = None  # every sampler's p cut to its top k a step (a text task's tree needs one)
@@ -104,6 +107,9 @@ class SamplersConfig:
         for pair in self.pairs:
             if len(pair) != 2 or any(name not in self.samplers for name in pair):
                 raise ValueError(f"pairs: each pair names two samplers of `samplers`, got {pair}")
+        if self.reference.draws == "smc" and readers and self.reference.head == self.head:
+            raise ValueError(f"reference.head {self.reference.head!r} is the head samplers {readers} read: the "
+                             "reference must come from no compared sampler, so twist it with another head")
         for name, spec in self.samplers.items():
             if spec.baseline is not None and spec.baseline not in self.samplers:
                 raise ValueError(f"samplers.{name}.baseline names no sampler: {spec.baseline!r}")
@@ -160,13 +166,27 @@ def benchmark_tasks(config: SamplersConfig, tokenizer) -> list[tuple[str, Callab
             for label, context, truth in series[k : k + 1]]
 
 
-def window_reference(references: RowStore, label: str, lam: float, reference_draws: Callable[[], DrawSet],
-                     rng: np.random.Generator) -> Reference:
-    """The window's reference log Z at λ: read back from references.csv (the record), else made from its i.i.d. p
-    draws (`reference_draws()`, drawn only then) and recorded there."""
+def reference_maker(config: SamplersConfig, out: Path, label: str, lm, task, value,
+                    rng: np.random.Generator) -> Callable[[float], Reference]:
+    """λ -> the window's reference made afresh (`config.reference`): from its i.i.d. p draws (drawn on the first
+    call, cached for every λ) or from `runs` twisted-SMC runs guided by `value` (cached run by run)."""
+    spec = config.reference
+    if spec.draws == "smc":
+        return lambda lam: Reference.from_log_weights(smc_log_z_hats(
+            out / "draws" / f"{label}.reference_smc_lam{lam:g}.npy", lm, task, lam, spec, value, config.seed,
+            config.top_k), rng)
+    prior = functools.cache(functools.partial(
+        cached, out / "draws" / f"{label}.reference.npz", policy_draws, lm, task, 1.0, config.reference_budget,
+        batch_size=config.policy_batch, top_k=config.top_k, seed=10_000 + config.seed))  # a seed no sampler uses
+    return lambda lam: Reference.from_prior_rewards(prior().rewards, lam, rng)
+
+
+def window_reference(references: RowStore, label: str, lam: float, make: Callable[[float], Reference]) -> Reference:
+    """The window's reference log Z at λ: read back from references.csv (the record), else `make(lam)` (drawn only
+    then) and recorded there."""
     if references.done(label, lam):
         return Reference.from_row(references.row(label, lam))
-    reference = Reference.from_prior_rewards(reference_draws().rewards, lam, rng)
+    reference = make(lam)
     references.add([{"window": label, "lam": lam, **reference.__dict__}])
     return reference
 
@@ -180,9 +200,13 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
 
     names = list(config.samplers) if names is None else names
     lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device)
-    head = None
-    if any(config.samplers[name].head for name in names):
-        head, _ = load_value_head(config.head, lm_fingerprint(), to_dict(Codec(tokenizer).config), config.device)
+    def value(path: str):  # a trained head's path, or a parameter-free value's name as it is
+        if path in PARAMETER_FREE_VALUES:
+            return path
+        return load_value_head(path, lm_fingerprint(), to_dict(Codec(tokenizer).config), config.device)[0]
+
+    head = value(config.head) if any(config.samplers[name].head for name in names) else None
+    reference_value = value(config.reference.head) if config.reference.draws == "smc" else None
     rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume)
     references = RowStore(out / "references.csv", ("window", "lam"), resume)
     index, count = shard
@@ -192,18 +216,16 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
             continue
         task = build_task()
         rng = np.random.default_rng([config.seed, zlib.crc32(label.encode())])
-        reference_draws = functools.cache(functools.partial(  # drawn once, and only if references.csv lacks a λ
-            cached, out / "draws" / f"{label}.reference.npz", policy_draws, lm, task, 1.0, config.reference_budget,
-            batch_size=config.policy_batch, top_k=config.top_k, seed=10_000 + config.seed))  # a seed no sampler uses
+        make_reference = reference_maker(config, out, label, lm, task, reference_value, rng)
         if not names:  # references only (`--references-only`)
             for lam in config.lams:
-                window_reference(references, label, lam, reference_draws, rng)
+                window_reference(references, label, lam, make_reference)
             continue
         prior_draws = cached(out / "draws" / f"{label}.prior.npz", policy_draws, lm, task, 1.0, config.budgets[-1],
                              batch_size=config.policy_batch, seed=config.seed, top_k=config.top_k)
         tokens_per_draw = float(prior_draws.tokens[-1] / prior_draws.tokens.size)
         for lam in config.lams:
-            reference = window_reference(references, label, lam, reference_draws, rng)
+            reference = window_reference(references, label, lam, make_reference)
             for name in names:
                 if rows.done(label, lam, name):
                     continue

@@ -22,18 +22,23 @@ from sadt.metrics import crps
 
 @dataclass(frozen=True)
 class Reference:
-    """log Z of one window at one λ from a long i.i.d. run of p that no compared sampler shares (its own seed)."""
+    """log Z of one window at one λ from a run that no compared sampler shares (`references.ReferenceSpec`)."""
 
     log_z: float
-    low: float  # bootstrap 95% interval of log Ẑ_ref over its draws
+    low: float  # bootstrap 95% interval of log Ẑ_ref over its draws (over its runs for SMC)
     high: float
     khat: float
-    n_draws: int
+    n_draws: int  # draws of p, or SMC runs
 
     @classmethod
     def from_prior_rewards(cls, rewards: np.ndarray, lam: float, rng: np.random.Generator,
                            n_boot: int = 1000) -> Reference:
-        log_w = lam * np.asarray(rewards, dtype=np.float64)
+        """From i.i.d. draws of p: log w = λ r."""
+        return cls.from_log_weights(lam * np.asarray(rewards, dtype=np.float64), rng, n_boot)
+
+    @classmethod
+    def from_log_weights(cls, log_w: np.ndarray, rng: np.random.Generator, n_boot: int = 1000) -> Reference:
+        """log Z_ref = log mean w of independent unbiased estimates w_i of Z, with a bootstrap interval over them."""
         boot = rng.integers(0, log_w.size, (n_boot, log_w.size))
         resampled = logsumexp(log_w[boot], axis=1) - np.log(log_w.size)
         return cls(log_mean_exp(log_w), float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5)),
