@@ -63,6 +63,7 @@ def plot_ess(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     groups = grouped(rows)
     lams = sorted({lam for lam, _, _ in groups})
@@ -79,6 +80,10 @@ def plot_ess(rows: list[dict], path: Path) -> None:
         axes[0, column].set(title=f"λ = {lam:g}", xscale="log", yscale="log", ylabel="draws' ESS (geometric mean)")
         axes[1, column].set(xscale="log", yscale="log", xlabel="LM tokens", ylabel="|log Ẑ − log Z_ref| (mean)")
         axes[0, column].legend(fontsize=7)
+        budgets = sorted({b for la, _, b in groups if la == lam})
+        for ax in axes[:, column]:  # ticks at the budgets: a log axis's own minor labels overlap
+            ax.set_xticks(budgets, [f"{b / 1000:g}k" for b in budgets])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
