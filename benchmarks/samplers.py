@@ -4,8 +4,9 @@
 
 Per held-out window, λ and sampler, one run to the largest budget (SMC: one run per budget) is scored at
 every budget of the token grid (`benchmarks.evaluation.scoring`): log Ẑ's error against a reference
-from a long i.i.d. run of p with its own seed, ESS per 1000 tokens with PSIS k̂, and CRPS of resampled
-forecasts. Writes `<output_dir>/rows.csv` (after every window, λ and sampler; `--resume` runs only
+from a long i.i.d. run of p with its own seed (or, `reference: {draws: smc}`, from independent twisted-SMC runs
+under a head no compared sampler reads: `benchmarks.evaluation.references`), ESS per 1000 tokens with PSIS k̂,
+and CRPS of resampled forecasts. Writes `<output_dir>/rows.csv` (after every window, λ and sampler; `--resume` runs only
 what is missing), `references.csv`, `summary.md` (means over windows with bootstrap 95% intervals,
 each sampler paired with the i.i.d. draws of its own rollout policy) and `ess_vs_tokens.png`.
 
@@ -200,6 +201,7 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
 
     names = list(config.samplers) if names is None else names
     lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device)
+
     def value(path: str):  # a trained head's path, or a parameter-free value's name as it is
         if path in PARAMETER_FREE_VALUES:
             return path
