@@ -170,12 +170,15 @@ def benchmark_tasks(config: SamplersConfig, tokenizer) -> list[tuple[str, Callab
 def reference_maker(config: SamplersConfig, out: Path, label: str, lm, task, value,
                     rng: np.random.Generator) -> Callable[[float], Reference]:
     """λ -> the window's reference made afresh (`config.reference`): from its i.i.d. p draws (drawn on the first
-    call, cached for every λ) or from `runs` twisted-SMC runs guided by `value` (cached run by run)."""
+    call, cached for every λ) or from `runs` twisted-SMC runs guided by `value` (cached run by run, in a file named
+    for λ and the particles a run, so runs of another size are never mixed in)."""
     spec = config.reference
     if spec.draws == "smc":
+        def runs_file(lam: float) -> Path:
+            return out / "draws" / f"{label}.reference_smc_lam{lam:g}_p{spec.particles}.npy"
+
         return lambda lam: Reference.from_log_weights(smc_log_z_hats(
-            out / "draws" / f"{label}.reference_smc_lam{lam:g}.npy", lm, task, lam, spec, value, config.seed,
-            config.top_k), rng)
+            runs_file(lam), lm, task, lam, spec, value, config.seed, config.top_k), rng)
     prior = functools.cache(functools.partial(
         cached, out / "draws" / f"{label}.reference.npz", policy_draws, lm, task, 1.0, config.reference_budget,
         batch_size=config.policy_batch, top_k=config.top_k, seed=10_000 + config.seed))  # a seed no sampler uses
