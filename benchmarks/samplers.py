@@ -208,7 +208,13 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
     def value(path: str):  # a trained head's path, or a parameter-free value's name as it is
         if path in PARAMETER_FREE_VALUES:
             return path
-        return load_value_head(path, lm_fingerprint(), to_dict(Codec(tokenizer).config), config.device)[0]
+        if config.task == "forecast":  # the card's codec must be this codec
+            return load_value_head(path, lm_fingerprint(), to_dict(Codec(tokenizer).config), config.device)[0]
+        head, card = load_value_head(path, lm_fingerprint(), None, config.device)
+        if card.training.get("task") != "text":
+            raise ValueError(f"head {path}: trained on a {card.training.get('task', 'forecast')} task, not text "
+                             f"(the caption task's heads are fitted with `--model.task text`)")
+        return head
 
     head = value(config.head) if any(config.samplers[name].head for name in names) else None
     reference_value = value(config.reference.head) if config.reference.draws == "smc" else None

@@ -12,6 +12,7 @@ from sadt.codec import Codec
 from sadt.lm.backend import LMBackend
 from sadt.rollout import rollout
 from search.forecast_task import ForecastTask
+from search.task import Task
 
 
 @dataclass
@@ -24,7 +25,7 @@ class PolicyDraws:
 
 def sample_policy(
     lm: LMBackend,
-    task: ForecastTask,
+    task: Task,
     *,
     n_samples: int,
     batch_size: int = 16,
@@ -36,7 +37,8 @@ def sample_policy(
     progress: bool = True,
 ) -> PolicyDraws:
     """N action sequences drawn token by token from p(x|c), or with a value head and `guide_lam` > 0
-    from P_F(a|s) ∝ p(a|s) exp(guide_lam · Q_φ(s, a)) (`sadt.rollout.rollout`); the prompt is prefilled once."""
+    from P_F(a|s) ∝ p(a|s) exp(guide_lam · Q_φ(s, a)) (`sadt.rollout.rollout`); the prompt is prefilled once.
+    Any task (a forecast's digits, a text task's vocabulary; with `top_k`, p cut to its top k a step)."""
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"need n_samples >= 1 and batch_size >= 1, got {n_samples} and {batch_size}")
     generator = torch.Generator(device=lm.device).manual_seed(seed)
@@ -46,7 +48,7 @@ def sample_policy(
         while len(actions) < n_samples:
             b = min(batch_size, n_samples - len(actions))
             out = rollout(
-                lm, prompt, task.codec.action_token_ids, task.grammar, [[]] * b,
+                lm, prompt, task.action_token_ids, task.grammar, [[]] * b,
                 temperature=temperature, top_k=top_k, generator=generator, value_head=value_head, guide_lam=guide_lam,
             )
             actions += out.full_sequences([[]] * b)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data.buffer import BufferWriter
+from data.buffer import SOURCES, BufferWriter, PromptRecord
 from sadt.config import to_dict
 from sadt.grammar import TextGrammar
 from sadt.lm.backend import LMBackend
@@ -85,13 +85,20 @@ class TextTask:
         return self.sampler(lm, config, value_head).run()
 
 
+TEXT_SAMPLERS = ("tree", "prior")  # what `harvest_text` stores a prompt's trajectories from
+
+
 def harvest_text(lm: LMBackend, tasks: Mapping[str, TextTask], config: SearchConfig, output: str | Path,
-                 lm_fingerprint: str) -> Path:
-    """Search every text task (key -> task) and append its tree to the HDF5 buffer `output`, one committed
-    prompt per task (`search.harvest.tree_record`: tree paths and samples, token ids as actions, raw rewards).
+                 lm_fingerprint: str, sampler: str = "tree") -> Path:
+    """Search every text task (key -> task) and append its trajectories to the HDF5 buffer `output`, one
+    committed prompt per task. `sampler: tree` stores the tree (`search.harvest.tree_record`: tree paths and
+    samples, token ids as actions, raw rewards); `sampler: prior` stores `config.n_samples` i.i.d. draws of p
+    (cut to `config.top_k` a step; source `prior_sample`), the data the forward KL weighs by exp(λ r).
     Resumable: keys already in the file are skipped; task i searches with seed `config.seed + i`."""
     from search.harvest import tree_record
 
+    if sampler not in TEXT_SAMPLERS:
+        raise ValueError(f"text harvest `sampler` must be one of {TEXT_SAMPLERS}, got {sampler!r}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     grammars = {task.grammar for task in tasks.values()}
@@ -99,7 +106,8 @@ def harvest_text(lm: LMBackend, tasks: Mapping[str, TextTask], config: SearchCon
         raise ValueError(f"text tasks of one buffer must share a vocabulary, max_tokens and stops, got "
                          f"{sorted(map(str, grammars))}")
     grammar = grammars.pop() if grammars else None
-    meta = {"lam": config.lam, "task": "text", "n_actions": grammar.n_actions if grammar else 0,
+    meta = {"lam": config.lam, "task": "text", "sampler": sampler,
+            "n_actions": grammar.n_actions if grammar else 0,
             "grammar": {} if grammar is None else {"max_tokens": grammar.max_tokens,
                                                    "stop_actions": list(grammar.stop_actions)},
             "config": {"search": to_dict(config)}}  # the grammar lets trainers.fit rebuild each step's allowed tokens
@@ -108,7 +116,26 @@ def harvest_text(lm: LMBackend, tasks: Mapping[str, TextTask], config: SearchCon
         for index, (key, task) in enumerate(tqdm(tasks.items(), desc=f"harvest {output.name}", unit="prompt")):
             if key in done:
                 continue
-            result = task.search(lm, dataclasses.replace(config, seed=config.seed + index, progress=False))
+            task_config = dataclasses.replace(config, seed=config.seed + index, progress=False)
+            if sampler == "prior":
+                writer.append(prior_text_record(lm, task, task_config, key, index))
+                continue
+            result = task.search(lm, task_config)
             rewards = task.reward_fn  # a text reward has no task / spectral parts
             writer.append(tree_record(result, key, index, task.prompt_ids, lambda x, r=rewards: (r(x), None, None)))
     return output
+
+
+def prior_text_record(lm: LMBackend, task: TextTask, config: SearchConfig, key: str, index: int) -> PromptRecord:
+    """`config.n_samples` i.i.d. draws of p cut to its top `config.top_k` a step, with their per-step log p."""
+    from search.ancestral import sample_policy
+
+    draws = sample_policy(lm, task, n_samples=config.n_samples, batch_size=config.batch_size, top_k=config.top_k,
+                          seed=config.seed, progress=False)
+    return PromptRecord(
+        key=key, task_index=index, prompt_tokens=np.asarray(task.prompt_ids),
+        lengths=np.array([len(a) for a in draws.actions]), actions=np.concatenate(draws.actions),
+        log_prior=np.concatenate(draws.step_log_prior), reward=task.reward_fn(draws.actions), reward_task=None,
+        reward_spectral=None, source=np.full(len(draws.actions), SOURCES["prior_sample"]),
+        log_q=draws.log_proposal,
+    )

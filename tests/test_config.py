@@ -4,6 +4,7 @@ import pytest
 
 from sadt.config import ConfigError, load_config
 from search.caption import CaptionConfig
+from search.caption_harvest import CaptionHarvestConfig
 from search.harvest import HarvestConfig
 from search.run import RunConfig
 from trainers.rounds import RoundsConfig
@@ -34,7 +35,12 @@ def benchmark_schema(path: Path):
     return getattr(importlib.import_module(f"benchmarks.{script}"), name)
 
 
-SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": HarvestConfig, "text": CaptionConfig,
+def harvest_schema(path: Path):
+    """`caption_*` harvests are search.caption_harvest's (a caption head's prompts), the rest search.harvest's."""
+    return CaptionHarvestConfig if path.name.startswith("caption") else HarvestConfig
+
+
+SCHEMAS = {"demo": RunConfig, "search": RunConfig, "harvest": harvest_schema, "text": CaptionConfig,
            "rounds": RoundsConfig, "configs": benchmark_schema}
 
 
@@ -99,3 +105,16 @@ def test_the_hybrid_row_is_the_recipe_and_a_variant_of_that_name_refines_it():
     assert (hybrid.method, hybrid.hybrid, hybrid.n_rollouts, hybrid.lam) == ("maxent_ts", "visits", 200, 15.0)
     refined = RunConfig(methods=["hybrid"], variants={"hybrid": {"n_rollouts": 50}}).search_config("hybrid")
     assert (refined.hybrid, refined.n_rollouts) == ("visits", 50)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sampler: policy\n", "caption harvest `sampler` must be one of"),
+    ("search: {lam: 5.0}\n", "`search.top_k` must be set"),
+    ("stride: 0\n", "stride >= 1"),
+])
+def test_a_bad_caption_harvest_config_is_refused_by_name(tmp_path, text, message):
+    path = tmp_path / "caption.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path, CaptionHarvestConfig)
+    assert str(path) in str(err.value)

@@ -113,6 +113,59 @@ def test_a_text_harvest_stores_token_trajectories_and_resumes_without_duplicates
     assert sources == {SOURCES["tree_path"], SOURCES["tree_sample"]}
 
 
+def test_a_prior_text_harvest_stores_draws_of_p_cut_to_its_top_k_with_their_exact_log_q(tmp_path):
+    """Issue 34's caption head: `sampler: prior` stores i.i.d. draws of p_k (p cut to its top k a step), each step's
+    log p_k(a|s) recomputed here from the model's logits, log q(x) = Σ_t log p_k (they are p_k's own draws)."""
+    from conftest import tiny_llama
+
+    from data.buffer import SOURCES, read_buffer
+    from search.text_task import harvest_text
+
+    model = tiny_llama(0)
+    lm = TorchLM(model)
+    tasks = {f"prompt={i}": TextTask.build(WordCount(), f"w1 w{i + 2}", lambda texts: [t.count("w9") for t in texts],
+                                           max_tokens=4) for i in range(3)}
+    config = search_config(lam=2.0, top_k=5, batch_size=4, n_samples=6)
+    path = harvest_text(lm, dict(list(tasks.items())[:2]), config, tmp_path / "prior.h5", "tiny", sampler="prior")
+    harvest_text(lm, tasks, config, path, "tiny", sampler="prior")  # resumes: only the third prompt is drawn
+    buffer = read_buffer(path)
+    assert buffer.prompt_keys() == list(tasks) and buffer.n_trajectories == 18
+    assert set(buffer.arrays["source"].tolist()) == {SOURCES["prior_sample"]}
+    assert buffer.meta["sampler"] == "prior" and buffer.meta["config"]["search"]["top_k"] == 5
+    for i in range(buffer.n_trajectories):
+        trajectory = buffer.trajectory(i)
+        key = buffer.prompt_keys()[list(buffer.arrays["prompt_task_index"]).index(buffer.arrays["prompt_index"][i])]
+        prompt, actions = tasks[key].prompt_ids, trajectory["actions"].tolist()
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + actions])).logits[0, len(prompt) - 1 : -1].double()
+        top = logits.topk(5, dim=-1)
+        kept = torch.full_like(logits, float("-inf")).scatter(-1, top.indices, top.values)
+        expected = torch.log_softmax(kept, dim=-1)[torch.arange(len(actions)), actions]
+        assert torch.isfinite(expected).all()  # every action was among its step's top k
+        np.testing.assert_allclose(trajectory["log_prior"], expected.numpy(), atol=1e-4)
+        assert buffer.arrays["log_q"][i] == pytest.approx(float(expected.sum()), abs=1e-3)
+        assert buffer.arrays["reward"][i] == tasks[key].decode([actions])[0].count("w9")
+
+
+def test_a_text_harvest_with_an_unknown_sampler_is_refused_before_writing(tmp_path):
+    from search.text_task import harvest_text
+
+    task = TextTask.build(WordCount(), "w1", lambda texts: [0.0] * len(texts), max_tokens=2)
+    with pytest.raises(ValueError, match="sampler` must be one of .*'policy'"):
+        harvest_text(None, {"a": task}, search_config(top_k=2), tmp_path / "x.h5", "tiny", sampler="policy")
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_caption_training_windows_end_before_the_scored_window_and_stride_apart():
+    from search.caption_harvest import training_window_ends
+
+    assert training_window_ends(95, 36, 8, 6) == [59, 53, 47, 41]  # Wooly: four whole windows fit
+    assert training_window_ends(115, 36, 3, 6) == [79, 73, 67]  # at most `windows`, the latest first
+    assert training_window_ends(60, 36, 8, 6) == []  # no whole window before the scored one
+    for end in training_window_ends(564, 36, 8, 5):
+        assert 36 <= end <= 564 - 36  # a whole window, none overlapping history[-36:]
+
+
 def test_a_caption_config_with_an_unknown_method_is_refused_by_name(tmp_path):
     from sadt.config import ConfigError, load_config
     from search.caption import CaptionConfig
