@@ -123,10 +123,10 @@ def scan_head(name: str, module, datamodule, config: ScanConfig, train_keys: set
     for key, items in tqdm(by_prompt.items(), desc=name, unit="prompt"):
         batch = collate(items)
         with torch.no_grad():
-            q, log_prior, _ = module.q_values(batch)
+            q, log_prior, _, actions = module.q_values(batch)
             weights = module.draw_weights(batch).to(q)
             for s in config.guide_scales:
-                args = (q, log_prior, batch["actions"], batch["mask"], weights, s * config.lam)
+                args = (q, log_prior, actions, batch["mask"], weights, s * config.lam)
                 rows.append({"head": name, "split": "train" if key in train_keys else "val", "prompt": key,
                              "guide_scale": s, "draws": len(items),
                              "forward_kl": float(weighted_cross_entropy(*args).mean())})

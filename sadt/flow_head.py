@@ -115,6 +115,17 @@ class MLPFlowHead(nn.Module):
         u = self.q_mlp(hidden.to(self.action_embeddings.dtype))  # (..., H)
         return self.scale * u @ self.action_embeddings.T + self.q_bias
 
+    def q_at(self, hidden: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q_φ(s, a) of the given actions only: hidden (..., H), actions (..., k) -> (..., k), what `q` gives
+        at those columns (a text task's top-k support, without scoring the whole vocabulary)."""
+        if self.config.shaped or self.config.residual_inputs == "numbers":
+            raise RuntimeError("`q_at` scores a plain head's actions (a text task's); a forecast head reads `q`")
+        bias = self.q_bias[actions]
+        if not self.config.residual:
+            return bias
+        u = self.q_mlp(hidden.to(self.action_embeddings.dtype))  # (..., H)
+        return self.scale * (self.action_embeddings[actions] @ u[..., None])[..., 0] + bias
+
     def number_q(self, inputs: NumberInputs) -> torch.Tensor:
         """Q_φ(s, ·) of `residual_inputs: numbers`, (B, T, A): the residual MLP on the GRU's state after the
         context and the values s has completed, with s's own numbers (`sadt.number_inputs`)."""

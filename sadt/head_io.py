@@ -28,13 +28,33 @@ HEAD_CLASSES = {"MLPFlowHead": MLPFlowHead}  # a card's `head_class` -> the clas
 
 
 def save_head(head: MLPFlowHead, directory: str | Path, card: HeadCard) -> Path:
-    """Write `head.safetensors` and the card `head.json` into `directory` (created)."""
+    """Write `head.safetensors` and the card `head.json` into `directory` (created). A text head's action
+    embeddings are the LM's whole output embedding matrix (113 MB for the base model): left out, and read back
+    from the base model by `load_head`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    if is_text_head(card):
+        del tensors["action_embeddings"]
     save_file(tensors, directory / WEIGHTS)
     card.write(directory)
     return directory
+
+
+def is_text_head(card: HeadCard) -> bool:
+    """Whether the head was fitted on a text task (its actions: the LM's whole vocabulary)."""
+    return card.training.get("task") == "text"
+
+
+def lm_action_embeddings(directory: Path, lm_fingerprint: str) -> torch.Tensor:
+    """A text head's action embeddings: the base model's output embeddings, once that model is the head's LM."""
+    from sadt.lm.base_model import lm_fingerprint as base_fingerprint
+    from sadt.lm.base_model import output_embeddings
+
+    if base_fingerprint() != lm_fingerprint:
+        raise HeadMismatchError(f"{directory}: a text head reads its action embeddings from the base model in "
+                                f"checkpoints/base, which is not the LM {lm_fingerprint} it was trained for")
+    return output_embeddings()
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -51,6 +71,8 @@ def load_head(directory: str | Path, lm_fingerprint: str, codec: dict | None = N
     directory = Path(directory)
     card = read_card(directory, lm_fingerprint, codec)
     tensors = read_weights(directory / WEIGHTS)
+    if is_text_head(card) and "action_embeddings" not in tensors:
+        tensors["action_embeddings"] = lm_action_embeddings(directory, lm_fingerprint)
     if card.head_class not in HEAD_CLASSES:
         raise HeadMismatchError(f"{directory / SIDECAR}: `head_class` {card.head_class!r} is not one of "
                                 f"{sorted(HEAD_CLASSES)}")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from sadt.grammar import TextGrammar
 from sadt.lm.backend import TorchLM
@@ -202,6 +203,10 @@ def test_a_text_buffer_trains_a_head_that_a_text_search_reads(tmp_path, base_tok
     fit.main([*common, str(tmp_path / "head"), "--model.task", "text"])
     head, card = load_value_head(tmp_path / "head", lm_fingerprint())
     assert card.codec is None and card.training["task"] == "text"
+    # The action embeddings are the LM's whole output matrix: not in the head's file, read back from the LM.
+    with safe_open(tmp_path / "head" / "head.safetensors", "pt") as weights:
+        assert "action_embeddings" not in weights.keys() and "q_bias" in weights.keys()
+    assert torch.equal(head.action_embeddings, lm.head.weight)
     assert head.q(torch.zeros(1, lm.hidden_size)).shape == (1, len(base_tokenizer))  # Q over the whole vocabulary
     twisted = search_config("twisted_smc", lam=2.0, top_k=4, n_rollouts=4, n_samples=2, progress=False)
     result = tasks["p0"].search(lm, twisted, head)

@@ -18,9 +18,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+NAMES = ("hidden", "logits", "support")  # what a file holds, in order (support: a text task's top-k token ids)
+
 
 class FeatureStore:
-    """(prompt tokens, trajectory actions) -> (hidden (T, H), logits (T, A)), float32, on disk.
+    """(prompt tokens, trajectory actions) -> (hidden (T, H), logits (T, A)), float32, on disk; a text task's
+    top-k features add `support` (T, k) (`trainers.features`; kept in their own store, see `LMFeatures.attach`).
 
     Args:
         root: the store's folder (shared by fits; one subfolder per LM).
@@ -36,16 +39,17 @@ class FeatureStore:
         digest = hashlib.sha1(tokens.tobytes()).hexdigest()
         return self.dir / digest[:2] / f"{digest}.safetensors"
 
-    def get(self, key: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def get(self, key: tuple) -> tuple[torch.Tensor, ...] | None:
         path = self._path(key)
         if not path.is_file():
             return None
         tensors = load_file(path)
-        return tensors["hidden"], tensors["logits"]
+        return tuple(tensors[name] for name in NAMES if name in tensors)
 
-    def put(self, key: tuple, hidden: torch.Tensor, logits: torch.Tensor) -> None:
+    def put(self, key: tuple, *features: torch.Tensor) -> None:
+        """Store (hidden, logits[, support]) under `key`."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial")
-        save_file({"hidden": hidden.contiguous(), "logits": logits.contiguous()}, partial)
+        save_file({name: x.contiguous() for name, x in zip(NAMES, features)}, partial)
         os.replace(partial, path)  # atomic: a reader sees the whole file or none

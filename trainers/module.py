@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -30,11 +31,20 @@ from sadt.head_io import load_head, save_head
 from sadt.lm.base_model import lm_fingerprint, load_base_lm
 from sadt.lora_head import ADAPTER_DIR, LoRAHeadConfig, add_lora, lora_parameters, save_adapter
 from sadt.rewards import ForecastReward
-from trainers.features import LMFeatures
+from trainers.features import LMFeatures, support_positions
 from trainers.options import FeatureConfig, LossWeights, OptimiserConfig, grouped_options
 from trainers.task_values import DrawWeights, ForecastShaping
 
 TASKS = ("forecast", "text")  # what a buffer's actions are (`FlowHeadModule.task`)
+
+
+class StepValues(NamedTuple):
+    """What the losses read along a batch's trajectories (`FlowHeadModule.q_values`)."""
+
+    q: torch.Tensor  # (B, T, A) Q_φ(s_t, ·)
+    log_prior: torch.Tensor  # (B, T, A) log p(·|s_t)
+    log_z: torch.Tensor  # (B,) log Z_φ(c)
+    actions: torch.Tensor  # (B, T) the action taken at each step, a column of q and log_prior (-1 padded)
 
 
 def prior_top_k(harvest_config: dict) -> int | None:
@@ -206,20 +216,26 @@ class FlowHeadModule(pl.LightningModule):
 
     # -- losses ------------------------------------------------------------------------------
 
-    def q_values(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Q_φ(s_t, ·) (B, T, A) along the batch's trajectories, log p(·|s_t) (B, T, A) and log Z_φ(c) (B,)."""
-        hidden, prompt_hidden, log_prior = self.features(batch)
+    def q_values(self, batch: dict) -> StepValues:
+        """Q_φ(s_t, ·) (B, T, A) along the batch's trajectories, log p(·|s_t) (B, T, A), log Z_φ(c) (B,) and the
+        actions (B, T) as columns of those; a text task under top_k scores each step's top k tokens only (A = k,
+        `trainers.features.Features.support`), where P_F ∝ p_k exp(λ Q_φ) has all its mass."""
+        features = self.features(batch)
+        if features.support is not None:
+            q = self.head.q_at(features.hidden, features.support)
+            actions = support_positions(features.support, batch["actions"], batch["mask"])
+            return StepValues(q, features.log_prior, self.head.log_z(features.prompt_hidden), actions)
         numbers = self.head.config.residual_inputs == "numbers"
-        q = self.head.number_q(self.shaping.numbers(batch)) if numbers else self.head.q(hidden)
+        q = self.head.number_q(self.shaping.numbers(batch)) if numbers else self.head.q(features.hidden)
         if self.head.config.shaped:
             r, share, position = self.shaping(batch).to(q)
             q = q + self.head.weigh_reward(r, share, position)
-        return q, log_prior, self.head.log_z(prompt_hidden)
+        return StepValues(q, features.log_prior, self.head.log_z(features.prompt_hidden), batch["actions"])
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        q, log_prior, log_z = self.q_values(batch)
+        q, log_prior, log_z, actions = self.q_values(batch)
         lam, weights = self.hparams.lam, self.loss_weights
-        args = (q, log_prior, batch["actions"], batch["mask"])
+        args = (q, log_prior, actions, batch["mask"])
         out = {"tb": losses.trajectory_balance(*args, log_z, batch["reward"], lam).mean(), "log_z": log_z.mean()}
         total = weights.tb * out["tb"]
         if weights.subtb:
@@ -235,7 +251,7 @@ class FlowHeadModule(pl.LightningModule):
         if weights.vargrad and "var_log_ratio" in out:
             total = total + weights.vargrad * out["var_log_ratio"]
         if weights.value:
-            out["value"] = losses.value_regression(q, batch["actions"], batch["mask"], batch["tree_values"])
+            out["value"] = losses.value_regression(q, actions, batch["mask"], batch["tree_values"])
             total = total + weights.value * out["value"]
         n_weighed = int(self.draw_weights.rows(batch).sum())
         if n_weighed:  # mean over the batch's weighed draws: each prompt's draws average its SNIS estimate

@@ -67,6 +67,17 @@ def load_base_lm(
     return TorchLM.from_pretrained(path, dtype=DTYPES[dtype], device=device), tokenizer
 
 
+def output_embeddings(path: str | Path | None = None) -> torch.Tensor:
+    """The base model's output embeddings (V, H), float32, read from its weights file alone (no model built):
+    `lm_head.weight`, or the input embeddings a tied model shares with it."""
+    from safetensors import safe_open
+
+    path = Path(path) if path is not None else base_model_dir()
+    with safe_open(path / "model.safetensors", "pt") as weights:
+        name = "lm_head.weight" if "lm_head.weight" in weights.keys() else "model.embed_tokens.weight"
+        return weights.get_tensor(name).float()
+
+
 def lm_fingerprint(path: str | Path | None = None) -> str:
     """A short id of the base weights and tokenizer, stored beside buffers and heads."""
     path = Path(path) if path is not None else base_model_dir()

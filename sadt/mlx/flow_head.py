@@ -44,9 +44,14 @@ class MLXFlowHead:
     def load(cls, directory: str | Path, lm_fingerprint: str,
              codec: dict | None = None) -> tuple[MLXFlowHead, HeadCard]:
         """The head in `directory` and its card, checked against the LM and codec like `load_head`."""
+        from sadt.head_io import is_text_head, lm_action_embeddings
+
         directory = Path(directory)
         card = read_card(directory, lm_fingerprint, codec)
-        return cls(mx.load(str(directory / WEIGHTS_FILE))), card
+        weights = mx.load(str(directory / WEIGHTS_FILE))
+        if is_text_head(card) and "action_embeddings" not in weights:  # left out on save: the LM's own
+            weights["action_embeddings"] = mx.array(lm_action_embeddings(directory, lm_fingerprint).numpy())
+        return cls(weights), card
 
     def q(self, hidden: mx.array) -> mx.array:
         """(..., H) -> (..., A)."""
