@@ -101,7 +101,7 @@ class LMFeatures:
         width = self.top_k if self.compact else len(self.action_token_ids)
         hidden = torch.zeros(len(keys), T, self.lm.hidden_size)
         logits = torch.zeros(len(keys), T, width)
-        support = torch.zeros(len(keys), T, width, dtype=torch.long)
+        support = torch.zeros(len(keys), T, width, dtype=torch.long) if self.compact else None
         groups: dict[tuple, list[int]] = {}
         for row, key in enumerate(keys):
             stored = self._stored(key)
