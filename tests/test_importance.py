@@ -49,7 +49,7 @@ def test_bad_input_is_named(log_w, rewards, match):
 
 
 def toy_task(toy: Toy) -> SimpleNamespace:
-    return SimpleNamespace(prompt_ids=PROMPT, codec=SimpleNamespace(action_token_ids=ACTION_IDS), grammar=toy.grammar)
+    return SimpleNamespace(prompt_ids=PROMPT, action_token_ids=ACTION_IDS, grammar=toy.grammar)
 
 
 def test_prior_draws_record_their_own_probability_as_the_proposal():
