@@ -2,13 +2,14 @@
 
     python -m benchmarks.samplers --config benchmarks/configs/samplers_heldout13.yaml [--resume] [--shard i/n]
 
-Per held-out window, λ and sampler, one run to the largest budget (SMC: one run per budget) is scored at
-every budget of the token grid (`benchmarks.evaluation.scoring`): log Ẑ's error against a reference
-from a long i.i.d. run of p with its own seed (or, `reference: {draws: smc}`, from independent twisted-SMC runs
-under a head no compared sampler reads: `benchmarks.evaluation.references`), ESS per 1000 tokens with PSIS k̂,
-and CRPS of resampled forecasts. Writes `<output_dir>/rows.csv` (after every window, λ and sampler; `--resume` runs only
-what is missing), `references.csv`, `summary.md` (means over windows with bootstrap 95% intervals,
-each sampler paired with the i.i.d. draws of its own rollout policy) and `ess_vs_tokens.png`.
+Per held-out window, λ and sampler, one run to the largest budget (SMC: one run per budget; with `repeats`, that
+many runs with seeds seed, seed + 1, ..., whose scores the summary averages per window) is scored at every budget of
+the token grid (`benchmarks.evaluation.scoring`): log Ẑ's error against a reference from a long i.i.d. run of p with
+its own seed (or, `reference: {draws: smc}`, from independent twisted-SMC runs under a head no compared sampler
+reads: `benchmarks.evaluation.references`), ESS per 1000 tokens with PSIS k̂, and CRPS of resampled forecasts.
+Writes `<output_dir>/rows.csv` (after every window, λ, sampler and repeat; `--resume` runs only what is missing),
+`references.csv`, `summary.md` (means over windows with bootstrap 95% intervals, each sampler paired with the i.i.d.
+draws of its own rollout policy) and `ess_vs_tokens.png`.
 
 `task: caption` runs the same samplers on the caption text task (`search.caption`: one prompt per series, p
 truncated to its `top_k` tokens a step for every sampler and the reference alike), with no CRPS (no truth).
@@ -33,7 +34,7 @@ from benchmarks.evaluation.draws import DrawSet, policy_draws, smc_draws, tree_d
 from benchmarks.evaluation.references import ReferenceSpec, smc_log_z_hats
 from benchmarks.evaluation.scoring import Reference, score
 from benchmarks.evaluation.store import RowStore
-from benchmarks.evaluation.summary import headline, pairs_table, plot_ess, summary_table
+from benchmarks.evaluation.summary import headline, noise_floor_table, pairs_table, plot_ess, summary_table
 from benchmarks.evaluation.windows import heldout_windows
 from sadt.cli import CommandParser, run_command
 from sadt.config import load_config, to_dict
@@ -87,6 +88,7 @@ class SamplersConfig:
     policy_batch: int = 64
     n_resampled: int = 48
     seed: int = 0
+    repeats: int = 1  # runs of every sampler per window, seeds seed + 0 .. repeats − 1 (one run's ESS is noisy)
     bootstrap: int = 2000
     device: str = "cpu"  # torch device of the LM (and the head); a GPU builds long references fast
     dtype: str = "float32"
@@ -94,6 +96,8 @@ class SamplersConfig:
     def __post_init__(self) -> None:
         if not self.samplers:
             raise ValueError("samplers: name at least one sampler")
+        if self.repeats < 1:
+            raise ValueError(f"samplers `repeats` must be at least 1, got {self.repeats}")
         if self.task not in TASKS:
             raise ValueError(f"samplers `task` must be one of {TASKS}, got {self.task!r}")
         if self.task == "caption" and self.top_k is None:
@@ -218,12 +222,13 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
 
     head = value(config.head) if any(config.samplers[name].head for name in names) else None
     reference_value = value(config.reference.head) if config.reference.draws == "smc" else None
-    rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume)
+    rows = row_store(out, resume)
     references = RowStore(out / "references.csv", ("window", "lam"), resume)
     index, count = shard
     for label, build_task, truth in tqdm(benchmark_tasks(config, tokenizer)[index::count], desc="windows",
                                          unit="window"):
-        if names and all(rows.done(label, lam, name) for lam in config.lams for name in names):
+        if names and all(rows.done(label, lam, name, repeat) for lam in config.lams for name in names
+                         for repeat in range(config.repeats)):
             continue
         task = build_task()
         rng = np.random.default_rng([config.seed, zlib.crc32(label.encode())])
@@ -232,27 +237,73 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
             for lam in config.lams:
                 window_reference(references, label, lam, make_reference)
             continue
-        prior_draws = cached(out / "draws" / f"{label}.prior.npz", policy_draws, lm, task, 1.0, config.budgets[-1],
-                             batch_size=config.policy_batch, seed=config.seed, top_k=config.top_k)
-        tokens_per_draw = float(prior_draws.tokens[-1] / prior_draws.tokens.size)
-        for lam in config.lams:
-            reference = window_reference(references, label, lam, make_reference)
-            for name in names:
-                if rows.done(label, lam, name):
-                    continue
-                spec = config.samplers[name]
-                start = time.perf_counter()
-                runs = run_sampler(spec, lm, task, lam, config.budgets, config.seed, head, tokens_per_draw,
-                                   prior_draws, config.policy_batch, config.top_k)
-                wall = time.perf_counter() - start
-                scored = [{"window": label, "lam": lam, "sampler": name,
-                           **score(draws, budget, reference, task, truth, rng, config.n_resampled), "wall_s": wall}
-                          for budget, draws in runs.items()]
-                rows.add(scored)
-                last = scored[-1]
-                tqdm.write(f"{label:16s} λ={lam:g} {name:22s} ESS {last['ess']:6.1f}  k̂ {last['khat']:5.2f}  "
-                           f"log Z err {last['log_z_error']:+.2f}  ({wall:.0f} s)")
+        for repeat in range(config.repeats):
+            if all(rows.done(label, lam, name, repeat) for lam in config.lams for name in names):
+                continue  # no prior draws drawn for a repeat with nothing left to run
+            prior_file = f"{label}.prior.npz" if repeat == 0 else f"{label}.prior.r{repeat}.npz"
+            prior_draws = cached(out / "draws" / prior_file, policy_draws, lm, task, 1.0, config.budgets[-1],
+                                 batch_size=config.policy_batch, seed=config.seed + repeat, top_k=config.top_k)
+            for lam in config.lams:
+                reference = window_reference(references, label, lam, make_reference)
+                for name in names:
+                    if not rows.done(label, lam, name, repeat):
+                        rows.add(scored_run(config, name, (label, task, truth), lam, repeat, lm, head, prior_draws,
+                                            reference, rng))
     return rows
+
+
+def scored_run(config: SamplersConfig, name: str, window: tuple[str, object, np.ndarray | None], lam: float,
+               repeat: int, lm, head, prior_draws: DrawSet, reference: Reference,
+               rng: np.random.Generator) -> list[dict]:
+    """One run of sampler `name` (seed `config.seed + repeat`) on a (label, task, truth) window, scored at every
+    budget: its rows for rows.csv."""
+    label, task, truth = window
+    tokens_per_draw = float(prior_draws.tokens[-1] / prior_draws.tokens.size)
+    start = time.perf_counter()
+    runs = run_sampler(config.samplers[name], lm, task, lam, config.budgets, config.seed + repeat, head,
+                       tokens_per_draw, prior_draws, config.policy_batch, config.top_k)
+    wall = time.perf_counter() - start
+    scored = [{"window": label, "lam": lam, "sampler": name, "repeat": repeat,
+               **score(draws, budget, reference, task, truth, rng, config.n_resampled), "wall_s": wall}
+              for budget, draws in runs.items()]
+    last = scored[-1]
+    tqdm.write(f"{label:16s} λ={lam:g} {name:22s} #{repeat} ESS {last['ess']:6.1f}  k̂ {last['khat']:5.2f}  "
+               f"log Z err {last['log_z_error']:+.2f}  ({wall:.0f} s)")
+    return scored
+
+
+def row_store(out: Path, resume: bool) -> RowStore:
+    """rows.csv, one row per window, λ, sampler, repeat and budget (rows written before `repeats` existed are
+    repeat 0)."""
+    return RowStore(out / "rows.csv", ("window", "lam", "sampler", "repeat"), resume, defaults={"repeat": 0})
+
+
+def copy_first_runs(config: SamplersConfig, source: Path, out: Path) -> int:
+    """`source`'s rows of this config's samplers, λs and budgets become repeat 0 here (their log Z errors rescored
+    against this run's references.csv), and its cached prior draws this run's repeat-0 draws: a run with the same
+    seed already done elsewhere is not drawn again (prior draws cut to this run's largest budget). Returns the rows
+    copied."""
+    if not (out / "references.csv").is_file():
+        raise ValueError(f"{out}/references.csv: copy the reference first, so the copied rows can be rescored")
+    references = RowStore(out / "references.csv", ("window", "lam"), resume=True).rows
+    wanted = [r for r in row_store(source, resume=True).rows if int(float(r["repeat"])) == 0
+              and r["sampler"] in config.samplers and float(r["lam"]) in config.lams
+              and float(r["budget"]) in config.budgets]
+    row_store(out, resume=True).add(rescored(wanted, references))
+    (out / "draws").mkdir(parents=True, exist_ok=True)
+    for prior in (source / "draws").glob("*.prior.npz"):
+        draws = DrawSet.load(prior)
+        if draws.tokens[-1] >= config.budgets[-1]:  # i.i.d. draws: a prefix of a longer run is a run
+            draws.upto(config.budgets[-1]).save(out / "draws" / prior.name)
+    return len(wanted)
+
+
+def noise_floor(rows: list[dict], config: SamplersConfig) -> str:
+    """summary.md's last section where samplers ran more than once a window: each against itself."""
+    if not any(int(float(r.get("repeat", 0))) == 1 for r in rows):
+        return ""
+    return ("\n## A sampler against itself: its second run over its first (what one run a window can resolve)\n\n"
+            + noise_floor_table(rows, config.bootstrap) + "\n")
 
 
 def rescored(rows: list[dict], references: list[dict]) -> list[dict]:
@@ -289,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samplers", nargs="+", help="run only these of the config's samplers (by label)")
     parser.add_argument("--references-only", action="store_true",
                         help="build only each window's reference draws and references.csv (e.g. on a GPU), no sampler")
+    parser.add_argument("--first-run-from", type=Path, metavar="DIR",
+                        help="copy DIR's rows and prior draws of this config's samplers as repeat 0 (a run with the "
+                        "same seed done there), then stop")
     parser.add_argument("--reference-from", type=Path, metavar="DIR",
                         help="with --summarise: score the rows against DIR/references.csv (a longer reference built "
                         "later) and write summary_vs_<DIR's name>.md and its plot beside the rows")
@@ -308,11 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     to_run, names = part_to_run(config, args.lams, args.samplers, args.config, parser.error)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.first_run_from is not None:
+        print(f"{copy_first_runs(config, args.first_run_from, out)} rows copied from {args.first_run_from}")
+        return 0
     if args.references_only:
         run(to_run, out, args.resume, (index, count), names=[])
         return 0
     if args.summarise:
-        rows = RowStore(out / "rows.csv", ("window", "lam", "sampler"), resume=True).rows
+        rows = row_store(out, resume=True).rows
     else:
         rows = run(to_run, out, args.resume, (index, count), names).rows
     header = f"# Samplers at equal LM tokens ({time.strftime('%Y-%m-%d')}, `{' '.join(sys.argv)}`)\n"
@@ -329,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         header + "\n" + summary_table(rows, baselines, config.bootstrap) + "\n\n## The best sampler with a head "
         "against the best without (paired over windows; best: lowest mean |log Z error|)\n\n" +
         headline(rows, heads, config.bootstrap) + "\n\n## Chosen pairs\n\n" +
-        pairs_table(rows, [tuple(pair) for pair in config.pairs], config.bootstrap) + "\n")
+        pairs_table(rows, [tuple(pair) for pair in config.pairs], config.bootstrap) + "\n" + noise_floor(rows, config))
     plot_ess(rows, out / f"ess_vs_tokens{suffix}.png")
     return 0
 

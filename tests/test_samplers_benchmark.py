@@ -85,6 +85,59 @@ def test_two_shards_share_one_row_store_and_a_resumed_run_sees_both(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv", "rows.csv.lock"]
 
 
+def test_rows_written_before_a_key_column_existed_take_its_default_and_numeric_keys_match_as_read_back(tmp_path):
+    path = tmp_path / "rows.csv"
+    RowStore(path, ("window", "sampler"), resume=False).add([{"window": "A", "sampler": "p", "ess": 1.0}])
+    store = RowStore(path, ("window", "sampler", "repeat"), resume=True, defaults={"repeat": 0})
+    assert store.done("A", "p", 0) and not store.done("A", "p", 1)
+    store.add([{"window": "A", "sampler": "p", "repeat": 1, "ess": 2.0}])
+    resumed = RowStore(path, ("window", "sampler", "repeat"), resume=True, defaults={"repeat": 0})
+    assert resumed.done("A", "p", 1) and resumed.done("A", "p", 1.0) and not resumed.done("A", "p", 2)
+    assert sorted(float(r["repeat"]) for r in resumed.rows) == [0.0, 1.0]  # the old row kept, now repeat 0
+
+
+def test_a_windows_repeats_merge_into_one_row_before_any_ratio_is_taken():
+    from benchmarks.evaluation.summary import grouped, noise_floor_table, paired, summary_table
+
+    def row(sampler, repeat, ess, error, khat):
+        return {"window": "A", "lam": 15.0, "sampler": sampler, "repeat": repeat, "budget": 100.0, "tokens": 100.0,
+                "ess": ess, "ess_per_ktoken": 10 * ess, "log_z_error": error, "khat": khat, "crps": 0.2}
+
+    rows = [row("p", 0, 3.0, 0.1, 0.2), row("tree", 0, 2.0, -0.2, 0.4), row("tree", 1, 8.0, 0.4, 0.8)]
+    tree = grouped(rows)[15.0, "tree", 100.0]["A"]
+    assert tree["ess"] == pytest.approx(4.0) and tree["ess_per_ktoken"] == pytest.approx(40.0)  # geometric
+    assert tree["log_z_error"] == pytest.approx(0.3) and tree["khat"] == pytest.approx(0.6)  # mean |error|, mean
+    assert tree["repeats"] == 2
+    pair = paired(rows, 15.0, 100.0, "tree", "p", np.random.default_rng(0), n_boot=10)
+    assert pair["ess_ratio"] == pytest.approx(4 / 3) and pair["error_gap"] == pytest.approx(0.2)
+    assert "1-2 runs a window" in summary_table(rows, {"p": None, "tree": "p"}, n_boot=10)
+    # The tree's second run against its first: ESS 8 / 2, |error| 0.4 − 0.2; p ran once, so no row of its own.
+    assert noise_floor_table(rows, n_boot=10).splitlines()[2:] == ["| 15 | 100 | tree | 4.00 [4.00, 4.00] (1/1) | "
+                                                                   "+0.20 [+0.20, +0.20] |"]
+
+
+def test_first_runs_copied_from_another_run_become_repeat_0_rescored_against_this_runs_reference(tmp_path):
+    from benchmarks.samplers import copy_first_runs, row_store
+
+    source, out = tmp_path / "source", tmp_path / "out"
+    RowStore(source / "rows.csv", ("window", "lam", "sampler"), resume=False).add(
+        [{"window": "A", "lam": 15.0, "sampler": s, "budget": b, "log_z": -6.0, "log_z_error": 0.4}
+         for s in ("iid p", "MaxEnt-TS") for b in (2500.0, 40000.0)])
+    (source / "draws").mkdir()
+    DrawSet(np.zeros(3), np.array([1000.0, 2000.0, 3000.0]), [[1], [2], [3]], np.zeros(3)).save(
+        source / "draws" / "A.prior.npz")
+    config = SamplersConfig(lams=[15.0], budgets=[2500.0], repeats=4, head=None,
+                            samplers={"iid p": SamplerSpec(draws="policy")})
+    with pytest.raises(ValueError, match="references.csv"):
+        copy_first_runs(config, source, out)
+    RowStore(out / "references.csv", ("window", "lam"), resume=False).add([{"window": "A", "lam": 15.0, "log_z": -6.5}])
+    assert copy_first_runs(config, source, out) == 1  # only i.i.d. p at 2.5k: the config's sampler and budget
+    (row,) = row_store(out, resume=True).rows
+    assert (row["sampler"], row["budget"], int(float(row["repeat"]))) == ("iid p", 2500.0, 0)
+    assert row["log_z_error"] == pytest.approx(0.5)
+    assert DrawSet.load(out / "draws" / "A.prior.npz").tokens.tolist() == [1000.0, 2000.0]
+
+
 def test_a_config_naming_an_unknown_baseline_or_draws_kind_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("samplers:\n  tree: {draws: tree, baseline: iid p}\n")
@@ -219,6 +272,11 @@ def test_the_samplers_benchmark_runs_on_the_caption_task(tmp_path):
     (again,) = RowStore(tmp_path / "references.csv", ("window", "lam"), resume=True).rows
     columns = ("lam", "log_z", "low", "high", "n_draws")  # (k̂ may be nan on few draws: nan != nan)
     assert [again[c] for c in columns] == [reference[c] for c in columns]
+    # A second repeat of i.i.d. p: its own seed and prior-draws file, and only it runs.
+    more = run(dataclasses.replace(config, repeats=2), tmp_path, resume=True, shard=(0, 1), names=["iid p"]).rows
+    assert len(more) == len(rows) + 1 and (tmp_path / "draws" / "Wine caption.prior.r1.npz").exists()
+    by_repeat = {int(float(r["repeat"])): r for r in more if r["sampler"] == "iid p"}
+    assert sorted(by_repeat) == [0, 1] and by_repeat[0]["log_z"] != by_repeat[1]["log_z"]
 
 
 def test_rows_rescored_against_a_later_reference_keep_log_z_and_drop_windows_it_lacks():

@@ -13,23 +13,29 @@ class RowStore:
     """Rows keyed by `key` columns; `done(key)` says whether a unit of work already has its rows on disk.
 
     A unit's rows are added together (`add`) and written at once, so an interrupted run resumes at the first
-    unit it had not finished and never keeps half a unit.
+    unit it had not finished and never keeps half a unit. `defaults` gives key columns that rows written before
+    the column existed lack, with the value those rows meant (e.g. `{"repeat": 0}`).
     """
 
-    def __init__(self, path: Path, key: tuple[str, ...], resume: bool) -> None:
-        self.path, self.key = Path(path), key
-        self.rows: list[dict] = read_rows(self.path) if resume and self.path.exists() else []
+    def __init__(self, path: Path, key: tuple[str, ...], resume: bool, defaults: dict | None = None) -> None:
+        self.path, self.key, self.defaults = Path(path), key, defaults or {}
+        self.rows: list[dict] = [self._completed(r) for r in read_rows(self.path)] \
+            if resume and self.path.exists() else []
         self._done = {self._key_of(r) for r in self.rows}
 
+    def _completed(self, row: dict) -> dict:
+        """The row with `defaults` where it lacks them (a CSV gives a column a row lacked back as "")."""
+        return {**row, **{k: v for k, v in self.defaults.items() if row.get(k, "") == ""}}
+
     def _key_of(self, row: dict) -> tuple[str, ...]:
-        return tuple(str(row[k]) for k in self.key)
+        return tuple(key_text(row[k]) for k in self.key)
 
     def done(self, *key) -> bool:
-        return tuple(str(k) for k in key) in self._done
+        return tuple(key_text(k) for k in key) in self._done
 
     def row(self, *key) -> dict:
         """The row stored under `key` (the last one, if a unit wrote several)."""
-        wanted = tuple(str(k) for k in key)
+        wanted = tuple(key_text(k) for k in key)
         return next(r for r in reversed(self.rows) if self._key_of(r) == wanted)
 
     def add(self, rows: Iterable[dict]) -> None:
@@ -39,11 +45,19 @@ class RowStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(self.path.suffix + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            on_disk = read_rows(self.path) if self.path.exists() else []
+            on_disk = [self._completed(r) for r in read_rows(self.path)] if self.path.exists() else []
             mine = {self._key_of(r) for r in self.rows + rows}
             self.rows = [r for r in on_disk if self._key_of(r) not in mine] + self.rows + rows
             self._done = {self._key_of(r) for r in self.rows}
             write_rows(self.path, self.rows)
+
+
+def key_text(value) -> str:
+    """A key cell as text, numbers normalised: 1, 1.0 and "1.0" (as a CSV gives it back) are one key."""
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:

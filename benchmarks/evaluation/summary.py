@@ -14,11 +14,36 @@ def bootstrap_interval(per_window: np.ndarray, rng: np.random.Generator, n_boot:
 
 
 def grouped(rows: list[dict]) -> dict[tuple[float, str, float], dict[str, dict]]:
-    """(λ, sampler, budget) -> window -> row."""
-    out: dict[tuple[float, str, float], dict[str, dict]] = {}
+    """(λ, sampler, budget) -> window -> row, a window's repeats (runs with other seeds) merged into one row."""
+    runs: dict[tuple[float, str, float], dict[str, list[dict]]] = {}
     for r in rows:
-        out.setdefault((float(r["lam"]), str(r["sampler"]), float(r["budget"])), {})[str(r["window"])] = r
-    return out
+        runs.setdefault((float(r["lam"]), str(r["sampler"]), float(r["budget"])), {}) \
+            .setdefault(str(r["window"]), []).append(r)
+    return {key: {window: merged(repeats) for window, repeats in by_window.items()}
+            for key, by_window in runs.items()}
+
+
+GEOMETRIC = ("ess", "ess_per_ktoken")  # averaged as logs: the paired ratios are geometric means
+
+
+def merged(repeats: list[dict]) -> dict:
+    """One window's runs as one row: ESS and ESS per token as geometric means over the runs, the log Z error as
+    the mean |log Ẑ − log Z_ref| (its sign is lost), every other number (k̂, tokens, CRPS) as the mean."""
+    if len(repeats) == 1:
+        return repeats[0]
+    row = dict(repeats[0])
+    for column, value in row.items():
+        if isinstance(value, str) or column == "repeat":
+            continue
+        values = np.array([float(r[column]) for r in repeats])
+        if column in GEOMETRIC:
+            row[column] = float(np.exp(np.log(np.maximum(values, 1e-12)).mean()))
+        elif column == "log_z_error":
+            row[column] = float(np.abs(values).mean())
+        else:
+            row[column] = float(values.mean())
+    row["repeats"] = len(repeats)
+    return row
 
 
 def summary_table(rows: list[dict], baselines: dict[str, str | None], n_boot: int = 2000) -> str:
@@ -54,7 +79,10 @@ def summary_table(rows: list[dict], baselines: dict[str, str | None], n_boot: in
             f"{np.exp(hi):.1f}] | {paired} | {err.mean():.2f} [{elo:.2f}, {ehi:.2f}] | "
             f"{np.median(finite) if finite.size else float('nan'):.2f} ({(finite > 0.7).mean():.0%}) | "
             f"{crps_cell} |")
-    return "\n".join(lines) + f"\n\n{len({r['window'] for r in rows})} windows; intervals: bootstrap over windows."
+    runs = sorted({int(r.get("repeats", 1)) for by_window in groups.values() for r in by_window.values()})
+    repeats = f"; {'-'.join(map(str, runs))} runs a window, merged (`merged`)" if runs != [1] else ""
+    return "\n".join(lines) + (f"\n\n{len({r['window'] for r in rows})} windows{repeats}; intervals: bootstrap "
+                               "over windows.")
 
 
 def plot_ess(rows: list[dict], path: Path) -> None:
@@ -153,4 +181,19 @@ def pairs_table(rows: list[dict], pairs: list[tuple[str, str]], n_boot: int = 20
             p = paired(rows, lam, budget, a, b, rng, n_boot)
             if p["windows"]:
                 lines.append(f"| {lam:g} | {budget:g} | {a} | {b} | {pair_cells(p)} |")
+    return "\n".join(lines)
+
+
+def noise_floor_table(rows: list[dict], n_boot: int = 2000) -> str:
+    """Each sampler's second run (repeat 1) against its first (repeat 0), paired over windows as `pairs_table`
+    pairs two samplers: the spread a one-run-a-window ratio shows between a sampler and itself."""
+    rng = np.random.default_rng(0)
+    first = [r for r in rows if int(float(r.get("repeat", 0))) == 0]
+    second = [{**r, "sampler": f"{r['sampler']} #1"} for r in rows if int(float(r.get("repeat", 0))) == 1]
+    lines = ["| λ | budget | sampler | ESS/token run 1 / run 0 [95% CI] (windows above 1) | "
+             "\\|log Z err\\| run 1 − run 0 [95% CI] |", "|---|---|---|---|---|"]
+    for lam, name, budget in sorted({(float(r["lam"]), str(r["sampler"]), float(r["budget"])) for r in second}):
+        p = paired(first + second, lam, budget, name, name.removesuffix(" #1"), rng, n_boot)
+        if p["windows"]:
+            lines.append(f"| {lam:g} | {budget:g} | {name.removesuffix(' #1')} | {pair_cells(p)} |")
     return "\n".join(lines)
