@@ -34,7 +34,7 @@ from benchmarks.evaluation.draws import DrawSet, policy_draws, smc_draws, tree_d
 from benchmarks.evaluation.references import ReferenceSpec, smc_log_z_hats
 from benchmarks.evaluation.scoring import Reference, score
 from benchmarks.evaluation.store import RowStore
-from benchmarks.evaluation.summary import headline, noise_floor_table, pairs_table, plot_ess, summary_table
+from benchmarks.evaluation.summary import headline, noise_floor_table, pairs_table, plot_ess, repeat_of, summary_table
 from benchmarks.evaluation.windows import heldout_windows
 from sadt.cli import CommandParser, run_command
 from sadt.config import load_config, to_dict
@@ -286,7 +286,7 @@ def copy_first_runs(config: SamplersConfig, source: Path, out: Path) -> int:
     if not (out / "references.csv").is_file():
         raise ValueError(f"{out}/references.csv: copy the reference first, so the copied rows can be rescored")
     references = RowStore(out / "references.csv", ("window", "lam"), resume=True).rows
-    wanted = [r for r in row_store(source, resume=True).rows if int(float(r["repeat"])) == 0
+    wanted = [r for r in row_store(source, resume=True).rows if repeat_of(r) == 0
               and r["sampler"] in config.samplers and float(r["lam"]) in config.lams
               and float(r["budget"]) in config.budgets]
     row_store(out, resume=True).add(rescored(wanted, references))
@@ -300,7 +300,7 @@ def copy_first_runs(config: SamplersConfig, source: Path, out: Path) -> int:
 
 def noise_floor(rows: list[dict], config: SamplersConfig) -> str:
     """summary.md's last section where samplers ran more than once a window: each against itself."""
-    if not any(int(float(r.get("repeat", 0))) == 1 for r in rows):
+    if not any(repeat_of(r) == 1 for r in rows):
         return ""
     return ("\n## A sampler against itself: its second run over its first (what one run a window can resolve)\n\n"
             + noise_floor_table(rows, config.bootstrap) + "\n")

@@ -23,6 +23,11 @@ def grouped(rows: list[dict]) -> dict[tuple[float, str, float], dict[str, dict]]
             for key, by_window in runs.items()}
 
 
+def repeat_of(row: dict) -> int:
+    """The row's run within its window (0 for rows written before `repeats` existed; a CSV gives 1 back as 1.0)."""
+    return int(float(row.get("repeat", 0)))
+
+
 GEOMETRIC = ("ess", "ess_per_ktoken")  # averaged as logs: the paired ratios are geometric means
 
 
@@ -188,8 +193,8 @@ def noise_floor_table(rows: list[dict], n_boot: int = 2000) -> str:
     """Each sampler's second run (repeat 1) against its first (repeat 0), paired over windows as `pairs_table`
     pairs two samplers: the spread a one-run-a-window ratio shows between a sampler and itself."""
     rng = np.random.default_rng(0)
-    first = [r for r in rows if int(float(r.get("repeat", 0))) == 0]
-    second = [{**r, "sampler": f"{r['sampler']} #1"} for r in rows if int(float(r.get("repeat", 0))) == 1]
+    first = [r for r in rows if repeat_of(r) == 0]
+    second = [{**r, "sampler": f"{r['sampler']} #1"} for r in rows if repeat_of(r) == 1]
     lines = ["| λ | budget | sampler | ESS/token run 1 / run 0 [95% CI] (windows above 1) | "
              "\\|log Z err\\| run 1 − run 0 [95% CI] |", "|---|---|---|---|---|"]
     for lam, name, budget in sorted({(float(r["lam"]), str(r["sampler"]), float(r["budget"])) for r in second}):
