@@ -99,7 +99,7 @@ class BufferWriter:
         self._lock = hold_writer_lock(self.path)
         try:
             if self.path.exists():
-                self._check_existing(lm_fingerprint, meta)
+                check_stored_settings(self.path, lm_fingerprint, meta)
                 self.file = self._open_for_append()
             else:
                 self.file = self._create(lm_fingerprint, meta)
@@ -107,11 +107,6 @@ class BufferWriter:
         except BaseException:
             self._lock.close()
             raise
-
-    def _check_existing(self, lm_fingerprint: str, meta: dict) -> None:
-        with reading(self.path) as f:
-            stored = check_attrs(f, self.path, lm_fingerprint)
-        refuse_different_settings(stored, meta, f"{self.path} was written with", "this run has")
 
     def _open_for_append(self) -> h5py.File:
         try:
@@ -170,6 +165,28 @@ class BufferWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_resumable(path: str | Path, lm_fingerprint: str, meta: dict) -> None:
+    """Refuse, before any work, what `BufferWriter(path, lm_fingerprint, meta)` would refuse for an existing
+    file: another LM, schema or defining setting, or another process writing it (a probe of the writer's lock,
+    released at once: the writer takes it again when it opens). A missing file passes (the writer creates it).
+
+    Raises:
+        BufferError: the file is being written, or was written with other settings or by another LM.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    hold_writer_lock(path).close()
+    check_stored_settings(path, lm_fingerprint, meta)
+
+
+def check_stored_settings(path: Path, lm_fingerprint: str, meta: dict) -> None:
+    """Refuse an existing file written by another LM or schema, or with other defining settings."""
+    with reading(path) as f:
+        stored = check_attrs(f, path, lm_fingerprint)
+    refuse_different_settings(stored, meta, f"{path} was written with", "this run has")
 
 
 def hold_writer_lock(path: Path):

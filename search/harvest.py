@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data.buffer import SOURCES, BufferWriter, PromptRecord
+from data.buffer import SOURCES, BufferWriter, PromptRecord, check_resumable
 from data.generator import generate_one
 from data.series import load_builtin
 from sadt.cli import CommandParser, run_command
@@ -272,15 +272,19 @@ def prior_record(lm, forecast: ForecastTask, task: Task, search: SearchConfig) -
     )
 
 
+def buffer_meta(config: HarvestConfig, codec: Codec, shard: tuple[int, int]) -> dict:
+    """The settings stored beside the buffer; a resumed harvest must repeat them."""
+    return {"lam": config.search.lam, "gamma": config.reward.gamma, "config": to_dict(config),
+            "action_token_ids": codec.action_token_ids, "shard": list(shard)}
+
+
 def harvest(lm, codec: Codec, config: HarvestConfig, lm_fingerprint: str, shard: tuple[int, int] = (0, 1),
             log=None, head=None) -> Path:
     """Run every task of this shard not yet in the output file; returns the file's path."""
     path = shard_path(config.output, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     tasks = task_set(config)[shard[0] :: shard[1]]
-    meta = {"lam": config.search.lam, "gamma": config.reward.gamma, "config": to_dict(config),
-            "action_token_ids": codec.action_token_ids, "shard": list(shard)}
-    with BufferWriter(path, lm_fingerprint, meta) as writer:
+    with BufferWriter(path, lm_fingerprint, buffer_meta(config, codec, shard)) as writer:
         todo = [t for t in tasks if t.key not in writer.done_keys()]
         start, n_traj = time.perf_counter(), 0
         with tqdm(todo, desc=f"harvest {path.name}", unit="prompt") as bar:
@@ -316,14 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from sadt.lm.base_model import lm_fingerprint, load_base_lm
+    from sadt.lm.base_model import lm_fingerprint, load_base_lm, load_base_tokenizer
 
-    lm, tokenizer = load_base_lm(dtype=config.dtype, device=config.device)
-    codec = Codec(tokenizer, config.codec)
+    codec = Codec(load_base_tokenizer(), config.codec)
+    check_resumable(shard_path(config.output, shard), lm_fingerprint(), buffer_meta(config, codec, shard))
     head = None
     if config.head is not None:
         head, card = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config), config.device)
         warn_if_other_lam(card.lam, config.search.lam, f"head {config.head}")
+    lm, _ = load_base_lm(dtype=config.dtype, device=config.device)  # after the cheap refusals: it takes seconds
     run = wandb_run(config) if config.wandb else None
     path = harvest(lm, codec, config, lm_fingerprint(), shard, run.log if run else None, head)
     if run is not None:

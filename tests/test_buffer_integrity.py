@@ -157,6 +157,7 @@ def test_a_second_harvest_on_a_buffer_being_written_is_one_line(tmp_path, base_t
         child.wait()
     assert proc.returncode == 2 and "another process is writing" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "Loading weights" not in proc.stderr  # refused before the model's seconds of loading
 
 
 @pytest.mark.base_model
@@ -176,3 +177,4 @@ def test_a_harvest_resumed_with_another_lambda_is_refused_on_the_command_line(tm
     proc = harvest("  lam: 5.0\n")
     assert proc.returncode == 2 and "was written with lam = 2.0, this run has 5.0" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and out.read_bytes() == before
+    assert "Loading weights" not in proc.stderr  # refused before the model's seconds of loading

@@ -50,21 +50,31 @@ def load_base_lm(
     Raises:
         FileNotFoundError: when the model has not been fetched yet (run `python -m sadt.lm.fetch`).
     """
-    from transformers import AutoTokenizer
-
     path = Path(path) if path is not None else base_model_dir()
-    if path == base_model_dir() and not is_fetched(path):
-        raise FileNotFoundError(f"{path}: no base model here; run `python -m sadt.lm.fetch` first")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_base_tokenizer(path)
     if backend == "mlx":
         from sadt.mlx.backend import MLXLM
 
         return MLXLM.from_pretrained(path), tokenizer
     return TorchLM.from_pretrained(path, dtype=DTYPES[dtype], device=device), tokenizer
+
+
+def load_base_tokenizer(path: str | Path | None = None):
+    """The base model's tokenizer alone: a command can check its input with it before the model loads.
+
+    Raises:
+        FileNotFoundError: when the model has not been fetched yet (run `python -m sadt.lm.fetch`).
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path) if path is not None else base_model_dir()
+    if path == base_model_dir() and not is_fetched(path):
+        raise FileNotFoundError(f"{path}: no base model here; run `python -m sadt.lm.fetch` first")
+    return AutoTokenizer.from_pretrained(path)
 
 
 def output_embeddings(path: str | Path | None = None) -> torch.Tensor:
