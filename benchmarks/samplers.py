@@ -38,6 +38,7 @@ from benchmarks.evaluation.summary import headline, noise_floor_table, pairs_tab
 from benchmarks.evaluation.windows import heldout_windows
 from sadt.cli import CommandParser, run_command
 from sadt.config import load_config, to_dict
+from sadt.rewards import RewardConfig
 from search.config import search_config
 from search.forecast_task import PARAMETER_FREE_VALUES
 from search.methods import METHOD_STRATEGIES
@@ -83,6 +84,9 @@ class SamplersConfig:
     task: str = "forecast"  # "forecast": the held-out windows; "caption": the caption text task of each series
     top_k: int | None = None  # every sampler's p cut to its top k a step (a text task's tree needs one)
     max_tokens: int = 24  # caption: the longest caption in tokens
+    reward: RewardConfig = field(default_factory=RewardConfig)  # forecast: the windows' reward (e.g. a sparse one)
+    p_draws_from: str | None = None  # a run dir whose i.i.d. p draws (prior and reference: same windows, seed and
+    # top_k) are read and rescored under this run's reward instead of drawn again (p's draws do not read r)
     samplers: dict[str, SamplerSpec] = field(default_factory=dict)
     pairs: list[list[str]] = field(default_factory=list)  # [a, b] pairs of sampler labels compared in summary.md
     policy_batch: int = 64
@@ -103,6 +107,9 @@ class SamplersConfig:
         if self.task == "caption" and self.top_k is None:
             raise ValueError("samplers `task: caption` needs `top_k` (e.g. 20): a text tree over the whole vocabulary "
                              "would hold ~1 MB a node")
+        if self.task == "caption" and self.reward != RewardConfig():
+            raise ValueError("samplers `reward` sets the forecast reward; the caption task's is its own "
+                             "(configs/text/caption.yaml)")
         readers = [name for name, spec in self.samplers.items() if spec.head]
         if readers and self.head is None:
             raise ValueError(f"samplers {readers} read a flow head: set `head`, or drop them (the caption task has "
@@ -152,6 +159,30 @@ def cached(path: Path, make: Callable[..., DrawSet], *args, **kwargs) -> DrawSet
     return draws
 
 
+def p_draws(config: SamplersConfig, path: Path, lm, task, budget: float, seed: int) -> DrawSet:
+    """i.i.d. draws of p to `budget` tokens (λ = 1 weights, `DrawSet.at_lam` reweighs them), cached at `path`; where
+    `config.p_draws_from` holds the same file, its draws rescored under this task's reward (`rescored_p_draws`)."""
+    source = None if config.p_draws_from is None else Path(config.p_draws_from) / "draws" / path.name
+    if not path.exists() and source is not None and source.exists():
+        reused = rescored_p_draws(DrawSet.load(source), task, budget)
+        if reused is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            reused.save(path)
+    return cached(path, policy_draws, lm, task, 1.0, budget, batch_size=config.policy_batch, seed=seed,
+                  top_k=config.top_k)
+
+
+def rescored_p_draws(draws: DrawSet, task, budget: float) -> DrawSet | None:
+    """Draws of p cut to `budget` tokens with r and log w = r (λ = 1) recomputed by `task.reward_fn`: draws of p do
+    not depend on the reward, so a run that changes only r reuses them. None where they hold under `budget` tokens
+    (a shorter run's draws are not this run's)."""
+    if draws.log_z is not None or draws.tokens.size == 0 or draws.tokens[-1] < budget:
+        return None
+    kept = draws.upto(budget)
+    rewards = np.asarray(task.reward_fn(kept.actions), dtype=np.float64)
+    return DrawSet(rewards.copy(), kept.tokens, kept.actions, rewards)
+
+
 def benchmark_tasks(config: SamplersConfig, tokenizer) -> list[tuple[str, Callable[[], object], np.ndarray | None]]:
     """(label, a function building the task, the truth or None) for every window, in the order they run: window
     k of every series before window k + 1 of any, so a run stopped early still covers every series."""
@@ -166,7 +197,7 @@ def benchmark_tasks(config: SamplersConfig, tokenizer) -> list[tuple[str, Callab
     codec = Codec(tokenizer)
     per_series = [heldout_windows(name, config.windows_per_series, config.context_length, config.horizon)
                   for name in config.series]
-    return [(label, lambda context=context: ForecastTask.build(codec, context, config.horizon), truth)
+    return [(label, lambda context=context: ForecastTask.build(codec, context, config.horizon, config.reward), truth)
             for k in range(config.windows_per_series) for series in per_series
             for label, context, truth in series[k : k + 1]]
 
@@ -183,9 +214,9 @@ def reference_maker(config: SamplersConfig, out: Path, label: str, lm, task, val
 
         return lambda lam: Reference.from_log_weights(smc_log_z_hats(
             runs_file(lam), lm, task, lam, spec, value, config.seed, config.top_k), rng)
-    prior = functools.cache(functools.partial(
-        cached, out / "draws" / f"{label}.reference.npz", policy_draws, lm, task, 1.0, config.reference_budget,
-        batch_size=config.policy_batch, top_k=config.top_k, seed=10_000 + config.seed))  # a seed no sampler uses
+    prior = functools.cache(functools.partial(  # a seed no sampler uses
+        p_draws, config, out / "draws" / f"{label}.reference.npz", lm, task, config.reference_budget,
+        10_000 + config.seed))
     return lambda lam: Reference.from_prior_rewards(prior().rewards, lam, rng)
 
 
@@ -241,8 +272,8 @@ def run(config: SamplersConfig, out: Path, resume: bool, shard: tuple[int, int],
             if all(rows.done(label, lam, name, repeat) for lam in config.lams for name in names):
                 continue  # no prior draws drawn for a repeat with nothing left to run
             prior_file = f"{label}.prior.npz" if repeat == 0 else f"{label}.prior.r{repeat}.npz"
-            prior_draws = cached(out / "draws" / prior_file, policy_draws, lm, task, 1.0, config.budgets[-1],
-                                 batch_size=config.policy_batch, seed=config.seed + repeat, top_k=config.top_k)
+            prior_draws = p_draws(config, out / "draws" / prior_file, lm, task, config.budgets[-1],
+                                  config.seed + repeat)
             for lam in config.lams:
                 reference = window_reference(references, label, lam, make_reference)
                 for name in names:

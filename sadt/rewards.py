@@ -2,7 +2,9 @@
 
 `r_task` is 0 for a forecast that parses to `horizon` values and `-invalid_penalty` otherwise,
 minus `oracle_weight * mean|x - y| / mean|y|` when a held-out truth `y` is given (benchmark and
-oracle mode only: the truth is never available to a real search).
+oracle mode only: the truth is never available to a real search), and minus `record_penalty` for a forecast
+whose first value does not exceed the context's maximum (a sparse scenario constraint: "a new record next
+step", which few draws of p meet and which the forecast's first number decides).
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ class RewardConfig:
     gamma: float = 1.0  # weight of the spectral penalty
     invalid_penalty: float = 10.0  # r_task of a forecast that does not parse to `horizon` values
     oracle_weight: float = 0.0  # weight of the scaled error against a held-out truth (benchmarks only)
+    record_penalty: float = 0.0  # r_task of a forecast whose first value is not above the context's maximum
     spectral: SpectralConfig = field(default_factory=SpectralConfig)
 
     def __post_init__(self) -> None:
         check_finite(self, "reward")
         # Weights past MAX_WEIGHT overflow: λ·γ·penalty becomes inf and the search's probabilities NaN.
-        for name in ("gamma", "invalid_penalty", "oracle_weight"):
+        for name in ("gamma", "invalid_penalty", "oracle_weight", "record_penalty"):
             if not 0 <= getattr(self, name) <= MAX_WEIGHT:
                 raise ValueError(f"reward `{name}` must be in [0, {MAX_WEIGHT:g}], got {getattr(self, name)}")
 
@@ -88,6 +91,8 @@ class ForecastReward:
             if self.truth is not None:
                 err = np.mean(np.abs(values[valid] - self.truth), axis=1) / np.mean(np.abs(self.truth))
                 task[valid] -= self.config.oracle_weight * err
+            if self.config.record_penalty > 0:  # the look-ahead values (`partial`, `ahead`) do not read it
+                task[valid] -= self.config.record_penalty * (values[valid, 0] <= self.context.max())
         total = task - self.config.gamma * spectral
         nonfinite = ~np.isfinite(total)
         if nonfinite.any():

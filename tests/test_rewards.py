@@ -32,6 +32,17 @@ def test_oracle_term_needs_truth_and_penalises_error(context):
     assert parts.total[1] == pytest.approx(-0.1)
 
 
+def test_the_record_constraint_costs_only_forecasts_whose_first_value_stays_at_or_below_the_contexts_max(context):
+    reward = ForecastReward(context, 24, RewardConfig(gamma=0.0, invalid_penalty=5.0, record_penalty=2.0))
+    above, at, below = (np.full(24, value) for value in (context.max() + 0.01, context.max(), context.max() - 0.5))
+    later = below.copy()
+    later[5] = context.max() + 1.0  # a record later in the forecast is not the event: it is decided by step 1
+    parts = reward(np.stack([above, at, below, later, np.full(24, np.nan)]), np.array([True] * 4 + [False]))
+    np.testing.assert_allclose(parts.total, [0.0, -2.0, -2.0, -2.0, -5.0])
+    with pytest.raises(ValueError, match="record_penalty"):
+        RewardConfig(record_penalty=-1.0)
+
+
 def test_nan_in_a_valid_sample_is_an_error_naming_it(context):
     reward = ForecastReward(context, horizon=24)
     values = np.stack([context[-24:], context[-24:]])

@@ -138,6 +138,24 @@ def test_first_runs_copied_from_another_run_become_repeat_0_rescored_against_thi
     assert DrawSet.load(out / "draws" / "A.prior.npz").tokens.tolist() == [1000.0, 2000.0]
 
 
+def test_p_draws_of_another_run_are_reused_cut_to_the_budget_and_rescored_under_this_runs_reward(tmp_path, toy):
+    """Draws of p do not read r: a run that changes only the reward rescores them instead of drawing again."""
+    from benchmarks.samplers import p_draws, rescored_p_draws
+
+    source = tmp_path / "source"
+    (source / "draws").mkdir(parents=True)
+    drawn = policy_draws(toy.lm, ToyTask(toy), 1.0, budget=80, batch_size=8)
+    drawn.save(source / "draws" / "w.prior.npz")
+    task = SimpleNamespace(reward_fn=lambda actions: -np.array([float(sum(a)) for a in actions]))
+    config = SamplersConfig(samplers={"iid p": SamplerSpec(draws="policy")}, p_draws_from=str(source))
+    out = tmp_path / "run" / "draws" / "w.prior.npz"
+    reused = p_draws(config, out, None, task, 40, seed=0)  # lm None: drawing afresh would fail
+    assert out.is_file() and reused.tokens[-1] <= 40 and reused.actions == drawn.upto(40).actions
+    np.testing.assert_allclose(reused.rewards, task.reward_fn(reused.actions))
+    np.testing.assert_allclose(reused.at_lam(LAM).log_weights, LAM * reused.rewards)
+    assert rescored_p_draws(drawn, task, 1e6) is None  # fewer tokens than the budget: not this run's draws
+
+
 def test_a_config_naming_an_unknown_baseline_or_draws_kind_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("samplers:\n  tree: {draws: tree, baseline: iid p}\n")
@@ -150,6 +168,11 @@ def test_a_config_naming_an_unknown_baseline_or_draws_kind_is_refused(tmp_path):
     with pytest.raises(ValueError, match="'dts_star' keeps no law per draw"):
         SamplerSpec(draws="tree", search={"method": "dts_star"})
     assert SamplerSpec(draws="tree", search={"method": "dts", "defensive": 0.5}).search["method"] == "dts"
+    caption = tmp_path / "caption.yaml"
+    caption.write_text("task: caption\ntop_k: 20\nhead: null\nreward: {record_penalty: 1.0}\n"
+                       "samplers:\n  iid p: {draws: policy}\n")
+    with pytest.raises((ConfigError, ValueError), match="the caption task's is its own"):
+        load_config(caption, SamplersConfig)
 
 
 def test_lams_and_samplers_on_the_command_line_must_be_among_the_configs(tmp_path, capsys):
