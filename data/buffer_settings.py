@@ -30,9 +30,14 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+# Defining settings added after buffers were written, with the value that a meta lacking one was written under.
+ADDED_SETTINGS = {"config.reward.record_penalty": 0.0}
+
+
 def defining_settings(meta: dict) -> dict[str, object]:
-    """The settings of `DEFINING_SETTINGS` that `meta` holds, flattened to dotted keys."""
-    flat = _flatten(meta)
+    """The settings of `DEFINING_SETTINGS` that `meta` holds, flattened to dotted keys (a setting added later,
+    `ADDED_SETTINGS`, at the value it had before it existed)."""
+    flat = {**ADDED_SETTINGS, **_flatten(meta)}
     return {key: value for key, value in flat.items()
             if any(key == d or key.startswith(d + ".") for d in DEFINING_SETTINGS)}
 

@@ -71,6 +71,16 @@ def test_a_resume_with_other_defining_settings_is_refused_naming_the_setting(tmp
     write(path, [1], {**META, "device": "cuda", "shard": [1, 2]})  # how it ran is not what it means
 
 
+def test_a_buffer_written_before_a_reward_setting_existed_resumes_under_its_default_only(tmp_path):
+    """`record_penalty` joined the reward after buffers were written without it: they were written at 0."""
+    path = tmp_path / "b.h5"
+    write(path, [0], {**META, "config": {"reward": {"gamma": 1.0}}})
+    write(path, [1], {**META, "config": {"reward": {"gamma": 1.0, "record_penalty": 0.0}}})
+    with pytest.raises(BufferError, match=r"config.reward.record_penalty = 0.0, this run has 1.0"):
+        write(path, [2], {**META, "config": {"reward": {"gamma": 1.0, "record_penalty": 1.0}}})
+    assert read_buffer(path).n_trajectories == 2 * len(make_record(0).lengths)
+
+
 def test_a_merge_of_buffers_with_another_precision_is_refused_naming_the_key(tmp_path):
     a, b, out = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "m.h5"
     write(a, [0])
