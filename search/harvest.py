@@ -322,15 +322,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from sadt.lm.base_model import lm_fingerprint, load_base_lm, load_base_tokenizer
 
-    codec = Codec(load_base_tokenizer(), config.codec)
-    check_resumable(shard_path(config.output, shard), lm_fingerprint(), buffer_meta(config, codec, shard))
+    codec, fingerprint = Codec(load_base_tokenizer(), config.codec), lm_fingerprint()
+    check_resumable(shard_path(config.output, shard), fingerprint, buffer_meta(config, codec, shard))
     head = None
     if config.head is not None:
-        head, card = load_value_head(config.head, lm_fingerprint(), to_dict(codec.config), config.device)
+        head, card = load_value_head(config.head, fingerprint, to_dict(codec.config), config.device)
         warn_if_other_lam(card.lam, config.search.lam, f"head {config.head}")
     lm, _ = load_base_lm(dtype=config.dtype, device=config.device)  # after the cheap refusals: it takes seconds
     run = wandb_run(config) if config.wandb else None
-    path = harvest(lm, codec, config, lm_fingerprint(), shard, run.log if run else None, head)
+    path = harvest(lm, codec, config, fingerprint, shard, run.log if run else None, head)
     if run is not None:
         run.finish()
     print(f"buffer: {path}")
