@@ -1,6 +1,7 @@
 """Issue 27's hostile inputs: each ends in one line that names the file, field or value, and exit 2 where
 it is a command; nothing is overwritten or half-written."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -28,6 +29,19 @@ def commands(*argvs: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
     """Several commands at once: each is mostly Python importing torch, so two cores halve the wait."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(lambda argv: command(*argv), argvs))
+
+
+def fit_in_process(args: list[str], capsys) -> subprocess.CompletedProcess:
+    """`python -m trainers.fit ARGS` through the same entry point in this process: the command's refusals without
+    the ~9 s that every fresh process spends importing pytorch_lightning (one test still runs the real command)."""
+    from trainers.fit import run
+
+    capsys.readouterr()
+    try:
+        returncode = run(args)
+    except SystemExit as exit_:  # the parser's own refusals exit, as they do on the command line
+        returncode = exit_.code
+    return subprocess.CompletedProcess(["trainers.fit", *args], returncode, *capsys.readouterr())
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -121,13 +135,13 @@ def test_a_corrupt_head_is_one_line_naming_the_file(tmp_path):
         load_head(truncated, meta["lm_fingerprint"])
 
 
-def test_fit_ends_bad_input_in_one_line_and_writes_nothing(tmp_path):
+def test_fit_ends_bad_input_in_one_line_and_writes_nothing(tmp_path, capsys):
     missing = tmp_path / "missing.h5"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    fit = ("trainers.fit", "--data.buffers", f"[{missing}]", "--trainer.default_root_dir", str(run_dir))
-    missing_buffer, negative, infinite = commands((*fit, "--model.lam", "2"), (*fit, "--model.lam", "-1"),
-                                                  (*fit, "--model.lam", "inf"))
+    fit = ["--data.buffers", f"[{missing}]", "--trainer.default_root_dir", str(run_dir)]
+    missing_buffer, negative, infinite = (fit_in_process([*fit, "--model.lam", lam], capsys)
+                                          for lam in ("2", "-1", "inf"))
     assert_one_line_error(missing_buffer, "missing.h5")
     assert_one_line_error(negative, "lam")
     assert_one_line_error(infinite, "model.lam")  # jsonargparse refuses it itself
@@ -184,15 +198,41 @@ def test_a_failing_or_non_numeric_reward_names_the_sample(reward_fn, message):
 SCRIPTS = ["amortisation", "forward_kl_scan", "proposal_quality", "target_reference", "tilt_room"]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_every_benchmark_script_ends_a_bad_config_in_one_line(tmp_path, script):
+def script_in_process(script: str, args: list[str], capsys) -> subprocess.CompletedProcess:
+    """`python benchmarks/SCRIPT.py ARGS` through the script's own `run_command(main)` in this process (no fresh
+    import of torch per case; `test_a_benchmark_script_run_as_a_file_ends_bad_input_in_one_line` runs the file)."""
+    from sadt.cli import run_command
+
+    main = importlib.import_module(f"benchmarks.{script}").main
+    capsys.readouterr()
+    try:
+        returncode = run_command(main, args)
+    except SystemExit as exit_:  # argparse's refusals exit, as they do on the command line
+        returncode = exit_.code
+    return subprocess.CompletedProcess([script, *args], returncode, *capsys.readouterr())
+
+
+def bad_lam_config(tmp_path: Path, script: str) -> Path:
     config = tmp_path / "bad.yaml"
     config.write_text({"forward_kl_scan": "lam: .inf\n", "proposal_quality": "lam: .inf\n",
                        "tilt_room": "lams: [5.0, .inf]\n"}.get(script, "real:\n  lam: .inf\n"))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--config", str(config)],
+    return config
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_benchmark_script_ends_a_bad_config_in_one_line(tmp_path, monkeypatch, capsys, script):
+    config = bad_lam_config(tmp_path, script)
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(script_in_process(script, ["--config", str(config)], capsys), "bad.yaml", "lam", "finite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
+
+
+def test_a_benchmark_script_run_as_a_file_ends_bad_input_in_one_line(tmp_path):
+    config = bad_lam_config(tmp_path, "amortisation")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "amortisation.py"), "--config", str(config)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "bad.yaml", "lam", "finite")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
 def test_harvest_and_demo_end_a_bad_config_in_one_line(tmp_path):
@@ -216,10 +256,9 @@ def test_harvest_and_demo_end_a_bad_config_in_one_line(tmp_path):
     ("value_probe", ["--buffer", "missing.h5"], ["missing.h5", "no such buffer"]),
     ("value_overhead", ["--config", "missing.yaml", "--heads", "x"], ["missing.yaml", "no such config"]),
 ])
-def test_argparse_benchmark_scripts_end_bad_arguments_in_one_line(tmp_path, script, args, words):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert_one_line_error(proc, *words)
+def test_argparse_benchmark_scripts_end_bad_arguments_in_one_line(tmp_path, monkeypatch, capsys, script, args, words):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(script_in_process(script, args, capsys), *words)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -230,13 +269,13 @@ def test_a_bad_option_of_fit_is_one_line_not_a_usage_block(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_fit_refuses_to_overwrite_a_head_before_anything_runs(tmp_path):
+def test_a_fit_refuses_to_overwrite_a_head_before_anything_runs(tmp_path, capsys):
     """Issue 37.2: the documented fit once replaced the shipped head with a 1-epoch one."""
     head = tmp_path / "head"
     head.mkdir()
     (head / "head.json").write_text("{}")
-    proc = command("trainers.fit", "--config", str(ROOT / "configs/fit/soft_ahead.yaml"), "--model.save_to", str(head),
-                   "--trainer.default_root_dir", str(tmp_path / "run"), cwd=tmp_path)
+    proc = fit_in_process(["--config", str(ROOT / "configs/fit/soft_ahead.yaml"), "--model.save_to", str(head),
+                           "--trainer.default_root_dir", str(tmp_path / "run")], capsys)
     assert_one_line_error(proc, str(head), "already holds a head", "--model.overwrite")
     assert (head / "head.json").read_text() == "{}" and not (tmp_path / "run").exists()
 
@@ -247,10 +286,10 @@ def test_a_fit_refuses_to_overwrite_a_head_before_anything_runs(tmp_path):
     (["--trainer.max_epochs", "0"], ["trainer.max_epochs", ">= 1"]),
     (["--model.tb", "1"], ["--model.tb", "is now `--model.losses.tb`"]),  # an option from before the groups
 ])
-def test_a_fit_that_would_train_nothing_or_ascend_is_refused(tmp_path, args, words):
+def test_a_fit_that_would_train_nothing_or_ascend_is_refused(tmp_path, capsys, args, words):
     """Issue 37.6: lr 0 or below trained (or ascended) and saved a head; max_epochs 0 saved nothing, silently."""
-    proc = command("trainers.fit", "--config", str(ROOT / "configs/fit/soft_ahead.yaml"), *args,
-                   "--model.save_to", str(tmp_path / "head"), "--trainer.default_root_dir", str(tmp_path / "run"),
-                   cwd=tmp_path)
+    proc = fit_in_process(["--config", str(ROOT / "configs/fit/soft_ahead.yaml"), *args,
+                           "--model.save_to", str(tmp_path / "head"), "--trainer.default_root_dir",
+                           str(tmp_path / "run")], capsys)
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "head").exists() and not (tmp_path / "run").exists()
