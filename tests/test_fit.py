@@ -169,7 +169,8 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path, mon
 
     monkeypatch.setattr(search.ancestral, "sample_policy", recording)
     proposal = ProposalConfig(series=["Wine"], windows_per_series=1, head=str(tmp_path / "head"), n_draws=2,
-                              batch_size=2, lam=2.0, guide_scales=[1.0], look_ahead_reward=False)
+                              batch_size=2, lam=2.0, guide_scales=[1.0], look_ahead_reward=False, context_length=16,
+                              horizon=4)
     rows = run(proposal, tmp_path / "proposal", keep=[])
     assert backends == {0.0: "TorchLM", 2.0: "LoRALM"}
     assert all(np.isfinite(r["ess_fraction"]) for r in rows)

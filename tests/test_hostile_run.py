@@ -3,8 +3,6 @@ loads; finished rows survive a later failure or Ctrl-C; metrics and plots that c
 searches that cannot fit in the window or in memory are refused before the first forward."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,13 +168,24 @@ def test_a_text_reward_of_strings_or_overflowing_size_is_refused(reward, message
     ("methods: [flow]\n", ["'flow' reads a flow head"]),
     ("context_length: 1\n", ["`context_length`", ">= 6"]),
 ])
-def test_the_caption_job_refuses_bad_settings_before_the_model_loads(tmp_path, extra, words):
+def test_the_caption_job_refuses_bad_settings_before_the_model_loads(tmp_path, monkeypatch, capsys, extra, words):
+    """Through the command's own entry point in this process (a fresh process per case cost ~4 s of imports);
+    loading the model fails the test."""
+    import sadt.lm.base_model
+    from sadt.cli import run_command
+    from search.caption import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the caption job loaded the model before refusing its settings")
+
+    monkeypatch.setattr(sadt.lm.base_model, "load_base_lm", no_model)
     config = tmp_path / "caption.yaml"
     config.write_text(extra)
-    proc = subprocess.run([sys.executable, "-m", "search.caption", "--config", str(config)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and all(w in proc.stderr for w in words), proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    capsys.readouterr()
+    assert run_command(main, ["--config", str(config)]) == 2
+    stderr = capsys.readouterr().err
+    assert all(w in stderr for w in words), stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
 
 
 def fit_buffer(path: Path, meta: dict, n_records: int) -> Path:
