@@ -176,15 +176,18 @@ def test_a_harvest_resumed_with_another_lambda_is_refused_on_the_command_line(tm
     base = (f"series: [Wooly]\nwindows_per_series: 1\ncontext_length: 16\nhorizon: 4\nsampler: prior\n"
             f"output: {out}\nsearch:\n  n_samples: 2\n  batch_size: 2\n")
 
-    def harvest(extra: str) -> subprocess.CompletedProcess:
-        config = tmp_path / "h.yaml"
-        config.write_text(base + extra)
-        return subprocess.run([sys.executable, "-m", "search.harvest", "--config", str(config)], cwd=ROOT, env=ENV,
-                              capture_output=True, text=True, timeout=300)
+    def config(extra: str) -> Path:
+        path = tmp_path / "h.yaml"
+        path.write_text(base + extra)
+        return path
 
-    assert harvest("  lam: 2.0\n").returncode == 0
+    from sadt.cli import run_command
+    from search.harvest import main
+
+    assert run_command(main, ["--config", str(config("  lam: 2.0\n"))]) == 0  # in-process: no second torch import
     before = out.read_bytes()
-    proc = harvest("  lam: 5.0\n")
+    proc = subprocess.run([sys.executable, "-m", "search.harvest", "--config", str(config("  lam: 5.0\n"))], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "was written with lam = 2.0, this run has 5.0" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and out.read_bytes() == before
     assert "Loading weights" not in proc.stderr  # refused before the model's seconds of loading
