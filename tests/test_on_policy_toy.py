@@ -53,7 +53,7 @@ def test_on_policy_balance_training_with_exploration_drives_p_f_to_the_target(lo
     exploration, rng = Exploration(), np.random.default_rng(0)
     generator = torch.Generator().manual_seed(0)
     start = kl_to_target(toy, head, all_hidden, target)  # P_F = p at the start
-    for _ in range(600):
+    for _ in range(300):  # KL ends at 0.004-0.006 here, well under the bar
         temperature, _ = exploration.batch_policy(rng)
         with torch.no_grad():
             out = rollout(toy.lm, prompt, ACTION_IDS, toy.grammar, [[]] * 32, temperature=temperature,
