@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from buffer_records import FINGERPRINT, META, make_record
+from in_process import in_process
 
 from data.buffer import BufferWriter, read_buffer
 from sadt.codec import fit_scaler
@@ -32,16 +33,10 @@ def commands(*argvs: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
 
 
 def fit_in_process(args: list[str], capsys) -> subprocess.CompletedProcess:
-    """`python -m trainers.fit ARGS` through the same entry point in this process: the command's refusals without
-    the ~9 s that every fresh process spends importing pytorch_lightning (one test still runs the real command)."""
+    """`python -m trainers.fit ARGS` (`test_a_bad_option_of_fit_is_one_line_not_a_usage_block` runs the real one)."""
     from trainers.fit import run
 
-    capsys.readouterr()
-    try:
-        returncode = run(args)
-    except SystemExit as exit_:  # the parser's own refusals exit, as they do on the command line
-        returncode = exit_.code
-    return subprocess.CompletedProcess(["trainers.fit", *args], returncode, *capsys.readouterr())
+    return in_process(lambda: run(args), capsys)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -199,17 +194,12 @@ SCRIPTS = ["amortisation", "forward_kl_scan", "proposal_quality", "target_refere
 
 
 def script_in_process(script: str, args: list[str], capsys) -> subprocess.CompletedProcess:
-    """`python benchmarks/SCRIPT.py ARGS` through the script's own `run_command(main)` in this process (no fresh
-    import of torch per case; `test_a_benchmark_script_run_as_a_file_ends_bad_input_in_one_line` runs the file)."""
+    """`python benchmarks/SCRIPT.py ARGS` through the script's own `run_command(main)`
+    (`test_a_benchmark_script_run_as_a_file_ends_bad_input_in_one_line` runs a file)."""
     from sadt.cli import run_command
 
     main = importlib.import_module(f"benchmarks.{script}").main
-    capsys.readouterr()
-    try:
-        returncode = run_command(main, args)
-    except SystemExit as exit_:  # argparse's refusals exit, as they do on the command line
-        returncode = exit_.code
-    return subprocess.CompletedProcess([script, *args], returncode, *capsys.readouterr())
+    return in_process(lambda: run_command(main, args), capsys)
 
 
 def bad_lam_config(tmp_path: Path, script: str) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from in_process import in_process
 
 from data.series import Series
 from sadt.grammar import TextGrammar
@@ -181,11 +182,9 @@ def test_the_caption_job_refuses_bad_settings_before_the_model_loads(tmp_path, m
     monkeypatch.setattr(sadt.lm.base_model, "load_base_lm", no_model)
     config = tmp_path / "caption.yaml"
     config.write_text(extra)
-    capsys.readouterr()
-    assert run_command(main, ["--config", str(config)]) == 2
-    stderr = capsys.readouterr().err
-    assert all(w in stderr for w in words), stderr
-    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    proc = in_process(lambda: run_command(main, ["--config", str(config)]), capsys)
+    assert proc.returncode == 2 and all(w in proc.stderr for w in words), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
 def fit_buffer(path: Path, meta: dict, n_records: int) -> Path:
