@@ -172,6 +172,9 @@ def test_a_second_harvest_on_a_buffer_being_written_is_one_line(tmp_path, base_t
 
 @pytest.mark.base_model
 def test_a_harvest_resumed_with_another_lambda_is_refused_on_the_command_line(tmp_path, base_tokenizer):
+    from sadt.cli import run_command
+    from search.harvest import main
+
     out = tmp_path / "h.h5"
     base = (f"series: [Wooly]\nwindows_per_series: 1\ncontext_length: 16\nhorizon: 4\nsampler: prior\n"
             f"output: {out}\nsearch:\n  n_samples: 2\n  batch_size: 2\n")
@@ -180,9 +183,6 @@ def test_a_harvest_resumed_with_another_lambda_is_refused_on_the_command_line(tm
         path = tmp_path / "h.yaml"
         path.write_text(base + extra)
         return path
-
-    from sadt.cli import run_command
-    from search.harvest import main
 
     assert run_command(main, ["--config", str(config("  lam: 2.0\n"))]) == 0  # in-process: no second torch import
     before = out.read_bytes()
