@@ -38,7 +38,7 @@ def check_balanceable(search: TreeSearch) -> None:
     problems = {
         "a value head (the hybrid's law reads Q_φ and this iteration's virtual visits)": search.value_head is not None,
         "expansion: widening": config.expansion != "full",
-        "selection_shrink > 0 (its law reads visit counts)": config.selection_shrink > 0,
+        "selection shrinkage (its law reads visit counts; set selection_shrink: 0)": config.selection_pseudo_visits > 0,
     }
     found = [name for name, bad in problems.items() if bad]
     if found:

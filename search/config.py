@@ -30,6 +30,9 @@ from search.values import HeadMix
 # The tree methods (their strategies: `search.methods.METHOD_STRATEGIES`, the same names).
 METHODS = ("maxent_ts", "dts", "dts_star", "mcts_uct", "ancestral", "best_of_n", "greedy", "flow")
 SAMPLINGS = ("auto", "resample", "tree", "search")  # MaxEntTSConfig.sampling
+# MC-only MaxEnt-TS's selection pseudo-visits: against n0 = 0, 1.05x the draws' ESS per token at λ = 5 and level at
+# λ = 15 (13 held-out windows, 4 runs each; BENCHMARKS.md, issue 34)
+SELECTION_SHRINK = 4.0
 
 # The head the recommended recipe (these defaults with `hybrid: visits`) was measured with: β(k/H)·V⁺ᵈ, trained at
 # λ = 15 on other windows (checkpoints/heads/README.md); a path from the repository root.
@@ -231,8 +234,9 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings, DefensiveSettings):
     selection_scale: float = 1.0  # Boltzmann selection at λ_sel = selection_scale · λ (below 1: tempered, a wider
     # selection law); the backups and the target stay at λ
     defensive_adapt: bool = True  # it beat the fixed ε = 0.5 on the 13 held-out windows (BENCHMARKS.md, issue 34)
-    selection_shrink: float = 0.0  # n0 pseudo-visits: selection reads (N V̂(s·a) + n0 V̂(s)) / (N + n0), a child's
-    # estimate trusted as its visits grow (`search.selection.shrink_to_parent`); Monte Carlo only (hybrid: off)
+    selection_shrink: float | None = None  # n0 pseudo-visits: selection reads (N V̂(s·a) + n0 V̂(s)) / (N + n0), a
+    # child's estimate trusted as its visits grow (`search.selection.shrink_to_parent`); Monte Carlo only. None:
+    # `SELECTION_SHRINK` without a hybrid, 0 with one (`selection_pseudo_visits`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -246,13 +250,22 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings, DefensiveSettings):
             raise ValueError(f"search `sampling` must be one of {SAMPLINGS}, got {self.sampling!r}")
         if not self.selection_scale > 0:
             raise ValueError(f"search `selection_scale` must be > 0, got {self.selection_scale}")
-        if self.selection_shrink < 0 or (self.selection_shrink > 0 and self.hybrid != "off"):
+        shrink = self.selection_shrink
+        if shrink is not None and (shrink < 0 or (shrink > 0 and self.hybrid != "off")):
             raise ValueError(f"search `selection_shrink` must be >= 0 and only without a hybrid (its Q_φ already "
                              f"stands in for few visits), got {self.selection_shrink} with hybrid {self.hybrid!r}")
 
     @property
     def needs_head(self) -> bool:
         return self.hybrid != "off"
+
+    @property
+    def selection_pseudo_visits(self) -> float:
+        """n0 of the shrunk selection: `selection_shrink` where set, else `SELECTION_SHRINK` without a hybrid
+        and 0 with one (its Q_φ already stands in for few visits)."""
+        if self.selection_shrink is not None:
+            return self.selection_shrink
+        return SELECTION_SHRINK if self.hybrid == "off" else 0.0
 
     @property
     def final_sampling(self) -> str:

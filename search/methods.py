@@ -48,11 +48,12 @@ def select_boltzmann(search: SearchView, node: int) -> Pick:
     shrunk toward V̂(s) by `selection_shrink` pseudo-visits); the search mixes in the rollout policy on a
     defensive descent (`TreeSearch.choose`)."""
     values = search.values.selection(node)
-    if search.config.selection_shrink > 0:
+    pseudo_visits = search.config.selection_pseudo_visits
+    if pseudo_visits > 0:
         tree = search.tree
         children = tree.children[node]
         visits = np.where(children >= 0, tree.visits[children] + tree.pending[children], 0)
-        values = selection.shrink_to_parent(values, visits, tree.value[node], search.config.selection_shrink)
+        values = selection.shrink_to_parent(values, visits, tree.value[node], pseudo_visits)
     return Pick(selection.boltzmann_log_probs(search.eligible_log_prior(node), values, np.ones(values.shape, bool),
                                               search.tree.value[node], search.config.selection_scale
                                               * search.config.lam))

@@ -17,6 +17,8 @@ def toy():
 
 
 def fresh(toy, lam, seed=0, batch=4, n=400, head=None, **settings) -> TreeSearch:
+    if settings.get("method", "maxent_ts") == "maxent_ts":
+        settings.setdefault("selection_shrink", 0.0)  # the law the balance heuristic rebuilds reads no visit counts
     config = search_config(lam=lam, n_rollouts=n, batch_size=batch, seed=seed, progress=False, **settings)
     return TreeSearch(toy.lm, toy.problem, config, value_head=head)
 
@@ -83,6 +85,7 @@ def test_searches_whose_law_it_cannot_rebuild_are_refused_by_name(toy):
     head = ExactHead(toy, 4.0, noise=0.3)
     for settings, head_, name in [({"method": "dts"}, None, "method"), ({"hybrid": "visits"}, head, "value head"),
                                   ({"selection_shrink": 2.0}, None, "selection_shrink"),
+                                  ({"selection_shrink": None}, None, "selection_shrink"),  # MaxEnt-TS's default
                                   ({"expansion": "widening"}, None, "widening")]:
         tree = fresh(toy, 4.0, head=head_, **settings)
         tree.iterate(4)

@@ -181,3 +181,17 @@ def test_shrunk_selection_weighs_a_childs_estimate_by_its_visits():
     assert abs(shrunk[2] - 3.0) < 0.01
     with pytest.raises(ValueError, match="selection_shrink"):
         search_config(hybrid="visits", selection_shrink=1.0)
+
+
+def test_mc_only_maxent_ts_shrinks_selection_by_default_and_the_hybrid_does_not():
+    """Unset, `selection_shrink` is SELECTION_SHRINK without a head and 0 with one, so turning a default config into
+    the hybrid (`dataclasses.replace`) is valid; a value set by hand wins."""
+    import dataclasses
+
+    from search.config import SELECTION_SHRINK
+
+    mc_only = search_config()
+    assert mc_only.selection_pseudo_visits == SELECTION_SHRINK > 0
+    assert dataclasses.replace(mc_only, hybrid="visits").selection_pseudo_visits == 0.0
+    assert search_config(selection_shrink=0.0).selection_pseudo_visits == 0.0
+    assert search_config(selection_shrink=1.5).selection_pseudo_visits == 1.5

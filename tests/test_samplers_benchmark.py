@@ -42,7 +42,7 @@ def test_draws_of_an_exact_head_all_weigh_log_z(toy):
 
 
 def test_tree_draws_are_the_searchs_own_weighted_draws_in_order(toy):
-    config = search_config(lam=LAM, batch_size=4, seed=2, progress=False)
+    config = search_config(lam=LAM, batch_size=4, seed=2, progress=False, selection_shrink=0.0)  # balance: n0 = 0
     draws = tree_draws(toy.lm, ToyTask(toy), config, budget=40)
     search = make_sampler(toy.lm, toy.problem, config)
     while len(search.draws) < len(draws.actions):

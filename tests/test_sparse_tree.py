@@ -77,7 +77,8 @@ def test_the_forecasting_search_gives_the_numbers_it_gave_before_sparse_children
 
     lm, tokenizer = load_base_lm()
     task = ForecastTask.build(Codec(tokenizer), load_builtin("AirPassengers").context[-24:], 4)
-    undefended = {"defensive": 0.0} if method == "maxent_ts" else {}  # the selection f88bcde had (ε came later)
+    # the selection f88bcde had (ε and shrinkage came later)
+    undefended = {"defensive": 0.0, "selection_shrink": 0.0} if method == "maxent_ts" else {}
     config = search_config(method=method, lam=5.0, n_rollouts=24, batch_size=8, n_samples=4, seed=3, progress=False,
                            **undefended)
     result = task.search(lm, config, None)
