@@ -92,6 +92,8 @@ class SamplersConfig:
     policy_batch: int = 64
     n_resampled: int = 48
     seed: int = 0
+    smc_max_particles: int | None = None  # an SMC run that a budget gives more particles is split into independent
+    # runs of equal size, pooled (`draws.pool_smc_runs`): their KV caches must fit in memory (100k tokens ≈ 2,060)
     repeats: int = 1  # runs of every sampler per window, seeds seed + 0 .. repeats − 1 (one run's ESS is noisy)
     bootstrap: int = 2000
     device: str = "cpu"  # torch device of the LM (and the head); a GPU builds long references fast
@@ -100,6 +102,8 @@ class SamplersConfig:
     def __post_init__(self) -> None:
         if not self.samplers:
             raise ValueError("samplers: name at least one sampler")
+        if self.smc_max_particles is not None and self.smc_max_particles < 2:
+            raise ValueError(f"samplers `smc_max_particles` must be at least 2 (or null), got {self.smc_max_particles}")
         if self.repeats < 1:
             raise ValueError(f"samplers `repeats` must be at least 1, got {self.repeats}")
         if self.task not in TASKS:
@@ -129,9 +133,9 @@ class SamplersConfig:
 
 def run_sampler(spec: SamplerSpec, lm, task, lam: float, budgets: list[float], seed: int, head,
                 tokens_per_draw: float, prior_draws: DrawSet, policy_batch: int = 64,
-                top_k: int | None = None) -> dict[float, DrawSet]:
+                top_k: int | None = None, smc_max_particles: int | None = None) -> dict[float, DrawSet]:
     """budget -> the sampler's draws for it (one run to the largest budget, or one SMC run per budget with the
-    particles the budget buys at `tokens_per_draw`)."""
+    particles the budget buys at `tokens_per_draw`, split into pooled runs above `smc_max_particles`)."""
     if spec.draws == "policy" and not spec.head:  # the prior's draws serve every λ and sampler label
         return dict.fromkeys(budgets, prior_draws.at_lam(lam))
     value = head if spec.head else None
@@ -144,7 +148,8 @@ def run_sampler(spec: SamplerSpec, lm, task, lam: float, budgets: list[float], s
                                                    batch_size=policy_batch, seed=seed, top_k=top_k))
     if spec.draws == "tree":
         return dict.fromkeys(budgets, tree_draws(lm, task, search, budgets[-1], value, spec.weights))
-    return {b: smc_draws(lm, task, search, max(2, round(b / tokens_per_draw)), value) for b in budgets}
+    return {b: smc_draws(lm, task, search, max(2, round(b / tokens_per_draw)), value, smc_max_particles)
+            for b in budgets}
 
 
 def cached(path: Path, make: Callable[..., DrawSet], *args, **kwargs) -> DrawSet:
@@ -292,7 +297,7 @@ def scored_run(config: SamplersConfig, name: str, window: tuple[str, object, np.
     tokens_per_draw = float(prior_draws.tokens[-1] / prior_draws.tokens.size)
     start = time.perf_counter()
     runs = run_sampler(config.samplers[name], lm, task, lam, config.budgets, config.seed + repeat, head,
-                       tokens_per_draw, prior_draws, config.policy_batch, config.top_k)
+                       tokens_per_draw, prior_draws, config.policy_batch, config.top_k, config.smc_max_particles)
     wall = time.perf_counter() - start
     scored = [{"window": label, "lam": lam, "sampler": name, "repeat": repeat,
                **score(draws, budget, reference, task, truth, rng, config.n_resampled), "wall_s": wall}

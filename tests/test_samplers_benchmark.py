@@ -200,7 +200,28 @@ def test_smc_counts_each_distinct_particle_once(toy):
     distinct = {tuple(a) for a in result.particles}
     assert len(draws.actions) == len(distinct) < 64
     assert draws.log_z_hat == pytest.approx(result.log_Z)
-    assert np.logaddexp.reduce(draws.log_weights) == pytest.approx(np.logaddexp.reduce(result.log_weights))
+    assert np.logaddexp.reduce(draws.log_weights) == pytest.approx(result.log_Z)  # Σ_i Ẑ W_i = Ẑ
+
+
+def test_an_smc_budget_above_max_particles_is_independent_runs_pooled_by_their_z(toy):
+    """24 particles at most 10 a run: three runs of 8 with seeds 5, 6, 7; log Ẑ = log mean Ẑ_k, run k's particles
+    carry Ẑ_k of the pooled mass, the tokens are the three runs'; under the exact twist every Ẑ_k is Z."""
+    from benchmarks.evaluation.draws import smc_run
+
+    _, root = toy.target(LAM)
+    for method, head in (("smc", None), ("twisted_smc", ExactHead(toy, LAM))):
+        config = search_config(method=method, lam=LAM, seed=5, progress=False)
+        pooled = smc_draws(toy.lm, ToyTask(toy), config, particles=24, value_head=head, max_particles=10)
+        runs = [smc_run(toy.lm, ToyTask(toy), dataclasses.replace(config, seed=5 + k), 8, head) for k in range(3)]
+        log_z = np.array([run.log_z for run in runs])
+        assert pooled.log_z_hat == pytest.approx(np.log(np.mean(np.exp(log_z))))
+        assert np.logaddexp.reduce(pooled.log_weights) == pytest.approx(np.logaddexp.reduce(log_z))
+        assert pooled.tokens[0] == sum(run.tokens for run in runs)
+        assert {tuple(a) for a in pooled.actions} == {tuple(a) for run in runs for a in run.particles}
+        if head is not None:
+            np.testing.assert_allclose(log_z, LAM * root, atol=1e-6)
+    with pytest.raises(ValueError, match="smc_max_particles"):
+        SamplersConfig(samplers={"iid p": SamplerSpec(draws="policy")}, smc_max_particles=1)
 
 
 def test_a_tree_that_holds_every_sequence_stops_before_its_budget():

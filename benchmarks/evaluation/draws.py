@@ -11,6 +11,7 @@ resampling means).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,17 +123,48 @@ def tree_draws(lm: LMBackend, task: Task, config: SearchConfig, budget: float, v
                    [tree.actions_to(int(t)) for t in terminals], tree.reward[terminals].astype(np.float64))
 
 
-def smc_draws(lm: LMBackend, task: Task, config: SearchConfig, particles: int, value_head=None) -> DrawSet:
-    """One SMC (or twisted SMC) run with `particles` particles: its final weighted particles and its log Ẑ."""
+def smc_draws(lm: LMBackend, task: Task, config: SearchConfig, particles: int, value_head=None,
+              max_particles: int | None = None) -> DrawSet:
+    """One SMC (or twisted SMC) run with `particles` particles: its final weighted particles and its log Ẑ. Above
+    `max_particles` (KV caches that would not fit), ⌈particles / max_particles⌉ independent runs of equal size
+    (seeds seed, seed + 1, ...) pooled by `pool_smc_runs`."""
+    runs = 1 if max_particles is None or particles <= max_particles else -(-particles // max_particles)
+    return pool_smc_runs([smc_run(lm, task, dataclasses.replace(config, seed=config.seed + k), particles // runs,
+                                  value_head) for k in range(runs)], task.reward_fn)
+
+
+@dataclass
+class SMCRun:
+    """One SMC run's final particles, their self-normalised log-weights, its log Ẑ and the LM tokens it spent."""
+
+    particles: list[list[int]]
+    log_weights: np.ndarray  # (P,) log W_i, logsumexp 0
+    log_z: float
+    tokens: float
+
+
+def smc_run(lm: LMBackend, task: Task, config: SearchConfig, particles: int, value_head=None) -> SMCRun:
+    """One run of `config`'s SMC with `particles` particles."""
     tokens0 = lm.stats.tokens
     sampler: SMC = task.sampler(lm, dataclasses.replace(config, n_rollouts=particles, progress=False), value_head)
     result = sampler.run()
-    spent = float(lm.stats.tokens - tokens0)
-    # Resampling copies particles: copies are one draw, not several, so identical particles are merged (their
-    # weights summed) before the ESS is counted; Ẑ is the sampler's own.
+    log_w = result.log_weights.astype(np.float64)
+    return SMCRun([list(a) for a in result.particles], log_w - np.logaddexp.reduce(log_w), float(result.log_Z),
+                  float(lm.stats.tokens - tokens0))
+
+
+def pool_smc_runs(runs: list[SMCRun], reward_fn: Callable[[Sequence[Sequence[int]]], np.ndarray]) -> DrawSet:
+    """Independent SMC runs as one weighted set: particle i of run k weighs Ẑ_k W_i^k, so E[Σ_i Ẑ_k W_i^k f(x_i)] =
+    Z π*(f) for each run and the pool is an importance sampler of π*; log Ẑ = log (1/K) Σ_k Ẑ_k, unbiased in Ẑ.
+    Resampling copies particles: copies are one draw, not several, so identical particles (within or across runs)
+    are merged, their weights summed, before the ESS is counted."""
+    log_z_runs = np.array([run.log_z for run in runs])
     merged: dict[tuple[int, ...], list[float]] = {}
-    for actions, log_w in zip(result.particles, result.log_weights.astype(np.float64)):
-        merged.setdefault(tuple(actions), []).append(log_w)
+    for run in runs:
+        for actions, log_w in zip(run.particles, run.log_weights + run.log_z):
+            merged.setdefault(tuple(actions), []).append(float(log_w))
     actions = [list(a) for a in merged]
     log_weights = np.array([float(np.logaddexp.reduce(w)) for w in merged.values()])
-    return DrawSet(log_weights, np.full(len(actions), spent), actions, task.reward_fn(actions), log_z=result.log_Z)
+    spent = sum(run.tokens for run in runs)
+    return DrawSet(log_weights, np.full(len(actions), spent), actions, reward_fn(actions),
+                   log_z=float(log_mean_exp(log_z_runs)))
