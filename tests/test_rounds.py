@@ -44,7 +44,7 @@ def test_two_rounds_draw_from_the_last_head_fit_and_resume_without_drawing_again
     config = RoundsConfig(output_dir=str(tmp_path / "rounds"), initial_head=str(tmp_path / "start"), rounds=2,
                           harvest=HARVEST, fit=[*FIT, "--model.losses.forward_kl", "1", "--model.losses.forward_kl_on",
                                                 "prior_and_policy"], prior_draws=3,
-                          validation_contexts=2, validation_draws=4, wandb=True)
+                          validation_contexts=1, validation_draws=4, wandb=True)  # validation reruns on resume
     rows = run_rounds(config)  # the forward KL reads prior.h5 and weighs P_F's draws by their stored log q
     prior = read_buffer(tmp_path / "rounds" / "prior.h5")
     assert (prior.arrays["source"] == SOURCES["prior_sample"]).all() and prior.n_trajectories == 2 * 3
