@@ -3,9 +3,11 @@
 The prior p(a|s) always comes from the adapter-free model (peft's `disable_adapter()`), so the
 target p(x) exp(λ r(x)) never moves; only Q_φ and log Z_φ read the adapted hidden states.
 
-What it costs against the MLP head: the adapted states need their own forward. In training, each
-trajectory is run through the adapted LM with gradients (prompt + path, right-padded; only the
-adapted top layers get a backward). At search time `LoRALM` is a backend whose every call runs the
+What it costs against the MLP head: the adapted states need their own forward. In training, the
+layers below the adapter are frozen, so what the first adapted layer reads is computed once per
+trajectory (`TorchLM.layer_inputs`, kept by the trainer's feature cache) and each step runs only the
+adapted top layers on it, with gradients (`adapted_states_from_layer_inputs`: on 30 layers with the top
+2 adapted, a fifteenth of the forward). At search time `LoRALM` is a backend whose every call runs the
 frozen and the adapted model (two KV caches): logits from the first, hidden states from the second,
 so the search, the hybrid and SMC use it unchanged, at twice the LM token positions (counted).
 """
@@ -73,6 +75,42 @@ def adapted_path_states(
         mask[i, : len(row)] = 1
     out = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, P+T, H)
     return out[:, P - 1 :]
+
+
+def first_adapted_layer(peft_model: PeftModel) -> int:
+    """The index of the lowest decoder layer the adapter changes (0 when it adapts them all)."""
+    layers = peft_model.peft_config[peft_model.active_adapter].layers_to_transform
+    return min(layers) if layers else 0
+
+
+@contextlib.contextmanager
+def only_layers_from(decoder, first: int):
+    """Within it, `decoder` (a Hugging Face decoder stack) runs its layers from `first` up only: fed the
+    inputs of layer `first` as `inputs_embeds`, it returns the same final states as the whole stack."""
+    every_layer = decoder.layers
+    decoder.layers = torch.nn.ModuleList(list(every_layer)[first:])
+    try:
+        yield decoder
+    finally:
+        decoder.layers = every_layer
+
+
+def adapted_states_from_layer_inputs(
+    peft_model: PeftModel, prompt_inputs: torch.Tensor, path_inputs: torch.Tensor, lengths: Sequence[int]
+) -> torch.Tensor:
+    """`adapted_path_states` from what the first adapted layer reads (`TorchLM.layer_inputs`): the prompt's
+    (P, H) and B right-padded paths' (B, T, H) with their `lengths`; only the adapted layers run, with
+    gradients. Returns the adapted final states of s_0..s_T, (B, T+1, H); the same numbers (the frozen
+    layers below are deterministic), for a fraction of the work when the adapter sits on top."""
+    decoder = peft_model.get_base_model().model
+    B, T = path_inputs.shape[:2]
+    P = prompt_inputs.shape[0]
+    inputs = torch.cat([prompt_inputs.expand(B, -1, -1), path_inputs], dim=1)
+    mask = torch.ones(B, P + T, dtype=torch.long, device=inputs.device)
+    mask[:, P:] = torch.arange(T, device=inputs.device)[None] < torch.as_tensor(lengths, device=inputs.device)[:, None]
+    with only_layers_from(decoder, first_adapted_layer(peft_model)):
+        out = decoder(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
+    return out[:, P - 1:]
 
 
 def lora_parameters(peft_model: PeftModel) -> list[torch.nn.Parameter]:

@@ -6,11 +6,23 @@ from conftest import tiny_llama
 from toy_problem import ACTION_IDS, PROMPT, Toy
 
 from sadt.flow_head import FlowHeadConfig, MLPFlowHead
+from sadt.grammar import TextGrammar
 from sadt.lm.backend import TorchLM
-from sadt.lora_head import LoRAHeadConfig, LoRALM, adapted_path_states, add_lora, frozen, lora_parameters
+from sadt.lora_head import (
+    LoRAHeadConfig,
+    LoRALM,
+    adapted_path_states,
+    adapted_states_from_layer_inputs,
+    add_lora,
+    first_adapted_layer,
+    frozen,
+    lora_parameters,
+)
 from sadt.losses import trajectory_balance
 from search.config import search_config
 from search.tree_search import TreeSearch
+from trainers.features import LMFeatures
+from trainers.options import FeatureConfig
 
 PATHS = [[3, 5, 7], [9], [5, 5]]
 
@@ -45,6 +57,60 @@ def test_adapted_path_states_match_the_cached_backend():
     direct = adapted_path_states(peft_model, PROMPT, PATHS)
     for i, path in enumerate(PATHS):  # real states only
         torch.testing.assert_close(direct[i, : len(path) + 1], hidden[i, : len(path) + 1], rtol=0, atol=1e-10)
+
+
+def trainable_lora(top_layers: int) -> tuple[TorchLM, object]:
+    """A frozen TorchLM with a perturbed adapter injected after it (as the trainer does: the adapter trains)."""
+    lm = TorchLM(tiny_llama(0))
+    peft_model = add_lora(lm.model, LoRAHeadConfig(r=4, top_layers=top_layers))
+    with torch.no_grad():
+        for p in lora_parameters(peft_model):
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return lm, peft_model
+
+
+@pytest.mark.parametrize("top_layers", [1, 0])
+def test_the_adapted_layers_alone_on_their_cached_inputs_give_the_whole_forward_and_its_gradients(top_layers):
+    lm, peft_model = trainable_lora(top_layers)
+    assert first_adapted_layer(peft_model) == (1 if top_layers == 1 else 0)
+    prompt_inputs, path_inputs = lm.layer_inputs(lm.prefill(PROMPT), PATHS, first_adapted_layer(peft_model))
+    prompt_inputs, path_inputs = prompt_inputs.clone(), path_inputs.clone()  # out of inference mode
+    assert prompt_inputs.shape == (len(PROMPT), lm.hidden_size) and path_inputs.shape[:2] == (3, 3)
+    lengths = [len(p) for p in PATHS]
+    weights = torch.randn(3, 4, lm.hidden_size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    results = []
+    for states in (lambda: adapted_path_states(peft_model, PROMPT, PATHS),
+                   lambda: adapted_states_from_layer_inputs(peft_model, prompt_inputs, path_inputs, lengths)):
+        peft_model.zero_grad()
+        hidden = states()
+        real = torch.arange(4)[None] <= torch.tensor(lengths)[:, None]  # s_0..s_T of each path; the rest padding
+        (hidden * weights * real[..., None]).sum().backward()
+        results.append((hidden.detach() * real[..., None], [p.grad.clone() for p in lora_parameters(peft_model)]))
+    (whole, whole_grads), (top, top_grads) = results
+    torch.testing.assert_close(top, whole, rtol=0, atol=1e-10)
+    assert all(g.abs().max() > 0 for g in whole_grads)
+    for a, b in zip(top_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+def test_the_trainers_lora_features_run_the_frozen_layers_once_per_trajectory(monkeypatch):
+    lm, peft_model = trainable_lora(top_layers=1)
+    prompts, paths = [(1, 2), (1, 2), (3, 4, 5)], [[3, 5, 7], [9], [5, 5]]
+    actions = torch.full((3, 3), -1, dtype=torch.long)
+    for i, path in enumerate(paths):
+        actions[i, : len(path)] = torch.tensor(path)
+    batch = {"prompts": prompts, "actions": actions, "mask": actions >= 0}
+    features = LMFeatures(lm, list(range(64)), FeatureConfig(), "tiny", peft_model)
+    features.attach(TextGrammar(n_actions=64, max_tokens=3, stop_actions=(0,)), None)
+    calls, real_layer_inputs = [], TorchLM.layer_inputs
+    monkeypatch.setattr(TorchLM, "layer_inputs", lambda *a, **k: calls.append(1) or real_layer_inputs(*a, **k))
+    first, second = features(batch), features(batch)
+    assert len(calls) == 2  # once per prompt, on the first batch only
+    for i, (prompt, path) in enumerate(zip(prompts, paths)):
+        expected = adapted_path_states(peft_model, list(prompt), [path])[0, : len(path)]
+        torch.testing.assert_close(first.hidden[i, : len(path)], expected.float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(second.hidden, first.hidden, rtol=0, atol=0)
+    assert second.hidden.requires_grad  # the adapter trains through them
 
 
 def test_lora_head_trains_on_toy_trajectories():

@@ -2,8 +2,9 @@
 
 The frozen LM computes them once per trajectory (one forward per prompt group, the prompt's KV cached across
 steps); they are kept in memory up to a budget and, with a store, on disk across fits. With a LoRA adapter the
-prior still comes from the frozen model (adapter disabled) and the head reads the adapted hidden states, which
-a differentiable forward of prompt + path computes every step (not cached).
+prior still comes from the frozen model (adapter disabled) and the head reads the adapted hidden states: what the
+first adapted layer reads is computed once per trajectory (the layers below are frozen) and kept in the same memory
+budget, and each step runs only the adapted layers on it, with gradients.
 
 A text task under `top_k` (p cut to its k most likely tokens a step, out of tens of thousands) has its features
 kept on each step's support only: log p_k over the k tokens and their ids (`Features.support`), so a trajectory
@@ -17,9 +18,10 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from sadt.grammar import DigitGrammar, TextGrammar
-from sadt.lora_head import adapted_path_states, frozen
+from sadt.lora_head import adapted_states_from_layer_inputs, first_adapted_layer, frozen
 from sadt.policy import masked_log_softmax
 from trainers.feature_store import FeatureStore
 from trainers.options import FeatureConfig
@@ -60,6 +62,7 @@ class LMFeatures:
         self.store = None if config.store is None else FeatureStore(config.store, lm_fingerprint)
         self.prompt_cache: OrderedDict[tuple, object] = OrderedDict()
         self.memory: dict[tuple, tuple[torch.Tensor, ...]] = {}  # (prompt, actions) -> (h, logits[, token ids])
+        self.layer_memory: dict[tuple, torch.Tensor] = {}  # LoRA: prompt, (prompt, actions) -> adapted layers input
         self.memory_bytes = 0
         self.grammar: DigitGrammar | TextGrammar | None = None
         self.top_k: int | None = None
@@ -144,17 +147,40 @@ class LMFeatures:
         return allowed | ~mask[..., None]
 
     def _adapted(self, keys: list[tuple], T: int) -> torch.Tensor:
-        """The LoRA-adapted hidden states of s_0..s_{T-1}, (B, T, H), with gradients to the adapter."""
+        """The LoRA-adapted hidden states of s_0..s_{T-1}, (B, T, H), with gradients to the adapter: only the
+        adapted layers run, on what the first of them reads (`_layer_inputs`)."""
         per_row: list[torch.Tensor | None] = [None] * len(keys)
         groups: dict[tuple, list[int]] = {}
         for row, (prompt, _) in enumerate(keys):
             groups.setdefault(prompt, []).append(row)
         for prompt, rows in groups.items():
-            paths = [[self.action_token_ids[a] for a in keys[r][1]] for r in rows]
-            h = adapted_path_states(self.peft, list(prompt), paths).float()  # (n, T'+1, H)
+            prompt_inputs, path_inputs = self._layer_inputs(prompt, [keys[r] for r in rows])
+            device = self.lm.device
+            h = adapted_states_from_layer_inputs(
+                self.peft, prompt_inputs.to(device), pad_sequence(path_inputs, batch_first=True).to(device),
+                [len(keys[r][1]) for r in rows]).float()  # (n, T'+1, H)
             for i, row in enumerate(rows):
                 per_row[row] = h[i, :T]
-        return torch.nn.utils.rnn.pad_sequence(per_row, batch_first=True)  # the longest trajectory has T states
+        return pad_sequence(per_row, batch_first=True)  # the longest trajectory has T states
+
+    def _layer_inputs(self, prompt: tuple, keys: list[tuple]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """What the first adapted layer reads at the prompt's positions, (P, H), and along each trajectory,
+        (T_i, H): the layers below it are frozen, so each is computed once and kept within the memory budget."""
+        found = {k: self.layer_memory[k] for k in (prompt, *keys) if k in self.layer_memory}
+        missing = [key for key in keys if key not in found]
+        if missing or prompt not in found:
+            todo = missing or keys[:1]
+            paths = [[self.action_token_ids[a] for a in key[1]] for key in todo]
+            with frozen(self.peft):
+                prompt_inputs, path_inputs = self.lm.layer_inputs(self._prompt(prompt), paths,
+                                                                  first_adapted_layer(self.peft))
+            computed = {prompt: prompt_inputs, **{key: path_inputs[i, :len(key[1])] for i, key in enumerate(todo)}}
+            for k, x in computed.items():
+                found[k] = x.float().cpu().clone()  # the clone leaves inference mode
+                if self.memory_bytes + found[k].nbytes <= self.config.cache_mb * 2**20:
+                    self.layer_memory[k] = found[k]
+                    self.memory_bytes += found[k].nbytes
+        return found[prompt], [found[key] for key in keys]
 
     def _prompt(self, tokens: tuple):
         if tokens not in self.prompt_cache:

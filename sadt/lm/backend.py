@@ -273,6 +273,26 @@ class TorchLM:
             hidden = torch.cat([hidden, out], dim=1)
         return hidden, self._action_logits(hidden, action_ids)
 
+    @torch.inference_mode()
+    def layer_inputs(
+        self, prompt: PromptCache, paths: Sequence[Sequence[int]], layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What decoder layer `layer` reads at each prompt position, (P, H), and at each position of B paths,
+        (B, T, H) right-padded (rows past a path's end are padding); the paths reuse the prompt's cache.
+
+        A LoRA adapter on the layers from `layer` up leaves these unchanged, so its trainer computes them once
+        (`sadt.lora_head.adapted_states_from_layer_inputs` runs only the adapted layers on them)."""
+        if len(paths) == 0 or max(len(p) for p in paths) == 0:
+            raise ValueError("layer_inputs needs at least one non-empty path")
+        whole_prompt = self.decoder(input_ids=prompt.ids[None], use_cache=False, output_hidden_states=True)
+        B, T = len(paths), max(len(p) for p in paths)
+        positions = (prompt.length + torch.arange(T, device=self.device)).expand(B, -1)
+        along_paths = self.decoder(input_ids=self._right_padded(paths, T), position_ids=positions, use_cache=True,
+                                   past_key_values=self._prompt_cache(prompt, B), output_hidden_states=True)
+        self.stats.forward_calls += 2
+        self.stats.tokens += prompt.length + sum(len(p) for p in paths)
+        return whole_prompt.hidden_states[layer][0], along_paths.hidden_states[layer]
+
     def _prompt_cache(self, prompt: PromptCache, batch: int) -> DynamicCache:
         """A cache holding the prompt's KV for `batch` rows (shared until the first forward copies it per row)."""
         cache = DynamicCache()
