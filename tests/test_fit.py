@@ -124,8 +124,9 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path, mon
     from search.config import search_config
     from search.forecast_task import ForecastTask
 
-    model = fit.main(fit_args(buffer_path, tmp_path, "--model.lora.top_layers", "1",
-                              "--model.optimiser.lora_lr", "1e-3", "--trainer.max_steps", "4"))
+    # On the shipped head's value form: the adapter's states feed the residual MLP beside β·V⁺ᵈ.
+    model = fit.main(fit_args(buffer_path, tmp_path, "--model.lora.top_layers", "1", "--model.head.value_form",
+                              "soft_ahead", "--model.optimiser.lora_lr", "1e-3", "--trainer.max_steps", "4"))
     (metrics,) = tmp_path.glob("lightning_logs/*/metrics.csv")
     tb = [float(r["train/tb"]) for r in csv.DictReader(metrics.open()) if r.get("train/tb")]
     assert len(tb) == 4 and all(map(torch.isfinite, torch.tensor(tb)))
@@ -136,6 +137,7 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path, mon
     codec = Codec(tokenizer)
     head = load_search_head(tmp_path / "head", lm_fingerprint(), read_buffer(buffer_path).meta["config"]["codec"])
     assert isinstance(head.lm, LoRALM) and head.card.adapter["kind"] == "lora"
+    assert head.card.value_form.value == "soft_ahead"
     task = ForecastTask.build(codec, torch.linspace(1, 3, 16).numpy(), 4)
     config = search_config(lam=2.0, n_rollouts=4, batch_size=4, n_samples=2, hybrid="visits", progress=False)
     result = task.search(head.lm, config, head.value_head)
@@ -146,14 +148,16 @@ def test_fit_trains_a_lora_head_that_the_search_loads(tmp_path, buffer_path, mon
     from sadt.lora_head import LoRAHeadConfig
     from trainers.module import FlowHeadModule
 
-    again = FlowHeadModule(lam=2.0, head=FlowHeadConfig(hidden=16), lora=LoRAHeadConfig(top_layers=1),
-                           init_from=str(tmp_path / "head"))
+    shaped = FlowHeadConfig(hidden=16, value_form="soft_ahead")
+    again = FlowHeadModule(lam=2.0, head=shaped, lora=LoRAHeadConfig(top_layers=1), init_from=str(tmp_path / "head"))
     saved = dict(model.peft.named_parameters())
     loaded = [(p, saved[n]) for n, p in again.peft.named_parameters() if "lora_" in n]
     assert loaded and all(torch.equal(p, q) for p, q in loaded)
     assert all(torch.equal(p, q) for p, q in zip(again.head.state_dict().values(), model.head.state_dict().values()))
     with pytest.raises(ValueError, match="its adapter .* is not this fit's `lora` None"):
-        FlowHeadModule(lam=2.0, head=FlowHeadConfig(hidden=16), init_from=str(tmp_path / "head"))
+        FlowHeadModule(lam=2.0, head=shaped, init_from=str(tmp_path / "head"))
+    with pytest.raises(ValueError, match="changes the LM states that the head's residual MLP reads"):
+        FlowHeadModule(lam=2.0, head=FlowHeadConfig(value_form="soft_ahead", residual=False), lora=LoRAHeadConfig())
 
     # As a proposal (benchmarks.proposal_quality) and in the rounds' validation (trainers.rounds), P_F draws through
     # the head's own adapted backend, p through the plain LM.

@@ -113,8 +113,9 @@ class FlowHeadModule(pl.LightningModule):
         super().__init__()
         if not (math.isfinite(lam) and lam > 0):
             raise ValueError(f"model `lam` must be a finite number > 0, got {lam}")
-        if head.shaped and lora is not None:
-            raise ValueError("`head.value_form` is built for the MLP head only (no `lora`)")
+        if lora is not None and not (head.residual and head.residual_inputs == "lm_states"):
+            raise ValueError("a `lora` adapter changes the LM states that the head's residual MLP reads: it needs "
+                             "`head.residual: true` and `head.residual_inputs: lm_states`")
         if task not in TASKS:
             raise ValueError(f"model `task` must be one of {TASKS}, got {task!r}")
         if task == "text" and (head.shaped or head.residual_inputs == "numbers"):
