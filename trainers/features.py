@@ -176,7 +176,7 @@ class LMFeatures:
                                                                   first_adapted_layer(self.peft))
             computed = {prompt: prompt_inputs, **{key: path_inputs[i, :len(key[1])] for i, key in enumerate(todo)}}
             for k, x in computed.items():
-                found[k] = x.float().cpu().clone()  # the clone leaves inference mode
+                found[k] = x.cpu().clone()  # in the model's dtype; the clone leaves inference mode
                 if self.memory_bytes + found[k].nbytes <= self.config.cache_mb * 2**20:
                     self.layer_memory[k] = found[k]
                     self.memory_bytes += found[k].nbytes
