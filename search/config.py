@@ -33,6 +33,9 @@ SAMPLINGS = ("auto", "resample", "tree", "search")  # MaxEntTSConfig.sampling
 # MC-only MaxEnt-TS's selection pseudo-visits: against n0 = 0, 1.05x the draws' ESS per token at λ = 5 and level at
 # λ = 15 (13 held-out windows, 4 runs each; BENCHMARKS.md, issue 34)
 SELECTION_SHRINK = 4.0
+# MC-only MaxEnt-TS's rule for its adaptive defensive share ε: against the EM step, 1.13x the draws' ESS per token
+# at λ = 15 and 10k tokens, ... (13 held-out windows, 4 runs each; BENCHMARKS.md, issue 34). The hybrid keeps "em"
+DEFENSIVE_RULE = "min_variance"
 
 # The head the recommended recipe (these defaults with `hybrid: visits`) was measured with: β(k/H)·V⁺ᵈ, trained at
 # λ = 15 on other windows (checkpoints/heads/README.md); a path from the repository root.
@@ -135,7 +138,7 @@ class DefensiveSettings(SearchConfig):
     # adapted_defensive_share`), within [0.1, 0.95]. No effect with defensive: 0
     defensive_adapt_prior: float = 4.0  # m: the start ε counts as m effective draws, so a few lucky draws do not
     # swing it
-    defensive_rule: str = "em"  # how ε adapts: "em", population Monte Carlo's step towards the defensive draws'
+    defensive_rule: str | None = "em"  # how ε adapts: "em", population Monte Carlo's step towards the defensive draws'
     # share of the weight (`search.draws.adapted_defensive_share`); "min_variance", straight to the share whose
     # mixture would have given the draws so far the smallest second moment (`min_variance_defensive_share`)
 
@@ -150,13 +153,18 @@ class DefensiveSettings(SearchConfig):
         if not self.defensive_adapt_prior >= 0:
             raise ValueError(f"search `defensive_adapt_prior` must be >= 0 (effective draws), "
                              f"got {self.defensive_adapt_prior}")
-        if self.defensive_rule not in DEFENSIVE_RULES:
+        if self.share_rule not in DEFENSIVE_RULES:
             raise ValueError(f"search `defensive_rule` must be one of {sorted(DEFENSIVE_RULES)}, "
                              f"got {self.defensive_rule!r}")
 
     @property
     def defensive_share(self) -> float:
         return self.defensive
+
+    @property
+    def share_rule(self) -> str | None:
+        """The `search.draws.DEFENSIVE_RULES` key that moves ε: `defensive_rule` (a subclass may resolve None)."""
+        return self.defensive_rule
 
     @property
     def adapts_defensive(self) -> bool:
@@ -237,6 +245,7 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings, DefensiveSettings):
     selection_shrink: float | None = None  # n0 pseudo-visits: selection reads (N V̂(s·a) + n0 V̂(s)) / (N + n0), a
     # child's estimate trusted as its visits grow (`search.selection.shrink_to_parent`); Monte Carlo only. None:
     # `SELECTION_SHRINK` without a hybrid, 0 with one (`selection_pseudo_visits`)
+    defensive_rule: str | None = None  # None: `DEFENSIVE_RULE` without a hybrid, "em" with one (`share_rule`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -266,6 +275,14 @@ class MaxEntTSConfig(ExpansionSettings, GuideSettings, DefensiveSettings):
         if self.selection_shrink is not None:
             return self.selection_shrink
         return SELECTION_SHRINK if self.hybrid == "off" else 0.0
+
+    @property
+    def share_rule(self) -> str | None:
+        """How ε adapts: `defensive_rule` where set, else `DEFENSIVE_RULE` without a hybrid and "em" with one
+        (the rule its rows were measured with)."""
+        if self.defensive_rule is not None:
+            return self.defensive_rule
+        return DEFENSIVE_RULE if self.hybrid == "off" else "em"
 
     @property
     def final_sampling(self) -> str:

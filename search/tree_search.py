@@ -307,7 +307,7 @@ class TreeSearch:
             self.draws += [Draw(int(t), float(w), law.responsibility(self.epsilon), self.epsilon)
                            for t, w, law in zip(terminals, log_weights, laws)]
             if self.config.adapts_defensive:
-                adapt = DEFENSIVE_RULES[self.config.defensive_rule]
+                adapt = DEFENSIVE_RULES[self.config.share_rule]
                 self.epsilon = adapt(self.draws, self.config.defensive_share, self.config.defensive_adapt_prior)
         self.rollouts_done += batch
         self._tick("insert_backup", clock)

@@ -196,3 +196,20 @@ def test_mc_only_maxent_ts_shrinks_selection_by_default_and_the_hybrid_does_not(
     assert dataclasses.replace(mc_only, hybrid="visits").selection_pseudo_visits == 0.0
     assert search_config(selection_shrink=0.0).selection_pseudo_visits == 0.0
     assert search_config(selection_shrink=1.5).selection_pseudo_visits == 1.5
+
+
+def test_mc_only_maxent_ts_moves_its_share_by_the_variance_rule_and_the_hybrid_by_em(toy):
+    """Unset, `defensive_rule` is DEFENSIVE_RULE without a head and "em" with one (DTS: "em"); the search reads
+    that resolved rule, so the default tree draws exactly what the rule set by hand draws, and not what EM does."""
+    import dataclasses
+
+    from search.config import DEFENSIVE_RULE
+
+    mc_only = search_config()
+    assert mc_only.share_rule == DEFENSIVE_RULE == "min_variance"
+    assert dataclasses.replace(mc_only, hybrid="visits").share_rule == "em"
+    assert search_config(defensive_rule="em").share_rule == "em" and search_config("dts").share_rule == "em"
+    default, by_hand, em = (search(toy, 10.0, 32, seed=1, **rule).draw_log_weights
+                            for rule in ({}, {"defensive_rule": "min_variance"}, {"defensive_rule": "em"}))
+    np.testing.assert_array_equal(default, by_hand)
+    assert not np.array_equal(default, em)

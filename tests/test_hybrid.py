@@ -34,7 +34,8 @@ def run(toy, n, head=None, **hybrid):
 
 
 def test_alpha_zero_is_mc_only_for_the_same_seed(toy):
-    mc = run(toy, 200, selection_shrink=0.0)  # the hybrid never shrinks (its Q_φ stands in for few visits)
+    # the hybrid never shrinks (its Q_φ stands in for few visits) and moves ε by EM (its measured rule)
+    mc = run(toy, 200, selection_shrink=0.0, defensive_rule="em")
     hybrid = run(toy, 200, ExactHead(toy, LAM), hybrid="fixed", hybrid_alpha=0.0, guided_rollouts=False)
     size = mc.tree.size
     assert hybrid.tree.size == size
