@@ -34,7 +34,8 @@ SAMPLINGS = ("auto", "resample", "tree", "search")  # MaxEntTSConfig.sampling
 # λ = 15 (13 held-out windows, 4 runs each; BENCHMARKS.md, issue 34)
 SELECTION_SHRINK = 4.0
 # MC-only MaxEnt-TS's rule for its adaptive defensive share ε: against the EM step, 1.13x the draws' ESS per token
-# at λ = 15 and 10k tokens, ... (13 held-out windows, 4 runs each; BENCHMARKS.md, issue 34). The hybrid keeps "em"
+# at λ = 15 and 10k tokens, level at λ = 5 (13 held-out windows, 4 runs each; BENCHMARKS.md, issue 34). The hybrid
+# keeps "em", unmeasured under this rule
 DEFENSIVE_RULE = "min_variance"
 
 # The head the recommended recipe (these defaults with `hybrid: visits`) was measured with: β(k/H)·V⁺ᵈ, trained at
