@@ -317,15 +317,17 @@ def row_store(out: Path, resume: bool) -> RowStore:
 def copy_first_runs(config: SamplersConfig, source: Path, out: Path) -> int:
     """`source`'s rows of this config's samplers, λs and budgets become repeat 0 here (their log Z errors rescored
     against this run's references.csv), and its cached prior draws this run's repeat-0 draws: a run with the same
-    seed already done elsewhere is not drawn again (prior draws cut to this run's largest budget). Returns the rows
-    copied."""
+    seed already done elsewhere is not drawn again (prior draws cut to this run's largest budget). A run's repeat 0
+    already here is kept, so a sampler added to the config later is copied without doubling the others' rows.
+    Returns the rows copied."""
     if not (out / "references.csv").is_file():
         raise ValueError(f"{out}/references.csv: copy the reference first, so the copied rows can be rescored")
     references = RowStore(out / "references.csv", ("window", "lam"), resume=True).rows
+    rows = row_store(out, resume=True)
     wanted = [r for r in row_store(source, resume=True).rows if repeat_of(r) == 0
               and r["sampler"] in config.samplers and float(r["lam"]) in config.lams
-              and float(r["budget"]) in config.budgets]
-    row_store(out, resume=True).add(rescored(wanted, references))
+              and float(r["budget"]) in config.budgets and not rows.done(r["window"], r["lam"], r["sampler"], 0)]
+    rows.add(rescored(wanted, references))
     (out / "draws").mkdir(parents=True, exist_ok=True)
     for prior in (source / "draws").glob("*.prior.npz"):
         draws = DrawSet.load(prior)

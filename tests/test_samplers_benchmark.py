@@ -136,6 +136,10 @@ def test_first_runs_copied_from_another_run_become_repeat_0_rescored_against_thi
     assert (row["sampler"], row["budget"], int(float(row["repeat"]))) == ("iid p", 2500.0, 0)
     assert row["log_z_error"] == pytest.approx(0.5)
     assert DrawSet.load(out / "draws" / "A.prior.npz").tokens.tolist() == [1000.0, 2000.0]
+    # A sampler added to the config later is copied alone: the rows already here are not doubled.
+    config.samplers["MaxEnt-TS"] = SamplerSpec(draws="tree")
+    assert copy_first_runs(config, source, out) == 1
+    assert sorted(r["sampler"] for r in row_store(out, resume=True).rows) == ["MaxEnt-TS", "iid p"]
 
 
 def test_p_draws_of_another_run_are_reused_cut_to_the_budget_and_rescored_under_this_runs_reward(tmp_path, toy):
