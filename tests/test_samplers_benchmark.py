@@ -54,11 +54,11 @@ def test_tree_draws_are_the_searchs_own_weighted_draws_in_order(toy):
 
 
 def test_scores_are_exact_for_equal_weights():
-    draws = DrawSet(np.full(4, -1.0), np.array([10.0, 20, 30, 40]), [[0]] * 4, np.zeros(4))
+    draws = DrawSet(np.full(4, -1.0), np.array([10.0, 20, 30, 40]), [[0], [1, 2], [0], [1]], np.zeros(4))
     reference = Reference(log_z=-1.5, low=-1.6, high=-1.4, khat=0.1, n_draws=100)
     task = SimpleNamespace(values=lambda actions: np.ones((len(actions), 2)))
     row = score(draws, 30, reference, task, np.array([1.0, 2.0]), np.random.default_rng(0), n_resampled=5)
-    assert (row["n_draws"], row["tokens"]) == (3, 30.0)
+    assert (row["n_draws"], row["tokens"], row["distinct"]) == (3, 30.0, 2)  # [0] drawn twice by 30 tokens
     assert row["ess"] == pytest.approx(3.0) and row["ess_per_ktoken"] == pytest.approx(100.0)
     assert row["log_z_error"] == pytest.approx(0.5)
     # Every forecast is (1, 1) against the truth (1, 2): QL_q = 2q, CRPS = 2 mean(q) / Σ|y| = 2 · 0.525 / 3.

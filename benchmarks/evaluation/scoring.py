@@ -7,6 +7,8 @@ For N draws with log-weights log w_i (`draws.DrawSet`):
     ESS            = (Σ w)² / Σ w²                      (Kish), and per 1000 LM tokens
     k̂              = PSIS's Pareto tail shape of the weights (> 0.7: Ẑ unreliable whatever the ESS says)
     CRPS           of forecasts resampled ∝ w (LLMTime's quantile CRPS against the window's truth)
+    distinct       sequences among the draws (estimates from distinct leaves with exact densities, TreeSample's,
+                   pool only what is drawn twice)
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def score(draws: DrawSet, budget: float, reference: Reference, task, truth: np.n
     """The scores of `draws` within `budget` tokens (module docstring); NaN where nothing was drawn."""
     within = draws.upto(budget)
     n = within.log_weights.size
-    row = {"budget": budget, "n_draws": n, "tokens": float(within.tokens[-1]) if n else 0.0}
+    row = {"budget": budget, "n_draws": n, "tokens": float(within.tokens[-1]) if n else 0.0,
+           "distinct": len({tuple(a) for a in within.actions})}
     if n == 0:
         return {**row, **dict.fromkeys(("log_z", "log_z_error", "ess", "ess_per_ktoken", "khat", "crps",
                                         "resampled_reward"), float("nan"))}
