@@ -4,6 +4,7 @@ rebuilds them from (`search.tree_search`, `search.balance`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,9 +57,21 @@ ADAPTIVE_SHARE_BOUNDS = (0.1, 0.95)  # an adapted ε stays here: each weight ≤
 # draw's, and the tree keeps 5% of the descents to show that its law has become worth more
 
 
-def adapted_defensive_share(draws: list[Draw], start: float, prior_draws: float,
-                            bounds: tuple[float, float] = ADAPTIVE_SHARE_BOUNDS) -> float:
-    """The next iteration's ε from the draws so far: (ESS ε̂ + m ε₀) / (ESS + m), ε̂ = Σ_i w̄_i ρ_i, clipped to
+class DrawArrays:
+    """The draws so far as float64 arrays (log-weights and responsibilities ρ), grown a batch at a time: a
+    share rule reads all of them every iteration, and rebuilding them from the `Draw` records each time made a
+    batch-1 search quadratic in its draws."""
+
+    def __init__(self) -> None:
+        self.log_weights = self.responsibilities = np.empty(0)
+
+    def extend(self, draws: Sequence[Draw]) -> None:
+        self.log_weights = np.append(self.log_weights, [d.log_weight for d in draws])
+        self.responsibilities = np.append(self.responsibilities, [d.responsibility for d in draws])
+
+
+class EMShare:
+    """Population Monte Carlo's ε: after each iteration, (ESS ε̂ + m ε₀) / (ESS + m), ε̂ = Σ_i w̄_i ρ_i, clipped to
     `bounds`.
 
     ε̂ is the Rao-Blackwellised mixture-weight update of population Monte Carlo (Douc, Guillin, Marin and Robert,
@@ -69,10 +82,18 @@ def adapted_defensive_share(draws: list[Draw], start: float, prior_draws: float,
     (`prior_draws`) effective draws behind it. ε only moves between iterations and reads only earlier draws,
     so each draw's weight stays exact for the law it was drawn from and Ẑ stays unbiased.
     """
-    log_weights = np.array([d.log_weight for d in draws], dtype=np.float64)
-    normalised = np.exp(log_weights - np.logaddexp.reduce(log_weights))
-    estimate = float(normalised @ np.array([d.responsibility for d in draws], dtype=np.float64))
-    return shrunk_share(estimate, effective_sample_size(log_weights), start, prior_draws, bounds)
+
+    def __init__(self, bounds: tuple[float, float] = ADAPTIVE_SHARE_BOUNDS) -> None:
+        self.bounds = bounds
+        self.seen = DrawArrays()
+
+    def update(self, new_draws: Sequence[Draw], start: float, prior_draws: float) -> float:
+        """The next iteration's ε from every draw so far, `new_draws` (this iteration's) the last of them."""
+        self.seen.extend(new_draws)
+        log_weights = self.seen.log_weights
+        normalised = np.exp(log_weights - np.logaddexp.reduce(log_weights))
+        estimate = float(normalised @ self.seen.responsibilities)
+        return shrunk_share(estimate, effective_sample_size(log_weights), start, prior_draws, self.bounds)
 
 
 def shrunk_share(estimate: float, ess: float, start: float, prior_draws: float,
@@ -82,12 +103,12 @@ def shrunk_share(estimate: float, ess: float, start: float, prior_draws: float,
 
 
 SHARE_GRID = 341  # candidate ε for the variance rule, 0.0025 apart within the bounds: finer than the draws resolve
+MOMENT_TIE = 1e-9  # log M differences below this are rounding (≈ 1e-15 here), not evidence
 
 
-def min_variance_defensive_share(draws: list[Draw], start: float, prior_draws: float,
-                                 bounds: tuple[float, float] = ADAPTIVE_SHARE_BOUNDS) -> float:
+class MinVarianceShare:
     """The next iteration's ε as the share whose mixture would have given the draws so far the smallest second
-    moment of their weights, shrunk towards ε₀ as `adapted_defensive_share` does.
+    moment of their weights, shrunk towards ε₀ as `EMShare` does.
 
     A draw x_i made under share ε_i would weigh w_i q_{ε_i}(x_i) / q_α(x_i) under share α, so
     E_{q_α}[w_α²] is estimated by M(α) = Σ_i w_i² q_{ε_i}(x_i) / q_α(x_i), and since the rollout below a new leaf
@@ -95,18 +116,45 @@ def min_variance_defensive_share(draws: list[Draw], start: float, prior_draws: f
     responsibility). M is convex in α (He and Owen, "Optimal mixture weights in multiple importance sampling",
     2014), so its minimum over a fine grid is the variance-optimal share the draws can see; unlike the EM step it
     jumps there in one iteration instead of moving a fraction of the way. Like it, ε reads only earlier draws,
-    so every weight stays exact.
+    so every weight stays exact. log M on the grid is a running sum, O(grid) a draw.
     """
-    log_weights = np.array([d.log_weight for d in draws], dtype=np.float64)
-    rho = np.array([d.responsibility for d in draws], dtype=np.float64)
-    shares = np.array([d.share for d in draws], dtype=np.float64)
-    if not np.all((shares > 0) & (shares < 1)):
-        raise ValueError("the variance rule needs each draw's defensive share in (0, 1) (`Draw.share`)")
-    alphas = np.linspace(*bounds, SHARE_GRID)[:, None]
-    ratio = alphas * (rho / shares) + (1 - alphas) * ((1 - rho) / (1 - shares))  # q_α / q_{ε_i}, (grid, draws)
-    log_moment = np.logaddexp.reduce(2 * log_weights - np.log(ratio), axis=1)
-    return shrunk_share(float(alphas[np.argmin(log_moment), 0]), effective_sample_size(log_weights), start,
-                        prior_draws, bounds)
+
+    def __init__(self, bounds: tuple[float, float] = ADAPTIVE_SHARE_BOUNDS) -> None:
+        self.bounds = bounds
+        self.alphas = np.linspace(*bounds, SHARE_GRID)
+        self.log_moment = np.full(SHARE_GRID, -np.inf)
+        self.seen = DrawArrays()
+
+    def update(self, new_draws: Sequence[Draw], start: float, prior_draws: float) -> float:
+        """The next iteration's ε from every draw so far, `new_draws` (this iteration's) the last of them."""
+        for draw in new_draws:  # in order, so the sum is the one a single pass over all the draws would give
+            if not 0 < draw.share < 1:
+                raise ValueError("the variance rule needs each draw's defensive share in (0, 1) (`Draw.share`)")
+            rho, share = draw.responsibility, draw.share
+            ratio = self.alphas * (rho / share) + (1 - self.alphas) * ((1 - rho) / (1 - share))  # q_α / q_{ε_i}
+            self.log_moment = np.logaddexp(self.log_moment, 2 * draw.log_weight - np.log(ratio))
+        self.seen.extend(new_draws)
+        return shrunk_share(self.least_moment_share(start), effective_sample_size(self.seen.log_weights), start,
+                            prior_draws, self.bounds)
+
+    def least_moment_share(self, start: float) -> float:
+        """The grid's α of least M, the one nearest ε₀ among ties: M is flat when every draw has ρ_i = ε_i (as
+        after the first iteration, when the tree's law is still the rollout policy's), and there the last bits
+        of ρ, which differ between CPUs, would otherwise pick any share."""
+        tied = self.alphas[self.log_moment <= self.log_moment.min() + MOMENT_TIE]
+        return float(tied[np.argmin(np.abs(tied - start))])
+
+
+def adapted_defensive_share(draws: Sequence[Draw], start: float, prior_draws: float,
+                            bounds: tuple[float, float] = ADAPTIVE_SHARE_BOUNDS) -> float:
+    """`EMShare`'s ε after `draws`, in one call."""
+    return EMShare(bounds).update(draws, start, prior_draws)
+
+
+def min_variance_defensive_share(draws: Sequence[Draw], start: float, prior_draws: float,
+                                 bounds: tuple[float, float] = ADAPTIVE_SHARE_BOUNDS) -> float:
+    """`MinVarianceShare`'s ε after `draws`, in one call."""
+    return MinVarianceShare(bounds).update(draws, start, prior_draws)
 
 
 @dataclass(frozen=True)
@@ -132,5 +180,5 @@ class LawHistory:
         self.iterations.append(IterationLaw(size, epsilon, batch, nodes, values))
 
 
-DEFENSIVE_RULES = {"em": adapted_defensive_share, "min_variance": min_variance_defensive_share}  # by
-# `SearchConfig.defensive_rule`
+DEFENSIVE_RULES = {"em": EMShare, "min_variance": MinVarianceShare}  # by `SearchConfig.defensive_rule`: each search
+# makes its own, which keeps its running sums

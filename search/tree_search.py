@@ -119,6 +119,7 @@ class TreeSearch:
         self._pick_laws: list[DescentLaw] = []
         self.draws: list[Draw] = []  # maxent_ts: one record per draw, for the IS estimates and resampling
         self.law_history = LawHistory()  # each iteration's size, ε and backed-up values (`search.balance`)
+        self.share_rule = DEFENSIVE_RULES[config.share_rule]() if config.adapts_defensive else None  # moves ε
         self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds
 
     # -- what the strategies read -------------------------------------------------------------
@@ -304,11 +305,12 @@ class TreeSearch:
         if self.method.records_draws:
             self.law_history.record(size, epsilon, batch, updated, self.tree.value[updated])
             log_weights = np.asarray(log_ratios) + self.config.lam * self.tree.reward[terminals]
-            self.draws += [Draw(int(t), float(w), law.responsibility(self.epsilon), self.epsilon)
-                           for t, w, law in zip(terminals, log_weights, laws)]
-            if self.config.adapts_defensive:
-                adapt = DEFENSIVE_RULES[self.config.share_rule]
-                self.epsilon = adapt(self.draws, self.config.defensive_share, self.config.defensive_adapt_prior)
+            new_draws = [Draw(int(t), float(w), law.responsibility(self.epsilon), self.epsilon)
+                         for t, w, law in zip(terminals, log_weights, laws)]
+            self.draws += new_draws
+            if self.share_rule is not None:
+                self.epsilon = self.share_rule.update(new_draws, self.config.defensive_share,
+                                                      self.config.defensive_adapt_prior)
         self.rollouts_done += batch
         self._tick("insert_backup", clock)
         return terminals

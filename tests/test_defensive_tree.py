@@ -172,6 +172,41 @@ def test_the_variance_rule_picks_the_share_that_minimises_the_draws_second_momen
         search_config(defensive_rule="newton")
 
 
+def test_the_share_rules_fed_batch_by_batch_give_the_one_pass_answer():
+    """A search feeds its rule one iteration's draws at a time (running sums, not a rebuild from every draw): after
+    each batch ε equals the formulas over all draws so far, EM's (ESS Σ w̄ρ + m ε₀) / (ESS + m) and the variance
+    rule's grid argmin of Σ_i w_i² / (α ρ_i / ε_i + (1 − α)(1 − ρ_i) / (1 − ε_i)), both computed here directly."""
+    from sadt.importance import effective_sample_size
+    from search.draws import ADAPTIVE_SHARE_BOUNDS, SHARE_GRID, Draw, EMShare, MinVarianceShare
+
+    rng = np.random.default_rng(3)
+    draws = [Draw(0, float(w), float(r), float(e)) for w, r, e in
+             zip(3 * rng.normal(size=45), rng.uniform(size=45), rng.uniform(0.1, 0.9, size=45))]
+    em, variance, start, m = EMShare(), MinVarianceShare(), 0.4, 2.0
+    alphas = np.linspace(*ADAPTIVE_SHARE_BOUNDS, SHARE_GRID)[:, None]
+    for end in range(5, 46, 5):  # batches of 5
+        seen = draws[:end]
+        w, rho, eps = (np.array([getattr(d, f) for d in seen]) for f in ("log_weight", "responsibility", "share"))
+        ess, normalised = effective_sample_size(w), np.exp(w - np.logaddexp.reduce(w))
+        moment = np.exp(2 * w) / (alphas * rho / eps + (1 - alphas) * (1 - rho) / (1 - eps))
+        best = float(alphas[np.argmin(moment.sum(axis=1)), 0])
+        em_share, variance_share = (np.clip((ess * estimate + m * start) / (ess + m), *ADAPTIVE_SHARE_BOUNDS)
+                                    for estimate in (normalised @ rho, best))
+        assert em.update(draws[end - 5:end], start, m) == pytest.approx(em_share, rel=1e-12)
+        assert variance.update(draws[end - 5:end], start, m) == pytest.approx(variance_share, rel=1e-12)
+
+
+def test_the_variance_rule_keeps_the_start_when_the_draws_cannot_tell_the_shares_apart():
+    """After the first iteration every descent stopped at the root, so each draw's ρ equals its ε and M(α) is flat:
+    ε must stay at ε₀, not go wherever the last bits of ρ (which differ between CPUs) put the grid's argmin."""
+    from search.draws import Draw, min_variance_defensive_share
+
+    for noise in (9e-16, -9e-16, 0.0):
+        draws = [Draw(0, w, 0.5 + noise * k, 0.5) for k, w in enumerate([-3.2, -12.5, -8.7, -3.2])]
+        assert min_variance_defensive_share(draws, 0.5, prior_draws=0) == pytest.approx(0.5, abs=1e-12)
+        assert min_variance_defensive_share(draws, 0.3, prior_draws=0) == pytest.approx(0.3, abs=1e-12)
+
+
 def test_shrunk_selection_weighs_a_childs_estimate_by_its_visits():
     """Ṽ = (N V̂(s·a) + n0 V̂(s)) / (N + n0): an unvisited child reads its parent's value, a child seen n0 times
     sits halfway, a child seen 2000 times reads its own; the hybrid, whose Q_φ stands in for few visits, refuses it."""
