@@ -127,9 +127,9 @@ class MinVarianceShare:
 
     def update(self, new_draws: Sequence[Draw], start: float, prior_draws: float) -> float:
         """The next iteration's ε from every draw so far, `new_draws` (this iteration's) the last of them."""
+        if not all(0 < draw.share < 1 for draw in new_draws):  # checked first: no sum left half-grown
+            raise ValueError("the variance rule needs each draw's defensive share in (0, 1) (`Draw.share`)")
         for draw in new_draws:  # in order, so the sum is the one a single pass over all the draws would give
-            if not 0 < draw.share < 1:
-                raise ValueError("the variance rule needs each draw's defensive share in (0, 1) (`Draw.share`)")
             rho, share = draw.responsibility, draw.share
             ratio = self.alphas * (rho / share) + (1 - self.alphas) * ((1 - rho) / (1 - share))  # q_α / q_{ε_i}
             self.log_moment = np.logaddexp(self.log_moment, 2 * draw.log_weight - np.log(ratio))
