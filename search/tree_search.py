@@ -119,7 +119,7 @@ class TreeSearch:
         self._pick_laws: list[DescentLaw] = []
         self.draws: list[Draw] = []  # maxent_ts: one record per draw, for the IS estimates and resampling
         self.law_history = LawHistory()  # each iteration's size, ε and backed-up values (`search.balance`)
-        self.share_rule = DEFENSIVE_RULES[config.share_rule]() if config.adapts_defensive else None  # moves ε
+        self.epsilon_rule = DEFENSIVE_RULES[config.share_rule]() if config.adapts_defensive else None  # moves ε
         self.timings = {"select": 0.0, "lm_rollout": 0.0, "reward": 0.0, "insert_backup": 0.0}  # seconds
 
     # -- what the strategies read -------------------------------------------------------------
@@ -308,9 +308,9 @@ class TreeSearch:
             new_draws = [Draw(int(t), float(w), law.responsibility(self.epsilon), self.epsilon)
                          for t, w, law in zip(terminals, log_weights, laws)]
             self.draws += new_draws
-            if self.share_rule is not None:
-                self.epsilon = self.share_rule.update(new_draws, self.config.defensive_share,
-                                                      self.config.defensive_adapt_prior)
+            if self.epsilon_rule is not None:
+                self.epsilon = self.epsilon_rule.update(new_draws, self.config.defensive_share,
+                                                        self.config.defensive_adapt_prior)
         self.rollouts_done += batch
         self._tick("insert_backup", clock)
         return terminals
